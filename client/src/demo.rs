@@ -1,0 +1,275 @@
+//! `braid demo`: the seven-server minimum (or more) in one process. Every node is its own
+//! task with its own 127.x.y.z address and its own keys, talking real QUIC; the client's
+//! SOCKS5 port sits in front.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use braid_config::{Directory, NodeEntry, Role};
+use braid_net::NodeIdentity;
+use braid_node::exit::{ExitPolicy, ExitRule};
+use braid_node::{central, downstream, gateway, relay, upstream, Metrics, NodeContext, Tap};
+use rand::Rng;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::overlay::{self, ClientHandle, ClientParams};
+use crate::socks::SocksLimits;
+
+#[derive(Clone)]
+pub struct DemoOptions {
+    pub socks: SocketAddr,
+    pub upstreams: usize,
+    pub downstreams: usize,
+    pub relays: usize,
+    pub cell_size: usize,
+    pub mix_delay: Duration,
+    pub window_cells: u64,
+    pub scheduler: braid_proto::session::PathScheduler,
+    /// Static names the gateway resolves without DNS.
+    pub hosts: BTreeMap<String, IpAddr>,
+    pub tap: Option<Tap>,
+    /// The exit admits loopback targets (default true: the demo's targets are local).
+    /// False gives the gateway's default policy. Node addresses are refused either way.
+    pub exit_allow_loopback: bool,
+    /// Exit rules, tried before the built-in classes (default none).
+    pub exit_rules: Vec<ExitRule>,
+    /// The SOCKS5 port's handshake deadline, connection limits and authentication.
+    pub socks_limits: SocksLimits,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            socks: SocketAddr::from(([127, 0, 0, 1], 1080)),
+            upstreams: 2,
+            downstreams: 2,
+            relays: 1,
+            cell_size: 8192,
+            mix_delay: Duration::ZERO,
+            window_cells: 1024,
+            scheduler: braid_proto::session::PathScheduler::RoundRobin,
+            hosts: BTreeMap::new(),
+            tap: None,
+            exit_allow_loopback: true,
+            exit_rules: Vec::new(),
+            socks_limits: SocksLimits::default(),
+        }
+    }
+}
+
+pub struct DemoNode {
+    pub id: String,
+    pub role: Role,
+    pub addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+pub struct Demo {
+    pub socks: SocketAddr,
+    pub directory: Arc<Directory>,
+    pub nodes: Vec<DemoNode>,
+    pub client: ClientHandle,
+    shutdown: CancellationToken,
+    socks_task: JoinHandle<()>,
+}
+
+/// A random 127.a.b.0/24 so that several demos (parallel tests) never share addresses.
+fn base_net() -> [u8; 3] {
+    let mut r = rand::rng();
+    [127, r.random_range(64..=250), r.random_range(1..=250)]
+}
+
+impl Demo {
+    pub async fn start(opts: DemoOptions) -> anyhow::Result<Demo> {
+        let net = base_net();
+        let ip = |host: u8| IpAddr::V4(Ipv4Addr::new(net[0], net[1], net[2], host));
+        // Free UDP ports are found by binding and releasing on each node's own address.
+        let port_for = |host: u8| -> anyhow::Result<u16> {
+            let s = std::net::UdpSocket::bind(SocketAddr::new(ip(host), 0))?;
+            Ok(s.local_addr()?.port())
+        };
+        let mut layout: Vec<(String, Role)> = Vec::new();
+        for i in 1..=opts.upstreams {
+            layout.push((format!("upstream-{i}"), Role::Upstream));
+        }
+        layout.push(("central-1".into(), Role::Central));
+        for i in 1..=opts.downstreams {
+            layout.push((format!("downstream-{i}"), Role::Downstream));
+        }
+        for i in 1..=opts.relays {
+            layout.push((format!("relay-{i}"), Role::Relay));
+        }
+        layout.push(("gateway-1".into(), Role::Gateway));
+
+        let mut rng = rand::rng();
+        let mut entries = Vec::new();
+        let mut idents = Vec::new();
+        for (i, (id, role)) in layout.iter().enumerate() {
+            let host = u8::try_from(i + 2).context("too many nodes for one /24")?;
+            let identity = NodeIdentity::generate(&mut rng)?;
+            let addr = SocketAddr::new(ip(host), port_for(host)?);
+            entries.push(NodeEntry::new(
+                id.clone(),
+                *role,
+                Some(addr),
+                identity.noise_public(),
+                identity.tls_public(),
+            ));
+            idents.push((id.clone(), *role, addr, identity));
+        }
+        let directory = Arc::new(Directory::validated(opts.cell_size as u32, entries)?);
+        let shutdown = CancellationToken::new();
+        let mut nodes = Vec::new();
+        for (id, role, addr, identity) in idents {
+            let stop = shutdown.child_token();
+            let metrics = Arc::new(Metrics::default());
+            let ctx = NodeContext {
+                id: id.clone(),
+                identity,
+                directory: directory.clone(),
+                metrics: metrics.clone(),
+                tap: opts.tap.clone(),
+                drain: stop.clone(),
+                shutdown: stop.clone(),
+            };
+            let dial_bind = SocketAddr::new(addr.ip(), 0);
+            let task = match role {
+                Role::Upstream => tokio::spawn(upstream::run(ctx, addr)),
+                Role::Central => tokio::spawn(central::run(
+                    ctx,
+                    central::CentralParams {
+                        listen: addr,
+                        session: braid_node::central_session_config(
+                            &directory,
+                            opts.window_cells as u32,
+                            16 << 20,
+                        ),
+                        idle_timeout: Duration::from_secs(60),
+                        reassembly_timeout: Duration::from_secs(60),
+                        global_reorder_bytes: 256 << 20,
+                        max_sessions: 10_000,
+                    },
+                )),
+                Role::Downstream => tokio::spawn(downstream::run(ctx, dial_bind)),
+                Role::Relay => tokio::spawn(relay::run(
+                    ctx,
+                    relay::RelayParams {
+                        listen: addr,
+                        mix_delay: opts.mix_delay,
+                        pool_cells: 65_536,
+                    },
+                )),
+                Role::Gateway => tokio::spawn(gateway::run(
+                    ctx,
+                    gateway::GatewayParams {
+                        bind: dial_bind,
+                        connect_timeout: Duration::from_secs(10),
+                        // The demo runs on one machine, so its exit admits loopback targets.
+                        policy: ExitPolicy {
+                            allow_loopback: opts.exit_allow_loopback,
+                            rules: opts.exit_rules.clone(),
+                            ..ExitPolicy::default()
+                        },
+                        hosts: opts.hosts.clone(),
+                        reconnect_min: Duration::from_millis(50),
+                        reconnect_max: Duration::from_secs(2),
+                    },
+                )),
+            };
+            nodes.push(DemoNode {
+                id,
+                role,
+                addr,
+                metrics,
+                stop,
+                task,
+            });
+        }
+        // Wait until the dialing nodes (downstreams, gateway) have linked to the central.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        for n in nodes
+            .iter()
+            .filter(|n| matches!(n.role, Role::Downstream | Role::Gateway))
+        {
+            while Metrics::get(&n.metrics.links_up) == 0 {
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "{} did not link to the central within 20 s",
+                    n.id
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let client = overlay::connect(ClientParams {
+            directory: directory.clone(),
+            gateway: None,
+            bind: SocketAddr::new(ip(1), 0),
+            window_cells: opts.window_cells,
+            scheduler: opts.scheduler,
+            tap: opts.tap.clone(),
+            shutdown: shutdown.child_token(),
+        })
+        .await?;
+        let listener = crate::socks::bind(opts.socks)
+            .with_context(|| format!("binding the SOCKS5 port {}", opts.socks))?;
+        let socks = listener.local_addr()?;
+        let socks_task = tokio::spawn(crate::socks::serve(
+            listener,
+            client.clone(),
+            opts.socks_limits.clone(),
+            shutdown.clone(),
+        ));
+        Ok(Demo {
+            socks,
+            directory,
+            nodes,
+            client,
+            shutdown,
+            socks_task,
+        })
+    }
+
+    pub fn node(&self, id: &str) -> Option<&DemoNode> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// Stops one node at once: it stops serving and its endpoint closes every link.
+    pub fn kill(&self, id: &str) -> bool {
+        match self.node(id) {
+            Some(n) => {
+                n.stop.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A table of the overlay for people.
+    pub fn topology(&self) -> String {
+        let mut s = String::new();
+        for n in &self.nodes {
+            s.push_str(&format!(
+                "  {:<14} {:<11} {}\n",
+                n.id,
+                n.role.as_str(),
+                n.addr
+            ));
+        }
+        s
+    }
+
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.socks_task.abort();
+        for n in self.nodes {
+            n.stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), n.task).await;
+        }
+    }
+}

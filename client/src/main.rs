@@ -1,0 +1,180 @@
+//! `braid run --config FILE`: the local SOCKS5 proxy. `braid demo`: a whole overlay on
+//! loopback with a SOCKS5 port in front.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use braid_client::demo::{Demo, DemoOptions};
+use braid_client::overlay::{self, ClientParams};
+use braid_client::socks::{SocksAuth, SocksLimits};
+use braid_proto::session::PathScheduler;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "braid",
+    version,
+    about = "Braid client: a local SOCKS5 proxy over a multi-path anonymity overlay"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve SOCKS5 through the overlay named in the client config.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start a whole overlay on loopback (upstreams, central, downstreams, relays, gateway)
+    /// with a SOCKS5 port in front.
+    Demo {
+        /// Where the SOCKS5 port listens.
+        #[arg(long, default_value = "127.0.0.1:1080")]
+        socks: SocketAddr,
+        #[arg(long, default_value_t = 2)]
+        upstreams: usize,
+        #[arg(long, default_value_t = 2)]
+        downstreams: usize,
+        #[arg(long, default_value_t = 1)]
+        relays: usize,
+        /// Cell size in bytes (1024..=16384).
+        #[arg(long, default_value_t = 8192)]
+        cell_size: usize,
+        /// Mean relay mixing delay in milliseconds (0 turns mixing off).
+        #[arg(long, default_value_t = 0.0)]
+        mix_ms: f64,
+        /// How the client spreads cells over upstreams: `round-robin` (even spread) or
+        /// `rtt` (lowest expected delivery time).
+        #[arg(long, default_value = "round-robin", value_parser = ["round-robin", "rtt"])]
+        scheduler: String,
+    },
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BRAID_LOG_FILTER")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logs();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        match cli.cmd {
+            Cmd::Run { config } => run(config).await,
+            Cmd::Demo {
+                socks,
+                upstreams,
+                downstreams,
+                relays,
+                cell_size,
+                mix_ms,
+                scheduler,
+            } => {
+                anyhow::ensure!(
+                    (1024..=16384).contains(&cell_size),
+                    "--cell-size must be within 1024..=16384"
+                );
+                anyhow::ensure!(
+                    upstreams >= 1 && downstreams >= 1 && relays >= 1,
+                    "--upstreams, --downstreams and --relays must each be at least 1"
+                );
+                anyhow::ensure!(mix_ms >= 0.0 && mix_ms.is_finite(), "--mix-ms must be >= 0");
+                demo(DemoOptions {
+                    socks,
+                    upstreams,
+                    downstreams,
+                    relays,
+                    cell_size,
+                    mix_delay: Duration::from_secs_f64(mix_ms / 1000.0),
+                    scheduler: if scheduler == "rtt" {
+                        PathScheduler::LowestDelay
+                    } else {
+                        PathScheduler::RoundRobin
+                    },
+                    ..DemoOptions::default()
+                })
+                .await
+            }
+        }
+    })
+}
+
+async fn demo(opts: DemoOptions) -> anyhow::Result<()> {
+    let demo = Demo::start(opts).await?;
+    println!("braid demo: a whole overlay on loopback, each node with its own address and keys");
+    print!("{}", demo.topology());
+    println!("NOTE: the demo gateway's exit policy admits loopback targets so that it can be tried on one machine.");
+    println!("SOCKS5 listening on {}", demo.socks);
+    println!(
+        "try:  curl --proxy socks5h://{} http://example.com/",
+        demo.socks
+    );
+    println!("Ctrl-C stops it.");
+    tokio::signal::ctrl_c().await?;
+    println!("stopping");
+    demo.shutdown().await;
+    Ok(())
+}
+
+async fn run(path: PathBuf) -> anyhow::Result<()> {
+    let cfg = braid_config::load_client_config(&path)?;
+    let limits = SocksLimits {
+        handshake_deadline: cfg.handshake_timeout(),
+        max_connections: cfg.max_connections as usize,
+        max_per_source: cfg.max_connections_per_source as usize,
+        auth: match &cfg.auth {
+            None => None,
+            Some(a) => Some(
+                SocksAuth::new(a.username.as_bytes(), a.password.as_bytes())
+                    .with_context(|| format!("{}: [auth]", path.display()))?,
+            ),
+        },
+    };
+    let directory = Arc::new(braid_config::load_directory(&cfg.directory)?);
+    let shutdown = CancellationToken::new();
+    let handle = overlay::connect(ClientParams {
+        directory,
+        gateway: cfg.gateway.clone(),
+        bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+        window_cells: u64::from(cfg.window_cells),
+        scheduler: match cfg.scheduler {
+            braid_config::Scheduler::RoundRobin => PathScheduler::RoundRobin,
+            braid_config::Scheduler::Rtt => PathScheduler::LowestDelay,
+        },
+        tap: None,
+        shutdown: shutdown.clone(),
+    })
+    .await?;
+    let listener = braid_client::socks::bind(cfg.socks_listen)
+        .with_context(|| format!("binding the SOCKS5 port {}", cfg.socks_listen))?;
+    tracing::info!(
+        socks = %cfg.socks_listen,
+        auth = limits.auth.is_some(),
+        handshake_timeout_secs = cfg.handshake_timeout_secs,
+        max_connections = limits.max_connections,
+        max_connections_per_source = limits.max_per_source,
+        "SOCKS5 proxy ready"
+    );
+    let serve = tokio::spawn(braid_client::socks::serve(
+        listener,
+        handle,
+        limits,
+        shutdown.clone(),
+    ));
+    tokio::signal::ctrl_c().await?;
+    shutdown.cancel();
+    let _ = serve.await;
+    Ok(())
+}

@@ -1,0 +1,631 @@
+//! The local SOCKS5 front: parse the handshake (sans-IO parser in `braid_proto::socks5`),
+//! open an inner stream to the gateway, answer with the gateway's status, then pump sealed
+//! records both ways.
+//!
+//! # Defences against hostile local peers
+//!
+//! [`SocksLimits`] bounds what a peer can hold, and every refusal is a proper SOCKS5 answer
+//! followed by a prompt close, never a hang:
+//!
+//! - **Malformed input** gets the exact reply of [`braid_proto::socks5::Socks5Error::reply`]
+//!   (`05 FF` for a greeting without an acceptable method, `01 01` for a failed RFC 1929
+//!   sub-negotiation, `05 07`/`05 08`/`05 01 ...` for bad requests, nothing for a first byte
+//!   that is not 5), then the close below.
+//! - **Handshake deadline** (slowloris): the greeting, the RFC 1929 sub-negotiation and the
+//!   request must all arrive within [`SocksLimits::handshake_deadline`] of the accept. On
+//!   expiry the connection is closed *without* a reply, at every stage: at the greeting and
+//!   authentication stages no RFC 1928/1929 message means "too slow" (`05 FF` or `01 01`
+//!   would misreport a method or credential problem), and at the request stage a `05 01`
+//!   would answer a request that never arrived whole. The peer sees EOF.
+//! - **Connection limits**: at most [`SocksLimits::max_connections`] connections in all and
+//!   [`SocksLimits::max_per_source`] from one source IP address (IPv4-mapped IPv6 counts as
+//!   IPv4). A connection over either limit is *refused as by a ruleset*: its handshake runs
+//!   as usual (same authentication policy, same replies to malformed input) within
+//!   [`REFUSAL_DEADLINE`] (or the handshake deadline if shorter), and a complete request is
+//!   answered `05 02 00 01 00 00 00 00 00 00` — "connection not allowed by ruleset" — instead
+//!   of being connected. `05 FF` at once was rejected as the normal answer: it claims that
+//!   none of the client's authentication methods is acceptable, so clients report an
+//!   authentication problem (curl: "No authentication method was acceptable"), while REP 02
+//!   is the RFC's code for a server rule refusing the connection, which is what happened.
+//!   The refusal path is bounded too ([`REFUSAL_SLOTS`] at once); when it is full, the
+//!   connection gets `05 FF` written at once without reading anything (the only SOCKS5
+//!   answer that can precede the greeting) and is dropped.
+//! - **Closing**: after any reply that ends a connection, the write side is shut down at once
+//!   (the peer reads the reply, then EOF), whatever the peer already sent is drained for at
+//!   most [`LINGER`] / [`LINGER_BYTES`] so that the kernel ends the connection with a FIN
+//!   rather than an RST that could destroy the reply in flight, and the socket is dropped.
+//!   The connection's slot is released only then.
+//! - **Memory**: a connection in its handshake holds at most
+//!   [`socks5::MAX_MESSAGE_LEN`] + 1 KiB of input (the parser never asks for more than one
+//!   whole message); nothing a peer sends can make the SOCKS path allocate beyond that, and
+//!   nothing in it indexes or unwraps on peer input.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use braid_node::session_task::{SessionCmd, StreamEvent};
+use braid_proto::inner::{self, MessageDecoder, OpenRequest, OpenStatus, Record};
+use braid_proto::socks5::{self, AuthPolicy, Command, Progress, ReplyCode, Socks5Handshake};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::overlay::ClientHandle;
+
+/// Default for [`SocksLimits::handshake_deadline`] (slowloris guard).
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+/// How long the gateway may take to answer an open.
+pub const OPEN_DEADLINE: Duration = Duration::from_secs(30);
+/// Default for [`SocksLimits::max_connections`].
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Default for [`SocksLimits::max_per_source`].
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = 256;
+/// Most over-limit connections being refused at once (each runs a short handshake to be
+/// answered `05 02`); beyond it they get `05 FF` without being read.
+pub const REFUSAL_SLOTS: usize = 256;
+/// Longest an over-limit connection may take over the handshake it is refused at the end of.
+pub const REFUSAL_DEADLINE: Duration = Duration::from_secs(2);
+/// After the write side is shut down, how long what the peer already sent is drained.
+pub const LINGER: Duration = Duration::from_millis(500);
+/// ... and at most how many bytes of it.
+pub const LINGER_BYTES: usize = 64 * 1024;
+/// `05 02 00 01 0.0.0.0:0`: the answer to a request over a connection limit.
+const REPLY_NOT_ALLOWED: [u8; 10] = [5, 2, 0, 1, 0, 0, 0, 0, 0, 0];
+/// `05 FF`: the last-resort refusal, sent before anything is read.
+const SELECT_NONE: [u8; 2] = [socks5::VERSION, socks5::METHOD_NO_ACCEPTABLE];
+
+/// The one RFC 1929 username/password pair the SOCKS5 port accepts. `Debug` never shows the
+/// password.
+#[derive(Clone)]
+pub struct SocksAuth {
+    username: Arc<[u8]>,
+    password: Arc<[u8]>,
+}
+
+impl SocksAuth {
+    /// Each must be 1 to 255 bytes (the RFC 1929 length fields; 0 is refused on the wire).
+    pub fn new(
+        username: impl Into<Vec<u8>>,
+        password: impl Into<Vec<u8>>,
+    ) -> anyhow::Result<SocksAuth> {
+        let (username, password) = (username.into(), password.into());
+        anyhow::ensure!(
+            (1..=255).contains(&username.len()) && (1..=255).contains(&password.len()),
+            "SOCKS5 username and password must each be 1 to 255 bytes (RFC 1929)"
+        );
+        Ok(SocksAuth {
+            username: username.into(),
+            password: password.into(),
+        })
+    }
+
+    pub fn username(&self) -> &[u8] {
+        &self.username
+    }
+
+    fn policy(&self) -> AuthPolicy {
+        let (u, p) = (self.username.clone(), self.password.clone());
+        // `&`, not `&&`: both are compared, so timing says little about which one failed.
+        AuthPolicy::UserPass(Box::new(move |cu: &[u8], cp: &[u8]| {
+            ct_eq(cu, &u) & ct_eq(cp, &p)
+        }))
+    }
+}
+
+impl fmt::Debug for SocksAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SocksAuth")
+            .field("username", &String::from_utf8_lossy(&self.username))
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Equality whose time depends on the lengths but not on where the contents differ.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What the SOCKS5 port lets peers hold; see the module documentation for what happens at
+/// each limit.
+#[derive(Clone, Debug)]
+pub struct SocksLimits {
+    /// Greeting + authentication + request must be complete within this of the accept.
+    pub handshake_deadline: Duration,
+    /// Connections open at once, in all.
+    pub max_connections: usize,
+    /// Connections open at once from one source IP address.
+    pub max_per_source: usize,
+    /// RFC 1929 username/password to require; `None` asks for no authentication.
+    pub auth: Option<SocksAuth>,
+}
+
+impl Default for SocksLimits {
+    fn default() -> Self {
+        SocksLimits {
+            handshake_deadline: HANDSHAKE_DEADLINE,
+            max_connections: MAX_CONNECTIONS,
+            max_per_source: MAX_CONNECTIONS_PER_SOURCE,
+            auth: None,
+        }
+    }
+}
+
+impl SocksLimits {
+    fn policy(&self) -> AuthPolicy {
+        match &self.auth {
+            None => AuthPolicy::NoAuth,
+            Some(a) => a.policy(),
+        }
+    }
+}
+
+/// Waits for `n` bytes of the stream's send credit (per-stream flow control) and spends it.
+async fn take_credit(credit: &Semaphore, n: usize) -> anyhow::Result<()> {
+    let n = u32::try_from(n)?;
+    credit.acquire_many(n).await?.forget();
+    Ok(())
+}
+
+/// Maps a gateway's open status to the SOCKS5 reply code, in one place.
+pub fn reply_code(status: OpenStatus) -> ReplyCode {
+    match status.0 {
+        0..=8 => ReplyCode(status.0),
+        _ => ReplyCode::GENERAL_FAILURE,
+    }
+}
+
+/// Which limit a connection was over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Over {
+    Total,
+    PerSource,
+}
+
+/// Counts open connections, in all and per source address.
+struct Gate {
+    max_total: usize,
+    max_per_source: usize,
+    state: Mutex<GateState>,
+}
+
+#[derive(Default)]
+struct GateState {
+    total: usize,
+    /// Only sources with at least one open connection: at most `max_total` entries.
+    per_source: HashMap<IpAddr, usize>,
+}
+
+/// One admitted connection; dropping it frees the slot.
+struct Ticket {
+    gate: Arc<Gate>,
+    source: IpAddr,
+}
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        // Nothing panics while holding the lock; should it ever, the counts are still whole.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Ticket, Over> {
+        let mut st = self.lock();
+        if st.total >= self.max_total {
+            return Err(Over::Total);
+        }
+        let n = st.per_source.entry(source).or_insert(0);
+        if *n >= self.max_per_source {
+            return Err(Over::PerSource);
+        }
+        *n += 1;
+        st.total += 1;
+        Ok(Ticket {
+            gate: self.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut st = self.gate.lock();
+        st.total = st.total.saturating_sub(1);
+        if let Some(n) = st.per_source.get_mut(&self.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.per_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// Listen backlog of [`bind`]. The kernel caps it at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the SOCKS5 port with a listen backlog of [`LISTEN_BACKLOG`]. (`TcpListener::bind`
+/// uses 128, which a burst of a few hundred connects overflows; the kernel then drops SYNs
+/// and honest clients wait for their 1 s, 3 s, ... SYN retries.)
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Serves SOCKS5 on `listener` until `shutdown`, within `limits`.
+pub async fn serve(
+    listener: TcpListener,
+    handle: ClientHandle,
+    limits: SocksLimits,
+    shutdown: CancellationToken,
+) {
+    let gate = Arc::new(Gate {
+        max_total: limits.max_connections.max(1),
+        max_per_source: limits.max_per_source.max(1),
+        state: Mutex::new(GateState::default()),
+    });
+    let refusals = Arc::new(Semaphore::new(REFUSAL_SLOTS));
+    let limits = Arc::new(limits);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // Typically out of file descriptors: back off instead of spinning.
+                    warn!(error = %e, "SOCKS5 accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let source = peer.ip().to_canonical();
+        match gate.admit(source) {
+            Ok(ticket) => {
+                let handle = handle.clone();
+                let limits = limits.clone();
+                tokio::spawn(async move {
+                    serve_conn(tcp, peer, handle, &limits).await;
+                    drop(ticket);
+                });
+            }
+            Err(over) => match refusals.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    debug!(%peer, ?over, "SOCKS5 connection over the limit: refusing (05 02)");
+                    let limits = limits.clone();
+                    tokio::spawn(refuse(tcp, limits, slot));
+                }
+                Err(_) => {
+                    debug!(%peer, ?over, "SOCKS5 refusals saturated: 05 FF and drop");
+                    // Two bytes always fit an empty send buffer; drop closes at once.
+                    let _ = tcp.try_write(&SELECT_NONE);
+                }
+            },
+        }
+    }
+}
+
+/// One admitted connection, from accept to close.
+async fn serve_conn(mut tcp: TcpStream, peer: SocketAddr, h: ClientHandle, limits: &SocksLimits) {
+    let _ = tcp.set_nodelay(true);
+    match tokio::time::timeout(
+        limits.handshake_deadline,
+        handshake(&mut tcp, limits.policy()),
+    )
+    .await
+    {
+        // Closed without a reply; see the module documentation.
+        Err(_) => debug!(%peer, "SOCKS5 handshake deadline passed"),
+        Ok(Err(e)) => debug!(%peer, error = %e, "SOCKS5 handshake failed"),
+        Ok(Ok((req, early))) => {
+            if let Err(e) = handle_conn(&mut tcp, h, req, early).await {
+                debug!(%peer, error = %e, "socks connection ended");
+            }
+        }
+    }
+    close(tcp).await;
+}
+
+/// An over-limit connection: the usual handshake, then `05 02` instead of a connect.
+async fn refuse(mut tcp: TcpStream, limits: Arc<SocksLimits>, _slot: OwnedSemaphorePermit) {
+    let _ = tcp.set_nodelay(true);
+    let deadline = limits.handshake_deadline.min(REFUSAL_DEADLINE);
+    let _ = tokio::time::timeout(deadline, async {
+        if handshake(&mut tcp, limits.policy()).await.is_ok() {
+            let _ = tcp.write_all(&REPLY_NOT_ALLOWED).await;
+        }
+    })
+    .await;
+    close(tcp).await;
+}
+
+/// Ends a connection promptly: FIN now, drain what the peer already sent (bounded), drop.
+async fn close(mut tcp: TcpStream) {
+    let _ = tokio::time::timeout(LINGER, async {
+        let _ = tcp.shutdown().await;
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            match tcp.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// Runs the SOCKS5 handshake; any error reply is written before the error is returned.
+async fn handshake(
+    tcp: &mut TcpStream,
+    policy: AuthPolicy,
+) -> anyhow::Result<(socks5::Request, Vec<u8>)> {
+    let mut hs = Socks5Handshake::new(policy);
+    // `NeedMore` only while less than one whole message is buffered, so this stays below
+    // MAX_MESSAGE_LEN + one read.
+    let mut buf: Vec<u8> = Vec::with_capacity(socks5::MAX_MESSAGE_LEN);
+    let mut chunk = [0u8; 1024];
+    loop {
+        match hs.feed(&buf) {
+            Ok(Progress::NeedMore) => {
+                let n = tcp.read(&mut chunk).await?;
+                if n == 0 {
+                    anyhow::bail!("client closed during the handshake");
+                }
+                buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+            }
+            Ok(Progress::Reply { consumed, bytes }) => {
+                tcp.write_all(bytes).await?;
+                buf.drain(..consumed.min(buf.len()));
+            }
+            Ok(Progress::Done {
+                consumed, request, ..
+            }) => {
+                let early = buf.get(consumed..).unwrap_or_default().to_vec();
+                return Ok((request, early));
+            }
+            Err(e) => {
+                if let Some(r) = e.reply() {
+                    tcp.write_all(r).await?;
+                }
+                anyhow::bail!("bad SOCKS5 handshake: {e}");
+            }
+        }
+    }
+}
+
+async fn handle_conn(
+    tcp: &mut TcpStream,
+    h: ClientHandle,
+    req: socks5::Request,
+    early: Vec<u8>,
+) -> anyhow::Result<()> {
+    if req.command != Command::CONNECT {
+        tcp.write_all(&socks5::reply(ReplyCode::COMMAND_NOT_SUPPORTED, None))
+            .await?;
+        return Ok(());
+    }
+    let stream = h.next_stream_id();
+    let (open, first) = inner::client_open(
+        &mut rand::rng(),
+        &h.gateway_key,
+        &OpenRequest {
+            target: req.target.clone(),
+            early_data: early,
+        },
+    )?;
+    let (ev_tx, mut events) = mpsc::channel::<StreamEvent>(64);
+    // The stream's send budget; the session fills it with the central's stream window.
+    let credit = Arc::new(Semaphore::new(0));
+    h.cmd
+        .send(SessionCmd::Open {
+            stream,
+            gateway: h.gateway_id.clone(),
+            events: ev_tx,
+            credit: credit.clone(),
+        })
+        .await?;
+    take_credit(&credit, first.len()).await?;
+    h.cmd
+        .send(SessionCmd::Data {
+            stream,
+            bytes: first,
+        })
+        .await?;
+
+    // Wait for the gateway's answer.
+    let mut dec = MessageDecoder::default();
+    let answer = tokio::time::timeout(OPEN_DEADLINE, async {
+        loop {
+            if let Some(m) = dec.next_message()? {
+                return Ok::<_, anyhow::Error>(Some(m));
+            }
+            match events.recv().await {
+                Some(StreamEvent::Data(d)) => dec.push(&d),
+                _ => return Ok(None),
+            }
+        }
+    })
+    .await;
+    let msg2 = match answer {
+        Ok(Ok(Some(m))) => m,
+        Ok(_) => {
+            tcp.write_all(&socks5::reply(ReplyCode::GENERAL_FAILURE, None))
+                .await?;
+            let _ = h.cmd.send(SessionCmd::Reset { stream, code: 1 }).await;
+            return Ok(());
+        }
+        Err(_) => {
+            tcp.write_all(&socks5::reply(ReplyCode::TTL_EXPIRED, None))
+                .await?;
+            let _ = h.cmd.send(SessionCmd::Reset { stream, code: 1 }).await;
+            return Ok(());
+        }
+    };
+    let (status, reason, mut sealer, mut opener) = match open.finish(&msg2) {
+        Ok(x) => x,
+        Err(e) => {
+            // The gateway's answer did not authenticate: answer, then abort the stream.
+            tcp.write_all(&socks5::reply(ReplyCode::GENERAL_FAILURE, None))
+                .await?;
+            let _ = h.cmd.send(SessionCmd::Reset { stream, code: 1 }).await;
+            return Err(e.into());
+        }
+    };
+    if status != OpenStatus::OK {
+        info!(stream, target = %req.target, code = status.0, %reason, "gateway refused the stream");
+        tcp.write_all(&socks5::reply(reply_code(status), None))
+            .await?;
+        let _ = h
+            .cmd
+            .send(SessionCmd::Reset {
+                stream,
+                code: status.0,
+            })
+            .await;
+        return Ok(());
+    }
+    tcp.write_all(&socks5::reply(ReplyCode::SUCCEEDED, None))
+        .await?;
+
+    let (mut tcp_r, mut tcp_w) = tcp.split();
+    let cmd = h.cmd.clone();
+    let up = async move {
+        let mut buf = vec![0u8; inner::MAX_RECORD_DATA];
+        loop {
+            let rec = match tcp_r.read(&mut buf).await {
+                Ok(0) | Err(_) => Record::HalfClose,
+                Ok(n) => Record::Data(buf[..n].to_vec()),
+            };
+            let last = rec == Record::HalfClose;
+            let mut out = Vec::with_capacity(buf.len() + 64);
+            if sealer.seal(&rec, &mut out).is_err() {
+                return;
+            }
+            if take_credit(&credit, out.len()).await.is_err() {
+                return;
+            }
+            if cmd
+                .send(SessionCmd::Data { stream, bytes: out })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            if last {
+                let _ = cmd.send(SessionCmd::End { stream }).await;
+                return;
+            }
+        }
+    };
+    let down = async move {
+        loop {
+            loop {
+                match dec.next_message() {
+                    Ok(Some(m)) => match opener.open(&m) {
+                        Ok(Record::Data(d)) => {
+                            if tcp_w.write_all(&d).await.is_err() {
+                                return false;
+                            }
+                        }
+                        Ok(Record::HalfClose) | Ok(Record::Close) => {
+                            let _ = tcp_w.shutdown().await;
+                            return true;
+                        }
+                        Ok(Record::Error(_)) | Err(_) => return false,
+                    },
+                    Ok(None) => break,
+                    Err(_) => return false,
+                }
+            }
+            match events.recv().await {
+                Some(StreamEvent::Data(d)) => dec.push(&d),
+                // The session ended the stream without the gateway's sealed close: abort.
+                _ => return false,
+            }
+        }
+    };
+    let (_, clean) = tokio::join!(up, down);
+    if !clean {
+        let _ = h.cmd.send(SessionCmd::Reset { stream, code: 1 }).await;
+    } else {
+        let _ = h.cmd.send(SessionCmd::Forget { stream }).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn gate(total: usize, per_source: usize) -> Arc<Gate> {
+        Arc::new(Gate {
+            max_total: total,
+            max_per_source: per_source,
+            state: Mutex::new(GateState::default()),
+        })
+    }
+
+    #[test]
+    fn gate_counts_per_source_and_in_all_and_frees_on_drop() {
+        let g = gate(3, 2);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let a1 = g.admit(a).unwrap();
+        let a2 = g.admit(a).unwrap();
+        assert_eq!(g.admit(a).err(), Some(Over::PerSource));
+        let b1 = g.admit(b).unwrap();
+        assert_eq!(g.admit(b).err(), Some(Over::Total));
+        drop(a1);
+        let a3 = g.admit(a).unwrap();
+        assert_eq!(g.admit(b).err(), Some(Over::Total));
+        drop((a2, a3, b1));
+        let st = g.lock();
+        assert_eq!(st.total, 0);
+        assert!(
+            st.per_source.is_empty(),
+            "no entry outlives its connections"
+        );
+    }
+
+    #[test]
+    fn mapped_ipv6_counts_as_its_ipv4_source() {
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(mapped.to_canonical(), "10.1.2.3".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn auth_lengths_and_redaction() {
+        assert!(SocksAuth::new("", "p").is_err());
+        assert!(SocksAuth::new("u", "").is_err());
+        assert!(SocksAuth::new(vec![b'u'; 256], "p").is_err());
+        let a = SocksAuth::new(vec![b'u'; 255], "s3cret-pw").unwrap();
+        let shown = format!(
+            "{a:?} {:?}",
+            SocksLimits {
+                auth: Some(a.clone()),
+                ..SocksLimits::default()
+            }
+        );
+        assert!(
+            !shown.contains("s3cret-pw") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        let AuthPolicy::UserPass(check) = a.policy() else {
+            panic!("user/pass policy expected")
+        };
+        assert!(check(&[b'u'; 255], b"s3cret-pw"));
+        assert!(!check(&[b'u'; 255], b"s3cret-pW"));
+        assert!(!check(&[b'u'; 254], b"s3cret-pw"));
+        assert!(!check(b"", b""));
+    }
+}

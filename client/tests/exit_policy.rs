@@ -1,0 +1,489 @@
+//! The exit policy, end to end: raw SOCKS5 CONNECTs through a real overlay, each test run
+//! inside a fresh network namespace that has only loopback (see `support/netns.rs`).
+//!
+//! In there, an address the policy fails to refuse cannot be reached at all: 10.0.0.1 and
+//! 169.254.169.254 give "network unreachable" (reply 0x03), and loopback targets are
+//! listeners the test owns and counts. So "not allowed" (0x02) with no accepted
+//! connection means the policy refused before any packet was sent; a positive control in
+//! the same namespace shows the path works (0x00, connection accepted) and that an
+//! unrefused internal address really does come back 0x03.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use braid_client::demo::{Demo, DemoOptions};
+use braid_config::{Cidr, ExitRule, PortRange};
+use support::netns;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const OK: u8 = 0x00;
+const NOT_ALLOWED: u8 = 0x02;
+const NETWORK_UNREACHABLE: u8 = 0x03;
+
+fn reply_name(code: u8) -> &'static str {
+    match code {
+        0 => "succeeded",
+        1 => "general failure",
+        2 => "not allowed by ruleset",
+        3 => "network unreachable",
+        4 => "host unreachable",
+        5 => "connection refused",
+        6 => "TTL expired",
+        _ => "other",
+    }
+}
+
+/// A SOCKS5 destination, written on the wire as the test says (address or name).
+#[derive(Clone)]
+enum Dest {
+    Addr(SocketAddr),
+    Name(String, u16),
+}
+
+impl fmt::Display for Dest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dest::Addr(a) => write!(f, "{a}"),
+            Dest::Name(n, p) => write!(f, "{n}:{p} (by name)"),
+        }
+    }
+}
+
+fn addr(ip: impl Into<IpAddr>, port: u16) -> Dest {
+    Dest::Addr(SocketAddr::new(ip.into(), port))
+}
+
+fn name(n: &str, port: u16) -> Dest {
+    Dest::Name(n.to_owned(), port)
+}
+
+/// One SOCKS5 CONNECT written by hand; returns the reply code (REP).
+async fn socks_connect(proxy: SocketAddr, dest: &Dest) -> u8 {
+    let attempt = async {
+        let mut s = TcpStream::connect(proxy).await.unwrap();
+        s.write_all(&[5, 1, 0]).await.unwrap();
+        let mut m = [0u8; 2];
+        s.read_exact(&mut m).await.unwrap();
+        assert_eq!(m, [5, 0], "method selection");
+        let mut req = vec![5, 1, 0];
+        match dest {
+            Dest::Addr(SocketAddr::V4(a)) => {
+                req.push(1);
+                req.extend_from_slice(&a.ip().octets());
+                req.extend_from_slice(&a.port().to_be_bytes());
+            }
+            Dest::Addr(SocketAddr::V6(a)) => {
+                req.push(4);
+                req.extend_from_slice(&a.ip().octets());
+                req.extend_from_slice(&a.port().to_be_bytes());
+            }
+            Dest::Name(n, p) => {
+                req.push(3);
+                req.push(u8::try_from(n.len()).unwrap());
+                req.extend_from_slice(n.as_bytes());
+                req.extend_from_slice(&p.to_be_bytes());
+            }
+        }
+        s.write_all(&req).await.unwrap();
+        let mut head = [0u8; 2];
+        s.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[0], 5, "reply version");
+        head[1]
+    };
+    tokio::time::timeout(Duration::from_secs(40), attempt)
+        .await
+        .unwrap_or_else(|_| panic!("no SOCKS reply for {dest} within 40 s"))
+}
+
+/// A TCP listener that counts the connections it accepts.
+struct Trap {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl Trap {
+    async fn bind(at: SocketAddr) -> std::io::Result<Trap> {
+        let l = TcpListener::bind(at).await?;
+        let addr = l.local_addr()?;
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let n = accepted.clone();
+        tokio::spawn(async move {
+            while l.accept().await.is_ok() {
+                n.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        Ok(Trap { addr, accepted })
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// Everything logged at info and above in this process (the client's log included).
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Log {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        std::io::stderr().write_all(b)?;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Log {
+    fn capture() -> Log {
+        let log = Log::default();
+        let w = log.clone();
+        tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
+            .try_init()
+            .expect("one subscriber per process (one test per namespace)");
+        log
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// Asserts a client log line says the gateway refused `target` with a reason
+    /// containing `reason`.
+    #[track_caller]
+    fn assert_refusal(&self, target: &str, reason: &str) {
+        let text = self.text();
+        assert!(
+            text.lines()
+                .any(|l| l.contains("gateway refused the stream")
+                    && l.contains(&format!("target={target}"))
+                    && l.contains(reason)),
+            "no client log line says {target} was refused with {reason:?}:\n{text}"
+        );
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn opts() -> DemoOptions {
+    DemoOptions {
+        socks: "127.0.0.1:0".parse().unwrap(),
+        ..DemoOptions::default()
+    }
+}
+
+/// Traps on every node's own address (TCP on the node's UDP port).
+async fn node_traps(demo: &Demo) -> Vec<(String, Trap)> {
+    let mut traps = Vec::new();
+    for n in &demo.nodes {
+        traps.push((n.id.clone(), Trap::bind(n.addr).await.unwrap()));
+    }
+    traps
+}
+
+/// Connects to each destination in turn and asserts every reply code.
+async fn expect_replies(socks: SocketAddr, cases: &[(Dest, u8)]) {
+    let mut wrong = Vec::new();
+    for (dest, want) in cases {
+        let got = socks_connect(socks, dest).await;
+        eprintln!("{dest}: reply {got:#04x} ({})", reply_name(got));
+        if got != *want {
+            wrong.push(format!(
+                "{dest}: got {got:#04x} ({}), want {want:#04x} ({})",
+                reply_name(got),
+                reply_name(*want)
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "wrong replies:\n  {}", wrong.join("\n  "));
+}
+
+/// Lets any connection the gateway might have started land before counting.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+/// With the gateway's default policy (not the demo's), every forbidden target is refused
+/// with 0x02 and no connection reaches any of them.
+#[test]
+fn default_policy_refuses_forbidden_targets() {
+    if netns::run_in_fresh_netns("default_policy_refuses_forbidden_targets") {
+        return;
+    }
+    let started = Instant::now();
+    runtime().block_on(async {
+        let log = Log::capture();
+        let v4 = Trap::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let port = v4.addr.port();
+        let v6 = Trap::bind(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port))
+            .await
+            .ok();
+        let mut hosts = BTreeMap::new();
+        hosts.insert("trap.braid.test".to_owned(), IpAddr::from([127, 0, 0, 1]));
+        let demo = Demo::start(DemoOptions {
+            exit_allow_loopback: false,
+            hosts,
+            ..opts()
+        })
+        .await
+        .unwrap();
+        let nodes = node_traps(&demo).await;
+
+        let lo4 = Ipv4Addr::LOCALHOST;
+        let mut cases = vec![
+            (addr(lo4, port), NOT_ALLOWED),
+            (addr([10, 0, 0, 1], 80), NOT_ALLOWED),
+            (addr([169, 254, 169, 254], 80), NOT_ALLOWED),
+            (addr(Ipv6Addr::LOCALHOST, port), NOT_ALLOWED),
+            (addr(lo4.to_ipv6_mapped(), port), NOT_ALLOWED),
+            (addr(Ipv4Addr::UNSPECIFIED, port), NOT_ALLOWED),
+            (addr(Ipv6Addr::UNSPECIFIED, port), NOT_ALLOWED),
+            (
+                addr("fd00:ec2::254".parse::<Ipv6Addr>().unwrap(), 80),
+                NOT_ALLOWED,
+            ),
+            (
+                addr("64:ff9b::7f00:1".parse::<Ipv6Addr>().unwrap(), port),
+                NOT_ALLOWED,
+            ),
+            (name("0177.0.0.1", port), NOT_ALLOWED),
+            (name("2130706433", port), NOT_ALLOWED),
+            (name("0x7f.1", port), NOT_ALLOWED),
+            (name("127.0.0.1", port), NOT_ALLOWED),
+            (name("localhost", port), NOT_ALLOWED),
+            (name("trap.braid.test", port), NOT_ALLOWED),
+            (name("169.254.169.254", 80), NOT_ALLOWED),
+            (Dest::Addr(demo.socks), NOT_ALLOWED),
+        ];
+        for n in &demo.nodes {
+            cases.push((Dest::Addr(n.addr), NOT_ALLOWED));
+        }
+        expect_replies(demo.socks, &cases).await;
+        settle().await;
+
+        assert_eq!(v4.accepted(), 0, "a connection reached 127.0.0.1:{port}");
+        if let Some(v6) = &v6 {
+            assert_eq!(v6.accepted(), 0, "a connection reached [::1]:{port}");
+        }
+        for (id, t) in &nodes {
+            assert_eq!(
+                t.accepted(),
+                0,
+                "a connection reached node {id} at {}",
+                t.addr
+            );
+        }
+        // The reason reaches the client's log.
+        log.assert_refusal(&format!("127.0.0.1:{port}"), "127.0.0.1 is loopback");
+        log.assert_refusal("10.0.0.1:80", "10.0.0.1 is private (RFC 1918)");
+        log.assert_refusal("169.254.169.254:80", "169.254.169.254 is cloud metadata");
+        log.assert_refusal(&format!("[::ffff:127.0.0.1]:{port}"), "is loopback");
+        log.assert_refusal(&format!("2130706433:{port}"), "127.0.0.1 is loopback");
+        log.assert_refusal(&format!("0177.0.0.1:{port}"), "127.0.0.1 is loopback");
+        demo.shutdown().await;
+    });
+    eprintln!(
+        "default_policy_refuses_forbidden_targets: {:?}",
+        started.elapsed()
+    );
+}
+
+/// With the demo's own policy (loopback admitted) the path works — the positive control
+/// — yet every node of the overlay is still refused, in every form.
+#[test]
+fn demo_policy_admits_loopback_but_refuses_overlay_nodes() {
+    if netns::run_in_fresh_netns("demo_policy_admits_loopback_but_refuses_overlay_nodes") {
+        return;
+    }
+    let started = Instant::now();
+    runtime().block_on(async {
+        let log = Log::capture();
+        let target = Trap::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let mut hosts = BTreeMap::new();
+        hosts.insert("trap.braid.test".to_owned(), IpAddr::from([127, 0, 0, 1]));
+        // The demo's policy, plus one rule that lets 10/8 through (for the 0x03 control).
+        let demo = Demo::start(DemoOptions {
+            hosts,
+            exit_rules: vec![ExitRule::allow().cidr("10.0.0.0/8".parse::<Cidr>().unwrap())],
+            ..opts()
+        })
+        .await
+        .unwrap();
+        assert!(
+            DemoOptions::default().exit_allow_loopback,
+            "the demo admits loopback"
+        );
+        let nodes = node_traps(&demo).await;
+        let port = target.addr.port();
+
+        // Positive control: the overlay reaches a loopback target from inside the netns...
+        expect_replies(
+            demo.socks,
+            &[
+                (addr(Ipv4Addr::LOCALHOST, port), OK),
+                (name("trap.braid.test", port), OK),
+            ],
+        )
+        .await;
+        settle().await;
+        assert_eq!(target.accepted(), 2, "the control connections arrived");
+        // ...and an internal address the policy lets through is unreachable here (0x03):
+        // this is what a policy failure would look like for 10.0.0.1 and metadata.
+        expect_replies(
+            demo.socks,
+            &[(addr([10, 0, 0, 1], 80), NETWORK_UNREACHABLE)],
+        )
+        .await;
+
+        // Every node, by address, IPv4-mapped and NAT64 form, is refused.
+        let mut cases = Vec::new();
+        for n in &demo.nodes {
+            cases.push((Dest::Addr(n.addr), NOT_ALLOWED));
+            let IpAddr::V4(v4) = n.addr.ip() else {
+                panic!("demo nodes are on IPv4")
+            };
+            cases.push((addr(v4.to_ipv6_mapped(), n.addr.port()), NOT_ALLOWED));
+            let o = v4.octets();
+            let nat64 = Ipv6Addr::new(
+                0x64,
+                0xff9b,
+                0,
+                0,
+                0,
+                0,
+                u16::from_be_bytes([o[0], o[1]]),
+                u16::from_be_bytes([o[2], o[3]]),
+            );
+            cases.push((addr(nat64, n.addr.port()), NOT_ALLOWED));
+            // Any port of a node's address.
+            cases.push((addr(v4, port), NOT_ALLOWED));
+            // The node's address given as a name.
+            cases.push((name(&v4.to_string(), n.addr.port()), NOT_ALLOWED));
+        }
+        expect_replies(demo.socks, &cases).await;
+        settle().await;
+        for (id, t) in &nodes {
+            assert_eq!(
+                t.accepted(),
+                0,
+                "a connection reached node {id} at {}",
+                t.addr
+            );
+        }
+        for n in &demo.nodes {
+            log.assert_refusal(&n.addr.to_string(), "is an overlay node");
+        }
+        demo.shutdown().await;
+    });
+    eprintln!(
+        "demo_policy_admits_loopback_but_refuses_overlay_nodes: {:?}",
+        started.elapsed()
+    );
+}
+
+/// Rules: deny by domain covers subdomains and not look-alikes, deny by port range,
+/// allow by CIDR opens an internal range (but not the overlay's nodes inside it).
+#[test]
+fn rules_deny_by_domain_and_port_and_allow_by_cidr() {
+    if netns::run_in_fresh_netns("rules_deny_by_domain_and_port_and_allow_by_cidr") {
+        return;
+    }
+    let started = Instant::now();
+    runtime().block_on(async {
+        let log = Log::capture();
+        let open = Trap::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let closed = Trap::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let v6 = Trap::bind(SocketAddr::new(
+            Ipv6Addr::LOCALHOST.into(),
+            open.addr.port(),
+        ))
+        .await
+        .ok();
+        let (p_open, p_closed) = (open.addr.port(), closed.addr.port());
+        let lo = IpAddr::from([127, 0, 0, 1]);
+        let hosts: BTreeMap<String, IpAddr> = [
+            "blocked.braid.test",
+            "www.blocked.braid.test",
+            "notblocked.braid.test",
+        ]
+        .iter()
+        .map(|n| (n.to_string(), lo))
+        .collect();
+        let demo = Demo::start(DemoOptions {
+            exit_allow_loopback: false,
+            hosts,
+            exit_rules: vec![
+                ExitRule::deny().domain("blocked.braid.test"),
+                ExitRule::deny().ports(PortRange::single(p_closed)),
+                ExitRule::allow().cidr("127.0.0.0/8".parse().unwrap()),
+            ],
+            ..opts()
+        })
+        .await
+        .unwrap();
+        let nodes = node_traps(&demo).await;
+        let mut cases = vec![
+            // allow cidr 127.0.0.0/8 opens loopback, which the default policy refuses.
+            (addr(lo, p_open), OK),
+            (name("notblocked.braid.test", p_open), OK),
+            // deny domain: the domain and its subdomains.
+            (name("blocked.braid.test", p_open), NOT_ALLOWED),
+            (name("www.blocked.braid.test", p_open), NOT_ALLOWED),
+            // deny port, before the allow.
+            (addr(lo, p_closed), NOT_ALLOWED),
+            // ::1 is not inside the IPv4 CIDR: still loopback, still refused.
+            (addr(Ipv6Addr::LOCALHOST, p_open), NOT_ALLOWED),
+        ];
+        // The CIDR covers the demo's nodes, but nodes are refused whatever the rules.
+        for n in &demo.nodes {
+            cases.push((Dest::Addr(n.addr), NOT_ALLOWED));
+        }
+        expect_replies(demo.socks, &cases).await;
+        settle().await;
+        assert_eq!(open.accepted(), 2, "the two allowed connections arrived");
+        assert_eq!(closed.accepted(), 0, "the denied port was reached");
+        if let Some(v6) = &v6 {
+            assert_eq!(v6.accepted(), 0, "[::1] was reached");
+        }
+        for (id, t) in &nodes {
+            assert_eq!(
+                t.accepted(),
+                0,
+                "a connection reached node {id} at {}",
+                t.addr
+            );
+        }
+        log.assert_refusal(
+            &format!("www.blocked.braid.test:{p_open}"),
+            "rule 0 (deny domain blocked.braid.test)",
+        );
+        log.assert_refusal(
+            &format!("127.0.0.1:{p_closed}"),
+            &format!("rule 1 (deny ports {p_closed})"),
+        );
+        demo.shutdown().await;
+    });
+    eprintln!(
+        "rules_deny_by_domain_and_port_and_allow_by_cidr: {:?}",
+        started.elapsed()
+    );
+}

@@ -1,0 +1,87 @@
+//! Graceful shutdown over separate processes: SIGTERM makes a node stop accepting, lets
+//! live streams finish (up to `drain_timeout_secs`), then exit.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::procs::{ProcOptions, ProcOverlay};
+use support::*;
+
+const MIB: u64 = 1024 * 1024;
+
+async fn wait_cells(ov: &ProcOverlay, id: &str, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ov.metric(id, "braid_cells_in_total") < n {
+        assert!(Instant::now() < deadline, "{id} carried nothing");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A central stopped with SIGTERM mid-upload refuses new streams but finishes the live one:
+/// every byte it acknowledged reaches the destination, then it exits on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn central_sigterm_mid_upload_loses_no_acknowledged_byte() {
+    let origin = start_origin([127, 0, 0, 1]).await;
+    let mut ov = ProcOverlay::start(ProcOptions {
+        node_extra: String::new(),
+        ..ProcOptions::default()
+    });
+    let n = 48 * MIB;
+    let transfer = spawn_upload(ov.socks, origin, n);
+    wait_cells(&ov, "central-1", 1500).await;
+
+    let pid = ov.pid("central-1").to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A new stream during the drain is refused promptly, not hung.
+    let t0 = Instant::now();
+    let (ok, _) = curl(ov.socks, &[&format!("http://{origin}/bytes/1000")]).await;
+    assert!(!ok, "a draining central must refuse new streams");
+    assert!(t0.elapsed() < Duration::from_secs(35));
+
+    // The live upload finishes, byte-identical.
+    assert_eq!(transfer.await.unwrap(), expected_sha256(n));
+    // Then the central exits by itself, well before the 30 s drain deadline.
+    let took = ov.terminate("central-1", Duration::from_secs(30));
+    eprintln!("central exited {took:?} after the upload finished");
+    assert!(ov.log("central-1").contains("draining"));
+    ov.assert_no_panics();
+}
+
+/// A gateway stopped mid-download lets the live stream finish, then exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_sigterm_mid_download_finishes_the_stream() {
+    let origin = start_origin([127, 0, 0, 1]).await;
+    let mut ov = ProcOverlay::start(ProcOptions::default());
+    let n = 48 * MIB;
+    let (socks, url) = (ov.socks, format!("http://{origin}/bytes/{n}"));
+    let transfer = tokio::spawn(async move { curl_sha256(socks, &url).await });
+    wait_cells(&ov, "downstream-1", 1000).await;
+    let pid = ov.pid("gateway-1").to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(transfer.await.unwrap(), expected_sha256(n));
+    let took = ov.terminate("gateway-1", Duration::from_secs(30));
+    eprintln!("gateway exited {took:?} after the download finished");
+    ov.assert_no_panics();
+}
+
+/// Idle nodes of every role exit promptly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_nodes_exit_promptly_on_sigterm() {
+    let mut ov = ProcOverlay::start(ProcOptions::default());
+    let ids: Vec<String> = ov.nodes.iter().map(|n| n.id.clone()).collect();
+    for id in ids {
+        let took = ov.terminate(&id, Duration::from_secs(10));
+        eprintln!("{id} exited in {took:?}");
+    }
+}

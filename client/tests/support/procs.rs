@@ -1,0 +1,350 @@
+//! An overlay of separate processes: every node is a `braid-node` process with its own
+//! config, keys and 127.a.b.N address, and the client is a `braid run` process. Tests use it
+//! where a process boundary matters: kill -9, SIGTERM, per-process RSS.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use braid_config::{Directory, NodeEntry, Role};
+use braid_net::NodeIdentity;
+
+pub struct ProcOptions {
+    pub upstreams: usize,
+    pub downstreams: usize,
+    pub relays: usize,
+    pub cell_size: u32,
+    /// Extra TOML lines for the central's config (caps, timeouts).
+    pub central_extra: String,
+    /// Extra top-level TOML lines for every node (e.g. drain settings).
+    pub node_extra: String,
+}
+
+impl Default for ProcOptions {
+    fn default() -> Self {
+        ProcOptions {
+            upstreams: 2,
+            downstreams: 2,
+            relays: 1,
+            cell_size: 8192,
+            central_extra: String::new(),
+            node_extra: String::new(),
+        }
+    }
+}
+
+pub struct ProcNode {
+    pub id: String,
+    pub role: Role,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct ProcOverlay {
+    pub dir: tempfile::TempDir,
+    pub net: [u8; 3],
+    pub nodes: Vec<ProcNode>,
+    pub directory: Directory,
+    pub socks: SocketAddr,
+    client: Option<Child>,
+}
+
+/// `braid-node` sits beside the test binary's folder (`target/<profile>/`).
+pub fn braid_node_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("braid-node");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo test --workspace` (or `cargo build -p braid-node`) first",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port(ip: IpAddr, udp: bool) -> u16 {
+    if udp {
+        std::net::UdpSocket::bind((ip, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    } else {
+        std::net::TcpListener::bind((ip, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+}
+
+fn spawn(bin: &Path, args: &[&str], log: &Path) -> Child {
+    let out = std::fs::File::create(log).unwrap();
+    Command::new(bin)
+        .args(args)
+        .env("BRAID_LOG_FILTER", "info")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap()
+}
+
+/// A tiny HTTP GET against an admin port.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+impl ProcOverlay {
+    pub fn start(o: ProcOptions) -> ProcOverlay {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            h.finish()
+        };
+        let net = [127, 64 + (seed % 180) as u8, 1 + ((seed >> 8) % 250) as u8];
+        let ip = |host: u8| IpAddr::V4(Ipv4Addr::new(net[0], net[1], net[2], host));
+        let mut layout = Vec::new();
+        for i in 1..=o.upstreams {
+            layout.push((format!("upstream-{i}"), Role::Upstream));
+        }
+        layout.push(("central-1".to_string(), Role::Central));
+        for i in 1..=o.downstreams {
+            layout.push((format!("downstream-{i}"), Role::Downstream));
+        }
+        for i in 1..=o.relays {
+            layout.push((format!("relay-{i}"), Role::Relay));
+        }
+        layout.push(("gateway-1".to_string(), Role::Gateway));
+
+        let mut entries = Vec::new();
+        let mut nodes = Vec::new();
+        for (i, (id, role)) in layout.into_iter().enumerate() {
+            let host = (i + 2) as u8;
+            let identity = NodeIdentity::generate(&mut rand::rng()).unwrap();
+            let keydir = dir.path().join("keys").join(&id);
+            identity.save(&keydir).unwrap();
+            let addr = SocketAddr::new(ip(host), free_port(ip(host), true));
+            let admin = SocketAddr::new(ip(host), free_port(ip(host), false));
+            entries.push(NodeEntry::new(
+                id.clone(),
+                role,
+                Some(addr),
+                identity.noise_public(),
+                identity.tls_public(),
+            ));
+            let mut cfg = format!("role = \"{}\"\n", role.as_str());
+            match role {
+                Role::Upstream | Role::Relay => cfg += &format!("listen = \"{addr}\"\n"),
+                Role::Central => cfg += &format!("listen = \"{addr}\"\n{}\n", o.central_extra),
+                Role::Gateway => {}
+                Role::Downstream => {}
+            }
+            cfg += &o.node_extra;
+            cfg += &format!(
+                "\n[node]\nid = \"{id}\"\ndirectory = \"directory.toml\"\nidentity = \"keys/{id}\"\nadmin = \"{admin}\"\n"
+            );
+            if role == Role::Gateway {
+                cfg += "\n[exit]\nallow_loopback = true\n";
+            }
+            let config = dir.path().join(format!("{id}.toml"));
+            std::fs::write(&config, cfg).unwrap();
+            nodes.push(ProcNode {
+                id,
+                role,
+                addr,
+                admin,
+                config,
+                child: None,
+            });
+        }
+        let directory = Directory::validated(o.cell_size, entries).unwrap();
+        std::fs::write(
+            dir.path().join("directory.toml"),
+            directory.to_toml_string(),
+        )
+        .unwrap();
+        let bin = braid_node_bin();
+        for n in &mut nodes {
+            let log = dir.path().join(format!("{}.log", n.id));
+            n.child = Some(spawn(&bin, &["--config", n.config.to_str().unwrap()], &log));
+        }
+        let mut ov = ProcOverlay {
+            dir,
+            net,
+            nodes,
+            directory,
+            socks: SocketAddr::new(ip(1), 0),
+            client: None,
+        };
+        // Ready: every admin port answers, and every dialing node has linked to the central.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for i in 0..ov.nodes.len() {
+            loop {
+                let n = &ov.nodes[i];
+                let ok = match n.role {
+                    Role::Downstream | Role::Gateway => ov.metric(&n.id, "braid_links_up") >= 1,
+                    _ => http_get(n.admin, "/health").is_some_and(|r| r.contains("ok")),
+                };
+                if ok {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} never became ready:\n{}",
+                    n.id,
+                    ov.log(&n.id)
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        ov.start_client();
+        ov
+    }
+
+    fn start_client(&mut self) {
+        let ip = IpAddr::V4(Ipv4Addr::new(self.net[0], self.net[1], self.net[2], 1));
+        let socks = SocketAddr::new(ip, free_port(ip, false));
+        let cfg = format!("directory = \"directory.toml\"\nsocks_listen = \"{socks}\"\n");
+        let path = self.dir.path().join("client.toml");
+        std::fs::write(&path, cfg).unwrap();
+        let log = self.dir.path().join("client.log");
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_braid"));
+        self.client = Some(spawn(
+            &bin,
+            &["run", "--config", path.to_str().unwrap()],
+            &log,
+        ));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(&socks, Duration::from_millis(200)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "client never served SOCKS5:\n{}",
+                self.log("client")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.socks = socks;
+    }
+
+    pub fn node(&self, id: &str) -> &ProcNode {
+        self.nodes.iter().find(|n| n.id == id).unwrap()
+    }
+
+    /// A node's pid; `"client"` names the `braid run` process.
+    pub fn pid(&self, id: &str) -> u32 {
+        if id == "client" {
+            return self.client.as_ref().unwrap().id();
+        }
+        self.node(id).child.as_ref().unwrap().id()
+    }
+
+    /// The value of a counter on a node's `/metrics`, 0 if absent or the node is down.
+    pub fn metric(&self, id: &str, name: &str) -> u64 {
+        let Some(body) = http_get(self.node(id).admin, "/metrics") else {
+            return 0;
+        };
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Resident set size (VmRSS) and its peak (VmHWM) of a node, in KiB.
+    pub fn rss_kib(&self, id: &str) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid(id))).unwrap();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(k))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    fn signal(&self, id: &str, sig: &str) {
+        let pid = self.pid(id).to_string();
+        let st = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(st.success());
+    }
+
+    /// kill -9: the node vanishes without a goodbye.
+    pub fn kill9(&mut self, id: &str) {
+        self.signal(id, "-KILL");
+        let n = self.nodes.iter_mut().find(|n| n.id == id).unwrap();
+        let _ = n.child.as_mut().unwrap().wait();
+    }
+
+    /// SIGTERM, then wait for the process to exit; returns how long it took.
+    pub fn terminate(&mut self, id: &str, limit: Duration) -> Duration {
+        let t0 = Instant::now();
+        self.signal(id, "-TERM");
+        let n = self.nodes.iter_mut().find(|n| n.id == id).unwrap();
+        let child = n.child.as_mut().unwrap();
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return t0.elapsed();
+            }
+            assert!(t0.elapsed() < limit, "{id} did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self, id: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{id}.log"))).unwrap_or_default()
+    }
+
+    /// Every node still alive has counted no panic.
+    pub fn assert_no_panics(&self) {
+        for n in &self.nodes {
+            if n.child.is_some() && http_get(n.admin, "/health").is_some() {
+                assert_eq!(
+                    self.metric(&n.id, "braid_panics_total"),
+                    0,
+                    "{} panicked",
+                    n.id
+                );
+            }
+            assert!(
+                !self.log(&n.id).contains("panicked"),
+                "{} panicked:\n{}",
+                n.id,
+                self.log(&n.id)
+            );
+        }
+        assert!(
+            !self.log("client").contains("panicked"),
+            "the client panicked"
+        );
+    }
+}
+
+impl Drop for ProcOverlay {
+    fn drop(&mut self) {
+        for c in self
+            .nodes
+            .iter_mut()
+            .filter_map(|n| n.child.as_mut())
+            .chain(self.client.as_mut())
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

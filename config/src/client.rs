@@ -1,0 +1,308 @@
+//! The client config (`braid run --config FILE`).
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::directory::{check_id, Directory, NodeEntry, Role};
+use crate::error::ConfigError;
+use crate::node::LogFormat;
+
+/// How the client spreads cells over upstream paths.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Scheduler {
+    /// `"round-robin"` (default): one path after another.
+    #[default]
+    #[serde(rename = "round-robin")]
+    RoundRobin,
+    /// `"rtt"`: prefer paths with the lowest measured round-trip time.
+    #[serde(rename = "rtt")]
+    Rtt,
+}
+
+/// The client's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The directory file. Resolved against the config file's folder when loaded.
+    pub directory: PathBuf,
+    /// Local SOCKS5 listen address (default 127.0.0.1:1080).
+    #[serde(default = "default_socks_listen")]
+    pub socks_listen: SocketAddr,
+    /// Gateway node id to exit through; `None` (default) means any gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// Path scheduler (default round-robin).
+    #[serde(default)]
+    pub scheduler: Scheduler,
+    /// Per-stream window, in cells (default 1024).
+    #[serde(default = "default_window_cells")]
+    pub window_cells: u32,
+    /// Log format.
+    #[serde(default)]
+    pub log: LogFormat,
+    /// Seconds a SOCKS5 client has for its whole handshake (greeting, RFC 1929
+    /// authentication and request) before it is closed (default 10; the slowloris guard).
+    #[serde(default = "default_handshake_timeout_secs")]
+    pub handshake_timeout_secs: u64,
+    /// Most SOCKS5 connections open at once (default 4096). Beyond it a connection is
+    /// refused with a proper SOCKS5 reply, never left hanging.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Most SOCKS5 connections open at once from one source IP address (default 256).
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: u32,
+    /// RFC 1929 username/password the SOCKS5 port requires; none (default) means no
+    /// authentication. Not overridable from the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<ClientAuth>,
+}
+
+/// The `[auth]` table: the one username/password pair the SOCKS5 port accepts (RFC 1929).
+/// Each is 1 to 255 bytes. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+fn default_handshake_timeout_secs() -> u64 {
+    10
+}
+
+fn default_max_connections() -> u32 {
+    4096
+}
+
+fn default_max_connections_per_source() -> u32 {
+    256
+}
+
+fn default_socks_listen() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, 1080))
+}
+
+fn default_window_cells() -> u32 {
+    1024
+}
+
+impl ClientConfig {
+    /// A config with every default and the given directory file.
+    pub fn with_directory(directory: impl Into<PathBuf>) -> Self {
+        ClientConfig {
+            directory: directory.into(),
+            socks_listen: default_socks_listen(),
+            gateway: None,
+            scheduler: Scheduler::default(),
+            window_cells: default_window_cells(),
+            log: LogFormat::default(),
+            handshake_timeout_secs: default_handshake_timeout_secs(),
+            max_connections: default_max_connections(),
+            max_connections_per_source: default_max_connections_per_source(),
+            auth: None,
+        }
+    }
+
+    /// [`handshake_timeout_secs`](Self::handshake_timeout_secs) as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+
+    /// The gateways this client may exit through: the configured one (which must be a
+    /// gateway in `dir`), or every gateway. Errors name the directory file.
+    pub fn eligible_gateways<'d>(
+        &self,
+        dir: &'d Directory,
+    ) -> Result<Vec<&'d NodeEntry>, ConfigError> {
+        match &self.gateway {
+            None => Ok(dir.nodes_with_role(Role::Gateway).collect()),
+            Some(id) => match dir.by_id(id) {
+                Some(n) if n.role == Role::Gateway => Ok(vec![n]),
+                Some(n) => Err(ConfigError::Invalid {
+                    file: self.directory.clone(),
+                    key: "nodes".into(),
+                    message: format!(
+                        "node `{id}` (named by the client's gateway key) is a {}, not a gateway",
+                        n.role
+                    ),
+                }),
+                None => Err(ConfigError::Invalid {
+                    file: self.directory.clone(),
+                    key: "nodes".into(),
+                    message: format!("no node with id `{id}` (named by the client's gateway key)"),
+                }),
+            },
+        }
+    }
+
+    pub(crate) fn validate_in(&self, file: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        if self.directory.as_os_str().is_empty() {
+            return Err(invalid("directory", "must not be empty".into()));
+        }
+        if let Some(id) = &self.gateway {
+            check_id(id).map_err(|m| invalid("gateway", m))?;
+        }
+        if self.window_cells == 0 {
+            return Err(invalid("window_cells", "must be greater than 0".into()));
+        }
+        if !(1..=86_400).contains(&self.handshake_timeout_secs) {
+            return Err(invalid(
+                "handshake_timeout_secs",
+                "must be within 1..=86400 seconds".into(),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", "must be greater than 0".into()));
+        }
+        if self.max_connections_per_source == 0 {
+            return Err(invalid(
+                "max_connections_per_source",
+                "must be greater than 0".into(),
+            ));
+        }
+        if let Some(auth) = &self.auth {
+            // RFC 1929 carries each in a one-byte length field, and 0 is refused.
+            for (key, value) in [
+                ("auth.username", &auth.username),
+                ("auth.password", &auth.password),
+            ] {
+                if !(1..=255).contains(&value.len()) {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "must be 1 to 255 bytes long (RFC 1929), not {}",
+                            value.len()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_files(&self, file: &Path) -> Result<(), ConfigError> {
+        if !self.directory.is_file() {
+            return Err(ConfigError::MissingPath {
+                file: file.to_owned(),
+                key: "directory".into(),
+                what: "the directory file",
+                path: self.directory.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The config as TOML (e.g. to print the effective configuration).
+    pub fn to_toml_string(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| ConfigError::Invalid {
+            file: PathBuf::from("<client config>"),
+            key: "<top level>".into(),
+            message: format!("cannot serialize: {e}"),
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use crate::{no_env, parse_client_config};
+    use std::path::Path;
+
+    const FILE: &str = "/etc/braid/client.toml";
+
+    fn parse(text: &str) -> Result<super::ClientConfig, crate::ConfigError> {
+        parse_client_config(text, Path::new(FILE), &no_env)
+    }
+
+    #[test]
+    fn socks_defences_default_and_parse() {
+        let cfg = parse("directory = \"d\"\n").unwrap();
+        assert_eq!(cfg.handshake_timeout().as_secs(), 10);
+        assert_eq!(cfg.max_connections, 4096);
+        assert_eq!(cfg.max_connections_per_source, 256);
+        assert_eq!(cfg.auth, None);
+        let cfg = parse(
+            "directory = \"d\"\nhandshake_timeout_secs = 3\nmax_connections = 9\n\
+             max_connections_per_source = 2\n[auth]\nusername = \"alice\"\npassword = \"hunter2\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.handshake_timeout().as_secs(), 3);
+        assert_eq!(
+            (cfg.max_connections, cfg.max_connections_per_source),
+            (9, 2)
+        );
+        let auth = cfg.auth.as_ref().unwrap();
+        assert_eq!(
+            (auth.username.as_str(), auth.password.as_str()),
+            ("alice", "hunter2")
+        );
+        // The password never shows in Debug output, alone or nested.
+        for dbg in [format!("{auth:?}"), format!("{cfg:?}"), format!("{cfg:#?}")] {
+            assert!(!dbg.contains("hunter2"), "{dbg}");
+            assert!(dbg.contains("<redacted>"), "{dbg}");
+        }
+        // It round-trips through TOML (the effective config is the operator's to print).
+        let back = parse(&cfg.to_toml_string().unwrap()).unwrap();
+        assert_eq!(back.auth, cfg.auth);
+    }
+
+    #[test]
+    fn socks_defences_are_validated() {
+        let long = "x".repeat(256);
+        let cases = [
+            ("handshake_timeout_secs = 0\n", "`handshake_timeout_secs`"),
+            ("max_connections = 0\n", "`max_connections`"),
+            (
+                "max_connections_per_source = 0\n",
+                "`max_connections_per_source`",
+            ),
+            (
+                "[auth]\nusername = \"\"\npassword = \"p\"\n",
+                "`auth.username`",
+            ),
+            (
+                "[auth]\nusername = \"u\"\npassword = \"\"\n",
+                "`auth.password`",
+            ),
+            (
+                &*format!("[auth]\nusername = \"u\"\npassword = \"{long}\"\n"),
+                "`auth.password`",
+            ),
+            ("[auth]\nusername = \"u\"\n", "password"),
+            (
+                "[auth]\nusername = \"u\"\npassword = \"p\"\ntoken = 1\n",
+                "token",
+            ),
+        ];
+        for (extra, key) in cases {
+            let e = parse(&format!("directory = \"d\"\n{extra}")).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(key) && msg.contains(FILE), "{extra}: {msg}");
+            assert!(!msg.contains(&long), "{msg}");
+        }
+        let max = "y".repeat(255);
+        let cfg = parse(&format!(
+            "directory = \"d\"\n[auth]\nusername = \"{max}\"\npassword = \"{max}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.auth.unwrap().password.len(), 255);
+    }
+}

@@ -1,0 +1,399 @@
+//! The directory file (`directory.toml`): the network-wide cell size and every node's
+//! id, role, address and pinned public keys.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::de::toml_quote;
+use crate::error::ConfigError;
+
+/// Smallest allowed network-wide cell size, in bytes.
+pub const MIN_CELL_SIZE: u32 = 1024;
+/// Largest allowed network-wide cell size, in bytes.
+pub const MAX_CELL_SIZE: u32 = 16384;
+/// Longest allowed node id.
+pub const MAX_ID_LEN: usize = 32;
+
+/// The file name used for directories that were built in memory.
+pub(crate) const IN_MEMORY: &str = "<in-memory directory>";
+
+/// A node's role. One `braid-node` binary runs any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Takes sealed cells from clients and forwards them to the central.
+    Upstream,
+    /// Reorders and reassembles; hands streams to gateways.
+    Central,
+    /// Carries response cells from the central to relays.
+    Downstream,
+    /// Mix: delays and batches response cells; clients collect from its mailboxes.
+    Relay,
+    /// The exit; dials the central (works behind NAT).
+    Gateway,
+}
+
+impl Role {
+    /// Every role, in pipeline order.
+    pub const ALL: [Role; 5] = [
+        Role::Upstream,
+        Role::Central,
+        Role::Downstream,
+        Role::Relay,
+        Role::Gateway,
+    ];
+
+    /// The lower-case name used in TOML (`"upstream"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Upstream => "upstream",
+            Role::Central => "central",
+            Role::Downstream => "downstream",
+            Role::Relay => "relay",
+            Role::Gateway => "gateway",
+        }
+    }
+
+    /// Whether nodes of this role accept connections (and so need an `addr` in the
+    /// directory): upstream, central and relay. Downstreams and gateways only dial.
+    pub fn listens(self) -> bool {
+        matches!(self, Role::Upstream | Role::Central | Role::Relay)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Error for [`Role::from_str`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?}: expected one of upstream, central, downstream, relay, gateway")]
+pub struct UnknownRole(pub String);
+
+impl FromStr for Role {
+    type Err = UnknownRole;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| UnknownRole(s.to_owned()))
+    }
+}
+
+/// One node of the directory.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    /// Unique id: 1..=32 characters of `[a-z0-9-]`.
+    pub id: String,
+    /// The node's role.
+    pub role: Role,
+    /// Where the node listens. Required for upstream, central and relay; optional
+    /// (normally absent) for downstream and gateway, which only dial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<SocketAddr>,
+    /// X25519 static public key (Noise), hex in TOML.
+    #[serde(with = "hex32")]
+    pub noise_key: [u8; 32],
+    /// Ed25519 TLS public key (pinned for QUIC), hex in TOML.
+    #[serde(with = "hex32")]
+    pub tls_key: [u8; 32],
+}
+
+impl NodeEntry {
+    /// Build an entry (checked by [`Directory::validate`]).
+    pub fn new(
+        id: impl Into<String>,
+        role: Role,
+        addr: Option<SocketAddr>,
+        noise_key: [u8; 32],
+        tls_key: [u8; 32],
+    ) -> Self {
+        NodeEntry {
+            id: id.into(),
+            role,
+            addr,
+            noise_key,
+            tls_key,
+        }
+    }
+}
+
+/// The directory: network-wide cell size plus every node.
+///
+/// Build one by loading a file ([`crate::load_directory`]), parsing text
+/// ([`Directory::from_toml_str`]), or in memory ([`Directory::new`] then
+/// [`Directory::validate`], or [`Directory::validated`] for both at once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Directory {
+    /// Cell size in bytes, the same for the whole network: 1024..=16384.
+    pub cell_size: u32,
+    /// Every node, in file order (`[[nodes]]` tables).
+    #[serde(default)]
+    pub nodes: Vec<NodeEntry>,
+}
+
+impl Directory {
+    /// A directory from parts, not yet validated.
+    pub fn new(cell_size: u32, nodes: Vec<NodeEntry>) -> Self {
+        Directory { cell_size, nodes }
+    }
+
+    /// A directory from parts, validated.
+    pub fn validated(cell_size: u32, nodes: Vec<NodeEntry>) -> Result<Self, ConfigError> {
+        let dir = Directory::new(cell_size, nodes);
+        dir.validate()?;
+        Ok(dir)
+    }
+
+    /// Parse and validate directory TOML text (no environment overrides). Errors name
+    /// the file as `<directory>`.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        crate::load::parse_directory(text, Path::new("<directory>"), &|_: &str| None)
+    }
+
+    /// Check every rule: cell size range, id syntax and uniqueness, role counts (exactly
+    /// one central, at least one upstream, downstream, relay and gateway), addresses
+    /// where required and unique, keys unique and non-zero.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_in(Path::new(IN_MEMORY))
+    }
+
+    pub(crate) fn validate_in(&self, file: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            key,
+            message,
+        };
+        if !(MIN_CELL_SIZE..=MAX_CELL_SIZE).contains(&self.cell_size) {
+            return Err(invalid(
+                "cell_size".into(),
+                format!(
+                    "cell size {} is out of range: must be {MIN_CELL_SIZE}..={MAX_CELL_SIZE} bytes",
+                    self.cell_size
+                ),
+            ));
+        }
+
+        let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut noise: BTreeMap<[u8; 32], &str> = BTreeMap::new();
+        let mut tls: BTreeMap<[u8; 32], &str> = BTreeMap::new();
+        let mut addrs: BTreeMap<SocketAddr, &str> = BTreeMap::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let at = |field: &str| format!("nodes[{i}].{field}");
+            check_id(&n.id).map_err(|m| invalid(at("id"), m))?;
+            if let Some(first) = ids.insert(&n.id, i) {
+                return Err(invalid(
+                    at("id"),
+                    format!("duplicate node id `{}` (also used by nodes[{first}])", n.id),
+                ));
+            }
+            match n.addr {
+                None if n.role.listens() => {
+                    return Err(invalid(
+                        at("addr"),
+                        format!(
+                            "node `{}` is a {} and listens for connections, so it needs an addr",
+                            n.id, n.role
+                        ),
+                    ))
+                }
+                None => {}
+                Some(a) => {
+                    if a.ip().is_unspecified() || a.port() == 0 {
+                        return Err(invalid(
+                            at("addr"),
+                            format!(
+                                "node `{}` has addr {a}: other nodes dial it, so it needs a concrete IP and a non-zero port",
+                                n.id
+                            ),
+                        ));
+                    }
+                    if let Some(other) = addrs.insert(a, &n.id) {
+                        return Err(invalid(
+                            at("addr"),
+                            format!(
+                                "node `{}` has addr {a}, already used by node `{other}`",
+                                n.id
+                            ),
+                        ));
+                    }
+                }
+            }
+            for (field, key, seen) in [
+                ("noise_key", &n.noise_key, &mut noise),
+                ("tls_key", &n.tls_key, &mut tls),
+            ] {
+                if key.iter().all(|b| *b == 0) {
+                    return Err(invalid(
+                        at(field),
+                        format!("node `{}` has an all-zero {field}", n.id),
+                    ));
+                }
+                if let Some(other) = seen.insert(*key, &n.id) {
+                    return Err(invalid(
+                        at(field),
+                        format!("node `{}` has the same {field} as node `{other}`", n.id),
+                    ));
+                }
+            }
+        }
+
+        for role in Role::ALL {
+            let count = self.nodes_with_role(role).count();
+            if role == Role::Central && count != 1 {
+                return Err(invalid(
+                    "nodes".into(),
+                    format!("the directory must hold exactly one central node, found {count}"),
+                ));
+            }
+            if count == 0 {
+                return Err(invalid(
+                    "nodes".into(),
+                    format!("the directory must hold at least one {role} node, found none"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The nodes of one role, in file order.
+    pub fn nodes_with_role(&self, role: Role) -> impl Iterator<Item = &NodeEntry> + '_ {
+        self.nodes.iter().filter(move |n| n.role == role)
+    }
+
+    /// The central node (exactly one in a validated directory).
+    pub fn central(&self) -> Option<&NodeEntry> {
+        self.nodes_with_role(Role::Central).next()
+    }
+
+    /// The node with this id.
+    pub fn by_id(&self, id: &str) -> Option<&NodeEntry> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// The node whose TLS key this is (to identify an authenticated peer).
+    pub fn by_tls_key(&self, key: &[u8; 32]) -> Option<&NodeEntry> {
+        self.nodes.iter().find(|n| &n.tls_key == key)
+    }
+
+    /// The node whose Noise static key this is.
+    pub fn by_noise_key(&self, key: &[u8; 32]) -> Option<&NodeEntry> {
+        self.nodes.iter().find(|n| &n.noise_key == key)
+    }
+
+    /// Every node's TLS key (the pin set for QUIC links), in file order.
+    pub fn all_tls_keys(&self) -> impl Iterator<Item = &[u8; 32]> + '_ {
+        self.nodes.iter().map(|n| &n.tls_key)
+    }
+
+    /// The set of ids (handy for membership checks).
+    pub fn ids(&self) -> BTreeSet<&str> {
+        self.nodes.iter().map(|n| n.id.as_str()).collect()
+    }
+
+    /// The directory as TOML text in the file format, loadable by
+    /// [`crate::load_directory`]. Does not validate.
+    pub fn to_toml_string(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# Braid directory: every node of the network and its pinned keys.\n");
+        out.push_str(&format!("cell_size = {}\n", self.cell_size));
+        for n in &self.nodes {
+            out.push_str("\n[[nodes]]\n");
+            out.push_str(&format!("id = {}\n", toml_quote(&n.id)));
+            out.push_str(&format!("role = \"{}\"\n", n.role));
+            if let Some(addr) = n.addr {
+                out.push_str(&format!("addr = \"{addr}\"\n"));
+            }
+            out.push_str(&format!("noise_key = \"{}\"\n", hex::encode(n.noise_key)));
+            out.push_str(&format!("tls_key = \"{}\"\n", hex::encode(n.tls_key)));
+        }
+        out
+    }
+}
+
+/// Check a node id: 1..=32 characters of `[a-z0-9-]`.
+pub fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(format!(
+            "node id {id:?} must be 1..={MAX_ID_LEN} characters long, is {}",
+            id.chars().count()
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Err(format!(
+            "node id {id:?} contains {c:?}: only lower-case letters, digits and '-' are allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// Serde helpers for 32-byte keys written as 64 hex digits.
+pub mod hex32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Write a key as 64 lower-case hex digits.
+    pub fn serialize<S: Serializer>(key: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(key))
+    }
+
+    /// Read a key from 64 hex digits.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text = String::deserialize(d)?;
+        decode(&text).map_err(serde::de::Error::custom)
+    }
+
+    /// Decode 64 hex digits into a key, with an operator-facing error.
+    pub fn decode(text: &str) -> Result<[u8; 32], String> {
+        let mut key = [0u8; 32];
+        if text.len() != 64 {
+            return Err(format!(
+                "bad hex key: expected 64 hex digits (a 32-byte key), got {} characters",
+                text.chars().count()
+            ));
+        }
+        hex::decode_to_slice(text, &mut key).map_err(|e| format!("bad hex key: {e}"))?;
+        Ok(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_round_trip() {
+        for r in Role::ALL {
+            assert_eq!(r.as_str().parse::<Role>(), Ok(r));
+        }
+        assert!("exit".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn ids() {
+        assert!(check_id("central-1").is_ok());
+        assert!(check_id("").is_err());
+        assert!(check_id("Central").is_err());
+        assert!(check_id(&"a".repeat(33)).is_err());
+        assert!(check_id(&"a".repeat(32)).is_ok());
+    }
+
+    #[test]
+    fn hex_decode() {
+        assert!(hex32::decode(&"ab".repeat(32)).is_ok());
+        assert!(hex32::decode("abc").is_err_and(|e| e.contains("64 hex digits")));
+        assert!(hex32::decode(&"zz".repeat(32)).is_err_and(|e| e.contains("bad hex key")));
+    }
+}

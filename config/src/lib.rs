@@ -1,0 +1,42 @@
+//! Braid's typed configuration.
+//!
+//! * [`Directory`] — the directory file (`directory.toml`): network-wide cell size and
+//!   every node with its role, address and pinned keys.
+//! * [`NodeConfig`] — `braid-node --config FILE`; `role` picks the variant.
+//! * [`ClientConfig`] — `braid run --config FILE`.
+//!
+//! Load with [`load_directory`], [`load_node_config`], [`load_client_config`] (or their
+//! `_with_env` forms to inject the override source). Each reads the file, applies
+//! `BRAID_<PATH>` environment overrides (`BRAID_LISTEN`, `BRAID_NODE__ID`,
+//! `BRAID_EXIT__ALLOW_LOOPBACK`; see [`env_var_name`]), deserializes with every table
+//! denying unknown keys, resolves relative paths against the file's folder and
+//! validates. Errors ([`ConfigError`]) name the file and the key path.
+//!
+//! Configs are plain data: once loaded and validated, treat them as immutable (share them
+//! behind `Arc` rather than mutating).
+
+mod client;
+mod de;
+mod directory;
+mod env;
+mod error;
+mod load;
+mod node;
+
+pub use client::{ClientAuth, ClientConfig, Scheduler};
+pub use directory::{
+    check_id, hex32, Directory, NodeEntry, Role, UnknownRole, MAX_CELL_SIZE, MAX_ID_LEN,
+    MIN_CELL_SIZE,
+};
+pub use env::env_var_name;
+pub use error::ConfigError;
+pub use load::{
+    load_client_config, load_client_config_with_env, load_directory, load_directory_with_env,
+    load_node_config, load_node_config_with_env, no_env, parse_client_config, parse_directory,
+    parse_node_config, process_env,
+};
+pub use node::{
+    CentralConfig, Cidr, DownstreamConfig, ExitAction, ExitConfig, ExitRule, GatewayConfig,
+    LogFormat, NodeCommon, NodeConfig, PortRange, RelayConfig, UpstreamConfig, NOISE_KEY_FILE,
+    TLS_CERT_FILE, TLS_KEY_FILE,
+};

@@ -1,0 +1,590 @@
+//! Each kind of error names the file and the key, so the operator can fix it.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use braid_config::*;
+use common::*;
+
+const NODE_FILE: &str = "/srv/braid/upstream.toml";
+const DIR_FILE: &str = "/srv/braid/directory.toml";
+const CLIENT_FILE: &str = "/srv/braid/client.toml";
+
+fn node_err(text: &str) -> ConfigError {
+    node_err_env(text, &[])
+}
+
+fn node_err_env(text: &str, env: &[(&str, &str)]) -> ConfigError {
+    match parse_node_config(text, Path::new(NODE_FILE), &env_of(env)) {
+        Ok(cfg) => panic!("expected an error, got {cfg:?}"),
+        Err(e) => e,
+    }
+}
+
+fn dir_err(text: &str) -> ConfigError {
+    match parse_directory(text, Path::new(DIR_FILE), &no_env) {
+        Ok(d) => panic!("expected an error, got {d:?}"),
+        Err(e) => e,
+    }
+}
+
+fn client_err(text: &str) -> ConfigError {
+    match parse_client_config(text, Path::new(CLIENT_FILE), &no_env) {
+        Ok(c) => panic!("expected an error, got {c:?}"),
+        Err(e) => e,
+    }
+}
+
+/// The message names the file and contains every fragment.
+#[track_caller]
+fn says(err: &ConfigError, file: &str, fragments: &[&str]) {
+    let msg = err.to_string();
+    assert!(msg.contains(file), "message does not name {file}: {msg}");
+    for f in fragments {
+        assert!(msg.contains(f), "message lacks {f:?}: {msg}");
+    }
+}
+
+fn upstream() -> String {
+    sample("upstream.toml")
+}
+
+fn directory() -> String {
+    sample("directory.toml")
+}
+
+fn gateway() -> String {
+    sample("gateway.toml")
+}
+
+// ---- syntax ------------------------------------------------------------------
+
+#[test]
+fn syntax_error_names_file_and_line() {
+    let e = node_err("role = \"upstream\"\nlisten = \n");
+    assert!(matches!(e, ConfigError::Syntax { .. }), "{e:?}");
+    says(&e, NODE_FILE, &["invalid TOML", "line 2"]);
+}
+
+#[test]
+fn duplicate_key_is_a_syntax_error() {
+    let e = node_err(
+        &format!("{}\nlisten = \"127.0.0.2:1\"\n", upstream())
+            .replace("[node]", "listen = \"127.0.0.2:2\"\n[node]"),
+    );
+    says(&e, NODE_FILE, &["invalid TOML"]);
+}
+
+// ---- unknown keys ------------------------------------------------------------
+
+#[test]
+fn unknown_top_level_key() {
+    let e = node_err(&upstream().replace("listen =", "lisen ="));
+    match &e {
+        ConfigError::UnknownKey { key, .. } => assert_eq!(key, "lisen"),
+        other => panic!("{other:?}"),
+    }
+    says(
+        &e,
+        NODE_FILE,
+        &["unknown key `lisen`", "did you mean `listen`"],
+    );
+}
+
+#[test]
+fn unknown_nested_key() {
+    let e = node_err(&upstream().replace("identity =", "identiy ="));
+    says(
+        &e,
+        NODE_FILE,
+        &["unknown key `node.identiy`", "did you mean `identity`"],
+    );
+}
+
+#[test]
+fn key_of_another_role_is_unknown() {
+    // mix_delay_ms belongs to relays, not upstreams.
+    let e = node_err(&upstream().replace("[node]", "mix_delay_ms = 5.0\n[node]"));
+    says(&e, NODE_FILE, &["unknown key `mix_delay_ms`"]);
+}
+
+#[test]
+fn unknown_key_in_directory_node() {
+    let text = directory().replacen("role = \"upstream\"", "role = \"upstream\"\nport = 7100", 2);
+    let e = dir_err(&text);
+    // The first [[nodes]] entry is the first to fail.
+    says(&e, DIR_FILE, &["unknown key `nodes[0].port`"]);
+}
+
+#[test]
+fn unknown_key_in_exit_table() {
+    let e = node_err_env(&gateway().replace("allow_private", "allow_privat"), &[]);
+    says(
+        &e,
+        NODE_FILE,
+        &[
+            "unknown key `exit.allow_privat`",
+            "did you mean `allow_private`",
+        ],
+    );
+}
+
+#[test]
+fn unknown_key_in_client() {
+    let e = client_err("directory = \"d.toml\"\nsocks = \"127.0.0.1:1080\"\n");
+    says(&e, CLIENT_FILE, &["unknown key `socks`"]);
+}
+
+// ---- missing keys ------------------------------------------------------------
+
+#[test]
+fn missing_role() {
+    let e = node_err(&upstream().replace("role = \"upstream\"", ""));
+    assert!(matches!(e, ConfigError::MissingKey { .. }), "{e:?}");
+    says(&e, NODE_FILE, &["missing required key `role`"]);
+}
+
+#[test]
+fn missing_nested_key() {
+    let e = node_err(&upstream().replace("id = \"upstream-1\"", ""));
+    says(&e, NODE_FILE, &["missing required key `node.id`"]);
+}
+
+#[test]
+fn missing_listen() {
+    let e = node_err(&upstream().replace("listen = \"127.0.0.2:7100\"", ""));
+    says(&e, NODE_FILE, &["missing required key `listen`"]);
+}
+
+#[test]
+fn missing_node_key_in_directory() {
+    let text = directory().replacen(
+        "tls_key = \"0a7e2671b3ffc49ae3bfcf404c3e25a5886ba398c7006c62cacd09711d7b611b\"",
+        "",
+        1,
+    );
+    let e = dir_err(&text);
+    says(&e, DIR_FILE, &["missing required key `nodes[0].tls_key`"]);
+}
+
+#[test]
+fn missing_client_directory() {
+    let e = client_err("socks_listen = \"127.0.0.1:1080\"\n");
+    says(&e, CLIENT_FILE, &["missing required key `directory`"]);
+}
+
+// ---- bad values --------------------------------------------------------------
+
+#[test]
+fn bad_listen_address_names_field_and_value() {
+    let e = node_err(&upstream().replace("\"127.0.0.2:7100\"", "\"127.0.0.2\""));
+    match &e {
+        ConfigError::InvalidValue { key, value, .. } => {
+            assert_eq!(key, "listen");
+            assert_eq!(value.as_deref(), Some("\"127.0.0.2\""));
+        }
+        other => panic!("{other:?}"),
+    }
+    says(
+        &e,
+        NODE_FILE,
+        &["invalid value for `listen`", "127.0.0.2", "socket address"],
+    );
+}
+
+#[test]
+fn bad_admin_address() {
+    let e = node_err(&upstream().replace("\"127.0.0.1:9101\"", "\"localhost:9101\""));
+    says(&e, NODE_FILE, &["`node.admin`", "localhost:9101"]);
+}
+
+#[test]
+fn bad_directory_address() {
+    let e = dir_err(&directory().replace("\"127.0.0.6:7600\"", "\"127.0.0.6:76000\""));
+    says(&e, DIR_FILE, &["`nodes[5].addr`", "127.0.0.6:76000"]);
+}
+
+#[test]
+fn bad_socks_address() {
+    let e = client_err("directory = \"d\"\nsocks_listen = \"1080\"\n");
+    says(&e, CLIENT_FILE, &["`socks_listen`", "\"1080\""]);
+}
+
+#[test]
+fn bad_hex_length() {
+    let text = directory().replace(
+        "099764baa5af2e1e0fb43a4319d30ec6d1867a2e84c8a971c88cf6c7d0b3f714",
+        "099764baa5",
+    );
+    let e = dir_err(&text);
+    says(
+        &e,
+        DIR_FILE,
+        &[
+            "`nodes[2].noise_key`",
+            "bad hex key",
+            "64 hex digits",
+            "099764baa5",
+        ],
+    );
+}
+
+#[test]
+fn bad_hex_characters() {
+    let text = directory().replace(
+        "959b4321387909d4dc83a58e6cf8dcfc15c65398d2352c9ee1c0964f1da77088",
+        "zz9b4321387909d4dc83a58e6cf8dcfc15c65398d2352c9ee1c0964f1da77088",
+    );
+    let e = dir_err(&text);
+    says(&e, DIR_FILE, &["`nodes[6].tls_key`", "bad hex key"]);
+}
+
+#[test]
+fn unknown_role() {
+    let e = node_err(&upstream().replace("role = \"upstream\"", "role = \"exit\""));
+    says(
+        &e,
+        NODE_FILE,
+        &[
+            "`role`",
+            "\"exit\"",
+            "upstream, central, downstream, relay, gateway",
+        ],
+    );
+    let e = dir_err(&directory().replacen("role = \"relay\"", "role = \"mix\"", 1));
+    says(
+        &e,
+        DIR_FILE,
+        &["`nodes[5].role`", "\"mix\"", "unknown variant"],
+    );
+}
+
+#[test]
+fn wrong_type() {
+    let central = sample("central.toml").replace(
+        "reorder_window_cells = 1024",
+        "reorder_window_cells = \"many\"",
+    );
+    let e = node_err(&central);
+    says(
+        &e,
+        NODE_FILE,
+        &["`reorder_window_cells`", "\"many\"", "invalid type"],
+    );
+    let e = node_err(&upstream().replace("\"upstream-1\"", "7"));
+    says(&e, NODE_FILE, &["`node.id`", "= 7", "invalid type"]);
+}
+
+#[test]
+fn negative_count() {
+    let relay = sample("relay.toml").replace("mailbox_cells = 4096", "mailbox_cells = -1");
+    let e = node_err(&relay);
+    says(&e, NODE_FILE, &["`mailbox_cells`", "-1"]);
+}
+
+#[test]
+fn bad_log_format_and_scheduler() {
+    let e = node_err(&upstream().replace("log = \"text\"", "log = \"xml\""));
+    says(&e, NODE_FILE, &["`node.log`", "\"xml\"", "text", "json"]);
+    let e = client_err("directory = \"d\"\nscheduler = \"fastest\"\n");
+    says(
+        &e,
+        CLIENT_FILE,
+        &["`scheduler`", "\"fastest\"", "round-robin", "rtt"],
+    );
+}
+
+#[test]
+fn bad_hosts_entry() {
+    let e = node_err(&gateway().replace(
+        "\"echo.braid.test\" = \"127.0.0.1\"",
+        "\"echo.braid.test\" = \"not-an-ip\"",
+    ));
+    says(&e, NODE_FILE, &["`hosts.\"echo.braid.test\"`", "not-an-ip"]);
+    let e = node_err(&gateway().replace("\"echo.braid.test\"", "\"Echo.Braid.Test\""));
+    says(
+        &e,
+        NODE_FILE,
+        &["`hosts.\"Echo.Braid.Test\"`", "lower-case"],
+    );
+}
+
+// ---- rule violations ---------------------------------------------------------
+
+#[test]
+fn invalid_cell_size() {
+    for bad in ["512", "16385", "0"] {
+        let e = dir_err(&directory().replace("cell_size = 8192", &format!("cell_size = {bad}")));
+        assert!(matches!(e, ConfigError::Invalid { .. }), "{e:?}");
+        says(&e, DIR_FILE, &["`cell_size`", bad, "1024..=16384"]);
+    }
+    let e = dir_err(&directory().replace("cell_size = 8192", "cell_size = -5"));
+    says(&e, DIR_FILE, &["`cell_size`", "-5"]);
+}
+
+#[test]
+fn bad_node_id() {
+    let e = dir_err(&directory().replace("\"relay-1\"", "\"Relay_1\""));
+    says(&e, DIR_FILE, &["`nodes[5].id`", "Relay_1", "lower-case"]);
+    let e = node_err(&upstream().replace("\"upstream-1\"", "\"upstream 1\""));
+    says(&e, NODE_FILE, &["`node.id`", "upstream 1"]);
+}
+
+#[test]
+fn duplicate_id() {
+    let e = dir_err(&directory().replace("\"upstream-2\"", "\"upstream-1\""));
+    says(
+        &e,
+        DIR_FILE,
+        &[
+            "`nodes[1].id`",
+            "duplicate node id `upstream-1`",
+            "nodes[0]",
+        ],
+    );
+}
+
+#[test]
+fn duplicate_keys() {
+    let e = dir_err(&directory().replace(
+        "458c3cd23fd313291ad329b38a25a6918958f8b92e369f20b0ce1b3dab670285",
+        "4aab8e5e84b1fc56a923b3004e2b72dc3aa85eb2395345d209ae913be099f06f",
+    ));
+    says(
+        &e,
+        DIR_FILE,
+        &["`nodes[1].noise_key`", "upstream-2", "upstream-1"],
+    );
+    let e = dir_err(&directory().replace(
+        "515cac1321d166d304723a87b347ed95aa5a47d71acaa5cf76e8176c02ce1367",
+        "0a7e2671b3ffc49ae3bfcf404c3e25a5886ba398c7006c62cacd09711d7b611b",
+    ));
+    says(&e, DIR_FILE, &["`nodes[1].tls_key`", "same tls_key"]);
+    let e = dir_err(&directory().replace(
+        "515cac1321d166d304723a87b347ed95aa5a47d71acaa5cf76e8176c02ce1367",
+        &"0".repeat(64),
+    ));
+    says(&e, DIR_FILE, &["`nodes[1].tls_key`", "all-zero"]);
+}
+
+#[test]
+fn role_counts() {
+    let e = dir_err(&directory().replace(
+        "role = \"upstream\"\naddr = \"127.0.0.3:7100\"",
+        "role = \"central\"\naddr = \"127.0.0.3:7100\"",
+    ));
+    says(&e, DIR_FILE, &["`nodes`", "exactly one central", "found 2"]);
+    let e = dir_err(&directory().replace("role = \"gateway\"", "role = \"downstream\""));
+    says(&e, DIR_FILE, &["`nodes`", "at least one gateway"]);
+}
+
+#[test]
+fn listener_without_addr() {
+    let e = dir_err(&directory().replace("addr = \"127.0.0.6:7600\"", ""));
+    says(
+        &e,
+        DIR_FILE,
+        &["`nodes[5].addr`", "relay-1", "needs an addr"],
+    );
+}
+
+#[test]
+fn unusable_or_duplicate_addr() {
+    let e = dir_err(&directory().replace("\"127.0.0.6:7600\"", "\"0.0.0.0:7600\""));
+    says(&e, DIR_FILE, &["`nodes[5].addr`", "0.0.0.0:7600"]);
+    let e = dir_err(&directory().replace("\"127.0.0.3:7100\"", "\"127.0.0.2:7100\""));
+    says(
+        &e,
+        DIR_FILE,
+        &["`nodes[1].addr`", "already used by node `upstream-1`"],
+    );
+}
+
+#[test]
+fn central_limits() {
+    let central = sample("central.toml");
+    let e = node_err(&central.replace(
+        "reassembly_timeout_secs = 60",
+        "reassembly_timeout_secs = 0",
+    ));
+    says(
+        &e,
+        NODE_FILE,
+        &["`reassembly_timeout_secs`", "greater than 0"],
+    );
+    let e = node_err(&central.replace(
+        "global_reorder_bytes = 268435456",
+        "global_reorder_bytes = 1000",
+    ));
+    says(
+        &e,
+        NODE_FILE,
+        &["`global_reorder_bytes`", "session_reorder_bytes"],
+    );
+}
+
+#[test]
+fn relay_limits() {
+    let relay = sample("relay.toml");
+    let e = node_err(&relay.replace("mix_delay_ms = 25.0", "mix_delay_ms = -1.0"));
+    says(&e, NODE_FILE, &["`mix_delay_ms`", "-1"]);
+    let e = node_err(&relay.replace("mix_delay_ms = 25.0", "mix_delay_ms = nan"));
+    says(&e, NODE_FILE, &["`mix_delay_ms`", "NaN"]);
+    let e = node_err(&relay.replace("mailbox_cells = 4096", "mailbox_cells = 0"));
+    says(&e, NODE_FILE, &["`mailbox_cells`"]);
+}
+
+#[test]
+fn gateway_backoff_order() {
+    let e = node_err(&gateway().replace("reconnect_max_ms = 30000", "reconnect_max_ms = 100"));
+    says(&e, NODE_FILE, &["`reconnect_max_ms`", "reconnect_min_ms"]);
+}
+
+#[test]
+fn client_rules() {
+    let e = client_err("directory = \"d\"\nwindow_cells = 0\n");
+    says(&e, CLIENT_FILE, &["`window_cells`"]);
+    let e = client_err("directory = \"d\"\ngateway = \"GW\"\n");
+    says(&e, CLIENT_FILE, &["`gateway`", "GW"]);
+}
+
+#[test]
+fn in_memory_directory_errors_say_so() {
+    let dir = Directory::new(100, vec![]);
+    let e = dir.validate().unwrap_err();
+    says(&e, "<in-memory directory>", &["`cell_size`"]);
+}
+
+// ---- files -------------------------------------------------------------------
+
+#[test]
+fn unreadable_config_names_the_file() {
+    let e = load_node_config_with_env("/nonexistent/braid/node.toml", &no_env).unwrap_err();
+    assert!(matches!(e, ConfigError::Read { .. }), "{e:?}");
+    says(&e, "/nonexistent/braid/node.toml", &["cannot read"]);
+    let e = load_directory_with_env("/nonexistent/directory.toml", &no_env).unwrap_err();
+    says(&e, "/nonexistent/directory.toml", &["cannot read"]);
+    let e = load_client_config_with_env("/nonexistent/client.toml", &no_env).unwrap_err();
+    says(&e, "/nonexistent/client.toml", &["cannot read"]);
+}
+
+fn load_err(tmp: &tempfile::TempDir, name: &str) -> (ConfigError, String) {
+    let file: PathBuf = tmp.path().join(name);
+    let e = load_node_config_with_env(&file, &no_env).unwrap_err();
+    (e, file.display().to_string())
+}
+
+#[test]
+fn missing_key_file_names_path_and_field() {
+    for missing in ["noise.key", "tls.key", "tls.crt"] {
+        let tmp = node_tree("upstream-1", "upstream.toml", &upstream());
+        let gone = tmp.path().join("keys/upstream-1").join(missing);
+        fs::remove_file(&gone).unwrap();
+        let (e, file) = load_err(&tmp, "upstream.toml");
+        match &e {
+            ConfigError::MissingPath { key, path, .. } => {
+                assert_eq!(key, "node.identity");
+                assert_eq!(path, &gone);
+            }
+            other => panic!("{other:?}"),
+        }
+        says(
+            &e,
+            &file,
+            &[
+                "`node.identity`",
+                &gone.display().to_string(),
+                "does not exist",
+            ],
+        );
+    }
+}
+
+#[test]
+fn missing_identity_folder() {
+    let tmp = node_tree(
+        "upstream-1",
+        "upstream.toml",
+        &upstream().replace("keys/upstream-1", "keys/nobody"),
+    );
+    let (e, file) = load_err(&tmp, "upstream.toml");
+    let folder = tmp.path().join("keys/nobody").display().to_string();
+    says(&e, &file, &["`node.identity`", "identity folder", &folder]);
+}
+
+#[test]
+fn missing_directory_file() {
+    let tmp = node_tree(
+        "upstream-1",
+        "upstream.toml",
+        &upstream().replace("\"directory.toml\"", "\"dir.toml\""),
+    );
+    let (e, file) = load_err(&tmp, "upstream.toml");
+    let missing = tmp.path().join("dir.toml").display().to_string();
+    says(&e, &file, &["`node.directory`", &missing]);
+
+    let tmp = tree(&[("client.toml", "directory = \"nope.toml\"\n")]);
+    let file = tmp.path().join("client.toml");
+    let e = load_client_config_with_env(&file, &no_env).unwrap_err();
+    says(
+        &e,
+        &file.display().to_string(),
+        &["`directory`", "nope.toml", "does not exist"],
+    );
+}
+
+// ---- cross-file checks ---------------------------------------------------------
+
+#[test]
+fn node_not_in_directory_or_wrong_role() {
+    let dir = Directory::from_toml_str(&directory()).unwrap();
+    let cfg = parse_node_config(
+        &upstream().replace("\"upstream-1\"", "\"upstream-9\""),
+        Path::new(NODE_FILE),
+        &no_env,
+    )
+    .unwrap();
+    let e = cfg.directory_entry(&dir).unwrap_err();
+    says(&e, "/srv/braid/directory.toml", &["upstream-9", "node.id"]);
+
+    let cfg = parse_node_config(
+        &upstream().replace("\"upstream-1\"", "\"relay-1\""),
+        Path::new(NODE_FILE),
+        &no_env,
+    )
+    .unwrap();
+    let e = cfg.directory_entry(&dir).unwrap_err();
+    says(
+        &e,
+        "/srv/braid/directory.toml",
+        &["relay-1", "role relay", "role upstream"],
+    );
+}
+
+#[test]
+fn client_gateway_must_be_a_gateway() {
+    let dir = Directory::from_toml_str(&directory()).unwrap();
+    let cfg = parse_client_config(
+        "directory = \"directory.toml\"\ngateway = \"relay-1\"\n",
+        Path::new(CLIENT_FILE),
+        &no_env,
+    )
+    .unwrap();
+    let e = cfg.eligible_gateways(&dir).unwrap_err();
+    says(
+        &e,
+        "/srv/braid/directory.toml",
+        &["relay-1", "not a gateway"],
+    );
+    let cfg = parse_client_config(
+        "directory = \"directory.toml\"\ngateway = \"gateway-7\"\n",
+        Path::new(CLIENT_FILE),
+        &no_env,
+    )
+    .unwrap();
+    let e = cfg.eligible_gateways(&dir).unwrap_err();
+    says(&e, "/srv/braid/directory.toml", &["gateway-7"]);
+}

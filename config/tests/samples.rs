@@ -1,0 +1,253 @@
+//! Every sample under `config/samples/` parses, validates, and agrees with the others.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use braid_config::*;
+use common::*;
+
+const NODE_SAMPLES: &[(&str, Role)] = &[
+    ("upstream.toml", Role::Upstream),
+    ("central.toml", Role::Central),
+    ("downstream.toml", Role::Downstream),
+    ("relay.toml", Role::Relay),
+    ("gateway.toml", Role::Gateway),
+];
+
+fn sample_directory() -> Directory {
+    load_directory_with_env(sample_path("directory.toml"), &no_env).unwrap()
+}
+
+#[test]
+fn directory_sample_parses_and_has_the_documented_shape() {
+    let dir = sample_directory();
+    assert_eq!(dir.cell_size, 8192);
+    assert_eq!(dir.nodes_with_role(Role::Upstream).count(), 2);
+    assert_eq!(dir.nodes_with_role(Role::Central).count(), 1);
+    assert_eq!(dir.nodes_with_role(Role::Downstream).count(), 2);
+    assert_eq!(dir.nodes_with_role(Role::Relay).count(), 1);
+    assert_eq!(dir.nodes_with_role(Role::Gateway).count(), 1);
+    let central = dir.central().unwrap();
+    assert_eq!(central.id, "central-1");
+    assert_eq!(central.addr, Some("127.0.0.4:7400".parse().unwrap()));
+    assert_eq!(dir.by_id("relay-1").unwrap().role, Role::Relay);
+    assert!(dir.by_id("nope").is_none());
+    let tls: Vec<[u8; 32]> = dir.all_tls_keys().copied().collect();
+    assert_eq!(tls.len(), 7);
+    for key in &tls {
+        assert!(dir.by_tls_key(key).is_some());
+    }
+    let g = dir.by_id("gateway-1").unwrap();
+    assert_eq!(dir.by_noise_key(&g.noise_key), Some(g));
+    // Every listening address is on loopback, one host.
+    for n in &dir.nodes {
+        if let Some(a) = n.addr {
+            assert!(a.ip().is_loopback(), "{}: {a}", n.id);
+        }
+    }
+}
+
+#[test]
+fn directory_sample_round_trips_through_to_toml_string() {
+    let dir = sample_directory();
+    let text = dir.to_toml_string();
+    assert_eq!(Directory::from_toml_str(&text).unwrap(), dir);
+}
+
+#[test]
+fn every_node_sample_parses_and_matches_the_directory() {
+    let dir = sample_directory();
+    let mut admins = BTreeSet::new();
+    for (name, role) in NODE_SAMPLES {
+        let path = sample_path(name);
+        let cfg = parse_node_config(&sample(name), &path, &no_env)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(cfg.role(), *role, "{name}");
+        let common = cfg.common();
+        // Relative paths resolve against the samples folder.
+        assert_eq!(common.directory, sample_path("directory.toml"), "{name}");
+        assert_eq!(
+            common.identity,
+            sample_path(&format!("keys/{}", common.id)),
+            "{name}"
+        );
+        // The directory path the sample names is the sample directory.
+        assert_eq!(
+            load_directory_with_env(&common.directory, &no_env).unwrap(),
+            dir
+        );
+        let entry = cfg
+            .directory_entry(&dir)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(entry.role, *role);
+        // A listening node listens where the directory says it does.
+        assert_eq!(cfg.listen(), entry.addr, "{name}");
+        let admin = common.admin.unwrap();
+        assert!(
+            admin.ip().is_loopback(),
+            "{name}: admin {admin} not on loopback"
+        );
+        assert!(admins.insert(admin), "{name}: admin {admin} reused");
+    }
+}
+
+#[test]
+fn node_samples_carry_the_documented_values() {
+    let parse = |name: &str| parse_node_config(&sample(name), &sample_path(name), &no_env).unwrap();
+    match parse("central.toml") {
+        NodeConfig::Central(c) => {
+            assert_eq!(c.reorder_window_cells, 1024);
+            assert_eq!(c.session_reorder_bytes, 16 << 20);
+            assert_eq!(c.global_reorder_bytes, 256 << 20);
+            assert_eq!(c.reassembly_timeout().as_secs(), 60);
+        }
+        other => panic!("central.toml parsed as {:?}", other.role()),
+    }
+    match parse("relay.toml") {
+        NodeConfig::Relay(r) => {
+            assert_eq!(r.mix_delay_ms, 25.0);
+            assert_eq!(r.mix_delay().as_millis(), 25);
+            assert_eq!(r.mailbox_cells, 4096);
+        }
+        other => panic!("relay.toml parsed as {:?}", other.role()),
+    }
+    match parse("gateway.toml") {
+        NodeConfig::Gateway(g) => {
+            assert!(g.exit.allow_loopback);
+            assert!(!g.exit.allow_private);
+            assert_eq!(g.hosts.len(), 2);
+            assert_eq!(
+                g.hosts["demo.braid.test"],
+                "127.0.0.1".parse::<std::net::IpAddr>().unwrap()
+            );
+            assert_eq!(g.connect_timeout().as_secs(), 10);
+            assert_eq!(g.reconnect_min().as_millis(), 200);
+            assert_eq!(g.reconnect_max().as_millis(), 30_000);
+        }
+        other => panic!("gateway.toml parsed as {:?}", other.role()),
+    }
+    assert_eq!(parse("downstream.toml").common().log, LogFormat::Json);
+}
+
+#[test]
+fn client_sample_parses_and_matches_the_directory() {
+    let path = sample_path("client.toml");
+    let cfg = parse_client_config(&sample("client.toml"), &path, &no_env).unwrap();
+    assert_eq!(cfg.directory, sample_path("directory.toml"));
+    assert_eq!(
+        cfg.socks_listen,
+        "127.0.0.1:1080".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(cfg.gateway.as_deref(), Some("gateway-1"));
+    assert_eq!(cfg.scheduler, Scheduler::RoundRobin);
+    assert_eq!(cfg.window_cells, 1024);
+    // The client sample's directory exists, so the full load works too.
+    assert_eq!(load_client_config_with_env(&path, &no_env).unwrap(), cfg);
+    let dir = sample_directory();
+    let gws = cfg.eligible_gateways(&dir).unwrap();
+    assert_eq!(gws.len(), 1);
+    assert_eq!(gws[0].id, "gateway-1");
+}
+
+/// The full `load_node_config` path (file existence checks included) on every sample,
+/// with the identity folder and directory pointed at a temp dir by env overrides.
+#[test]
+fn every_node_sample_loads_with_identity_in_a_tempdir() {
+    for (name, role) in NODE_SAMPLES {
+        let cfg0 = parse_node_config(&sample(name), &sample_path(name), &no_env).unwrap();
+        let id = cfg0.common().id.clone();
+        let tmp = node_tree(&id, "unused.toml", "");
+        let identity = tmp.path().join("keys").join(&id);
+        let directory = tmp.path().join("directory.toml");
+        let env = env_of(&[
+            ("BRAID_NODE__IDENTITY", identity.to_str().unwrap()),
+            ("BRAID_NODE__DIRECTORY", directory.to_str().unwrap()),
+        ]);
+        let cfg = load_node_config_with_env(sample_path(name), &env)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(cfg.role(), *role);
+        assert_eq!(cfg.common().identity, identity);
+        assert_eq!(cfg.common().noise_key_path(), identity.join("noise.key"));
+        assert_eq!(cfg.common().tls_key_path(), identity.join("tls.key"));
+        assert_eq!(cfg.common().tls_cert_path(), identity.join("tls.crt"));
+        let dir = load_directory_with_env(&cfg.common().directory, &no_env).unwrap();
+        cfg.directory_entry(&dir).unwrap();
+    }
+}
+
+/// Relative paths resolve against the config file's folder, not the working directory.
+#[test]
+fn load_resolves_relative_paths_against_the_config_folder() {
+    let tmp = node_tree("upstream-1", "upstream.toml", &sample("upstream.toml"));
+    let cfg = load_node_config_with_env(tmp.path().join("upstream.toml"), &no_env).unwrap();
+    assert_eq!(cfg.common().directory, tmp.path().join("directory.toml"));
+    assert_eq!(cfg.common().identity, tmp.path().join("keys/upstream-1"));
+}
+
+/// Effective configs serialize and parse back (paths are absolute after loading, so the
+/// round trip is exact).
+#[test]
+fn node_and_client_configs_round_trip_through_toml() {
+    for (name, _) in NODE_SAMPLES {
+        let cfg = parse_node_config(&sample(name), &sample_path(name), &no_env).unwrap();
+        let text = cfg.to_toml_string().unwrap();
+        let back = parse_node_config(&text, &sample_path("elsewhere.toml"), &no_env)
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
+        assert_eq!(back, cfg, "{name}");
+    }
+    let cfg =
+        parse_client_config(&sample("client.toml"), &sample_path("client.toml"), &no_env).unwrap();
+    let text = cfg.to_toml_string().unwrap();
+    assert_eq!(
+        parse_client_config(&text, &sample_path("x.toml"), &no_env).unwrap(),
+        cfg
+    );
+}
+
+#[test]
+fn defaults_apply_when_optional_keys_are_absent() {
+    let file = std::path::Path::new("/etc/braid/node.toml");
+    let text = "role = \"central\"\nlisten = \"127.0.0.4:7400\"\n[node]\nid = \"central-1\"\ndirectory = \"d.toml\"\nidentity = \"keys\"\n";
+    let NodeConfig::Central(c) = parse_node_config(text, file, &no_env).unwrap() else {
+        panic!("not central")
+    };
+    assert_eq!(c.reorder_window_cells, 1024);
+    assert_eq!(c.session_reorder_bytes, 16 * 1024 * 1024);
+    assert_eq!(c.global_reorder_bytes, 256 * 1024 * 1024);
+    assert_eq!(c.reassembly_timeout_secs, 60);
+    assert_eq!(c.node.admin, None);
+    assert_eq!(c.node.log, LogFormat::Text);
+    assert_eq!(c.node.directory, std::path::Path::new("/etc/braid/d.toml"));
+
+    let text = "role = \"relay\"\nlisten = \"127.0.0.6:7600\"\n[node]\nid = \"r\"\ndirectory = \"d\"\nidentity = \"k\"\n";
+    let NodeConfig::Relay(r) = parse_node_config(text, file, &no_env).unwrap() else {
+        panic!("not relay")
+    };
+    assert_eq!(r.mix_delay_ms, 0.0);
+    assert_eq!(r.mailbox_cells, 4096);
+
+    let text = "role = \"gateway\"\n[node]\nid = \"g\"\ndirectory = \"d\"\nidentity = \"k\"\n";
+    let NodeConfig::Gateway(g) = parse_node_config(text, file, &no_env).unwrap() else {
+        panic!("not gateway")
+    };
+    assert_eq!(g.connect_timeout_secs, 10);
+    assert_eq!(g.exit, ExitConfig::default());
+    assert!(!g.exit.allow_loopback && !g.exit.allow_private);
+    assert!(g.hosts.is_empty());
+    assert_eq!((g.reconnect_min_ms, g.reconnect_max_ms), (200, 30_000));
+
+    let cfg = parse_client_config("directory = \"d.toml\"\n", file, &no_env).unwrap();
+    assert_eq!(cfg, ClientConfig::with_directory("/etc/braid/d.toml"));
+    assert_eq!(
+        cfg.socks_listen,
+        "127.0.0.1:1080".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(cfg.gateway, None);
+    assert_eq!(cfg.scheduler, Scheduler::RoundRobin);
+    assert_eq!(cfg.window_cells, 1024);
+    assert_eq!(cfg.log, LogFormat::Text);
+    assert_eq!(cfg.eligible_gateways(&sample_directory()).unwrap().len(), 1);
+}

@@ -1,0 +1,453 @@
+//! The handshakes: Noise NK (`braid_proto::noise`), the outer session's Hello/Welcome
+//! (`braid_proto::session`) and the inner stream open (`braid_proto::inner`).
+//!
+//! The first input byte picks a mode (`mode % 6`); the rest is:
+//!
+//! 0. a Noise message 1 for the fixed responder: `respond` accepts it only if it is one of
+//!    the honest messages `initiate` made for the seeds ([`braid_fuzz::known_msg1s`]), and
+//!    then returns that message's payload.
+//! 1. a Noise message 2 for the fixed initiator: `finish` accepts it only if it is the
+//!    honest responder's reply carrying the payload `finish` returned.
+//! 2. structured: arbitrary keys, RNG seeds, prologues and payloads through
+//!    initiate → respond → reply → finish: both sides agree on payloads, keys and
+//!    handshake hash; a different prologue or static key, or any flipped bit in either
+//!    message, is refused; oversize payloads are refused; an arbitrary responder key never
+//!    panics (low-order points are refused).
+//! 3. a Hello cell for `session::accept` with the fixed central key: accepted only if its
+//!    session id and handshake message are those of an honest Hello
+//!    ([`braid_fuzz::known_hello_cells`]), giving that Hello's contents.
+//! 4. structured session: `PendingSession::start` → (one bit flipped) → `accept` →
+//!    `finish`; an accepted Hello carries what the client sent, the Welcome finishes the
+//!    client's session under the same id, and a flipped bit in the Welcome's message fails.
+//! 5. an inner message 1 for `gateway_accept` with the fixed gateway key: accepted only if
+//!    it is an honest `client_open` message; or (when it starts with 0xFF) structured:
+//!    arbitrary open requests, statuses and reasons through client_open → gateway_accept →
+//!    reply_with_reason → finish.
+#![no_main]
+
+use arbitrary::{Arbitrary, Unstructured};
+use braid_fuzz::*;
+use braid_proto::cell::{CellHeader, CellKind, HEADER_LEN};
+use braid_proto::frame::{Mailbox, MAX_GATEWAY_ID};
+use braid_proto::inner::{self, OpenRequest, OpenStatus, MAX_REASON, MAX_RECORD_DATA};
+use braid_proto::noise::{self, HandshakeError, StaticKeypair, MAX_MESSAGE, MESSAGE_OVERHEAD};
+use braid_proto::session::{self, PendingSession, SessionConfig, SessionHello};
+use braid_proto::TargetAddr;
+use libfuzzer_sys::fuzz_target;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    match mode % 6 {
+        0 => raw_msg1(rest),
+        1 => raw_msg2(rest),
+        2 => {
+            if let Ok(n) = Nk::arbitrary_take_rest(Unstructured::new(rest)) {
+                nk(n);
+            }
+        }
+        3 => raw_hello(rest),
+        4 => {
+            if let Ok(s) = Sess::arbitrary_take_rest(Unstructured::new(rest)) {
+                sess(s);
+            }
+        }
+        _ => {
+            if rest.first() == Some(&0xFF) {
+                if let Ok(o) = Open::arbitrary_take_rest(Unstructured::new(&rest[1..])) {
+                    open(o);
+                }
+            } else {
+                raw_open(rest);
+            }
+        }
+    }
+});
+
+fn raw_msg1(msg1: &[u8]) {
+    match noise::respond(&hs_responder(), HS_PROLOGUE, msg1) {
+        Ok((resp, payload)) => {
+            let i = known_msg1s()
+                .iter()
+                .position(|m| m == msg1)
+                .expect("respond accepted a message 1 that initiate did not make");
+            assert_eq!(payload, HS_PAYLOADS[i]);
+            // The responder can answer.
+            resp.reply(&mut FuzzRng::new(1), b"").expect("reply");
+        }
+        Err(e) => {
+            if msg1.len() < MESSAGE_OVERHEAD {
+                assert_eq!(e, HandshakeError::Truncated);
+            }
+            if msg1.len() > MAX_MESSAGE {
+                assert_eq!(e, HandshakeError::TooLong);
+            }
+        }
+    }
+}
+
+fn raw_msg2(msg2: &[u8]) {
+    let (init, _) = hs_initiator();
+    match init.finish(msg2) {
+        Ok((payload, keys)) => {
+            assert_eq!(
+                msg2,
+                &hs_honest_msg2(&payload)[..],
+                "finish accepted a message 2 the responder did not make"
+            );
+            assert_ne!(keys.initiator_to_responder, keys.responder_to_initiator);
+        }
+        Err(e) => {
+            if msg2.len() < MESSAGE_OVERHEAD {
+                assert_eq!(e, HandshakeError::Truncated);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Arbitrary)]
+struct Nk {
+    secret: [u8; 32],
+    init_seed: u64,
+    resp_seed: u64,
+    prologue: Vec<u8>,
+    payload1: Vec<u8>,
+    payload2: Vec<u8>,
+    flip1: u32,
+    flip2: u32,
+    /// An arbitrary "static key" for an initiator that does not know a real one.
+    bogus_key: [u8; 32],
+    /// Pad payloads to near the Noise limit.
+    huge: u8,
+}
+
+fn nk(n: Nk) {
+    let server = StaticKeypair::from_secret(n.secret);
+    let mut p1 = n.payload1.clone();
+    let mut p2 = n.payload2.clone();
+    if n.huge == 0xA5 {
+        p1.resize(MAX_MESSAGE - MESSAGE_OVERHEAD + 1, 1);
+    }
+    if n.huge == 0x5A {
+        p2.resize(MAX_MESSAGE - MESSAGE_OVERHEAD + 1, 2);
+    }
+
+    let init = noise::initiate(
+        &mut FuzzRng::new(n.init_seed),
+        &server.public(),
+        &n.prologue,
+        &p1,
+    );
+    if p1.len() + MESSAGE_OVERHEAD > MAX_MESSAGE {
+        assert_eq!(init.err(), Some(HandshakeError::TooLong));
+        return;
+    }
+    let (init, m1) = init.expect("initiate");
+    assert_eq!(m1.len(), p1.len() + MESSAGE_OVERHEAD);
+
+    // Tampering with message 1, or another prologue or key: refused.
+    let bit = n.flip1 as usize % (m1.len() * 8);
+    let mut bad = m1.clone();
+    bad[bit / 8] ^= 1 << (bit % 8);
+    assert!(
+        noise::respond(&server, &n.prologue, &bad).is_err(),
+        "message 1 with bit {bit} flipped accepted"
+    );
+    let mut other_prologue = n.prologue.clone();
+    other_prologue.push(0);
+    assert!(noise::respond(&server, &other_prologue, &m1).is_err());
+    let mut other_secret = n.secret;
+    other_secret[7] ^= 0x10; // a bit clamping keeps
+    assert!(noise::respond(&StaticKeypair::from_secret(other_secret), &n.prologue, &m1).is_err());
+
+    let (resp, got1) = noise::respond(&server, &n.prologue, &m1).expect("respond");
+    assert_eq!(got1, p1);
+    let reply = resp.reply(&mut FuzzRng::new(n.resp_seed), &p2);
+    if p2.len() + MESSAGE_OVERHEAD > MAX_MESSAGE {
+        assert_eq!(reply.err(), Some(HandshakeError::TooLong));
+        return;
+    }
+    let (m2, keys_r) = reply.expect("reply");
+    assert_eq!(m2.len(), p2.len() + MESSAGE_OVERHEAD);
+
+    // Tampered message 2: refused by an identical initiator.
+    let (init2, m1b) = noise::initiate(
+        &mut FuzzRng::new(n.init_seed),
+        &server.public(),
+        &n.prologue,
+        &p1,
+    )
+    .expect("initiate again");
+    assert_eq!(m1b, m1, "initiate is deterministic given its RNG");
+    let bit = n.flip2 as usize % (m2.len() * 8);
+    let mut bad = m2.clone();
+    bad[bit / 8] ^= 1 << (bit % 8);
+    assert!(
+        init2.finish(&bad).is_err(),
+        "message 2 with bit {bit} flipped accepted"
+    );
+
+    let (got2, keys_i) = init.finish(&m2).expect("finish");
+    assert_eq!(got2, p2);
+    assert_eq!(keys_i.initiator_to_responder, keys_r.initiator_to_responder);
+    assert_eq!(keys_i.responder_to_initiator, keys_r.responder_to_initiator);
+    assert_eq!(keys_i.handshake_hash, keys_r.handshake_hash);
+    assert_ne!(keys_i.initiator_to_responder, keys_i.responder_to_initiator);
+
+    // Any 32 bytes as the responder's key: a message or WeakKey, never a panic.
+    match noise::initiate(
+        &mut FuzzRng::new(n.init_seed),
+        &n.bogus_key,
+        &n.prologue,
+        b"x",
+    ) {
+        Ok((_, m)) => assert_eq!(m.len(), 1 + MESSAGE_OVERHEAD),
+        Err(e) => assert_eq!(e, HandshakeError::WeakKey),
+    }
+}
+
+fn raw_hello(cell: &[u8]) {
+    let cfg = SessionConfig::with_cell_size(SESSION_CELL_SIZE);
+    let now = Instant::now();
+    // Anything refused is fine; what is accepted must be honest.
+    if let Ok(acc) = session::accept(&mut FuzzRng::new(3), cfg, &central_key(), now, cell) {
+        let h = CellHeader::take_from(cell).expect("accepted cell has a header");
+        let msg = braid_proto::cell::handshake_message(cell).expect("and a message");
+        let i = known_hello_cells()
+            .iter()
+            .position(|k| {
+                CellHeader::take_from(k).map(|kh| kh.session) == Ok(h.session)
+                    && braid_proto::cell::handshake_message(k) == Ok(msg)
+            })
+            .expect("accept took a Hello the client did not make");
+        assert_eq!(acc.hello, known_session_hello(i));
+        assert_eq!(acc.session.id(), h.session);
+        assert_eq!(acc.welcome_cell.len(), SESSION_CELL_SIZE);
+        assert_eq!(
+            CellHeader::take_from(&acc.welcome_cell).map(|w| (w.kind, w.session)),
+            Ok((CellKind::WELCOME, h.session))
+        );
+    }
+}
+
+#[derive(Debug, Arbitrary)]
+struct Sess {
+    seed: u64,
+    central_secret: [u8; 32],
+    size: u16,
+    window_cells: u32,
+    mailboxes: Vec<(String, [u8; 16])>,
+    /// Bit to flip in the Hello cell (none if out of range).
+    hello_flip: u32,
+    welcome_flip: u16,
+}
+
+fn sess(s: Sess) {
+    let size = braid_proto::cell::MIN_CELL_SIZE
+        + usize::from(s.size)
+            % (braid_proto::cell::MAX_CELL_SIZE - braid_proto::cell::MIN_CELL_SIZE + 1);
+    let cfg = SessionConfig::with_cell_size(size);
+    let central = StaticKeypair::from_secret(s.central_secret);
+    let hello = SessionHello {
+        window_cells: s.window_cells,
+        mailboxes: s
+            .mailboxes
+            .iter()
+            .take(8)
+            .map(|(relay, id)| Mailbox {
+                relay: relay.clone(),
+                id: *id,
+            })
+            .collect(),
+    };
+    let bad_names = hello
+        .mailboxes
+        .iter()
+        .any(|m| m.relay.len() > MAX_GATEWAY_ID);
+    let pending = PendingSession::start(
+        &mut FuzzRng::new(s.seed),
+        cfg.clone(),
+        &central.public(),
+        &hello,
+    );
+    let pending = match pending {
+        Ok(p) => p,
+        Err(e) => {
+            // Refused only for a name too long for the wire (u8 length) or a Hello that
+            // does not fit the cell.
+            let payload = 4
+                + 2
+                + hello
+                    .mailboxes
+                    .iter()
+                    .map(|m| 1 + m.relay.len() + 16)
+                    .sum::<usize>();
+            assert!(
+                hello.mailboxes.iter().any(|m| m.relay.len() > 255)
+                    || payload + MESSAGE_OVERHEAD > braid_proto::cell::handshake_capacity(size),
+                "honest start refused: {e}"
+            );
+            return;
+        }
+    };
+    let mut cell = pending.hello_cell().to_vec();
+    assert_eq!(cell.len(), size);
+    let msg_end = HEADER_LEN
+        + 2
+        + braid_proto::cell::handshake_message(&cell)
+            .expect("msg")
+            .len();
+    let bit = s.hello_flip as usize;
+    let flipped = bit < size * 8;
+    if flipped {
+        cell[bit / 8] ^= 1 << (bit % 8);
+    }
+    let now = Instant::now();
+    let accepted = session::accept(
+        &mut FuzzRng::new(s.seed ^ 1),
+        cfg.clone(),
+        &central,
+        now,
+        &cell,
+    );
+    let byte = bit / 8;
+    // Bytes the handshake binds: kind, version, session id (prologue), length and message.
+    let bound = byte < 18 || (HEADER_LEN..msg_end).contains(&byte);
+    let acc = match accepted {
+        Ok(acc) => {
+            assert!(
+                !(flipped && bound),
+                "Hello with bound byte {byte} changed was accepted"
+            );
+            acc
+        }
+        Err(e) => {
+            // Names longer than the 32 bytes a frame may carry are refused at decode.
+            assert!(flipped && bound || bad_names, "honest Hello refused: {e}");
+            return;
+        }
+    };
+    // What the client sent arrived (unbound bytes, if flipped, changed nothing).
+    assert_eq!(acc.hello, hello);
+    assert_eq!(acc.session.id(), pending.id());
+    let welcome = acc.welcome_cell.clone();
+    assert_eq!(welcome.len(), size);
+    let wmsg_end = HEADER_LEN
+        + 2
+        + braid_proto::cell::handshake_message(&welcome)
+            .expect("msg")
+            .len();
+    // Tampering with the Welcome's message fails (into a second, identical client).
+    let twin = PendingSession::start(&mut FuzzRng::new(s.seed), cfg, &central.public(), &hello)
+        .expect("start again");
+    assert_eq!(
+        twin.hello_cell(),
+        pending.hello_cell(),
+        "start is deterministic"
+    );
+    let wb = HEADER_LEN + usize::from(s.welcome_flip) % (wmsg_end - HEADER_LEN);
+    let mut bad = welcome.clone();
+    bad[wb] ^= 1;
+    assert!(
+        twin.finish(now, &bad).is_err(),
+        "Welcome with byte {wb} changed accepted"
+    );
+    let session = pending.finish(now, &welcome).expect("finish");
+    assert_eq!(session.id(), acc.session.id());
+}
+
+fn raw_open(msg1: &[u8]) {
+    if let Ok((g, req)) = inner::gateway_accept(&gateway_key(), msg1) {
+        let i = known_open_msgs()
+            .iter()
+            .position(|m| m == msg1)
+            .expect("gateway_accept took a message 1 the client did not make");
+        assert_eq!(req, known_open_request(i));
+        let mut out = Vec::new();
+        g.reply(&mut FuzzRng::new(4), OpenStatus::OK, &mut out)
+            .expect("reply");
+    }
+}
+
+#[derive(Debug, Arbitrary)]
+enum ArbTarget {
+    V4([u8; 4], u16),
+    V6([u8; 16], u16),
+    Domain(String, u16),
+}
+
+#[derive(Debug, Arbitrary)]
+struct Open {
+    seed: u64,
+    gw_secret: [u8; 32],
+    target: ArbTarget,
+    early: Vec<u8>,
+    big_early: bool,
+    status: u8,
+    reason: String,
+    /// Repeat `reason` this many times (to pass `MAX_REASON`).
+    reason_repeat: u8,
+}
+
+fn open(o: Open) {
+    let gw = StaticKeypair::from_secret(o.gw_secret);
+    let target = match &o.target {
+        ArbTarget::V4(ip, p) => TargetAddr::Ip(SocketAddr::from((*ip, *p))),
+        ArbTarget::V6(ip, p) => TargetAddr::Ip(SocketAddr::from((*ip, *p))),
+        ArbTarget::Domain(d, p) => TargetAddr::Domain(d.clone(), *p),
+    };
+    let mut early = o.early.clone();
+    if o.big_early {
+        early.resize(MAX_RECORD_DATA + 1 + early.len() % 16, 0x33);
+    }
+    let req = OpenRequest {
+        target,
+        early_data: early,
+    };
+    let mut rng = FuzzRng::new(o.seed);
+    let (client, bytes) = match inner::client_open(&mut rng, &gw.public(), &req) {
+        Ok(x) => x,
+        Err(_) => {
+            let bad_domain =
+                matches!(&req.target, TargetAddr::Domain(d, _) if d.is_empty() || d.len() > 255);
+            assert!(
+                bad_domain || req.early_data.len() > MAX_RECORD_DATA,
+                "{req:?} refused"
+            );
+            return;
+        }
+    };
+    let len = usize::from(u16::from_be_bytes([bytes[0], bytes[1]]));
+    assert_eq!(len + 2, bytes.len());
+    let (g, got) = inner::gateway_accept(&gw, &bytes[2..]).expect("gateway_accept");
+    assert_eq!(got, req);
+    let reason = o.reason.repeat(usize::from(o.reason_repeat % 8) + 1);
+    let mut out = Vec::new();
+    g.reply_with_reason(&mut rng, OpenStatus(o.status), &reason, &mut out)
+        .expect("reply");
+    let len = usize::from(u16::from_be_bytes([out[0], out[1]]));
+    assert_eq!(len + 2, out.len());
+    let (status, why, _, _) = client.finish(&out[2..]).expect("finish");
+    assert_eq!(status, OpenStatus(o.status));
+    // The reason: control characters replaced, then cut to MAX_REASON bytes on a
+    // character boundary (Finding 2, README.md, fixed: it used to be cut first).
+    let mut expect = String::new();
+    for c in reason.chars() {
+        let c = if c.is_control() { '\u{fffd}' } else { c };
+        if expect.len() + c.len_utf8() > MAX_REASON {
+            break;
+        }
+        expect.push(c);
+    }
+    assert_eq!(why, expect);
+    assert!(!why.chars().any(char::is_control));
+    // Documented on `ClientOpen::finish`: at most MAX_REASON bytes.
+    assert!(
+        why.len() <= MAX_REASON,
+        "reason of {} bytes: {why:?}",
+        why.len()
+    );
+}

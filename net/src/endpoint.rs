@@ -1,0 +1,167 @@
+//! quinn endpoints for Braid links.
+//!
+//! Every endpoint carries a default client config (with the node's certificate, if it
+//! has one), so both a pure client and a listening node can dial with [`connect`]. The
+//! key to pin is given per dial; see [`crate::tls`] for how it reaches the verifier.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::identity::NodeIdentity;
+use crate::tls::{
+    ed25519_key_of_cert, provider, server_name_for, PinSet, PinnedClientVerifier,
+    PinnedServerVerifier, ALPN,
+};
+use crate::NetError;
+
+/// Flow-control credit for one stream: bounds what a peer can make us buffer per stream.
+pub const STREAM_RECEIVE_WINDOW: u32 = 4 << 20;
+/// Flow-control credit for a whole connection (quinn's default is unbounded).
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 16 << 20;
+/// Bytes we buffer for sending on one connection before writes wait.
+pub const SEND_WINDOW: u64 = 16 << 20;
+/// Bidirectional streams a peer may have open at once (one per proxied stream).
+pub const MAX_BIDI_STREAMS: u32 = 4096;
+/// Unidirectional streams a peer may have open at once.
+pub const MAX_UNI_STREAMS: u32 = 64;
+/// Keep-alive period: well under the idle timeout and typical NAT UDP timeouts.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// A link silent for this long is dead (milliseconds, as QUIC carries it).
+pub const IDLE_TIMEOUT_MS: u32 = 30_000;
+
+/// Whether a server demands a pinned client certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Every client must present a certificate whose key is pinned (e.g. central: only
+    /// directory nodes may connect).
+    Required,
+    /// Clients may come without a certificate (laptops, which authenticate later by
+    /// access token); a certificate that is presented must still be pinned.
+    Optional,
+}
+
+/// Transport parameters shared by every Braid link: bounded windows everywhere, so no
+/// buffer grows with what a peer sends.
+pub fn transport_config() -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
+        .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
+        .send_window(SEND_WINDOW)
+        .max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS))
+        .max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS))
+        .keep_alive_interval(Some(KEEP_ALIVE))
+        .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(IDLE_TIMEOUT_MS))));
+    t
+}
+
+/// The quinn client config: pins the server per dial, presents `id`'s certificate.
+///
+/// Resumption is off so that every connection re-checks the pin with a full handshake
+/// (links are long-lived, so this costs nothing that matters).
+fn client_config(id: Option<&NodeIdentity>) -> Result<quinn::ClientConfig, NetError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedServerVerifier::new()));
+    let mut tls = match id {
+        Some(id) => builder.with_client_auth_cert(cert_chain(id), private_key(id))?,
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    // The server name only carries the pin to our own verifier; never send it.
+    tls.enable_sni = false;
+    tls.resumption = rustls::client::Resumption::disabled();
+    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    config.transport_config(Arc::new(transport_config()));
+    Ok(config)
+}
+
+fn server_config(
+    id: &NodeIdentity,
+    pins: PinSet,
+    client_auth: ClientAuth,
+) -> Result<quinn::ServerConfig, NetError> {
+    let verifier = PinnedClientVerifier::new(pins, client_auth == ClientAuth::Required);
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(cert_chain(id), private_key(id))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    // No resumption: a resumed session would skip the PinSet check, and pins change.
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    tls.send_tls13_tickets = 0;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+    config.transport_config(Arc::new(transport_config()));
+    Ok(config)
+}
+
+fn cert_chain(id: &NodeIdentity) -> Vec<CertificateDer<'static>> {
+    vec![id.tls_certificate().clone()]
+}
+
+fn private_key(id: &NodeIdentity) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::Pkcs8(id.tls_private_key())
+}
+
+/// A listening endpoint presenting `id`'s certificate and accepting clients per
+/// `client_auth` and `pins`. `pins` is shared: updating it affects later handshakes.
+/// The endpoint can also dial with [`connect`], presenting the same certificate.
+///
+/// Must be called within a tokio runtime.
+pub fn server_endpoint(
+    bind: SocketAddr,
+    id: &NodeIdentity,
+    pins: PinSet,
+    client_auth: ClientAuth,
+) -> Result<quinn::Endpoint, NetError> {
+    let mut ep = quinn::Endpoint::server(server_config(id, pins, client_auth)?, bind)?;
+    ep.set_default_client_config(client_config(Some(id))?);
+    Ok(ep)
+}
+
+/// A dial-only endpoint; presents `id`'s certificate when given one (nodes), none
+/// otherwise (laptop clients).
+///
+/// Must be called within a tokio runtime.
+pub fn client_endpoint(
+    bind: SocketAddr,
+    id: Option<&NodeIdentity>,
+) -> Result<quinn::Endpoint, NetError> {
+    let mut ep = quinn::Endpoint::client(bind)?;
+    ep.set_default_client_config(client_config(id)?);
+    Ok(ep)
+}
+
+/// Dials `addr` and completes the handshake only if the server's TLS key is
+/// `server_tls_key`.
+///
+/// `ep` must come from [`client_endpoint`] or [`server_endpoint`] (its default client
+/// config holds the pinning verifier).
+///
+/// With [`ClientAuth::Required`] servers, TLS 1.3 lets the client finish its handshake
+/// before the server has checked the client's certificate: a refused client sees this
+/// call succeed and the connection close right after (any stream operation then fails
+/// with [`quinn::ConnectionError`]).
+pub async fn connect(
+    ep: &quinn::Endpoint,
+    addr: SocketAddr,
+    server_tls_key: [u8; 32],
+) -> Result<quinn::Connection, NetError> {
+    let conn = ep.connect(addr, &server_name_for(&server_tls_key))?.await?;
+    Ok(conn)
+}
+
+/// The peer's pinned TLS key, or `None` if it showed no certificate (an Optional-mode
+/// client). Lets a server map a connection to its directory entry.
+pub fn peer_tls_key(conn: &quinn::Connection) -> Option<[u8; 32]> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    ed25519_key_of_cert(certs.first()?).ok()
+}

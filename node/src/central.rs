@@ -1,0 +1,391 @@
+//! Central: opens every client session's outer seal, puts the cells of each session back in
+//! order, and moves the still-sealed inner stream bytes to and from the gateway, one QUIC
+//! stream per proxied stream. Responses are cut into cells again and spread over
+//! (downstream, relay mailbox) paths. The central never sees a client address (cells come
+//! through upstreams) nor a destination or payload (the inner layer is sealed to the
+//! gateway).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use braid_config::Role;
+use braid_net::{read_frame, ClientAuth, PinSet};
+use braid_proto::cell::{CellHeader, CellKind, SessionId};
+use braid_proto::frame::StreamId;
+use braid_proto::noise::StaticKeypair;
+use braid_proto::session::{self, SessionConfig};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info};
+
+use crate::metrics::Metrics;
+use crate::session_task::{publish_link, Link, SessionCmd, SessionGauge, SessionTask, StreamEvent};
+use crate::tap::{tap, TapPoint};
+use crate::NodeContext;
+
+pub struct CentralParams {
+    pub listen: SocketAddr,
+    pub session: SessionConfig,
+    /// A session with no cell from its client for this long is closed.
+    pub idle_timeout: Duration,
+    /// A session whose out-of-order cells wait this long for a missing one is closed.
+    pub reassembly_timeout: Duration,
+    /// Out-of-order bytes held across all sessions; above it the sessions stalled longest
+    /// are evicted first.
+    pub global_reorder_bytes: usize,
+    pub max_sessions: usize,
+}
+
+struct SessionEntry {
+    cells: mpsc::Sender<Vec<u8>>,
+    gauge: Arc<SessionGauge>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+struct Shared {
+    ctx: NodeContext,
+    noise: StaticKeypair,
+    params: CentralParams,
+    sessions: Mutex<HashMap<SessionId, SessionEntry>>,
+    downstreams: watch::Sender<Vec<Link>>,
+    gateways: Mutex<HashMap<String, quinn::Connection>>,
+}
+
+pub async fn run(ctx: NodeContext, params: CentralParams) -> anyhow::Result<()> {
+    let pins: PinSet = ctx
+        .directory
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.role, Role::Upstream | Role::Downstream | Role::Gateway))
+        .map(|n| n.tls_key)
+        .collect();
+    let ep = braid_net::server_endpoint(params.listen, &ctx.identity, pins, ClientAuth::Required)?;
+    info!(node = %ctx.id, listen = %params.listen, "central listening");
+    let shared = Arc::new(Shared {
+        noise: StaticKeypair::from_secret(ctx.identity.noise_secret()),
+        ctx: ctx.clone(),
+        params,
+        sessions: Mutex::default(),
+        downstreams: watch::channel(Vec::new()).0,
+        gateways: Mutex::default(),
+    });
+    tokio::spawn(evict_over_cap(shared.clone()));
+    // Links keep being accepted while draining (a peer may reconnect to finish a transfer);
+    // only new sessions and streams are refused.
+    let drained = {
+        let shared = shared.clone();
+        async move {
+            shared.ctx.drain.cancelled().await;
+            info!(node = %shared.ctx.id, "draining: no new sessions or streams");
+            loop {
+                let live = shared.sessions.lock().map(|s| s.len()).unwrap_or(0);
+                if live == 0
+                    || !crate::sleep_or_shutdown(Duration::from_millis(50), &shared.ctx.shutdown)
+                        .await
+                {
+                    break;
+                }
+            }
+        }
+    };
+    tokio::pin!(drained);
+    loop {
+        let incoming = tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            _ = &mut drained => break,
+            i = ep.accept() => match i { Some(i) => i, None => break },
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    Metrics::inc(&shared.ctx.metrics.peers_refused);
+                    debug!(error = %e, "peer refused");
+                    return;
+                }
+            };
+            let entry = braid_net::peer_tls_key(&conn)
+                .and_then(|k| shared.ctx.directory.by_tls_key(&k).cloned());
+            let Some(entry) = entry else {
+                Metrics::inc(&shared.ctx.metrics.peers_refused);
+                conn.close(1u32.into(), b"unknown key");
+                return;
+            };
+            debug!(peer = %entry.id, role = %entry.role, "peer connected");
+            match entry.role {
+                Role::Upstream => from_upstream(shared, conn).await,
+                Role::Downstream => to_downstream(shared, conn, entry.id).await,
+                Role::Gateway => {
+                    if let Ok(mut g) = shared.gateways.lock() {
+                        g.insert(entry.id.clone(), conn.clone());
+                    }
+                    let _ = conn.closed().await;
+                    if let Ok(mut g) = shared.gateways.lock() {
+                        if g.get(&entry.id)
+                            .is_some_and(|c| c.stable_id() == conn.stable_id())
+                        {
+                            g.remove(&entry.id);
+                        }
+                    }
+                }
+                _ => conn.close(1u32.into(), b"role not served"),
+            }
+        });
+    }
+    ep.close(0u32.into(), b"shutdown");
+    Ok(())
+}
+
+async fn from_upstream(shared: Arc<Shared>, conn: quinn::Connection) {
+    let cell_size = shared.ctx.cell_size();
+    while let Ok(mut recv) = conn.accept_uni().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(cell_size);
+            while let Ok(true) = read_frame(&mut recv, cell_size, &mut buf).await {
+                Metrics::inc(&shared.ctx.metrics.cells_in);
+                tap(&shared.ctx.tap, &shared.ctx.id, TapPoint::Received, &buf);
+                if buf.len() != cell_size {
+                    Metrics::inc(&shared.ctx.metrics.cells_dropped);
+                    continue;
+                }
+                dispatch(&shared, std::mem::take(&mut buf));
+            }
+        });
+    }
+}
+
+/// Routes a cell to its session's task, opening a session on a fresh Hello.
+fn dispatch(shared: &Arc<Shared>, cell: Vec<u8>) {
+    let Ok(h) = CellHeader::take_from(&cell) else {
+        Metrics::inc(&shared.ctx.metrics.cells_dropped);
+        return;
+    };
+    let Ok(mut sessions) = shared.sessions.lock() else {
+        return;
+    };
+    if let Some(s) = sessions.get(&h.session) {
+        if s.cells.try_send(cell).is_err() {
+            Metrics::inc(&shared.ctx.metrics.cells_dropped);
+        }
+        return;
+    }
+    if h.kind != CellKind::HELLO
+        || sessions.len() >= shared.params.max_sessions
+        || shared.ctx.drain.is_cancelled()
+    {
+        Metrics::inc(&shared.ctx.metrics.cells_dropped);
+        return;
+    }
+    let now = tokio::time::Instant::now().into_std();
+    let accepted = match session::accept(
+        &mut rand::rng(),
+        shared.params.session.clone(),
+        &shared.noise,
+        now,
+        &cell,
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            debug!(error = %e, "hello refused");
+            Metrics::inc(&shared.ctx.metrics.cells_dropped);
+            return;
+        }
+    };
+    Metrics::inc(&shared.ctx.metrics.sessions_opened);
+    let (cells_tx, cells_rx) = mpsc::channel(4096);
+    let (cmd_tx, cmd_rx) = mpsc::channel(256);
+    let id = h.session;
+    let gauge = Arc::new(SessionGauge::default());
+    let stop = shared.ctx.shutdown.child_token();
+    sessions.insert(
+        id,
+        SessionEntry {
+            cells: cells_tx,
+            gauge: gauge.clone(),
+            stop: stop.clone(),
+        },
+    );
+    drop(sessions);
+
+    let opener_shared = shared.clone();
+    let task = SessionTask {
+        session: accepted.session,
+        node: shared.ctx.id.clone(),
+        metrics: shared.ctx.metrics.clone(),
+        tap: shared.ctx.tap.clone(),
+        cells_rx,
+        cmd_tx,
+        cmd_rx,
+        links: shared.downstreams.subscribe(),
+        mailboxes: Some(accepted.hello.mailboxes),
+        welcome: Some(accepted.welcome_cell),
+        opener: Some(Box::new(move |stream, gateway, cmd, credit| {
+            open_gateway_stream(&opener_shared, stream, &gateway, cmd, credit)
+        })),
+        idle_timeout: shared.params.idle_timeout,
+        reassembly_timeout: shared.params.reassembly_timeout,
+        gauge: Some(gauge),
+        drain: Some(shared.ctx.drain.clone()),
+        shutdown: stop,
+    };
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        task.run().await;
+        if let Ok(mut s) = shared.sessions.lock() {
+            s.remove(&id);
+        }
+    });
+}
+
+async fn to_downstream(shared: Arc<Shared>, conn: quinn::Connection, name: String) {
+    // Sessions already tap what they hand the link, so this writer does not tap again.
+    publish_link(
+        &shared.downstreams,
+        &name,
+        &conn,
+        1024,
+        &shared.ctx.id,
+        &None,
+    )
+    .await;
+}
+
+fn open_gateway_stream(
+    shared: &Arc<Shared>,
+    stream: StreamId,
+    gateway: &str,
+    cmd: mpsc::Sender<SessionCmd>,
+    credit: Arc<tokio::sync::Semaphore>,
+) -> Option<mpsc::Sender<StreamEvent>> {
+    let conn = {
+        let g = shared.gateways.lock().ok()?;
+        g.get(gateway)
+            .cloned()
+            .or_else(|| g.values().next().cloned())?
+    };
+    Metrics::inc(&shared.ctx.metrics.streams_opened);
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(gateway_stream(conn, stream, rx, cmd, credit));
+    Some(tx)
+}
+
+/// Bridges one proxied stream between the session and its QUIC stream to the gateway.
+async fn gateway_stream(
+    conn: quinn::Connection,
+    stream: StreamId,
+    mut events: mpsc::Receiver<StreamEvent>,
+    cmd: mpsc::Sender<SessionCmd>,
+    credit: Arc<tokio::sync::Semaphore>,
+) {
+    let (mut send, mut recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = cmd.send(SessionCmd::Reset { stream, code: 1 }).await;
+            return;
+        }
+    };
+    let mut up_done = false;
+    let mut down_done = false;
+    let mut buf = vec![0u8; 16 * 1024];
+    while !(up_done && down_done) {
+        tokio::select! {
+            ev = events.recv(), if !up_done => match ev {
+                Some(StreamEvent::Data(d)) => {
+                    if send.write_all(&d).await.is_err() {
+                        let _ = cmd.send(SessionCmd::Reset { stream, code: 1 }).await;
+                        return;
+                    }
+                }
+                Some(StreamEvent::End) => {
+                    let _ = send.finish();
+                    up_done = true;
+                    // Every byte acknowledged to the client must reach the gateway before
+                    // this stream counts as done (a draining central waits on it).
+                    let _ = tokio::time::timeout(Duration::from_secs(30), send.stopped()).await;
+                }
+                Some(StreamEvent::Reset(code)) => {
+                    let _ = send.reset(u32::from(code).into());
+                    let _ = recv.stop(u32::from(code).into());
+                    return;
+                }
+                None => return,
+            },
+            n = recv.read(&mut buf), if !down_done => match n {
+                Ok(Some(n)) => {
+                    // Per-stream credit: wait until the client has room for these bytes.
+                    match credit.acquire_many(n as u32).await {
+                        Ok(p) => p.forget(),
+                        Err(_) => return,
+                    }
+                    if cmd.send(SessionCmd::Data { stream, bytes: buf[..n].to_vec() }).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    let _ = cmd.send(SessionCmd::End { stream }).await;
+                    down_done = true;
+                }
+                Err(_) => {
+                    let _ = cmd.send(SessionCmd::Reset { stream, code: 1 }).await;
+                    return;
+                }
+            },
+        }
+    }
+    let _ = cmd.send(SessionCmd::Forget { stream }).await;
+}
+
+/// Keeps the reassembly memory of all sessions under the global cap: when over it, the
+/// sessions whose out-of-order data has waited longest are torn down first.
+async fn evict_over_cap(shared: Arc<Shared>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = shared.ctx.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(sessions) = shared.sessions.lock() else {
+            return;
+        };
+        let mut total: usize = sessions
+            .values()
+            .map(|e| e.gauge.reorder_bytes.load(Relaxed))
+            .sum();
+        if total <= shared.params.global_reorder_bytes {
+            continue;
+        }
+        let mut stalled: Vec<(u64, usize, &SessionEntry)> = sessions
+            .values()
+            .filter(|e| !e.stop.is_cancelled())
+            .map(|e| {
+                (
+                    e.gauge.stalled_since_ms.load(Relaxed),
+                    e.gauge.reorder_bytes.load(Relaxed),
+                    e,
+                )
+            })
+            .filter(|(since, bytes, _)| *since > 0 && *bytes > 0)
+            .collect();
+        stalled.sort_by_key(|(since, ..)| *since);
+        let mut evicted = 0;
+        for (_, bytes, e) in stalled {
+            if total <= shared.params.global_reorder_bytes {
+                break;
+            }
+            e.stop.cancel();
+            total = total.saturating_sub(bytes);
+            evicted += 1;
+            Metrics::inc(&shared.ctx.metrics.sessions_evicted);
+        }
+        if evicted > 0 {
+            debug!(
+                evicted,
+                "sessions evicted to keep reassembly memory under the global cap"
+            );
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Downstream: takes response cells from the central and hands each to the relay its
+//! envelope names. It sees neither the client's address nor anything inside the cells.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use braid_config::{NodeEntry, Role};
+use braid_net::{read_frame, write_frame};
+use tokio::sync::{mpsc, Mutex};
+use tracing::info;
+
+use crate::metrics::Metrics;
+use crate::tap::{tap, TapPoint};
+use crate::{keep_dialing, max_envelope, Backoff, NodeContext};
+
+pub async fn run(ctx: NodeContext, bind: SocketAddr) -> anyhow::Result<()> {
+    let central = ctx
+        .directory
+        .central()
+        .cloned()
+        .context("the directory names no central")?;
+    let ep = braid_net::client_endpoint(bind, Some(&ctx.identity))?;
+    info!(node = %ctx.id, "downstream starting");
+
+    // One queue per relay; each relay link drains its queue (dropping while it is down, so a
+    // dead relay never blocks the others: the end-to-end layer resends those cells).
+    let mut relays: HashMap<String, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    let mut tasks = Vec::new();
+    for relay in ctx.directory.nodes_with_role(Role::Relay) {
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(4096);
+        relays.insert(relay.id.clone(), tx);
+        tasks.push(tokio::spawn(relay_link(
+            ctx.clone(),
+            ep.clone(),
+            relay.clone(),
+            rx,
+        )));
+    }
+    let relays = Arc::new(relays);
+    let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let c = ctx.clone();
+    let link = keep_dialing(
+        ep.clone(),
+        central,
+        ctx.shutdown.clone(),
+        backoff,
+        move |conn| {
+            let ctx = c.clone();
+            let relays = relays.clone();
+            async move {
+                Metrics::inc(&ctx.metrics.links_up);
+                from_central(ctx.clone(), conn, relays).await;
+                Metrics::dec(&ctx.metrics.links_up);
+            }
+        },
+    );
+    // Draining: keep forwarding until the central stops sending, then go.
+    tokio::select! {
+        _ = link => {}
+        _ = async { ctx.drain.cancelled().await; ctx.wait_quiet().await } => {}
+    }
+    for t in tasks {
+        t.abort();
+    }
+    ep.close(0u32.into(), b"shutdown");
+    Ok(())
+}
+
+async fn from_central(
+    ctx: NodeContext,
+    conn: quinn::Connection,
+    relays: Arc<HashMap<String, mpsc::Sender<Vec<u8>>>>,
+) {
+    let max = max_envelope(ctx.cell_size());
+    while let Ok(mut recv) = conn.accept_uni().await {
+        let ctx = ctx.clone();
+        let relays = relays.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            while let Ok(true) = read_frame(&mut recv, max, &mut buf).await {
+                Metrics::inc(&ctx.metrics.cells_in);
+                tap(&ctx.tap, &ctx.id, TapPoint::Received, &buf);
+                // Envelope: relay_len | relay | mailbox[16] | cell.
+                let Some((&len, rest)) = buf.split_first() else {
+                    continue;
+                };
+                let len = usize::from(len);
+                if rest.len() != len + 16 + ctx.cell_size() {
+                    Metrics::inc(&ctx.metrics.cells_dropped);
+                    continue;
+                }
+                let relay = String::from_utf8_lossy(&rest[..len]).into_owned();
+                let Some(tx) = relays.get(&relay) else {
+                    Metrics::inc(&ctx.metrics.cells_dropped);
+                    continue;
+                };
+                // Never wait on one relay: a hung relay must not stall the others. A cell
+                // dropped here is resent end to end over another path.
+                if tx.try_send(rest[len..].to_vec()).is_err() {
+                    Metrics::inc(&ctx.metrics.cells_dropped);
+                }
+            }
+        });
+    }
+}
+
+async fn relay_link(
+    ctx: NodeContext,
+    ep: quinn::Endpoint,
+    relay: NodeEntry,
+    rx: mpsc::Receiver<Vec<u8>>,
+) {
+    let rx = Arc::new(Mutex::new(rx));
+    // While the link is down, drain and drop so the central's sender never stalls.
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    {
+        let rx = rx.clone();
+        let draining = draining.clone();
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if ctx.shutdown.is_cancelled() {
+                    return;
+                }
+                if draining.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(mut rx) = rx.try_lock() {
+                        while rx.try_recv().is_ok() {
+                            Metrics::inc(&ctx.metrics.cells_dropped);
+                        }
+                    }
+                }
+            }
+        });
+    }
+    let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let shutdown = ctx.shutdown.clone();
+    keep_dialing(ep, relay, shutdown, backoff, |conn| {
+        let rx = rx.clone();
+        let ctx = ctx.clone();
+        let draining = draining.clone();
+        async move {
+            let Ok(mut send) = conn.open_uni().await else {
+                return;
+            };
+            let mut rx = rx.lock().await;
+            draining.store(false, std::sync::atomic::Ordering::Relaxed);
+            while let Some(env) = rx.recv().await {
+                if write_frame(&mut send, &env).await.is_err() {
+                    break;
+                }
+                tap(&ctx.tap, &ctx.id, TapPoint::Sent, &env);
+                Metrics::inc(&ctx.metrics.cells_out);
+            }
+            draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    })
+    .await;
+}

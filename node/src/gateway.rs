@@ -1,0 +1,524 @@
+//! Gateway (exit): dials the central and keeps that link up (it works behind NAT), accepts
+//! one QUIC stream per proxied stream, completes the inner Noise handshake, applies the
+//! exit policy to every resolved address, connects, and pumps sealed records both ways.
+//! It sees destinations and payloads, never who the client is.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use braid_proto::inner::{self, MessageDecoder, OpenStatus, Record, RecordOpener, RecordSealer};
+use braid_proto::noise::StaticKeypair;
+use braid_proto::target::TargetAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{debug, info};
+
+use crate::exit::{Checked, ExitPolicy, Refusal};
+use crate::metrics::Metrics;
+use crate::tap::{tap, TapPoint};
+use crate::{keep_dialing, Backoff, NodeContext};
+
+#[derive(Clone)]
+pub struct GatewayParams {
+    pub bind: SocketAddr,
+    pub connect_timeout: Duration,
+    /// The exit policy. The gateway adds its directory's node addresses to it at start.
+    pub policy: ExitPolicy,
+    /// Static name → address overrides, consulted before DNS (like /etc/hosts).
+    pub hosts: BTreeMap<String, IpAddr>,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
+    let central = ctx
+        .directory
+        .central()
+        .cloned()
+        .context("the directory names no central")?;
+    // The exit never connects to the overlay's own nodes (nor to its own bind address).
+    let mut policy = p.policy.clone().with_nodes_of(&ctx.directory);
+    if !p.bind.ip().is_unspecified() {
+        policy.node_addrs.insert(p.bind.ip());
+    }
+    let policy = Arc::new(policy);
+    let ep = braid_net::client_endpoint(p.bind, Some(&ctx.identity))?;
+    info!(node = %ctx.id, "gateway dialing the central");
+    let backoff = Backoff::new(p.reconnect_min, p.reconnect_max);
+    let c = ctx.clone();
+    let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let live_streams = live.clone();
+    let link = keep_dialing(
+        ep.clone(),
+        central,
+        ctx.shutdown.clone(),
+        backoff,
+        move |conn| {
+            let ctx = c.clone();
+            let p = p.clone();
+            let policy = policy.clone();
+            let live = live.clone();
+            async move {
+                info!(node = %ctx.id, "gateway linked to the central");
+                Metrics::inc(&ctx.metrics.links_up);
+                while let Ok((mut send, recv)) = conn.accept_bi().await {
+                    if ctx.drain.is_cancelled() {
+                        // Draining: no new streams.
+                        let _ = send.reset(1u32.into());
+                        continue;
+                    }
+                    let (ctx, p, policy, live) =
+                        (ctx.clone(), p.clone(), policy.clone(), live.clone());
+                    live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        serve_stream(ctx, p, policy, send, recv).await;
+                        live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    });
+                }
+                Metrics::dec(&ctx.metrics.links_up);
+            }
+        },
+    );
+    // Draining: live streams run to their end (or the deadline), then the link closes.
+    let drained = async {
+        ctx.drain.cancelled().await;
+        while live_streams.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            if !crate::sleep_or_shutdown(Duration::from_millis(50), &ctx.shutdown).await {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = link => {}
+        _ = drained => {}
+    }
+    ep.close(0u32.into(), b"shutdown");
+    Ok(())
+}
+
+/// Why an open failed: the SOCKS status and a reason for the client's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OpenFailure {
+    status: OpenStatus,
+    reason: String,
+}
+
+impl OpenFailure {
+    fn new(status: OpenStatus, reason: impl Into<String>) -> Self {
+        OpenFailure {
+            status,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<Refusal> for OpenFailure {
+    fn from(r: Refusal) -> Self {
+        OpenFailure::new(OpenStatus::NOT_ALLOWED, r.to_string())
+    }
+}
+
+/// The system resolver: one `getaddrinfo` call.
+async fn system_lookup(name: String, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    Ok(tokio::net::lookup_host((name, port)).await?.collect())
+}
+
+/// Resolves a target to addresses: overrides first, then `lookup`. `lookup` is `FnOnce`:
+/// a name is looked up at most once per open, and the addresses returned are the ones
+/// that get checked and connected to (no second lookup to rebind between them).
+async fn resolve<L, F>(
+    p: &GatewayParams,
+    target: &TargetAddr,
+    lookup: L,
+) -> Result<Vec<SocketAddr>, OpenFailure>
+where
+    L: FnOnce(String, u16) -> F,
+    F: Future<Output = std::io::Result<Vec<SocketAddr>>>,
+{
+    match target {
+        TargetAddr::Ip(a) => Ok(vec![*a]),
+        TargetAddr::Domain(name, port) => {
+            let lower = name.to_ascii_lowercase();
+            if let Some(ip) = p.hosts.get(&lower) {
+                return Ok(vec![SocketAddr::new(*ip, *port)]);
+            }
+            match lookup(lower, *port).await {
+                Ok(v) if !v.is_empty() => Ok(v),
+                Ok(_) => Err(OpenFailure::new(
+                    OpenStatus::HOST_UNREACHABLE,
+                    format!("{name} has no address"),
+                )),
+                Err(e) => Err(OpenFailure::new(
+                    OpenStatus::HOST_UNREACHABLE,
+                    format!("cannot resolve {name}: {e}"),
+                )),
+            }
+        }
+    }
+}
+
+fn status_of(e: &std::io::Error) -> OpenStatus {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused => OpenStatus::CONNECTION_REFUSED,
+        NetworkUnreachable => OpenStatus::NETWORK_UNREACHABLE,
+        HostUnreachable => OpenStatus::HOST_UNREACHABLE,
+        TimedOut => OpenStatus::TTL_EXPIRED,
+        _ => OpenStatus::GENERAL_FAILURE,
+    }
+}
+
+/// Applies the policy to the name (before any lookup), resolves once, checks every
+/// address, and connects to a checked address.
+async fn connect_target<L, F>(
+    p: &GatewayParams,
+    policy: &ExitPolicy,
+    target: &TargetAddr,
+    lookup: L,
+) -> Result<TcpStream, OpenFailure>
+where
+    L: FnOnce(String, u16) -> F,
+    F: Future<Output = std::io::Result<Vec<SocketAddr>>>,
+{
+    let name = match target {
+        TargetAddr::Domain(name, port) => {
+            policy.check_name(name, *port)?;
+            Some(name.as_str())
+        }
+        TargetAddr::Ip(_) => None,
+    };
+    let addrs = resolve(p, target, lookup).await?;
+    let checked = policy.check(name, &addrs)?;
+    connect_checked(p.connect_timeout, &checked).await
+}
+
+/// The only place the gateway opens a target connection: to addresses that passed the
+/// policy, in the resolver's order.
+async fn connect_checked(timeout: Duration, addrs: &[Checked]) -> Result<TcpStream, OpenFailure> {
+    let mut last = OpenFailure::new(OpenStatus::HOST_UNREACHABLE, "no address to connect to");
+    for a in addrs {
+        let a = a.addr();
+        match tokio::time::timeout(timeout, TcpStream::connect(a)).await {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) => last = OpenFailure::new(status_of(&e), format!("connecting to {a}: {e}")),
+            Err(_) => {
+                last = OpenFailure::new(
+                    OpenStatus::TTL_EXPIRED,
+                    format!("connecting to {a}: timed out"),
+                )
+            }
+        }
+    }
+    Err(last)
+}
+
+async fn serve_stream(
+    ctx: NodeContext,
+    p: GatewayParams,
+    policy: Arc<ExitPolicy>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let noise = StaticKeypair::from_secret(ctx.identity.noise_secret());
+    let mut dec = MessageDecoder::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    // 1. The first message: the client's handshake with the open request.
+    let msg1 = loop {
+        match dec.next_message() {
+            Ok(Some(m)) => break m,
+            Ok(None) => {}
+            Err(_) => return,
+        }
+        match recv.read(&mut buf).await {
+            Ok(Some(n)) => {
+                tap(&ctx.tap, &ctx.id, TapPoint::Received, &buf[..n]);
+                dec.push(&buf[..n]);
+            }
+            _ => return,
+        }
+    };
+    let Ok((open, req)) = inner::gateway_accept(&noise, &msg1) else {
+        Metrics::inc(&ctx.metrics.streams_refused);
+        return;
+    };
+    tap(
+        &ctx.tap,
+        &ctx.id,
+        TapPoint::Decrypted,
+        req.target.to_string().as_bytes(),
+    );
+    tap(&ctx.tap, &ctx.id, TapPoint::Decrypted, &req.early_data);
+    let result = connect_target(&p, &policy, &req.target, system_lookup).await;
+    let (status, reason) = match &result {
+        Ok(_) => (OpenStatus::OK, ""),
+        Err(f) => (f.status, f.reason.as_str()),
+    };
+    let mut out = Vec::new();
+    let Ok((sealer, opener)) = open.reply_with_reason(&mut rand::rng(), status, reason, &mut out)
+    else {
+        return;
+    };
+    if send.write_all(&out).await.is_err() {
+        return;
+    }
+    let tcp = match result {
+        Ok(t) => t,
+        Err(f) => {
+            Metrics::inc(&ctx.metrics.streams_refused);
+            debug!(node = %ctx.id, status = f.status.0, reason = %f.reason, "stream refused");
+            let _ = send.finish();
+            return;
+        }
+    };
+    Metrics::inc(&ctx.metrics.streams_opened);
+    let _ = tcp.set_nodelay(true);
+    let (tcp_r, mut tcp_w) = tcp.into_split();
+    if !req.early_data.is_empty() {
+        if tcp_w.write_all(&req.early_data).await.is_err() {
+            return;
+        }
+        Metrics::add(&ctx.metrics.bytes_to_targets, req.early_data.len() as u64);
+    }
+    let up = client_to_target(&ctx, recv, dec, opener, tcp_w);
+    let down = target_to_client(&ctx, tcp_r, sealer, send);
+    let _ = tokio::join!(up, down);
+}
+
+async fn client_to_target(
+    ctx: &NodeContext,
+    mut recv: quinn::RecvStream,
+    mut dec: MessageDecoder,
+    mut opener: RecordOpener,
+    mut tcp: tokio::net::tcp::OwnedWriteHalf,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        loop {
+            let msg = match dec.next_message() {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(_) => return,
+            };
+            match opener.open(&msg) {
+                Ok(Record::Data(d)) => {
+                    tap(&ctx.tap, &ctx.id, TapPoint::Decrypted, &d);
+                    if tcp.write_all(&d).await.is_err() {
+                        let _ = recv.stop(1u32.into());
+                        return;
+                    }
+                    Metrics::add(&ctx.metrics.bytes_to_targets, d.len() as u64);
+                }
+                Ok(Record::HalfClose) | Ok(Record::Close) => {
+                    let _ = tcp.shutdown().await;
+                    return;
+                }
+                Ok(Record::Error(_)) | Err(_) => return,
+            }
+        }
+        match recv.read(&mut buf).await {
+            Ok(Some(n)) => {
+                tap(&ctx.tap, &ctx.id, TapPoint::Received, &buf[..n]);
+                dec.push(&buf[..n]);
+            }
+            // The stream ended without an authenticated close: treat as an abort.
+            _ => return,
+        }
+    }
+}
+
+async fn target_to_client(
+    ctx: &NodeContext,
+    mut tcp: tokio::net::tcp::OwnedReadHalf,
+    mut sealer: RecordSealer,
+    mut send: quinn::SendStream,
+) {
+    let mut buf = vec![0u8; inner::MAX_RECORD_DATA];
+    let mut out = Vec::with_capacity(inner::MAX_RECORD_DATA + 64);
+    loop {
+        let rec = match tcp.read(&mut buf).await {
+            Ok(0) => Record::HalfClose,
+            Ok(n) => {
+                Metrics::add(&ctx.metrics.bytes_from_targets, n as u64);
+                Record::Data(buf[..n].to_vec())
+            }
+            Err(_) => Record::Error(OpenStatus::GENERAL_FAILURE.0),
+        };
+        let last = !matches!(rec, Record::Data(_));
+        out.clear();
+        if sealer.seal(&rec, &mut out).is_err() {
+            return;
+        }
+        if send.write_all(&out).await.is_err() {
+            return;
+        }
+        if last {
+            let _ = send.finish();
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::exit::ExitRule;
+
+    fn params(hosts: &[(&str, &str)]) -> GatewayParams {
+        GatewayParams {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            connect_timeout: Duration::from_secs(5),
+            policy: ExitPolicy::default(),
+            hosts: hosts
+                .iter()
+                .map(|(n, a)| (n.to_string(), a.parse().unwrap()))
+                .collect(),
+            reconnect_min: Duration::from_millis(10),
+            reconnect_max: Duration::from_millis(100),
+        }
+    }
+
+    /// A resolver that answers `answers[k]` on its k-th call and counts its calls.
+    fn scripted(
+        calls: &AtomicUsize,
+        answers: Vec<Vec<SocketAddr>>,
+    ) -> impl FnOnce(String, u16) -> std::future::Ready<std::io::Result<Vec<SocketAddr>>> + '_ {
+        move |_, _| {
+            let k = calls.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok(answers[k.min(answers.len() - 1)].clone()))
+        }
+    }
+
+    fn counting_listener(l: TcpListener) -> Arc<AtomicUsize> {
+        let n = Arc::new(AtomicUsize::new(0));
+        let c = n.clone();
+        tokio::spawn(async move {
+            while l.accept().await.is_ok() {
+                c.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        n
+    }
+
+    /// One lookup; the connection goes to the address that lookup returned and the policy
+    /// checked, even when a second lookup would have answered differently (rebinding).
+    #[tokio::test]
+    async fn one_lookup_and_the_connection_goes_to_the_checked_address() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let good = l.local_addr().unwrap();
+        let accepted = counting_listener(l);
+        let policy = ExitPolicy {
+            allow_loopback: true,
+            ..ExitPolicy::default()
+        };
+        let p = params(&[]);
+        let calls = AtomicUsize::new(0);
+        // First answer: the allowed listener. A second lookup would give metadata.
+        let lookup = scripted(
+            &calls,
+            vec![vec![good], vec!["169.254.169.254:80".parse().unwrap()]],
+        );
+        let target = TargetAddr::Domain("rebind.example".into(), good.port());
+        let s = connect_target(&p, &policy, &target, lookup).await.unwrap();
+        assert_eq!(s.peer_addr().unwrap(), good);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// A name whose answer holds one refused address is refused as a whole, with no
+    /// connection attempt to any of its addresses.
+    #[tokio::test]
+    async fn any_refused_address_refuses_the_open_without_connecting() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = l.local_addr().unwrap();
+        let accepted = counting_listener(l);
+        let policy = ExitPolicy::default();
+        let p = params(&[]);
+        let calls = AtomicUsize::new(0);
+        let lookup = scripted(
+            &calls,
+            vec![vec![
+                SocketAddr::new([93, 184, 216, 34].into(), local.port()),
+                local,
+            ]],
+        );
+        let target = TargetAddr::Domain("mixed.example".into(), local.port());
+        let e = connect_target(&p, &policy, &target, lookup)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, OpenStatus::NOT_ALLOWED);
+        assert!(e.reason.contains("127.0.0.1 is loopback"), "{}", e.reason);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 0);
+    }
+
+    /// Static overrides are checked like DNS answers; a deny by domain is decided before
+    /// any lookup; an address target is checked without one.
+    #[tokio::test]
+    async fn overrides_and_names_and_addresses_are_checked() {
+        let policy = ExitPolicy {
+            rules: vec![ExitRule::deny().domain("blocked.example")],
+            ..ExitPolicy::default()
+        };
+        let p = params(&[
+            ("trap.example", "127.0.0.1"),
+            ("meta.example", "169.254.169.254"),
+        ]);
+        let calls = AtomicUsize::new(0);
+        for (target, says) in [
+            (
+                TargetAddr::Domain("trap.example".into(), 80),
+                "127.0.0.1 is loopback",
+            ),
+            (
+                TargetAddr::Domain("META.example".into(), 80),
+                "cloud metadata",
+            ),
+            (
+                TargetAddr::Domain("a.blocked.example".into(), 80),
+                "rule 0 (deny domain blocked.example)",
+            ),
+            (
+                TargetAddr::Ip("[::ffff:10.0.0.1]:80".parse().unwrap()),
+                "private",
+            ),
+        ] {
+            let lookup = scripted(&calls, vec![vec!["93.184.216.34:80".parse().unwrap()]]);
+            let e = connect_target(&p, &policy, &target, lookup)
+                .await
+                .unwrap_err();
+            assert_eq!(e.status, OpenStatus::NOT_ALLOWED, "{target}");
+            assert!(e.reason.contains(says), "{target}: {}", e.reason);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "no lookup was needed");
+    }
+
+    /// The real resolver turns numeric-looking names into loopback; the check after it
+    /// catches them.
+    #[tokio::test]
+    async fn numeric_names_from_the_system_resolver_are_checked() {
+        let policy = ExitPolicy::default();
+        let p = params(&[]);
+        for name in ["0177.0.0.1", "2130706433", "0x7f.1", "127.1", "localhost"] {
+            let target = TargetAddr::Domain(name.into(), 9);
+            match connect_target(&p, &policy, &target, system_lookup).await {
+                Err(e) if e.status == OpenStatus::NOT_ALLOWED => {}
+                // A resolver that does not read these forms leaves nothing to connect to.
+                Err(e) if e.status == OpenStatus::HOST_UNREACHABLE => {
+                    eprintln!("{name}: {}", e.reason)
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+}

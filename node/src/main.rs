@@ -1,0 +1,207 @@
+//! `braid-node --config FILE` runs one role; `braid-node keygen --out DIR` makes an identity.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use braid_config::{load_directory, load_node_config, LogFormat, NodeConfig};
+use braid_net::NodeIdentity;
+use braid_node::{central, downstream, gateway, relay, upstream, Metrics, NodeContext};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "braid-node",
+    version,
+    about = "Runs one Braid node (any role, chosen by its config)"
+)]
+struct Cli {
+    /// The node's TOML config (role, addresses, identity, directory).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Writes a new node identity (Noise static key, TLS key and certificate) to DIR and
+    /// prints its public half for the directory.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    braid_node::metrics::install_panic_counter();
+    let cli = Cli::parse();
+    match (cli.cmd, cli.config) {
+        (Some(Cmd::Keygen { out }), _) => keygen(&out),
+        (None, Some(config)) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(run(config))
+        }
+        (None, None) => {
+            anyhow::bail!("nothing to do: pass --config FILE or a subcommand (see --help)")
+        }
+    }
+}
+
+fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
+    let id = NodeIdentity::generate(&mut rand::rng())?;
+    id.save(out)
+        .with_context(|| format!("writing the identity to {}", out.display()))?;
+    let p = id.public();
+    println!("noise_key = \"{}\"", p.noise_hex());
+    println!("tls_key = \"{}\"", p.tls_hex());
+    Ok(())
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BRAID_LOG_FILTER")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        _ => b.init(),
+    }
+}
+
+async fn run(path: PathBuf) -> anyhow::Result<()> {
+    let cfg = load_node_config(&path)?;
+    let common = cfg.common().clone();
+    init_logs(common.log);
+    let directory = Arc::new(load_directory(&common.directory)?);
+    cfg.directory_entry(&directory)?;
+    let identity = NodeIdentity::load(&common.identity)?;
+    let entry = cfg.directory_entry(&directory)?.clone();
+    if entry.tls_key != identity.tls_public() || entry.noise_key != identity.noise_public() {
+        anyhow::bail!(
+            "the keys in {} do not match the directory entry for {}",
+            common.identity.display(),
+            common.id
+        );
+    }
+    let shutdown = CancellationToken::new();
+    let drain = CancellationToken::new();
+    let ctx = NodeContext {
+        id: common.id.clone(),
+        identity,
+        directory: directory.clone(),
+        metrics: Arc::new(Metrics::default()),
+        tap: None,
+        drain: drain.clone(),
+        shutdown: shutdown.clone(),
+    };
+    if let Some(admin) = common.admin {
+        let l = braid_node::admin::bind(admin)
+            .await
+            .with_context(|| format!("binding the admin port {admin}"))?;
+        tokio::spawn(braid_node::admin::serve(
+            l,
+            common.id.clone(),
+            cfg.role().as_str(),
+            ctx.metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    {
+        // SIGTERM/Ctrl-C: drain (stop accepting, let live streams finish), then stop at the
+        // drain deadline at the latest. A second signal stops at once.
+        let shutdown = shutdown.clone();
+        let deadline = common.drain_timeout();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!(deadline_secs = deadline.as_secs(), "draining");
+            drain.cancel();
+            tokio::select! {
+                _ = tokio::time::sleep(deadline) => tracing::info!("drain deadline reached"),
+                _ = wait_for_signal() => tracing::info!("second signal"),
+            }
+            shutdown.cancel();
+        });
+    }
+    // Nodes that only dial bind on their directory address's IP (if any), any port.
+    let bind_ip = entry
+        .addr
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    let bind = std::net::SocketAddr::new(bind_ip, 0);
+    match cfg {
+        NodeConfig::Upstream(c) => upstream::run(ctx, c.listen).await,
+        NodeConfig::Central(c) => {
+            central::run(
+                ctx,
+                central::CentralParams {
+                    listen: c.listen,
+                    session: braid_node::central_session_config(
+                        &directory,
+                        c.reorder_window_cells,
+                        c.session_reorder_bytes,
+                    ),
+                    idle_timeout: c.reassembly_timeout(),
+                    reassembly_timeout: c.reassembly_timeout(),
+                    global_reorder_bytes: usize::try_from(c.global_reorder_bytes)
+                        .unwrap_or(usize::MAX),
+                    max_sessions: 100_000,
+                },
+            )
+            .await
+        }
+        NodeConfig::Downstream(_) => downstream::run(ctx, bind).await,
+        NodeConfig::Relay(c) => {
+            let mix_delay = c.mix_delay();
+            relay::run(
+                ctx,
+                relay::RelayParams {
+                    listen: c.listen,
+                    mix_delay,
+                    pool_cells: c.mailbox_cells as usize,
+                },
+            )
+            .await
+        }
+        NodeConfig::Gateway(c) => {
+            gateway::run(
+                ctx,
+                gateway::GatewayParams {
+                    bind,
+                    connect_timeout: c.connect_timeout(),
+                    policy: braid_node::exit::ExitPolicy {
+                        allow_loopback: c.exit.allow_loopback,
+                        allow_private: c.exit.allow_private,
+                        rules: c.exit.rules.clone(),
+                        node_addrs: Default::default(), // gateway::run adds the directory's
+                    },
+                    hosts: c.hosts.clone(),
+                    reconnect_min: c.reconnect_min(),
+                    reconnect_max: c.reconnect_max(),
+                },
+            )
+            .await
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,156 @@
+//! Counters every node keeps, exported as Prometheus text on the admin port. Tests read
+//! them to check where cells went rather than assuming it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Cells (or envelopes) received from the previous hop.
+    pub cells_in: AtomicU64,
+    /// Cells sent on to the next hop.
+    pub cells_out: AtomicU64,
+    /// Cells dropped: malformed, wrong size, unknown session, queue full.
+    pub cells_dropped: AtomicU64,
+    pub sessions_opened: AtomicU64,
+    pub sessions_closed: AtomicU64,
+    pub streams_opened: AtomicU64,
+    pub streams_refused: AtomicU64,
+    pub retransmits: AtomicU64,
+    pub peers_refused: AtomicU64,
+    pub bytes_to_targets: AtomicU64,
+    pub bytes_from_targets: AtomicU64,
+    /// Links to the next hop that are up now (a gauge).
+    pub links_up: AtomicU64,
+    /// Sealed cells dropped as duplicates or replays (after a retransmission, or an attack).
+    pub cells_duplicate: AtomicU64,
+    /// Cells that failed authentication, parsing or the window check.
+    pub cells_rejected: AtomicU64,
+    /// Sessions torn down to keep reassembly memory under the global cap or the timeout.
+    pub sessions_evicted: AtomicU64,
+}
+
+/// Panics anywhere in the process (counted by the hook the binaries install).
+pub static PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Installs the panic counter once per process (for library users such as the demo).
+pub fn install_panic_counter_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(install_panic_counter);
+}
+
+/// Counts panics, then runs the default hook (which prints them).
+pub fn install_panic_counter() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, Ordering::Relaxed);
+        default(info);
+    }));
+}
+
+impl Metrics {
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn dec(c: &AtomicU64) {
+        c.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self, node: &str, role: &str) -> String {
+        let rows: [(&str, &AtomicU64, &str); 16] = [
+            (
+                "braid_cells_duplicate_total",
+                &self.cells_duplicate,
+                "duplicate or replayed cells dropped",
+            ),
+            (
+                "braid_cells_rejected_total",
+                &self.cells_rejected,
+                "cells failing authentication or checks",
+            ),
+            (
+                "braid_sessions_evicted_total",
+                &self.sessions_evicted,
+                "sessions evicted for memory or timeout",
+            ),
+            ("braid_panics_total", &PANICS, "panics in this process"),
+            (
+                "braid_links_up",
+                &self.links_up,
+                "links to the next hop that are up",
+            ),
+            (
+                "braid_cells_in_total",
+                &self.cells_in,
+                "cells received from the previous hop",
+            ),
+            (
+                "braid_cells_out_total",
+                &self.cells_out,
+                "cells sent to the next hop",
+            ),
+            (
+                "braid_cells_dropped_total",
+                &self.cells_dropped,
+                "cells dropped",
+            ),
+            (
+                "braid_sessions_opened_total",
+                &self.sessions_opened,
+                "sessions opened",
+            ),
+            (
+                "braid_sessions_closed_total",
+                &self.sessions_closed,
+                "sessions closed",
+            ),
+            (
+                "braid_streams_opened_total",
+                &self.streams_opened,
+                "streams opened",
+            ),
+            (
+                "braid_streams_refused_total",
+                &self.streams_refused,
+                "streams refused",
+            ),
+            (
+                "braid_retransmits_total",
+                &self.retransmits,
+                "cells retransmitted",
+            ),
+            (
+                "braid_peers_refused_total",
+                &self.peers_refused,
+                "peers refused",
+            ),
+            (
+                "braid_target_bytes_out_total",
+                &self.bytes_to_targets,
+                "bytes written to targets",
+            ),
+            (
+                "braid_target_bytes_in_total",
+                &self.bytes_from_targets,
+                "bytes read from targets",
+            ),
+        ];
+        let mut out = String::new();
+        for (name, v, help) in rows {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{node=\"{node}\",role=\"{role}\"}} {}\n",
+                Self::get(v)
+            ));
+        }
+        out
+    }
+}

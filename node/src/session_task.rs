@@ -1,0 +1,606 @@
+//! The async driver of one outer session (quinn's split: `braid_proto::session::Session` is
+//! the state machine, this task feeds it cells, commands and time, and moves what it
+//! produces). The client runs one; the central runs one per client session.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use braid_proto::cell::CellKind;
+use braid_proto::frame::{Mailbox, StreamId};
+use braid_proto::session::{PathId, Session, SessionEvent, SessionStats};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, trace};
+
+use crate::metrics::Metrics;
+use crate::tap::{tap, Tap, TapPoint};
+
+/// A link cells can leave on: an upstream (client side) or a downstream (central side).
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub name: String,
+    pub tx: mpsc::Sender<Vec<u8>>,
+}
+
+/// What a stream's owner receives from the session.
+#[derive(Debug)]
+pub enum StreamEvent {
+    Data(Vec<u8>),
+    End,
+    Reset(u8),
+}
+
+/// What a stream's owner asks of the session.
+#[derive(Debug)]
+pub enum SessionCmd {
+    Open {
+        stream: StreamId,
+        gateway: String,
+        events: mpsc::Sender<StreamEvent>,
+        /// The stream's send budget in bytes: the owner takes permits before each `Data`;
+        /// the session adds the peer's window now and its credit as it arrives.
+        credit: Arc<Semaphore>,
+    },
+    Data {
+        stream: StreamId,
+        bytes: Vec<u8>,
+    },
+    End {
+        stream: StreamId,
+    },
+    Reset {
+        stream: StreamId,
+        code: u8,
+    },
+    /// The stream's owner is gone; forget its event channel.
+    Forget {
+        stream: StreamId,
+    },
+    /// Client side: the relay mailboxes now reachable.
+    Mailboxes(Vec<Mailbox>),
+}
+
+/// The central's hook: a stream was opened by the client; gets the stream's send budget
+/// and returns where its events go.
+pub type StreamOpener = Box<
+    dyn FnMut(
+            StreamId,
+            String,
+            mpsc::Sender<SessionCmd>,
+            Arc<Semaphore>,
+        ) -> Option<mpsc::Sender<StreamEvent>>
+        + Send,
+>;
+
+/// Delivered bytes a session holds for streams whose owners are slow, across all its
+/// streams; past it the session stops taking events (and so stops granting cell credit).
+pub const MAX_PENDING_STREAM_BYTES: usize = 16 << 20;
+
+/// One stream as the session task sees it.
+struct StreamSlot {
+    tx: mpsc::Sender<StreamEvent>,
+    credit: Arc<Semaphore>,
+    /// The highest send limit the peer granted (cumulative bytes).
+    granted: u64,
+    /// Events waiting for room in the owner's queue, in order.
+    pending: VecDeque<StreamEvent>,
+    /// A waiter is watching the owner's queue for room.
+    waiting: bool,
+}
+
+impl StreamSlot {
+    fn new(tx: mpsc::Sender<StreamEvent>, credit: Arc<Semaphore>, window: u64) -> Self {
+        StreamSlot {
+            tx,
+            credit,
+            granted: window,
+            pending: VecDeque::new(),
+            waiting: false,
+        }
+    }
+}
+
+/// Hands a stream's pending events to its owner while its queue has room; data handed over
+/// counts as consumed (the session then grants the peer more). Returns the bytes handed
+/// over; a stream whose owner is gone goes into `gone`.
+fn flush(
+    stream: StreamId,
+    slot: &mut StreamSlot,
+    session: &mut Session,
+    gone: &mut Vec<StreamId>,
+) -> usize {
+    let mut moved = 0;
+    while let Some(ev) = slot.pending.pop_front() {
+        let n = event_bytes(&ev);
+        match slot.tx.try_send(ev) {
+            Ok(()) => {
+                moved += n;
+                if n > 0 {
+                    session.stream_consumed(stream, n);
+                }
+            }
+            Err(mpsc::error::TrySendError::Full(ev)) => {
+                slot.pending.push_front(ev);
+                break;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                moved += n;
+                gone.push(stream);
+                break;
+            }
+        }
+    }
+    moved
+}
+
+fn event_bytes(ev: &StreamEvent) -> usize {
+    match ev {
+        StreamEvent::Data(d) => d.len(),
+        _ => 0,
+    }
+}
+
+pub struct SessionTask {
+    pub session: Session,
+    pub node: String,
+    pub metrics: Arc<Metrics>,
+    pub tap: Option<Tap>,
+    /// Cells arriving from the peer.
+    pub cells_rx: mpsc::Receiver<Vec<u8>>,
+    pub cmd_tx: mpsc::Sender<SessionCmd>,
+    pub cmd_rx: mpsc::Receiver<SessionCmd>,
+    pub links: watch::Receiver<Vec<Link>>,
+    /// Central side: response paths are (downstream, mailbox) pairs; None on the client.
+    pub mailboxes: Option<Vec<Mailbox>>,
+    /// Central side: the Welcome cell, sent first and again whenever the Hello repeats.
+    pub welcome: Option<Vec<u8>>,
+    pub opener: Option<StreamOpener>,
+    /// Torn down after this long without a cell from the peer.
+    pub idle_timeout: Duration,
+    /// Torn down when out-of-order cells have waited this long for a missing one.
+    pub reassembly_timeout: Duration,
+    /// Where the central reads this session's reassembly memory (None on the client).
+    pub gauge: Option<Arc<SessionGauge>>,
+    /// Central side: once fired, new streams are refused and the session ends when its live
+    /// streams are done and everything sent is acknowledged.
+    pub drain: Option<CancellationToken>,
+    pub shutdown: CancellationToken,
+}
+
+/// The shared origin of [`SessionGauge::stalled_since_ms`].
+pub fn clock_origin() -> Instant {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+/// What a session publishes for the central's global memory cap.
+#[derive(Debug, Default)]
+pub struct SessionGauge {
+    pub reorder_bytes: std::sync::atomic::AtomicUsize,
+    /// Milliseconds (on the central's clock) since which reassembly has been stalled; 0 = not.
+    pub stalled_since_ms: std::sync::atomic::AtomicU64,
+}
+
+struct PathTable {
+    ids: HashMap<(String, Option<Mailbox>), PathId>,
+    next: u32,
+    /// The live paths: id, link, envelope prefix (relay + mailbox on the central side).
+    live: Vec<(PathId, mpsc::Sender<Vec<u8>>, Vec<u8>)>,
+}
+
+impl PathTable {
+    fn rebuild(&mut self, links: &[Link], mailboxes: &Option<Vec<Mailbox>>) -> Vec<PathId> {
+        let mut live = Vec::new();
+        for l in links {
+            match mailboxes {
+                None => live.push(((l.name.clone(), None), l.tx.clone(), Vec::new())),
+                Some(boxes) => {
+                    for b in boxes {
+                        live.push((
+                            (l.name.clone(), Some(b.clone())),
+                            l.tx.clone(),
+                            envelope_prefix(b),
+                        ));
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (key, tx, prefix) in live {
+            let id = *self.ids.entry(key).or_insert_with(|| {
+                self.next += 1;
+                PathId(self.next)
+            });
+            out.push((id, tx, prefix));
+        }
+        let gone: Vec<PathId> = self
+            .live
+            .iter()
+            .map(|(id, ..)| *id)
+            .filter(|id| !out.iter().any(|(o, ..)| o == id))
+            .collect();
+        self.live = out;
+        gone
+    }
+
+    fn writable(&self) -> Vec<PathId> {
+        self.live
+            .iter()
+            .filter(|(_, tx, _)| tx.capacity() > 0)
+            .map(|(id, ..)| *id)
+            .collect()
+    }
+}
+
+/// Serves one outgoing link: opens its stream, publishes it in `links` for sessions to
+/// send on, writes what they hand it (each message tapped as `Sent` by `node`), and
+/// withdraws it when the connection or a write fails.
+pub async fn publish_link(
+    links: &watch::Sender<Vec<Link>>,
+    name: &str,
+    conn: &quinn::Connection,
+    queue: usize,
+    node: &str,
+    tapper: &Option<Tap>,
+) {
+    let Ok(mut send) = conn.open_uni().await else {
+        return;
+    };
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(queue);
+    links.send_modify(|v| {
+        v.retain(|l| l.name != name);
+        v.push(Link {
+            name: name.to_string(),
+            tx,
+        });
+    });
+    loop {
+        tokio::select! {
+            msg = rx.recv() => {
+                let Some(msg) = msg else { break };
+                tap(tapper, node, TapPoint::Sent, &msg);
+                if braid_net::write_frame(&mut send, &msg).await.is_err() {
+                    break;
+                }
+            }
+            _ = conn.closed() => break,
+        }
+    }
+    tracing::warn!(link = %name, "link lost");
+    links.send_modify(|v| v.retain(|l| l.name != name));
+}
+
+/// Central → downstream envelope: `relay_len u8 | relay | mailbox [16] | cell`.
+pub fn envelope_prefix(b: &Mailbox) -> Vec<u8> {
+    let mut p = Vec::with_capacity(1 + b.relay.len() + 16);
+    p.push(b.relay.len() as u8);
+    p.extend_from_slice(b.relay.as_bytes());
+    p.extend_from_slice(&b.id);
+    p
+}
+
+impl SessionTask {
+    pub async fn run(mut self) {
+        let mut table = PathTable {
+            ids: HashMap::new(),
+            next: 0,
+            live: Vec::new(),
+        };
+        let links = self.links.borrow_and_update().clone();
+        table.rebuild(&links, &self.mailboxes);
+        let mut streams: HashMap<StreamId, StreamSlot> = HashMap::new();
+        // Bytes parked in the streams' pending queues, and the wake-up for queues with room.
+        let mut pending_bytes = 0usize;
+        let room = Arc::new(Notify::new());
+        let id = self.session.id();
+        let mut reported = SessionStats::default();
+        let mut send_welcome = self.welcome.is_some();
+        debug!(node = %self.node, session = %id, "session running");
+
+        loop {
+            let now = Instant::now().into_std();
+            // 1. Deliver events: each stream in its own order, a slow owner holding up only
+            //    its own stream (per-stream credit bounds what it can pile up).
+            let mut gone = Vec::new();
+            for (stream, slot) in streams.iter_mut() {
+                pending_bytes -= flush(*stream, slot, &mut self.session, &mut gone);
+            }
+            while pending_bytes < MAX_PENDING_STREAM_BYTES {
+                let Some(ev) = self.session.poll_event() else {
+                    break;
+                };
+                let Some((stream, ev)) = self.route_event(ev, &mut streams, &mut table) else {
+                    continue;
+                };
+                let Some(slot) = streams.get_mut(&stream) else {
+                    continue;
+                };
+                pending_bytes += event_bytes(&ev);
+                slot.pending.push_back(ev);
+                pending_bytes -= flush(stream, slot, &mut self.session, &mut gone);
+            }
+            for stream in gone {
+                if let Some(slot) = streams.remove(&stream) {
+                    pending_bytes -= slot.pending.iter().map(event_bytes).sum::<usize>();
+                }
+                self.session.stream_closed(stream);
+            }
+            for slot in streams
+                .values_mut()
+                .filter(|s| !s.pending.is_empty() && !s.waiting)
+            {
+                slot.waiting = true;
+                let (tx, room) = (slot.tx.clone(), room.clone());
+                tokio::spawn(async move {
+                    // The permit is dropped at once: this only says "there is room now".
+                    drop(tx.reserve().await);
+                    room.notify_one();
+                });
+            }
+            // 2. Send what the session has, on paths that can take it.
+            if send_welcome {
+                if let Some(w) = &self.welcome {
+                    if let Some((_, tx, prefix)) =
+                        table.live.iter().find(|(_, tx, _)| tx.capacity() > 0)
+                    {
+                        let mut m = prefix.clone();
+                        m.extend_from_slice(w);
+                        if tx.try_send(m).is_ok() {
+                            send_welcome = false;
+                        }
+                    }
+                }
+            }
+            let mut blocked_on_paths = send_welcome;
+            let mut writable = table.writable();
+            loop {
+                if writable.is_empty() {
+                    blocked_on_paths = !table.live.is_empty();
+                    break;
+                }
+                let Some(t) = self.session.poll_transmit(now, &writable) else {
+                    break;
+                };
+                if let Some((_, tx, prefix)) = table.live.iter().find(|(p, ..)| *p == t.path) {
+                    let msg = if prefix.is_empty() {
+                        t.cell
+                    } else {
+                        let mut m = Vec::with_capacity(prefix.len() + t.cell.len());
+                        m.extend_from_slice(prefix);
+                        m.extend_from_slice(&t.cell);
+                        m
+                    };
+                    tap(&self.tap, &self.node, TapPoint::Sent, &msg);
+                    // Links are shared (the central's sessions share each downstream), so the
+                    // room seen above may be gone: wait for it rather than drop the cell. A
+                    // closed link is withdrawn from `links`, and its cells are resent then.
+                    let sent = match tx.try_send(msg) {
+                        Ok(()) => true,
+                        Err(mpsc::error::TrySendError::Full(msg)) => tx.send(msg).await.is_ok(),
+                        Err(mpsc::error::TrySendError::Closed(_)) => false,
+                    };
+                    if sent {
+                        Metrics::inc(&self.metrics.cells_out);
+                    }
+                    if !sent || tx.capacity() == 0 {
+                        writable.retain(|p| *p != t.path);
+                    }
+                }
+            }
+
+            // 3. Wait for something to do.
+            let timeout = self.session.poll_timeout().map(Instant::from_std);
+            // Links full: look again shortly (they drain at link speed).
+            let retry = blocked_on_paths.then(|| Instant::now() + Duration::from_millis(1));
+
+            let stall_check = {
+                let stalled = self.session.stalled_for(Instant::now().into_std());
+                (!stalled.is_zero()).then(|| {
+                    Instant::now()
+                        + self.reassembly_timeout.saturating_sub(stalled)
+                        + Duration::from_millis(1)
+                })
+            };
+            let wake = [timeout, retry, stall_check].into_iter().flatten().min();
+            let idle_deadline = Instant::from_std(self.session.last_activity()) + self.idle_timeout;
+            let accept_cmds = self.session.send_capacity() > 0;
+            let draining = self.drain.as_ref().is_some_and(|d| d.is_cancelled());
+            if draining && streams.is_empty() && self.session.is_idle() {
+                break;
+            }
+            let drain_signal = self.drain.clone();
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = room.notified() => {
+                    for slot in streams.values_mut() {
+                        slot.waiting = false;
+                    }
+                }
+                _ = async { match drain_signal { Some(d) => d.cancelled_owned().await, None => std::future::pending().await } }, if !draining => {}
+                _ = tokio::time::sleep_until(idle_deadline) => {
+                    debug!(node = %self.node, session = %id, "session idle, closing");
+                    break;
+                }
+                cell = self.cells_rx.recv() => {
+                    let Some(cell) = cell else { break };
+                    let now = Instant::now().into_std();
+                    // This cell, then whatever else is queued (at most the queue's bound).
+                    let mut next = Some(cell);
+                    while let Some(mut cell) = next {
+                        if self.welcome.is_some() && cell.first() == Some(&CellKind::HELLO.0) {
+                            // The client did not get our Welcome: send it again.
+                            send_welcome = true;
+                        } else if let Err(e) = self.session.handle_cell(now, &mut cell) {
+                            trace!(node = %self.node, session = %id, error = %e, "cell dropped");
+                        }
+                        next = self.cells_rx.try_recv().ok();
+                    }
+                }
+                cmd = self.cmd_rx.recv(), if accept_cmds => {
+                    let Some(cmd) = cmd else { break };
+                    self.handle_cmd(cmd, &mut streams, &mut pending_bytes);
+                    while self.session.send_capacity() > 0 {
+                        match self.cmd_rx.try_recv() {
+                            Ok(cmd) => self.handle_cmd(cmd, &mut streams, &mut pending_bytes),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                changed = self.links.changed() => {
+                    if changed.is_err() { break; }
+                    let links = self.links.borrow_and_update().clone();
+                    for gone in table.rebuild(&links, &self.mailboxes) {
+                        self.session.path_lost(gone);
+                    }
+                }
+                _ = async { match wake { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                    self.session.handle_timeout(Instant::now().into_std());
+                }
+            }
+            let st = self.session.stats().clone();
+            Metrics::add(
+                &self.metrics.retransmits,
+                st.retransmits - reported.retransmits,
+            );
+            Metrics::add(
+                &self.metrics.cells_duplicate,
+                st.duplicates - reported.duplicates,
+            );
+            Metrics::add(
+                &self.metrics.cells_rejected,
+                st.rejected - reported.rejected,
+            );
+            reported = st;
+            let now = Instant::now();
+            let stalled = self.session.stalled_for(now.into_std());
+            if let Some(g) = &self.gauge {
+                use std::sync::atomic::Ordering::Relaxed;
+                g.reorder_bytes.store(self.session.reorder_bytes(), Relaxed);
+                let since = if stalled.is_zero() {
+                    0
+                } else {
+                    let start = now.checked_sub(stalled).unwrap_or(now);
+                    start.saturating_duration_since(clock_origin()).as_millis() as u64 + 1
+                };
+                g.stalled_since_ms.store(since, Relaxed);
+            }
+            if stalled > self.reassembly_timeout {
+                debug!(node = %self.node, session = %id, "reassembly timed out, closing");
+                Metrics::inc(&self.metrics.sessions_evicted);
+                break;
+            }
+        }
+        for (_, slot) in streams {
+            let _ = slot.tx.try_send(StreamEvent::Reset(1));
+        }
+        Metrics::inc(&self.metrics.sessions_closed);
+        debug!(node = %self.node, session = %id, stats = ?self.session.stats(), "session ended");
+    }
+
+    /// Turns a session event into a stream event, handling the session-level ones here.
+    fn route_event(
+        &mut self,
+        ev: SessionEvent,
+        streams: &mut HashMap<StreamId, StreamSlot>,
+        table: &mut PathTable,
+    ) -> Option<(StreamId, StreamEvent)> {
+        match ev {
+            SessionEvent::StreamData { stream, data } => {
+                tap(&self.tap, &self.node, TapPoint::Decrypted, &data);
+                Some((stream, StreamEvent::Data(data)))
+            }
+            SessionEvent::StreamEnd { stream } => Some((stream, StreamEvent::End)),
+            SessionEvent::StreamReset { stream, code } => Some((stream, StreamEvent::Reset(code))),
+            SessionEvent::StreamCredit { stream, max } => {
+                if let Some(slot) = streams.get_mut(&stream) {
+                    let more = max.saturating_sub(slot.granted);
+                    slot.granted = slot.granted.max(max);
+                    // The peer controls `max`: never push the semaphore past its limit.
+                    let room = Semaphore::MAX_PERMITS - slot.credit.available_permits();
+                    slot.credit
+                        .add_permits(usize::try_from(more).unwrap_or(usize::MAX).min(room));
+                }
+                None
+            }
+            SessionEvent::StreamOpened { stream, gateway } => {
+                if self.drain.as_ref().is_some_and(|d| d.is_cancelled()) {
+                    self.session.reset_stream(stream, 1);
+                    return None;
+                }
+                tap(
+                    &self.tap,
+                    &self.node,
+                    TapPoint::Decrypted,
+                    gateway.as_bytes(),
+                );
+                let window = self.session.peer_stream_window();
+                let credit = Arc::new(Semaphore::new(usize::try_from(window).unwrap_or(0)));
+                let opened = self
+                    .opener
+                    .as_mut()
+                    .and_then(|open| open(stream, gateway, self.cmd_tx.clone(), credit.clone()));
+                match opened {
+                    Some(tx) => {
+                        streams.insert(stream, StreamSlot::new(tx, credit, window));
+                    }
+                    None => self.session.reset_stream(stream, 1),
+                }
+                None
+            }
+            SessionEvent::Mailboxes(boxes) => {
+                if self.mailboxes.is_some() && !boxes.is_empty() {
+                    self.mailboxes = Some(boxes);
+                    let links = self.links.borrow().clone();
+                    for gone in table.rebuild(&links, &self.mailboxes) {
+                        self.session.path_lost(gone);
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    fn handle_cmd(
+        &mut self,
+        cmd: SessionCmd,
+        streams: &mut HashMap<StreamId, StreamSlot>,
+        pending_bytes: &mut usize,
+    ) {
+        let mut forget = |streams: &mut HashMap<StreamId, StreamSlot>, stream: StreamId| {
+            if let Some(slot) = streams.remove(&stream) {
+                *pending_bytes -= slot.pending.iter().map(event_bytes).sum::<usize>();
+            }
+        };
+        match cmd {
+            SessionCmd::Open {
+                stream,
+                gateway,
+                events,
+                credit,
+            } => {
+                let window = self.session.peer_stream_window();
+                credit.add_permits(usize::try_from(window).unwrap_or(0));
+                streams.insert(stream, StreamSlot::new(events, credit, window));
+                self.session.open_stream(stream, &gateway);
+            }
+            SessionCmd::Data { stream, bytes } => {
+                // Capacity was checked before receiving; a command larger than what is left
+                // is still taken whole so that no byte is lost (the cap is soft by one chunk).
+                self.session.send_all(stream, bytes);
+            }
+            SessionCmd::End { stream } => self.session.end_stream(stream),
+            SessionCmd::Reset { stream, code } => {
+                self.session.reset_stream(stream, code);
+                forget(streams, stream);
+                self.session.stream_closed(stream);
+            }
+            SessionCmd::Forget { stream } => {
+                forget(streams, stream);
+                self.session.stream_closed(stream);
+            }
+            SessionCmd::Mailboxes(boxes) => self.session.set_mailboxes(boxes),
+        }
+    }
+}

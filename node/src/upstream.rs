@@ -1,0 +1,113 @@
+//! Upstream: takes sealed cells from clients and forwards them, unchanged, to the central.
+//! It knows the client's address and nothing else: every cell is sealed to the central.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use braid_net::{read_frame, write_frame, ClientAuth, PinSet};
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use crate::metrics::Metrics;
+use crate::tap::{tap, TapPoint};
+use crate::{keep_dialing, Backoff, NodeContext};
+
+pub async fn run(ctx: NodeContext, listen: SocketAddr) -> anyhow::Result<()> {
+    let central = ctx
+        .directory
+        .central()
+        .cloned()
+        .context("the directory names no central")?;
+    // Clients have no certificate; nodes never dial an upstream, so no pins are needed.
+    let ep =
+        braid_net::server_endpoint(listen, &ctx.identity, PinSet::new(), ClientAuth::Optional)?;
+    info!(node = %ctx.id, %listen, "upstream listening");
+    let (cell_tx, cell_rx) = mpsc::channel::<Vec<u8>>(1024);
+
+    let link = tokio::spawn(central_link(ctx.clone(), ep.clone(), central, cell_rx));
+    loop {
+        let incoming = tokio::select! {
+            _ = ctx.drain.cancelled() => break,
+            i = ep.accept() => match i { Some(i) => i, None => break },
+        };
+        let ctx = ctx.clone();
+        let cell_tx = cell_tx.clone();
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            if let Some(k) = braid_net::peer_tls_key(&conn) {
+                // A node with a certificate has no business here unless it is listed.
+                if ctx.directory.by_tls_key(&k).is_none() {
+                    Metrics::inc(&ctx.metrics.peers_refused);
+                    conn.close(1u32.into(), b"unknown key");
+                    return;
+                }
+            }
+            serve_client(ctx, conn, cell_tx).await;
+        });
+    }
+    // Draining: no new clients; live ones keep forwarding until traffic stops.
+    ctx.wait_quiet().await;
+    ep.close(0u32.into(), b"shutdown");
+    link.abort();
+    Ok(())
+}
+
+async fn serve_client(ctx: NodeContext, conn: quinn::Connection, cell_tx: mpsc::Sender<Vec<u8>>) {
+    let cell_size = ctx.cell_size();
+    loop {
+        let mut recv = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            s = conn.accept_uni() => match s { Ok(s) => s, Err(_) => return },
+        };
+        let ctx = ctx.clone();
+        let cell_tx = cell_tx.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(cell_size);
+            loop {
+                match read_frame(&mut recv, cell_size, &mut buf).await {
+                    Ok(true) if buf.len() == cell_size => {
+                        Metrics::inc(&ctx.metrics.cells_in);
+                        tap(&ctx.tap, &ctx.id, TapPoint::Received, &buf);
+                        if cell_tx.send(std::mem::take(&mut buf)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(true) => Metrics::inc(&ctx.metrics.cells_dropped),
+                    Ok(false) | Err(_) => return,
+                }
+            }
+        });
+    }
+}
+
+async fn central_link(
+    ctx: NodeContext,
+    ep: quinn::Endpoint,
+    central: braid_config::NodeEntry,
+    cell_rx: mpsc::Receiver<Vec<u8>>,
+) {
+    let rx = std::sync::Arc::new(tokio::sync::Mutex::new(cell_rx));
+    let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let shutdown = ctx.shutdown.clone();
+    keep_dialing(ep, central, shutdown, backoff, |conn| {
+        let rx = rx.clone();
+        let ctx = ctx.clone();
+        async move {
+            let Ok(mut send) = conn.open_uni().await else {
+                return;
+            };
+            let mut rx = rx.lock().await;
+            while let Some(cell) = rx.recv().await {
+                if write_frame(&mut send, &cell).await.is_err() {
+                    debug!(node = %ctx.id, "central link lost; cell dropped");
+                    Metrics::inc(&ctx.metrics.cells_dropped);
+                    return;
+                }
+                tap(&ctx.tap, &ctx.id, TapPoint::Sent, &cell);
+                Metrics::inc(&ctx.metrics.cells_out);
+            }
+        }
+    })
+    .await;
+}

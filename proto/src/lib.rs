@@ -1,0 +1,16 @@
+//! Braid's protocol core. No sockets, no tokio, no clock: time and randomness are arguments,
+//! output is pulled, so every state machine here is tested deterministically in memory.
+#![forbid(unsafe_code)]
+
+pub mod aead;
+pub mod cell;
+pub mod frame;
+pub mod inner;
+pub mod mix;
+pub mod noise;
+pub mod session;
+pub mod socks5;
+pub mod target;
+pub mod wire;
+
+pub use target::TargetAddr;
