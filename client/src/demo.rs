@@ -191,11 +191,14 @@ impl Demo {
                 task,
             });
         }
-        // Wait until the dialing nodes (downstreams, gateway) have linked to the central.
+        // Ready means every dialing node (upstreams, downstreams, gateway) has linked to the
+        // central: a client cell handed to an upstream still dialing would wait there (the
+        // first QUIC Initial can land before the central's socket is bound and is resent
+        // only after ~1 s), and the client would rest that path for its first seconds.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         for n in nodes
             .iter()
-            .filter(|n| matches!(n.role, Role::Downstream | Role::Gateway))
+            .filter(|n| matches!(n.role, Role::Upstream | Role::Downstream | Role::Gateway))
         {
             while Metrics::get(&n.metrics.links_up) == 0 {
                 anyhow::ensure!(

@@ -16,6 +16,11 @@ use support::*;
 const MIB: u64 = 1024 * 1024;
 
 fn opts() -> DemoOptions {
+    // RUST_LOG=braid=debug shows the nodes' logs for a failing test.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     DemoOptions {
         socks: "127.0.0.1:0".parse().unwrap(),
         ..DemoOptions::default()
@@ -179,15 +184,34 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
-/// Waits until `node` has handled `cells` cells, then stops it.
-async fn kill_when(demo: &Demo, node: &str, cells: u64) {
+/// Waits until `node` has handled `cells` cells, then stops it. Fails if `transfer` ended
+/// first (the kill would not be mid-transfer) or the node never gets that far.
+async fn kill_when<T>(demo: &Demo, node: &str, cells: u64, transfer: &tokio::task::JoinHandle<T>) {
     let n = demo.node(node).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while Metrics::get(&n.metrics.cells_in) < cells {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{node} never carried {cells} cells"
-        );
+        if transfer.is_finished() || tokio::time::Instant::now() >= deadline {
+            let counts: Vec<_> = demo
+                .nodes
+                .iter()
+                .map(|n| {
+                    let m = &n.metrics;
+                    format!(
+                        "{} in={} out={} dropped={} dup={} retx={}",
+                        n.id,
+                        Metrics::get(&m.cells_in),
+                        Metrics::get(&m.cells_out),
+                        Metrics::get(&m.cells_dropped),
+                        Metrics::get(&m.cells_duplicate),
+                        Metrics::get(&m.retransmits)
+                    )
+                })
+                .collect();
+            panic!(
+                "{node} did not carry {cells} cells while the transfer ran (finished: {}): {counts:#?}",
+                transfer.is_finished()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     eprintln!(
@@ -206,7 +230,7 @@ async fn download_survives_kill(mut o: DemoOptions, victim: &'static str) {
     let url = format!("http://{origin}/bytes/{n}");
     let transfer = tokio::spawn(async move { curl_sha256(socks, &url).await });
     // A third of its share of a 64 MiB transfer (8 KiB cells, two nodes per role).
-    kill_when(&demo, victim, 1000).await;
+    kill_when(&demo, victim, 1000, &transfer).await;
     assert_eq!(transfer.await.unwrap(), expected_sha256(n));
     let demo = Arc::try_unwrap(demo).ok().unwrap();
     demo.shutdown().await;
@@ -230,7 +254,7 @@ async fn upstream_killed_mid_upload_loses_nothing() {
     let demo = Arc::new(Demo::start(opts()).await.unwrap());
     let n = 64 * MIB;
     let transfer = spawn_upload(demo.socks, origin, n);
-    kill_when(&demo, "upstream-1", 1000).await;
+    kill_when(&demo, "upstream-1", 1000, &transfer).await;
     assert_eq!(transfer.await.unwrap(), expected_sha256(n));
     let demo = Arc::try_unwrap(demo).ok().unwrap();
     demo.shutdown().await;
@@ -257,7 +281,12 @@ async fn replayed_and_spliced_cells_are_rejected_mid_transfer() {
     let demo = Demo::start(o).await.unwrap();
     let n = 32 * MIB;
     let transfer = spawn_upload(demo.socks, origin, n);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while captured.lock().unwrap().len() < 300 {
+        assert!(
+            !transfer.is_finished() && tokio::time::Instant::now() < deadline,
+            "upstream-1 did not carry 300 cells while the upload ran"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Inject through upstream-2, as a client would.

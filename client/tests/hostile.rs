@@ -139,7 +139,10 @@ async fn upstream_kill9_mid_upload_loses_nothing() {
     let transfer = spawn_upload(ov.socks, origin, n);
     let deadline = Instant::now() + Duration::from_secs(60);
     while ov.metric("upstream-1", "braid_cells_in_total") < 1000 {
-        assert!(Instant::now() < deadline, "upstream-1 carried nothing");
+        assert!(
+            Instant::now() < deadline && !transfer.is_finished(),
+            "upstream-1 did not carry 1000 cells while the upload ran"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     ov.kill9("upstream-1");
@@ -156,7 +159,10 @@ async fn downstream_kill9_mid_download_loses_nothing() {
     let transfer = tokio::spawn(async move { curl_sha256(socks, &url).await });
     let deadline = Instant::now() + Duration::from_secs(60);
     while ov.metric("downstream-1", "braid_cells_in_total") < 1000 {
-        assert!(Instant::now() < deadline, "downstream-1 carried nothing");
+        assert!(
+            Instant::now() < deadline && !transfer.is_finished(),
+            "downstream-1 did not carry 1000 cells while the download ran"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     ov.kill9("downstream-1");

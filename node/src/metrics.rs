@@ -29,6 +29,23 @@ pub struct Metrics {
     pub sessions_evicted: AtomicU64,
 }
 
+/// Counts one link in a gauge while it lives: dropping it (also when the task serving the
+/// link is cancelled) takes the link back out.
+pub struct GaugeGuard(std::sync::Arc<Metrics>, fn(&Metrics) -> &AtomicU64);
+
+impl GaugeGuard {
+    pub fn links_up(m: std::sync::Arc<Metrics>) -> GaugeGuard {
+        Metrics::inc(&m.links_up);
+        GaugeGuard(m, |m| &m.links_up)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        Metrics::dec((self.1)(&self.0));
+    }
+}
+
 /// Panics anywhere in the process (counted by the hook the binaries install).
 pub static PANICS: AtomicU64 = AtomicU64::new(0);
 

@@ -37,8 +37,11 @@ pub struct SessionConfig {
     pub max_pending_bytes: usize,
     /// Delivered bytes the application has not taken before credit stops growing.
     pub max_event_bytes: usize,
-    /// A path whose cells time out this many times in a row is rested.
+    /// A path whose cells time out this many times in a row is rested: it carries only a
+    /// probe cell now and then until one is acknowledged.
     pub path_failures_to_rest: u32,
+    /// The longest gap between probes of a rested path (they start one RTO apart and
+    /// double with each probe that times out).
     pub path_rest: Duration,
     pub scheduler: PathScheduler,
     /// Stream bytes this end lets a peer send ahead of what the application consumed, per
@@ -138,6 +141,8 @@ struct Inflight {
     cell: Vec<u8>,
     sent_at: Instant,
     path: PathId,
+    /// Where the copy before this one went (the same as `path` until it is resent).
+    prev_path: PathId,
     retransmitted: bool,
     backoff: u32,
 }
@@ -152,7 +157,15 @@ enum TxItem {
 #[derive(Default)]
 struct PathHealth {
     timeouts: u32,
-    rest_until: Option<Instant>,
+    /// Rested: only a probe cell goes on the path, at `probe_at`, until one is acked. A
+    /// path that was slow for a moment (a CPU stall, a queue) comes back within an RTT of
+    /// its probe; a dead one costs one delayed cell per probe, the probes backing off to one
+    /// per `path_rest`.
+    rested: bool,
+    probe_at: Option<Instant>,
+    probe_gap: Duration,
+    /// When the last probe went out (its timeout backs the probes off).
+    probed_at: Option<Instant>,
     /// Smoothed RTT of cells sent on this path (for [`PathScheduler::LowestDelay`]).
     srtt: Option<Duration>,
     /// Cells sent on this path and not yet acknowledged.
@@ -174,10 +187,14 @@ pub enum PathScheduler {
 struct RttEstimator {
     srtt: Option<Duration>,
     rttvar: Duration,
+    /// The smallest sample seen: no copy sent later than this before an ack can be the one
+    /// acknowledged.
+    min_rtt: Option<Duration>,
 }
 
 impl RttEstimator {
     fn sample(&mut self, rtt: Duration) {
+        self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
         match self.srtt {
             None => {
                 self.srtt = Some(rtt);
@@ -521,6 +538,7 @@ impl Session {
             rtt: RttEstimator {
                 srtt: None,
                 rttvar: Duration::ZERO,
+                min_rtt: None,
             },
             last_activity: now,
             last_progress: now,
@@ -637,16 +655,29 @@ impl Session {
     }
 
     fn path_usable(&self, p: PathId, now: Instant) -> bool {
-        match self.paths.get(&p).and_then(|h| h.rest_until) {
-            Some(until) => now >= until,
-            None => true,
+        self.paths
+            .get(&p)
+            .is_none_or(|h| !h.rested || h.probe_at.is_some_and(|t| now >= t))
+    }
+
+    /// Picks a path (see [`Self::choose_path`]); a rested path picked for a probe gets
+    /// no other cell until the next probe is due.
+    fn pick_path(&mut self, now: Instant, paths: &[PathId], avoid: Option<PathId>) -> PathId {
+        let path = self.choose_path(now, paths, avoid);
+        if let Some(h) = self.paths.get_mut(&path) {
+            if h.rested && h.probe_at.is_some_and(|t| now >= t) {
+                h.probed_at = Some(now);
+                // No other cell until this probe is answered or times out.
+                h.probe_at = None;
+            }
         }
+        path
     }
 
     /// Round-robin over usable paths, avoiding `avoid` if there is any other choice.
     /// Picks a path from `paths` (non-empty): usable ones before rested ones, and any other
     /// than `avoid` before it; among those, by the scheduler. Allocates nothing (per cell).
-    fn pick_path(&mut self, now: Instant, paths: &[PathId], avoid: Option<PathId>) -> PathId {
+    fn choose_path(&mut self, now: Instant, paths: &[PathId], avoid: Option<PathId>) -> PathId {
         self.rr = self.rr.wrapping_add(1);
         let rr = self.rr;
         let in_tier = |p: &PathId, tier: u8| match tier {
@@ -851,6 +882,7 @@ impl Session {
             let Some(f) = self.inflight.get_mut(&seq) else {
                 continue;
             };
+            f.prev_path = f.path;
             f.path = path;
             f.sent_at = now;
             f.retransmitted = true;
@@ -886,6 +918,7 @@ impl Session {
                                 cell: cell.clone(),
                                 sent_at: now,
                                 path,
+                                prev_path: path,
                                 retransmitted: false,
                                 backoff: 0,
                             },
@@ -916,7 +949,8 @@ impl Session {
             self.ack_due = None;
             self.unacked_received = 0;
             self.stats.ack_cells_sent += 1;
-            let path = self.pick_path(now, paths, None);
+            // Not `pick_path`: a bare ack is never acknowledged, so it cannot be a probe.
+            let path = self.choose_path(now, paths, None);
             return Some(Transmit { path, cell });
         }
         None
@@ -943,18 +977,38 @@ impl Session {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        let mut failed_paths = Vec::new();
+        let rto = self.rto();
+        // Per path, the latest send time among the cells that expire now.
+        let mut failed: Vec<(PathId, Instant)> = Vec::new();
         for (seq, f) in &self.inflight {
             if self.due(f) <= now && !self.lost.contains(seq) {
                 self.lost.insert(*seq);
-                failed_paths.push(f.path);
+                match failed.iter_mut().find(|(p, _)| *p == f.path) {
+                    Some((_, t)) => *t = (*t).max(f.sent_at),
+                    None => failed.push((f.path, f.sent_at)),
+                }
             }
         }
-        for p in failed_paths {
+        // Cells that expire together are one failure of their path, not one each: "in a
+        // row" counts timeout events.
+        for (p, latest) in failed {
             let h = self.paths.entry(p).or_default();
+            if h.rested {
+                // Cells sent before the path was rested keep expiring; only a failed probe
+                // pushes the next one further out.
+                if h.probed_at.is_some_and(|t| latest >= t) {
+                    h.probed_at = None;
+                    h.probe_gap = (h.probe_gap * 2).min(self.cfg.path_rest);
+                    h.probe_at = Some(now + h.probe_gap);
+                }
+                continue;
+            }
             h.timeouts += 1;
             if h.timeouts >= self.cfg.path_failures_to_rest {
-                h.rest_until = Some(now + self.cfg.path_rest);
+                h.rested = true;
+                h.probe_gap = rto.min(self.cfg.path_rest);
+                h.probe_at = Some(now + h.probe_gap);
+                h.probed_at = None;
             }
         }
     }
@@ -965,9 +1019,23 @@ impl Session {
         self.peer_credit = self.peer_credit.max(ack.credit);
         let mut newest: Option<(u64, Instant, bool, PathId)> = None;
         let mut done_paths: Vec<PathId> = Vec::new();
+        let mut revived: Vec<PathId> = Vec::new();
+        // An ack sooner than half the smallest RTT after a resend acknowledges an earlier
+        // copy: the path that carried it was slow, not dead, so it must not stay rested.
+        let too_soon = self.rtt.min_rtt.map(|m| m / 2);
         let mut acked =
             |seq: u64, f: Inflight, newest: &mut Option<(u64, Instant, bool, PathId)>| {
                 done_paths.push(f.path);
+                // The only copy of this cell went on `f.path`, and it arrived.
+                if !f.retransmitted {
+                    revived.push(f.path);
+                } else if f.prev_path != f.path
+                    && too_soon.is_some_and(|t| now.saturating_duration_since(f.sent_at) < t)
+                {
+                    revived.push(f.prev_path);
+                } else {
+                    revived.push(f.path);
+                }
                 if newest.is_none_or(|(s, ..)| seq > s) {
                     *newest = Some((seq, f.sent_at, f.retransmitted, f.path));
                 }
@@ -995,6 +1063,16 @@ impl Session {
         for path in done_paths {
             self.note_done(path);
         }
+        revived.sort_unstable();
+        revived.dedup();
+        for path in revived {
+            if let Some(h) = self.paths.get_mut(&path) {
+                h.timeouts = 0;
+                h.rested = false;
+                h.probe_at = None;
+                h.probed_at = None;
+            }
+        }
         if let Some((_, sent_at, retransmitted, path)) = newest {
             if !retransmitted {
                 // Only the newest cell an ack covers was just received: older ones may have
@@ -1002,10 +1080,6 @@ impl Session {
                 let rtt = now.saturating_duration_since(sent_at);
                 self.rtt.sample(rtt);
                 self.sample_path_rtt(path, rtt);
-            }
-            if let Some(h) = self.paths.get_mut(&path) {
-                h.timeouts = 0;
-                h.rest_until = None;
             }
         }
     }
@@ -1350,6 +1424,99 @@ mod scheduler_tests {
                 sent[1]
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod path_rest_tests {
+    use super::*;
+    use rand_chacha::rand_core::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    /// Runs a 2-path transfer for `ms` virtual milliseconds. Path 2 holds every cell sent
+    /// in `stall` until its end (a slow moment: CPU, a queue) or, with `dead`, loses every
+    /// cell from the stall's start on. Returns the cells sent per path in each millisecond.
+    fn run(ms: u64, stall: std::ops::Range<u64>, dead: bool) -> Vec<[u64; 2]> {
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let central = StaticKeypair::generate(&mut rng);
+        let cfg = SessionConfig::with_cell_size(1024);
+        let t0 = Instant::now();
+        let at = |m: u64| t0 + Duration::from_millis(m);
+        let hello = SessionHello {
+            window_cells: 1024,
+            mailboxes: vec![],
+        };
+        let p = PendingSession::start(&mut rng, cfg.clone(), &central.public(), &hello).unwrap();
+        let acc = accept(&mut rng, cfg, &central, t0, p.hello_cell()).unwrap();
+        let mut c = p.finish(t0, &acc.welcome_cell).unwrap();
+        let mut s = acc.session;
+        c.open_stream(1, "gw");
+        let paths = [PathId(1), PathId(2)];
+        let mut wire: Vec<(Instant, Vec<u8>)> = Vec::new();
+        let mut sent = Vec::new();
+        let data = vec![7u8; 64 << 20];
+        let mut off = 0;
+        for m in 0..ms {
+            let now = at(m);
+            let mut this = [0u64; 2];
+            off += c.send(1, &data[off..]);
+            // Paths carry a few cells per millisecond, so the transfer takes virtual time.
+            for _ in 0..8 {
+                let Some(t) = c.poll_transmit(now, &[paths[0], paths[1]]) else {
+                    break;
+                };
+                this[(t.path.0 - 1) as usize] += 1;
+                let deliver = if t.path == PathId(2) && stall.contains(&m) {
+                    (!dead).then(|| at(stall.end))
+                } else if t.path == PathId(2) && dead && m >= stall.start {
+                    None
+                } else {
+                    Some(now + Duration::from_millis(2))
+                };
+                if let Some(d) = deliver {
+                    wire.push((d, t.cell));
+                }
+            }
+            sent.push(this);
+            let (due, later): (Vec<_>, Vec<_>) = wire.drain(..).partition(|(t, _)| *t <= now);
+            wire = later;
+            for (_, mut cell) in due {
+                let _ = s.handle_cell(now, &mut cell);
+            }
+            while s.poll_event().is_some() {}
+            while let Some(mut t) = s.poll_transmit(now, &paths) {
+                let _ = c.handle_cell(now, &mut t.cell);
+            }
+            c.handle_timeout(at(m + 1));
+            s.handle_timeout(at(m + 1));
+        }
+        sent
+    }
+
+    fn share(sent: &[[u64; 2]], r: std::ops::Range<usize>) -> (u64, u64) {
+        sent[r]
+            .iter()
+            .fold((0, 0), |(a, b), x| (a + x[0], b + x[1]))
+    }
+
+    /// A path that stalls for half a second is rested, probed, and back in use within a
+    /// few hundred ms of the stall's end, not after a whole rest period.
+    #[test]
+    fn a_slow_moment_does_not_sideline_a_path() {
+        let sent = run(2000, 300..800, false);
+        let (a, b) = share(&sent, 900..1400);
+        assert!(a > 0 && b * 10 >= (a + b) * 4, "after the stall: {a} / {b}");
+    }
+
+    /// A path that dies silently gets a few probes and then nearly nothing: the other path
+    /// carries the transfer.
+    #[test]
+    fn a_dead_path_gets_only_probes() {
+        let sent = run(6000, 300..6000, true);
+        let (a, b) = share(&sent, 1000..6000);
+        assert!(a > 1000, "the live path carries on ({a})");
+        eprintln!("dead path: {b} cells in 5 s, live path {a}");
+        assert!(b <= 10, "the dead path got {b} cells in 5 s");
     }
 }
 

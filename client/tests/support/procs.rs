@@ -196,7 +196,9 @@ impl ProcOverlay {
             loop {
                 let n = &ov.nodes[i];
                 let ok = match n.role {
-                    Role::Downstream | Role::Gateway => ov.metric(&n.id, "braid_links_up") >= 1,
+                    Role::Upstream | Role::Downstream | Role::Gateway => {
+                        ov.metric(&n.id, "braid_links_up") >= 1
+                    }
                     _ => http_get(n.admin, "/health").is_some_and(|r| r.contains("ok")),
                 };
                 if ok {
