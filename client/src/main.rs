@@ -63,6 +63,8 @@ fn init_logs() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, not in files or the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -122,7 +124,7 @@ async fn demo(opts: DemoOptions) -> anyhow::Result<()> {
         demo.socks
     );
     println!("Ctrl-C stops it.");
-    tokio::signal::ctrl_c().await?;
+    braid_node::wait_for_signal().await;
     println!("stopping");
     demo.shutdown().await;
     Ok(())
@@ -173,7 +175,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         limits,
         shutdown.clone(),
     ));
-    tokio::signal::ctrl_c().await?;
+    braid_node::wait_for_signal().await;
     shutdown.cancel();
     let _ = serve.await;
     Ok(())

@@ -85,3 +85,27 @@ async fn idle_nodes_exit_promptly_on_sigterm() {
         eprintln!("{id} exited in {took:?}");
     }
 }
+
+/// Streams that ended every way (a finished download, a refused open, a reset by the
+/// client) leave nothing behind at the central: SIGTERM'd afterwards, it finds no live
+/// stream and exits at once instead of waiting out its 30 s drain deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn central_with_only_finished_streams_exits_at_once() {
+    let origin = start_origin([127, 0, 0, 1]).await;
+    let mut ov = ProcOverlay::start(ProcOptions::default());
+    let url = format!("http://{origin}/bytes/{}", 4 * MIB);
+    assert_eq!(curl_sha256(ov.socks, &url).await, expected_sha256(4 * MIB));
+    // Refused by the gateway (a node's own address is never an exit target).
+    let central = ov.node("central-1").addr;
+    let (ok, _) = curl(ov.socks, &[&format!("http://{central}/")]).await;
+    assert!(!ok, "the central's address must be refused");
+    // Reset by the client: curl gives up after 1 s of a 64 MiB download.
+    let big = format!("http://{origin}/bytes/{}", 64 * MIB);
+    let (ok, _) = curl(ov.socks, &["--max-time", "1", "--limit-rate", "1M", &big]).await;
+    assert!(!ok, "curl was meant to give up");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let took = ov.terminate("central-1", Duration::from_secs(10));
+    eprintln!("central exited {took:?} after SIGTERM");
+    assert!(took < Duration::from_secs(5), "central took {took:?}");
+    ov.assert_no_panics();
+}

@@ -290,21 +290,21 @@ async fn gateway_stream(
     let mut up_done = false;
     let mut down_done = false;
     let mut buf = vec![0u8; 16 * 1024];
+    // Events are read all along, also after the client's End: a reset may follow it, and a
+    // stream that missed it would wait on credit or on the gateway until the session ends.
     while !(up_done && down_done) {
         tokio::select! {
-            ev = events.recv(), if !up_done => match ev {
-                Some(StreamEvent::Data(d)) => {
+            ev = events.recv() => match ev {
+                Some(StreamEvent::Data(d)) if !up_done => {
                     if send.write_all(&d).await.is_err() {
                         let _ = cmd.send(SessionCmd::Reset { stream, code: 1 }).await;
                         return;
                     }
                 }
+                Some(StreamEvent::Data(_)) => {} // after End: the peer broke the protocol
                 Some(StreamEvent::End) => {
                     let _ = send.finish();
                     up_done = true;
-                    // Every byte acknowledged to the client must reach the gateway before
-                    // this stream counts as done (a draining central waits on it).
-                    let _ = tokio::time::timeout(Duration::from_secs(30), send.stopped()).await;
                 }
                 Some(StreamEvent::Reset(code)) => {
                     let _ = send.reset(u32::from(code).into());
@@ -315,10 +315,15 @@ async fn gateway_stream(
             },
             n = recv.read(&mut buf), if !down_done => match n {
                 Ok(Some(n)) => {
-                    // Per-stream credit: wait until the client has room for these bytes.
+                    // Per-stream credit: wait until the client has room for these bytes (a
+                    // reset closes the semaphore, so this never outlives the stream).
                     match credit.acquire_many(n as u32).await {
                         Ok(p) => p.forget(),
-                        Err(_) => return,
+                        Err(_) => {
+                            let _ = send.reset(1u32.into());
+                            let _ = recv.stop(1u32.into());
+                            return;
+                        }
                     }
                     if cmd.send(SessionCmd::Data { stream, bytes: buf[..n].to_vec() }).await.is_err() {
                         return;
@@ -332,6 +337,23 @@ async fn gateway_stream(
                     let _ = cmd.send(SessionCmd::Reset { stream, code: 1 }).await;
                     return;
                 }
+            },
+        }
+    }
+    // Every byte acknowledged to the client must reach the gateway before this stream
+    // counts as done (a draining central waits on it); a reset meanwhile ends the wait.
+    let acked = tokio::time::timeout(Duration::from_secs(30), send.stopped());
+    tokio::pin!(acked);
+    loop {
+        tokio::select! {
+            _ = &mut acked => break,
+            ev = events.recv() => match ev {
+                Some(StreamEvent::Reset(code)) => {
+                    let _ = send.reset(u32::from(code).into());
+                    return;
+                }
+                Some(_) => {}
+                None => return,
             },
         }
     }

@@ -64,7 +64,9 @@ fn init_logs(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, not in files or the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Json => b.json().init(),
         _ => b.init(),
@@ -115,12 +117,12 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         let shutdown = shutdown.clone();
         let deadline = common.drain_timeout();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            braid_node::wait_for_signal().await;
             tracing::info!(deadline_secs = deadline.as_secs(), "draining");
             drain.cancel();
             tokio::select! {
                 _ = tokio::time::sleep(deadline) => tracing::info!("drain deadline reached"),
-                _ = wait_for_signal() => tracing::info!("second signal"),
+                _ = braid_node::wait_for_signal() => tracing::info!("second signal"),
             }
             shutdown.cancel();
         });
@@ -184,24 +186,5 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
             )
             .await
         }
-    }
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut term) = signal(SignalKind::terminate()) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -127,10 +127,14 @@ fn flush(
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 moved += n;
-                gone.push(stream);
                 break;
             }
         }
+    }
+    // The owner is gone (it finished, or returned after a reset or an error): forget the
+    // stream, whether or not an event was waiting for it, so that no slot outlives it.
+    if slot.tx.is_closed() {
+        gone.push(stream);
     }
     moved
 }
@@ -418,7 +422,9 @@ impl SessionTask {
                         slot.waiting = false;
                     }
                 }
-                _ = async { match drain_signal { Some(d) => d.cancelled_owned().await, None => std::future::pending().await } }, if !draining => {}
+                _ = async { match drain_signal { Some(d) => d.cancelled_owned().await, None => std::future::pending().await } }, if !draining => {
+                    debug!(node = %self.node, session = %id, streams = streams.len(), idle = self.session.is_idle(), "draining");
+                }
                 _ = tokio::time::sleep_until(idle_deadline) => {
                     debug!(node = %self.node, session = %id, "session idle, closing");
                     break;
@@ -512,7 +518,14 @@ impl SessionTask {
                 Some((stream, StreamEvent::Data(data)))
             }
             SessionEvent::StreamEnd { stream } => Some((stream, StreamEvent::End)),
-            SessionEvent::StreamReset { stream, code } => Some((stream, StreamEvent::Reset(code))),
+            SessionEvent::StreamReset { stream, code } => {
+                // Nothing more may be sent on a reset stream: an owner waiting for credit
+                // wakes up (with an error) and sees the reset.
+                if let Some(slot) = streams.get(&stream) {
+                    slot.credit.close();
+                }
+                Some((stream, StreamEvent::Reset(code)))
+            }
             SessionEvent::StreamCredit { stream, max } => {
                 if let Some(slot) = streams.get_mut(&stream) {
                     let more = max.saturating_sub(slot.granted);

@@ -87,7 +87,11 @@ fn spawn(bin: &Path, args: &[&str], log: &Path) -> Child {
     let out = std::fs::File::create(log).unwrap();
     Command::new(bin)
         .args(args)
-        .env("BRAID_LOG_FILTER", "info")
+        // BRAID_TEST_LOG=debug (or a filter) shows more of the nodes' logs in a failure.
+        .env(
+            "BRAID_LOG_FILTER",
+            std::env::var("BRAID_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
@@ -303,7 +307,16 @@ impl ProcOverlay {
             if child.try_wait().unwrap().is_some() {
                 return t0.elapsed();
             }
-            assert!(t0.elapsed() < limit, "{id} did not exit within {limit:?}");
+            if t0.elapsed() >= limit {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("{id}.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "{id} did not exit within {limit:?}; its log ends:\n{}",
+                    tail.join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }

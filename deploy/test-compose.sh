@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# End-to-end check of the image and the compose simulation: build braid:dev, generate
+# the default network (2 upstreams, central, 2 downstreams, relay, gateway) on
+# 172.30.0.0/24 into deploy/net/compose, check the repo-root docker-compose.yml matches
+# what the generator writes, `docker-compose up -d`, run the client on the host against
+# the container addresses, fetch a 32 MiB random file served by python3 -m http.server on
+# the bridge's host side (172.30.0.1) through socks5h (by address and by a name the
+# gateway resolves from /etc/hosts), compare sha256, check that forbidden targets are
+# refused (curl exit 97), stop with SIGTERM and check the exit codes, `docker-compose down`.
+#
+#   deploy/test-compose.sh [--no-build] [--mb N] [--keep] [--upstreams N] [--downstreams N] [--relays N]
+#
+# With counts, the network is generated with them and its own compose file
+# (deploy/net/compose/docker-compose.yml) is used instead of the repo-root one.
+#
+# Exits non-zero on any failure; a trap stops the client, the web server and the
+# containers.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+build=1 mb=32 keep=0 counts=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --no-build) build=0 ;;
+        --mb) mb=${2:?}; shift ;;
+        --keep) keep=1 ;;
+        --upstreams|--downstreams|--relays) counts+=("$1" "${2:?$1 needs a number}"); shift ;;
+        *) echo "test-compose.sh: unknown argument: $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+fail() { echo "test-compose.sh: FAIL: $*" >&2; exit 1; }
+log() { echo "test-compose.sh: $*" >&2; }
+
+prefix=172.30.0
+net="$here/net/compose"
+if [ ${#counts[@]} -eq 0 ]; then compose_file="$root/docker-compose.yml"; else compose_file="$net/docker-compose.yml"; fi
+compose=(docker-compose -p braid -f "$compose_file")
+socks=127.0.0.1:11080
+work=$(mktemp -d /tmp/braid-test-compose.XXXXXX)
+pids=()
+up=0
+cleanup() {
+    local rc=$? p
+    for p in "${pids[@]+"${pids[@]}"}"; do kill -KILL "$p" 2>/dev/null || true; done
+    { wait; } 2>/dev/null || true
+    if [ "$rc" != 0 ] && [ "$up" = 1 ]; then
+        log "container logs of the failed run (last lines):"
+        "${compose[@]}" logs --no-color --tail 15 >&2 || true
+        [ -f "$work/client.log" ] && { echo "--- client"; tail -n 15 "$work/client.log"; } >&2
+    fi
+    if [ "$up" = 1 ]; then "${compose[@]}" down --remove-orphans -t 5 >/dev/null 2>&1 || true; fi
+    if [ "$keep" = 1 ] || [ "$rc" != 0 ]; then log "work folder kept: $work"; else rm -rf "$work"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+command -v docker-compose >/dev/null || fail "docker-compose (v1) is not installed"
+if ip -4 route | grep -v br-braid | grep -q "^$prefix\."; then
+    fail "$prefix.0/24 is already routed on this host; free it or edit the prefix"
+fi
+
+t0=$SECONDS
+if [ "$build" = 1 ]; then
+    "$here/build-image.sh" >"$work/build.log" 2>&1 || { tail -n 30 "$work/build.log" >&2; fail "build-image.sh"; }
+    log "image built in $((SECONDS - t0))s: $(docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' braid:dev)"
+fi
+bindir="$root/target/static/dist"
+
+# Stop a leftover simulation before its identities are replaced.
+if [ -f "$compose_file" ]; then "${compose[@]}" down --remove-orphans -t 5 >/dev/null 2>&1 || true; fi
+"$here/gen-net.sh" --compose "$prefix" --out "$net" --force --bin "$bindir/braid-node" \
+    --socks "$socks" --drain-secs 30 "${counts[@]+"${counts[@]}"}" 2>"$work/gen.log" ||
+    { cat "$work/gen.log" >&2; fail "gen-net.sh"; }
+
+# The committed root compose file is the generator's output for these defaults, with the
+# node folders under ./deploy/net/compose.
+[ ${#counts[@]} -gt 0 ] ||
+diff -u <(sed 's#\./deploy/net/compose/#./#; /^# (deploy\/compose-file.sh)/d' "$root/docker-compose.yml" | grep -v '^#') \
+        <(grep -v '^#' "$net/docker-compose.yml") >"$work/compose.diff" ||
+    { cat "$work/compose.diff" >&2; fail "docker-compose.yml differs from what gen-net.sh generates (regenerate it, see deploy/README.md)"; }
+
+t1=$SECONDS
+"${compose[@]}" up -d >"$work/up.log" 2>&1 || { cat "$work/up.log" >&2; fail "docker-compose up"; }
+up=1
+ids=()
+while read -r id; do ids+=("$id"); done < <(sed -n 's/^id = "\(.*\)"$/\1/p' "$net/directory.toml")
+deadline=$((SECONDS + 30))
+for id in "${ids[@]}"; do
+    admin=$(sed -n 's/^admin = "\(.*\)"$/\1/p' "$net/$id/node.toml")
+    until curl -fsS -o /dev/null --max-time 2 "http://$admin/health"; do
+        [ $SECONDS -lt $deadline ] || fail "$id: no /health on $admin"
+        sleep 0.3
+    done
+done
+log "${#ids[@]} containers healthy $((SECONDS - t1))s after docker-compose up: ${ids[*]}"
+
+"$bindir/braid" run --config "$net/client/client.toml" >"$work/client.log" 2>&1 &
+client_pid=$!
+pids+=("$client_pid")
+
+mkdir -p "$work/www"
+head -c $((mb * 1024 * 1024)) /dev/urandom >"$work/www/blob"
+want=$(sha256sum "$work/www/blob" | cut -d' ' -f1)
+port=$(python3 -c "import socket; s=socket.socket(); s.bind(('$prefix.1', 0)); print(s.getsockname()[1])")
+python3 -m http.server --bind "$prefix.1" --directory "$work/www" "$port" >"$work/http.log" 2>&1 &
+pids+=($!)
+
+origin="http://$prefix.1:$port"
+deadline=$((SECONDS + 30))
+until curl -fsS -o /dev/null --max-time 5 --proxy "socks5h://$socks" "$origin/" 2>/dev/null; do
+    kill -0 "$client_pid" 2>/dev/null || fail "the client exited"
+    [ $SECONDS -lt $deadline ] || fail "no answer through the overlay within 30 s"
+    sleep 0.5
+done
+
+fetch() { # url label
+    local stats got size secs speed
+    stats=$(curl -fsS --max-time 180 --proxy "socks5h://$socks" -o "$work/got" \
+        -w '%{size_download} %{time_total} %{speed_download}' "$1") || fail "$2: the download failed"
+    got=$(sha256sum "$work/got" | cut -d' ' -f1)
+    read -r size secs speed <<<"$stats"
+    log "$2: $size bytes in ${secs}s = $(awk -v s="$speed" 'BEGIN{printf "%.1f", s/1048576}') MiB/s, sha256 $got"
+    [ "$got" = "$want" ] || fail "$2: sha256 mismatch (want $want)"
+}
+log "sha256 of the served file $want"
+fetch "$origin/blob" "by address ($prefix.1)"
+fetch "http://origin.braid.test:$port/blob" "by name (origin.braid.test, resolved in the gateway container)"
+
+refused() { # url why
+    local rc=0
+    curl -sS -o /dev/null --max-time 15 --proxy "socks5h://$socks" "$1" 2>"$work/refused.err" || rc=$?
+    [ "$rc" = 97 ] || fail "$2 ($1): curl exit $rc, want 97 ($(cat "$work/refused.err"))"
+    log "$2 refused: curl exit 97 ($(tr -d '\n' <"$work/refused.err"))"
+}
+central_ip=$(sed -n 's/^listen = "\(.*\):7400"$/\1/p' "$net/central-1/node.toml")
+refused "http://$central_ip:7400/" "the central's container address"
+refused "http://127.0.0.1:$port/" "loopback"
+refused "http://169.254.169.254/latest/meta-data/" "cloud metadata"
+refused "http://$prefix.9:$port/" "another address of the bridge network (not allowed by the rule)"
+grep -q 'refus' "$work/client.log" || log "note: the client's log does not mention the refusals"
+
+# Stop: the client with SIGTERM, the containers with docker-compose stop (SIGTERM, then
+# the grace period); every node must exit 0 on its own.
+kill -TERM "$client_pid"
+rc=0; wait "$client_pid" || rc=$?
+case "$rc" in 0) log "client exited (status $rc)" ;; *) fail "client exited with $rc after SIGTERM" ;; esac
+t2=$SECONDS
+"${compose[@]}" stop >"$work/stop.log" 2>&1 || { cat "$work/stop.log" >&2; fail "docker-compose stop"; }
+log "docker-compose stop took $((SECONDS - t2))s"
+for id in "${ids[@]}"; do
+    code=$(docker inspect -f '{{.State.ExitCode}} {{.State.OOMKilled}}' "braid-$id")
+    [ "$code" = "0 false" ] || fail "$id: exit code/OOM after SIGTERM: $code"
+done
+log "every container exited 0 after SIGTERM"
+"${compose[@]}" down >/dev/null 2>&1 || fail "docker-compose down"
+up=0
+log "PASS (total $((SECONDS - t0))s)"

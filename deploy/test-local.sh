@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# End-to-end check of the deployment pieces on one machine, no docker, no ssh:
+# deploy.sh --render-only for an inventory of 127.77.0.x addresses, every node started
+# as its own braid-node process from its bundle, the client from its bundle, a 32 MiB
+# random file fetched from python3 -m http.server on 127.0.0.1 through socks5h and
+# compared by sha256, a refused target, then SIGTERM to everything.
+#
+#   deploy/test-local.sh [--bin DIR] [--mb N] [--keep]
+#
+# --bin DIR takes braid-node and braid from DIR (default: deploy.sh builds them static).
+# The gateway is started with BRAID_EXIT__ALLOW_LOOPBACK=true (this process only) so its
+# exit may reach the origin on 127.0.0.1; the generated config keeps the safe default.
+# Exits non-zero on any failure; a trap stops every process it started.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+bindir="" mb=32 keep=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --bin) bindir=${2:?--bin needs a folder}; shift ;;
+        --mb) mb=${2:?}; shift ;;
+        --keep) keep=1 ;;
+        *) echo "test-local.sh: unknown argument: $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+fail() { echo "test-local.sh: FAIL: $*" >&2; exit 1; }
+log() { echo "test-local.sh: $*" >&2; }
+
+work=$(mktemp -d /tmp/braid-test-local.XXXXXX)
+pids=()
+cleanup() {
+    local rc=$? p
+    for p in "${pids[@]+"${pids[@]}"}"; do kill -KILL "$p" 2>/dev/null || true; done
+    { wait; } 2>/dev/null || true
+    if [ "$rc" != 0 ]; then
+        log "logs of the failed run (last lines):"
+        for f in "$work"/logs/*.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 15 "$f"; } >&2; done
+    fi
+    if [ "$keep" = 1 ] || [ "$rc" != 0 ]; then log "work folder kept: $work"; else rm -rf "$work"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+net=127.77.0
+socks="$net.1:1080"
+cat >"$work/inventory" <<EOF
+# role    public-addr     (no ssh: --render-only)
+upstream   $net.2
+upstream   $net.3
+central    $net.4
+downstream $net.5
+downstream $net.6
+relay      $net.7
+gateway    $net.8
+EOF
+
+args=(--render-only "$work/r" --bind public --socks "$socks" --drain-secs 10)
+[ -z "$bindir" ] || args+=(--bin "$bindir")
+"$here/deploy.sh" "${args[@]}" "$work/inventory" >/dev/null 2>"$work/deploy.log" ||
+    { cat "$work/deploy.log" >&2; fail "deploy.sh --render-only"; }
+b="$work/r/bundles"
+node_bin="$b/upstream-1/bin/braid-node"
+client_bin="$b/client/bin/braid"
+
+# Bundles must carry private keys 0600 and the gateway must keep the safe default.
+for k in "$b"/*/conf/keys/noise.key "$b"/*/conf/keys/tls.key; do
+    [ "$(stat -c %a "$k")" = 600 ] || fail "$k is not 0600"
+done
+grep -q '^allow_loopback = false' "$b/gateway-1/conf/node.toml" || fail "gateway config does not keep allow_loopback = false"
+
+mkdir -p "$work/logs"
+ids=()
+for d in "$b"/*/; do
+    id=$(basename "$d")
+    [ "$id" = client ] && continue
+    ids+=("$id")
+done
+declare -A pid_of
+for id in "${ids[@]}"; do
+    if [ "${id%%-*}" = gateway ]; then
+        BRAID_EXIT__ALLOW_LOOPBACK=true "$node_bin" --config "$b/$id/conf/node.toml" >"$work/logs/$id.log" 2>&1 &
+    else
+        "$node_bin" --config "$b/$id/conf/node.toml" >"$work/logs/$id.log" 2>&1 &
+    fi
+    pid_of[$id]=$!
+    pids+=($!)
+done
+
+# Every node's admin port answers /health.
+deadline=$((SECONDS + 20))
+for id in "${ids[@]}"; do
+    admin=$(sed -n 's/^admin = "\(.*\)"$/\1/p' "$b/$id/conf/node.toml")
+    until curl -fsS -o /dev/null "http://$admin/health"; do
+        kill -0 "${pid_of[$id]}" 2>/dev/null || fail "$id exited at start"
+        [ $SECONDS -lt $deadline ] || fail "$id: no /health on $admin"
+        sleep 0.2
+    done
+done
+log "${#ids[@]} nodes up: ${ids[*]}"
+
+"$client_bin" run --config "$b/client/conf/client.toml" >"$work/logs/client.log" 2>&1 &
+client_pid=$!
+pids+=("$client_pid")
+
+mkdir -p "$work/www"
+head -c $((mb * 1024 * 1024)) /dev/urandom >"$work/www/blob"
+want=$(sha256sum "$work/www/blob" | cut -d' ' -f1)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+python3 -m http.server --bind 127.0.0.1 --directory "$work/www" "$port" >"$work/logs/http.log" 2>&1 &
+pids+=($!)
+
+deadline=$((SECONDS + 20))
+until curl -fsS -o /dev/null --max-time 5 --proxy "socks5h://$socks" "http://127.0.0.1:$port/" 2>/dev/null; do
+    kill -0 "$client_pid" 2>/dev/null || fail "the client exited"
+    [ $SECONDS -lt $deadline ] || fail "no answer through the overlay within 20 s"
+    sleep 0.5
+done
+
+stats=$(curl -fsS --max-time 120 --proxy "socks5h://$socks" -o "$work/got" \
+    -w '%{size_download} %{time_total} %{speed_download}' "http://127.0.0.1:$port/blob") ||
+    fail "the download through the overlay failed"
+got=$(sha256sum "$work/got" | cut -d' ' -f1)
+read -r size secs speed <<<"$stats"
+log "download: $size bytes in ${secs}s = $(awk -v s="$speed" 'BEGIN{printf "%.1f", s/1048576}') MiB/s"
+log "sha256 sent $want"
+log "sha256 got  $got"
+[ "$got" = "$want" ] || fail "sha256 mismatch"
+
+# A directory node's address is refused even with allow_loopback (SOCKS reply 02 -> curl 97).
+rc=0
+curl -sS -o /dev/null --max-time 15 --proxy "socks5h://$socks" "http://$net.4:7400/" 2>"$work/refused.err" || rc=$?
+[ "$rc" = 97 ] || fail "a request to the central's address gave curl exit $rc, want 97 ($(cat "$work/refused.err"))"
+log "request to the central ($net.4:7400) refused: curl exit 97 ($(tr -d '\n' <"$work/refused.err"))"
+
+# SIGTERM everything; every process must exit, the nodes within the drain deadline
+# (10 s as generated here) plus a margin.
+stop_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+t_stop=$(stop_ms)
+kill -TERM "$client_pid"
+for id in "${ids[@]}"; do kill -TERM "${pid_of[$id]}"; done
+pid_of[client]=$client_pid
+left=("${ids[@]}" client)
+while [ ${#left[@]} -gt 0 ]; do
+    [ $(( $(stop_ms) - t_stop )) -lt 15000 ] || fail "still running 15 s after SIGTERM: ${left[*]}"
+    still=()
+    for id in "${left[@]}"; do
+        p=${pid_of[$id]}
+        if kill -0 "$p" 2>/dev/null; then still+=("$id"); continue; fi
+        rc=0; wait "$p" || rc=$?
+        case "$rc" in 0) ;; *) fail "$id exited with status $rc after SIGTERM" ;; esac
+        log "$id exited (status $rc) $(( $(stop_ms) - t_stop )) ms after SIGTERM"
+    done
+    left=("${still[@]+"${still[@]}"}")
+    sleep 0.05
+done
+log "all stopped $(( $(stop_ms) - t_stop )) ms after SIGTERM"
+log "PASS"
