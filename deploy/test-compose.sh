@@ -31,8 +31,9 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-fail() { echo "test-compose.sh: FAIL: $*" >&2; exit 1; }
-log() { echo "test-compose.sh: $*" >&2; }
+me=test-compose.sh
+# shellcheck source=deploy/test-lib.sh
+. "$here/test-lib.sh"
 
 prefix=172.30.0
 net="$here/net/compose"
@@ -90,11 +91,7 @@ ids=()
 while read -r id; do ids+=("$id"); done < <(sed -n 's/^id = "\(.*\)"$/\1/p' "$net/directory.toml")
 deadline=$((SECONDS + 30))
 for id in "${ids[@]}"; do
-    admin=$(sed -n 's/^admin = "\(.*\)"$/\1/p' "$net/$id/node.toml")
-    until curl -fsS -o /dev/null --max-time 2 "http://$admin/health"; do
-        [ $SECONDS -lt $deadline ] || fail "$id: no /health on $admin"
-        sleep 0.3
-    done
+    wait_health "$id" "$(sed -n 's/^admin = "\(.*\)"$/\1/p' "$net/$id/node.toml")" "$deadline"
 done
 log "${#ids[@]} containers healthy $((SECONDS - t1))s after docker-compose up: ${ids[*]}"
 
@@ -102,40 +99,14 @@ log "${#ids[@]} containers healthy $((SECONDS - t1))s after docker-compose up: $
 client_pid=$!
 pids+=("$client_pid")
 
-mkdir -p "$work/www"
-head -c $((mb * 1024 * 1024)) /dev/urandom >"$work/www/blob"
-want=$(sha256sum "$work/www/blob" | cut -d' ' -f1)
-port=$(python3 -c "import socket; s=socket.socket(); s.bind(('$prefix.1', 0)); print(s.getsockname()[1])")
-python3 -m http.server --bind "$prefix.1" --directory "$work/www" "$port" >"$work/http.log" 2>&1 &
-pids+=($!)
-
+serve_blob "$prefix.1" "$mb"
 origin="http://$prefix.1:$port"
-deadline=$((SECONDS + 30))
-until curl -fsS -o /dev/null --max-time 5 --proxy "socks5h://$socks" "$origin/" 2>/dev/null; do
-    kill -0 "$client_pid" 2>/dev/null || fail "the client exited"
-    [ $SECONDS -lt $deadline ] || fail "no answer through the overlay within 30 s"
-    sleep 0.5
-done
+wait_through "$origin/" 30
 
-fetch() { # url label
-    local stats got size secs speed
-    stats=$(curl -fsS --max-time 180 --proxy "socks5h://$socks" -o "$work/got" \
-        -w '%{size_download} %{time_total} %{speed_download}' "$1") || fail "$2: the download failed"
-    got=$(sha256sum "$work/got" | cut -d' ' -f1)
-    read -r size secs speed <<<"$stats"
-    log "$2: $size bytes in ${secs}s = $(awk -v s="$speed" 'BEGIN{printf "%.1f", s/1048576}') MiB/s, sha256 $got"
-    [ "$got" = "$want" ] || fail "$2: sha256 mismatch (want $want)"
-}
 log "sha256 of the served file $want"
 fetch "$origin/blob" "by address ($prefix.1)"
 fetch "http://origin.braid.test:$port/blob" "by name (origin.braid.test, resolved in the gateway container)"
 
-refused() { # url why
-    local rc=0
-    curl -sS -o /dev/null --max-time 15 --proxy "socks5h://$socks" "$1" 2>"$work/refused.err" || rc=$?
-    [ "$rc" = 97 ] || fail "$2 ($1): curl exit $rc, want 97 ($(cat "$work/refused.err"))"
-    log "$2 refused: curl exit 97 ($(tr -d '\n' <"$work/refused.err"))"
-}
 central_ip=$(sed -n 's/^listen = "\(.*\):7400"$/\1/p' "$net/central-1/node.toml")
 refused "http://$central_ip:7400/" "the central's container address"
 refused "http://127.0.0.1:$port/" "loopback"

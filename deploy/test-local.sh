@@ -25,8 +25,9 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-fail() { echo "test-local.sh: FAIL: $*" >&2; exit 1; }
-log() { echo "test-local.sh: $*" >&2; }
+me=test-local.sh
+# shellcheck source=deploy/test-lib.sh
+. "$here/test-lib.sh"
 
 work=$(mktemp -d /tmp/braid-test-local.XXXXXX)
 pids=()
@@ -92,12 +93,8 @@ done
 # Every node's admin port answers /health.
 deadline=$((SECONDS + 20))
 for id in "${ids[@]}"; do
-    admin=$(sed -n 's/^admin = "\(.*\)"$/\1/p' "$b/$id/conf/node.toml")
-    until curl -fsS -o /dev/null "http://$admin/health"; do
-        kill -0 "${pid_of[$id]}" 2>/dev/null || fail "$id exited at start"
-        [ $SECONDS -lt $deadline ] || fail "$id: no /health on $admin"
-        sleep 0.2
-    done
+    wait_health "$id" "$(sed -n 's/^admin = "\(.*\)"$/\1/p' "$b/$id/conf/node.toml")" \
+        "$deadline" "${pid_of[$id]}"
 done
 log "${#ids[@]} nodes up: ${ids[*]}"
 
@@ -105,35 +102,12 @@ log "${#ids[@]} nodes up: ${ids[*]}"
 client_pid=$!
 pids+=("$client_pid")
 
-mkdir -p "$work/www"
-head -c $((mb * 1024 * 1024)) /dev/urandom >"$work/www/blob"
-want=$(sha256sum "$work/www/blob" | cut -d' ' -f1)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-python3 -m http.server --bind 127.0.0.1 --directory "$work/www" "$port" >"$work/logs/http.log" 2>&1 &
-pids+=($!)
-
-deadline=$((SECONDS + 20))
-until curl -fsS -o /dev/null --max-time 5 --proxy "socks5h://$socks" "http://127.0.0.1:$port/" 2>/dev/null; do
-    kill -0 "$client_pid" 2>/dev/null || fail "the client exited"
-    [ $SECONDS -lt $deadline ] || fail "no answer through the overlay within 20 s"
-    sleep 0.5
-done
-
-stats=$(curl -fsS --max-time 120 --proxy "socks5h://$socks" -o "$work/got" \
-    -w '%{size_download} %{time_total} %{speed_download}' "http://127.0.0.1:$port/blob") ||
-    fail "the download through the overlay failed"
-got=$(sha256sum "$work/got" | cut -d' ' -f1)
-read -r size secs speed <<<"$stats"
-log "download: $size bytes in ${secs}s = $(awk -v s="$speed" 'BEGIN{printf "%.1f", s/1048576}') MiB/s"
-log "sha256 sent $want"
-log "sha256 got  $got"
-[ "$got" = "$want" ] || fail "sha256 mismatch"
+serve_blob 127.0.0.1 "$mb"
+wait_through "http://127.0.0.1:$port/" 20
+fetch "http://127.0.0.1:$port/blob" "download"
 
 # A directory node's address is refused even with allow_loopback (SOCKS reply 02 -> curl 97).
-rc=0
-curl -sS -o /dev/null --max-time 15 --proxy "socks5h://$socks" "http://$net.4:7400/" 2>"$work/refused.err" || rc=$?
-[ "$rc" = 97 ] || fail "a request to the central's address gave curl exit $rc, want 97 ($(cat "$work/refused.err"))"
-log "request to the central ($net.4:7400) refused: curl exit 97 ($(tr -d '\n' <"$work/refused.err"))"
+refused "http://$net.4:7400/" "request to the central ($net.4:7400)"
 
 # SIGTERM everything; every process must exit, the nodes within the drain deadline
 # (10 s as generated here) plus a margin.

@@ -12,7 +12,7 @@ use braid_net::{read_frame, write_frame};
 use tokio::sync::{mpsc, Mutex};
 use tracing::info;
 
-use crate::metrics::{GaugeGuard, Metrics};
+use crate::metrics::{LinkUpGuard, Metrics};
 use crate::tap::{tap, TapPoint};
 use crate::{keep_dialing, max_envelope, Backoff, NodeContext};
 
@@ -51,7 +51,7 @@ pub async fn run(ctx: NodeContext, bind: SocketAddr) -> anyhow::Result<()> {
             let ctx = c.clone();
             let relays = relays.clone();
             async move {
-                let _up = GaugeGuard::links_up(ctx.metrics.clone());
+                let _up = LinkUpGuard::new(ctx.metrics.clone());
                 from_central(ctx.clone(), conn, relays).await;
             }
         },

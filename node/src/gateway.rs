@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info};
 
 use crate::exit::{Checked, ExitPolicy, Refusal};
-use crate::metrics::Metrics;
+use crate::metrics::{LinkUpGuard, Metrics};
 use crate::tap::{tap, TapPoint};
 use crate::{keep_dialing, Backoff, NodeContext};
 
@@ -64,7 +64,7 @@ pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
             let live = live.clone();
             async move {
                 info!(node = %ctx.id, "gateway linked to the central");
-                Metrics::inc(&ctx.metrics.links_up);
+                let _up = LinkUpGuard::new(ctx.metrics.clone());
                 while let Ok((mut send, recv)) = conn.accept_bi().await {
                     if ctx.drain.is_cancelled() {
                         // Draining: no new streams.
@@ -79,7 +79,6 @@ pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
                         live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                     });
                 }
-                Metrics::dec(&ctx.metrics.links_up);
             }
         },
     );

@@ -29,20 +29,20 @@ pub struct Metrics {
     pub sessions_evicted: AtomicU64,
 }
 
-/// Counts one link in a gauge while it lives: dropping it (also when the task serving the
-/// link is cancelled) takes the link back out.
-pub struct GaugeGuard(std::sync::Arc<Metrics>, fn(&Metrics) -> &AtomicU64);
+/// Counts one link in `links_up` while it lives: dropping it (also when the task serving
+/// the link is cancelled) takes the link back out.
+pub struct LinkUpGuard(std::sync::Arc<Metrics>);
 
-impl GaugeGuard {
-    pub fn links_up(m: std::sync::Arc<Metrics>) -> GaugeGuard {
+impl LinkUpGuard {
+    pub fn new(m: std::sync::Arc<Metrics>) -> LinkUpGuard {
         Metrics::inc(&m.links_up);
-        GaugeGuard(m, |m| &m.links_up)
+        LinkUpGuard(m)
     }
 }
 
-impl Drop for GaugeGuard {
+impl Drop for LinkUpGuard {
     fn drop(&mut self) {
-        Metrics::dec((self.1)(&self.0));
+        Metrics::dec(&self.0.links_up);
     }
 }
 

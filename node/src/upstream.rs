@@ -9,7 +9,7 @@ use braid_net::{read_frame, write_frame, ClientAuth, PinSet};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use crate::metrics::{GaugeGuard, Metrics};
+use crate::metrics::{LinkUpGuard, Metrics};
 use crate::tap::{tap, TapPoint};
 use crate::{keep_dialing, Backoff, NodeContext};
 
@@ -97,7 +97,7 @@ async fn central_link(
             let Ok(mut send) = conn.open_uni().await else {
                 return;
             };
-            let _up = GaugeGuard::links_up(ctx.metrics.clone());
+            let _up = LinkUpGuard::new(ctx.metrics.clone());
             let mut rx = rx.lock().await;
             while let Some(cell) = rx.recv().await {
                 if write_frame(&mut send, &cell).await.is_err() {

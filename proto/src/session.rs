@@ -154,18 +154,24 @@ enum TxItem {
     Reset(u8),
 }
 
+/// Whether a path takes cells. A rested path carries only a probe cell now and then until
+/// one is acked: a path that was slow for a moment (a CPU stall, a queue) comes back within
+/// an RTT of its probe; a dead one costs one delayed cell per probe, the probes backing off
+/// to one per `path_rest`.
+#[derive(Debug, Clone, Copy, Default)]
+enum Rest {
+    #[default]
+    InUse,
+    /// The next probe may go at `at`; `gap` is the current spacing.
+    ProbeDue { at: Instant, gap: Duration },
+    /// A probe sent at `sent` is out: no other cell until it is acked or times out.
+    Probing { sent: Instant, gap: Duration },
+}
+
 #[derive(Default)]
 struct PathHealth {
     timeouts: u32,
-    /// Rested: only a probe cell goes on the path, at `probe_at`, until one is acked. A
-    /// path that was slow for a moment (a CPU stall, a queue) comes back within an RTT of
-    /// its probe; a dead one costs one delayed cell per probe, the probes backing off to one
-    /// per `path_rest`.
-    rested: bool,
-    probe_at: Option<Instant>,
-    probe_gap: Duration,
-    /// When the last probe went out (its timeout backs the probes off).
-    probed_at: Option<Instant>,
+    rest: Rest,
     /// Smoothed RTT of cells sent on this path (for [`PathScheduler::LowestDelay`]).
     srtt: Option<Duration>,
     /// Cells sent on this path and not yet acknowledged.
@@ -655,9 +661,11 @@ impl Session {
     }
 
     fn path_usable(&self, p: PathId, now: Instant) -> bool {
-        self.paths
-            .get(&p)
-            .is_none_or(|h| !h.rested || h.probe_at.is_some_and(|t| now >= t))
+        self.paths.get(&p).is_none_or(|h| match h.rest {
+            Rest::InUse => true,
+            Rest::ProbeDue { at, .. } => now >= at,
+            Rest::Probing { .. } => false,
+        })
     }
 
     /// Picks a path (see [`Self::choose_path`]); a rested path picked for a probe gets
@@ -665,10 +673,10 @@ impl Session {
     fn pick_path(&mut self, now: Instant, paths: &[PathId], avoid: Option<PathId>) -> PathId {
         let path = self.choose_path(now, paths, avoid);
         if let Some(h) = self.paths.get_mut(&path) {
-            if h.rested && h.probe_at.is_some_and(|t| now >= t) {
-                h.probed_at = Some(now);
-                // No other cell until this probe is answered or times out.
-                h.probe_at = None;
+            if let Rest::ProbeDue { at, gap } = h.rest {
+                if now >= at {
+                    h.rest = Rest::Probing { sent: now, gap };
+                }
             }
         }
         path
@@ -993,22 +1001,21 @@ impl Session {
         // row" counts timeout events.
         for (p, latest) in failed {
             let h = self.paths.entry(p).or_default();
-            if h.rested {
-                // Cells sent before the path was rested keep expiring; only a failed probe
-                // pushes the next one further out.
-                if h.probed_at.is_some_and(|t| latest >= t) {
-                    h.probed_at = None;
-                    h.probe_gap = (h.probe_gap * 2).min(self.cfg.path_rest);
-                    h.probe_at = Some(now + h.probe_gap);
+            match h.rest {
+                Rest::InUse => {
+                    h.timeouts += 1;
+                    if h.timeouts >= self.cfg.path_failures_to_rest {
+                        let gap = rto.min(self.cfg.path_rest);
+                        h.rest = Rest::ProbeDue { at: now + gap, gap };
+                    }
                 }
-                continue;
-            }
-            h.timeouts += 1;
-            if h.timeouts >= self.cfg.path_failures_to_rest {
-                h.rested = true;
-                h.probe_gap = rto.min(self.cfg.path_rest);
-                h.probe_at = Some(now + h.probe_gap);
-                h.probed_at = None;
+                // Only the probe failing backs the probes off: cells sent before the path
+                // was rested keep expiring meanwhile.
+                Rest::Probing { sent, gap } if latest >= sent => {
+                    let gap = (gap * 2).min(self.cfg.path_rest);
+                    h.rest = Rest::ProbeDue { at: now + gap, gap };
+                }
+                Rest::Probing { .. } | Rest::ProbeDue { .. } => {}
             }
         }
     }
@@ -1018,24 +1025,16 @@ impl Session {
     fn on_ack(&mut self, now: Instant, ack: &AckBlock) {
         self.peer_credit = self.peer_credit.max(ack.credit);
         let mut newest: Option<(u64, Instant, bool, PathId)> = None;
-        let mut done_paths: Vec<PathId> = Vec::new();
-        let mut revived: Vec<PathId> = Vec::new();
+        // Per acked cell: the path it was last sent on, and the path whose copy arrived.
+        let mut done_paths: Vec<(PathId, PathId)> = Vec::new();
         // An ack sooner than half the smallest RTT after a resend acknowledges an earlier
         // copy: the path that carried it was slow, not dead, so it must not stay rested.
         let too_soon = self.rtt.min_rtt.map(|m| m / 2);
         let mut acked =
             |seq: u64, f: Inflight, newest: &mut Option<(u64, Instant, bool, PathId)>| {
-                done_paths.push(f.path);
-                // The only copy of this cell went on `f.path`, and it arrived.
-                if !f.retransmitted {
-                    revived.push(f.path);
-                } else if f.prev_path != f.path
-                    && too_soon.is_some_and(|t| now.saturating_duration_since(f.sent_at) < t)
-                {
-                    revived.push(f.prev_path);
-                } else {
-                    revived.push(f.path);
-                }
+                let earlier_copy = f.retransmitted
+                    && too_soon.is_some_and(|t| now.saturating_duration_since(f.sent_at) < t);
+                done_paths.push((f.path, if earlier_copy { f.prev_path } else { f.path }));
                 if newest.is_none_or(|(s, ..)| seq > s) {
                     *newest = Some((seq, f.sent_at, f.retransmitted, f.path));
                 }
@@ -1060,17 +1059,11 @@ impl Session {
             }
         }
         self.lost.retain(|s| self.inflight.contains_key(s));
-        for path in done_paths {
+        for (path, delivered) in done_paths {
             self.note_done(path);
-        }
-        revived.sort_unstable();
-        revived.dedup();
-        for path in revived {
-            if let Some(h) = self.paths.get_mut(&path) {
+            if let Some(h) = self.paths.get_mut(&delivered) {
                 h.timeouts = 0;
-                h.rested = false;
-                h.probe_at = None;
-                h.probed_at = None;
+                h.rest = Rest::InUse;
             }
         }
         if let Some((_, sent_at, retransmitted, path)) = newest {
@@ -1235,7 +1228,7 @@ mod tests {
         pair_seeded(cfg, 7)
     }
 
-    fn pair_seeded(cfg: SessionConfig, seed: u64) -> (Session, Session, Instant) {
+    pub(super) fn pair_seeded(cfg: SessionConfig, seed: u64) -> (Session, Session, Instant) {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let central = StaticKeypair::generate(&mut rng);
         let now = Instant::now();
@@ -1430,26 +1423,13 @@ mod scheduler_tests {
 #[cfg(test)]
 mod path_rest_tests {
     use super::*;
-    use rand_chacha::rand_core::SeedableRng;
-    use rand_chacha::ChaCha20Rng;
 
     /// Runs a 2-path transfer for `ms` virtual milliseconds. Path 2 holds every cell sent
     /// in `stall` until its end (a slow moment: CPU, a queue) or, with `dead`, loses every
     /// cell from the stall's start on. Returns the cells sent per path in each millisecond.
     fn run(ms: u64, stall: std::ops::Range<u64>, dead: bool) -> Vec<[u64; 2]> {
-        let mut rng = ChaCha20Rng::seed_from_u64(5);
-        let central = StaticKeypair::generate(&mut rng);
-        let cfg = SessionConfig::with_cell_size(1024);
-        let t0 = Instant::now();
+        let (mut c, mut s, t0) = super::tests::pair_seeded(SessionConfig::with_cell_size(1024), 5);
         let at = |m: u64| t0 + Duration::from_millis(m);
-        let hello = SessionHello {
-            window_cells: 1024,
-            mailboxes: vec![],
-        };
-        let p = PendingSession::start(&mut rng, cfg.clone(), &central.public(), &hello).unwrap();
-        let acc = accept(&mut rng, cfg, &central, t0, p.hello_cell()).unwrap();
-        let mut c = p.finish(t0, &acc.welcome_cell).unwrap();
-        let mut s = acc.session;
         c.open_stream(1, "gw");
         let paths = [PathId(1), PathId(2)];
         let mut wire: Vec<(Instant, Vec<u8>)> = Vec::new();

@@ -308,17 +308,14 @@ impl ProcOverlay {
                 return t0.elapsed();
             }
             if t0.elapsed() >= limit {
-                let log = std::fs::read_to_string(self.dir.path().join(format!("{id}.log")))
-                    .unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(30).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                panic!(
-                    "{id} did not exit within {limit:?}; its log ends:\n{}",
-                    tail.join("\n")
-                );
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        let log = self.log(id);
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+        panic!("{id} did not exit within {limit:?}; its log ends:\n{tail}");
     }
 
     pub fn log(&self, id: &str) -> String {
