@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use braid_config::{Directory, NodeEntry, Role};
+use braid_driver::{Metrics, Tap};
 use braid_net::NodeIdentity;
 use braid_node::exit::{ExitPolicy, ExitRule};
-use braid_node::{central, downstream, gateway, relay, upstream, Metrics, NodeContext, Tap};
+use braid_node::{central, downstream, gateway, relay, upstream, NodeContext};
 use rand::Rng;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

@@ -1,7 +1,9 @@
-//! The Braid client: a local SOCKS5 proxy whose streams ride the overlay, and `braid demo`,
-//! a whole overlay in one process.
+//! The Braid client: a local SOCKS5 proxy whose streams ride the overlay, and (with the
+//! `demo` feature, on by default) `braid demo`, a whole overlay in one process.
 
+#[cfg(feature = "demo")]
 pub mod demo;
+pub mod inner_stream;
 pub mod overlay;
 pub mod socks;
 

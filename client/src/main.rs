@@ -4,12 +4,16 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+#[cfg(feature = "demo")]
 use std::time::Duration;
 
 use anyhow::Context;
+#[cfg(feature = "demo")]
 use braid_client::demo::{Demo, DemoOptions};
 use braid_client::overlay::{self, ClientParams};
 use braid_client::socks::{SocksAuth, SocksLimits};
+#[cfg(feature = "demo")]
+use braid_config::LogFormat;
 use braid_proto::session::PathScheduler;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -32,6 +36,7 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    #[cfg(feature = "demo")]
     /// Start a whole overlay on loopback (upstreams, central, downstreams, relays, gateway)
     /// with a SOCKS5 port in front.
     Demo {
@@ -57,24 +62,13 @@ enum Cmd {
     },
 }
 
-fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BRAID_LOG_FILTER")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal, not in files or the journal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logs();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         match cli.cmd {
             Cmd::Run { config } => run(config).await,
+            #[cfg(feature = "demo")]
             Cmd::Demo {
                 socks,
                 upstreams,
@@ -93,6 +87,7 @@ fn main() -> anyhow::Result<()> {
                     "--upstreams, --downstreams and --relays must each be at least 1"
                 );
                 anyhow::ensure!(mix_ms >= 0.0 && mix_ms.is_finite(), "--mix-ms must be >= 0");
+                braid_driver::logs::init_logs(LogFormat::Text);
                 demo(DemoOptions {
                     socks,
                     upstreams,
@@ -113,6 +108,7 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
+#[cfg(feature = "demo")]
 async fn demo(opts: DemoOptions) -> anyhow::Result<()> {
     let demo = Demo::start(opts).await?;
     println!("braid demo: a whole overlay on loopback, each node with its own address and keys");
@@ -124,7 +120,7 @@ async fn demo(opts: DemoOptions) -> anyhow::Result<()> {
         demo.socks
     );
     println!("Ctrl-C stops it.");
-    braid_node::wait_for_signal().await;
+    braid_driver::wait_for_signal().await;
     println!("stopping");
     demo.shutdown().await;
     Ok(())
@@ -132,6 +128,8 @@ async fn demo(opts: DemoOptions) -> anyhow::Result<()> {
 
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     let cfg = braid_config::load_client_config(&path)?;
+    // Logging starts once the config has said in which format.
+    braid_driver::logs::init_logs(cfg.log);
     let limits = SocksLimits {
         handshake_deadline: cfg.handshake_timeout(),
         max_connections: cfg.max_connections as usize,
@@ -175,7 +173,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         limits,
         shutdown.clone(),
     ));
-    braid_node::wait_for_signal().await;
+    braid_driver::wait_for_signal().await;
     shutdown.cancel();
     let _ = serve.await;
     Ok(())

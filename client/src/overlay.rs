@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use braid_config::{Directory, NodeEntry, Role};
+use braid_driver::session_task::{SessionCmd, SessionRole, SessionTask};
+use braid_driver::tap::Tap;
+use braid_driver::{keep_dialing, publish_link, Backoff, Link, Metrics};
 use braid_net::{read_frame, write_frame};
-use braid_node::session_task::{publish_link, Link, SessionCmd, SessionTask};
-use braid_node::tap::Tap;
-use braid_node::{keep_dialing, Backoff, Metrics};
 use braid_proto::cell::{CellHeader, CellKind};
 use braid_proto::frame::Mailbox;
 use braid_proto::session::{PendingSession, SessionConfig, SessionHello};
@@ -52,7 +52,7 @@ impl ClientHandle {
 
 /// Connects to the overlay and opens the session; returns once the central has answered.
 pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
-    braid_node::metrics::install_panic_counter_once();
+    braid_driver::metrics::install_panic_counter_once();
     let dir = p.directory.clone();
     let cell_size = dir.cell_size as usize;
     let central = dir
@@ -176,13 +176,9 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
         cmd_tx: cmd_tx.clone(),
         cmd_rx,
         links: links_rx,
-        mailboxes: None,
-        welcome: None,
-        opener: None,
+        role: SessionRole::Client,
         idle_timeout: Duration::from_secs(24 * 3600),
         reassembly_timeout: Duration::from_secs(60),
-        gauge: None,
-        drain: None,
         shutdown: p.shutdown.clone(),
     };
     tokio::spawn(task.run());

@@ -46,21 +46,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use braid_node::session_task::{SessionCmd, StreamEvent};
-use braid_proto::inner::{self, MessageDecoder, OpenRequest, OpenStatus, Record};
 use braid_proto::socks5::{self, AuthPolicy, Command, Progress, ReplyCode, Socks5Handshake};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
+use crate::inner_stream::{self, OpenFailure};
 use crate::overlay::ClientHandle;
 
 /// Default for [`SocksLimits::handshake_deadline`] (slowloris guard).
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
-/// How long the gateway may take to answer an open.
-pub const OPEN_DEADLINE: Duration = Duration::from_secs(30);
 /// Default for [`SocksLimits::max_connections`].
 pub const MAX_CONNECTIONS: usize = 4096;
 /// Default for [`SocksLimits::max_per_source`].
@@ -162,21 +159,6 @@ impl SocksLimits {
             None => AuthPolicy::NoAuth,
             Some(a) => a.policy(),
         }
-    }
-}
-
-/// Waits for `n` bytes of the stream's send credit (per-stream flow control) and spends it.
-async fn take_credit(credit: &Semaphore, n: usize) -> anyhow::Result<()> {
-    let n = u32::try_from(n)?;
-    credit.acquire_many(n).await?.forget();
-    Ok(())
-}
-
-/// Maps a gateway's open status to the SOCKS5 reply code, in one place.
-pub fn reply_code(status: OpenStatus) -> ReplyCode {
-    match status.0 {
-        0..=8 => ReplyCode(status.0),
-        _ => ReplyCode::GENERAL_FAILURE,
     }
 }
 
@@ -413,153 +395,21 @@ async fn handle_conn(
             .await?;
         return Ok(());
     }
-    let stream = h.next_stream_id();
-    let (open, first) = inner::client_open(
-        &mut rand::rng(),
-        &h.gateway_key,
-        &OpenRequest {
-            target: req.target.clone(),
-            early_data: early,
-        },
-    )?;
-    let (ev_tx, mut events) = mpsc::channel::<StreamEvent>(64);
-    // The stream's send budget; the session fills it with the central's stream window.
-    let credit = Arc::new(Semaphore::new(0));
-    h.cmd
-        .send(SessionCmd::Open {
-            stream,
-            gateway: h.gateway_id.clone(),
-            events: ev_tx,
-            credit: credit.clone(),
-        })
-        .await?;
-    take_credit(&credit, first.len()).await?;
-    h.cmd
-        .send(SessionCmd::Data {
-            stream,
-            bytes: first,
-        })
-        .await?;
-
-    // Wait for the gateway's answer.
-    let mut dec = MessageDecoder::default();
-    let answer = tokio::time::timeout(OPEN_DEADLINE, async {
-        loop {
-            if let Some(m) = dec.next_message()? {
-                return Ok::<_, anyhow::Error>(Some(m));
-            }
-            match events.recv().await {
-                Some(StreamEvent::Data(d)) => dec.push(&d),
-                _ => return Ok(None),
-            }
-        }
-    })
-    .await;
-    let msg2 = match answer {
-        Ok(Ok(Some(m))) => m,
-        Ok(_) => {
-            tcp.write_all(&socks5::reply(ReplyCode::GENERAL_FAILURE, None))
+    match inner_stream::open(&h, &req.target, early).await {
+        Ok(stream) => {
+            tcp.write_all(&socks5::reply(ReplyCode::SUCCEEDED, None))
                 .await?;
-            let _ = h.cmd.send(SessionCmd::Reset { stream, code: 1 }).await;
-            return Ok(());
+            stream.relay(tcp).await;
+            Ok(())
         }
-        Err(_) => {
-            tcp.write_all(&socks5::reply(ReplyCode::TTL_EXPIRED, None))
-                .await?;
-            let _ = h.cmd.send(SessionCmd::Reset { stream, code: 1 }).await;
-            return Ok(());
-        }
-    };
-    let (status, reason, mut sealer, mut opener) = match open.finish(&msg2) {
-        Ok(x) => x,
         Err(e) => {
-            // The gateway's answer did not authenticate: answer, then abort the stream.
-            tcp.write_all(&socks5::reply(ReplyCode::GENERAL_FAILURE, None))
-                .await?;
-            let _ = h.cmd.send(SessionCmd::Reset { stream, code: 1 }).await;
-            return Err(e.into());
+            tcp.write_all(&socks5::reply(e.socks_reply(), None)).await?;
+            match e {
+                OpenFailure::BadAnswer(_) => Err(e.into()),
+                _ => Ok(()),
+            }
         }
-    };
-    if status != OpenStatus::OK {
-        info!(stream, target = %req.target, code = status.0, %reason, "gateway refused the stream");
-        tcp.write_all(&socks5::reply(reply_code(status), None))
-            .await?;
-        let _ = h
-            .cmd
-            .send(SessionCmd::Reset {
-                stream,
-                code: status.0,
-            })
-            .await;
-        return Ok(());
     }
-    tcp.write_all(&socks5::reply(ReplyCode::SUCCEEDED, None))
-        .await?;
-
-    let (mut tcp_r, mut tcp_w) = tcp.split();
-    let cmd = h.cmd.clone();
-    let up = async move {
-        let mut buf = vec![0u8; inner::MAX_RECORD_DATA];
-        loop {
-            let rec = match tcp_r.read(&mut buf).await {
-                Ok(0) | Err(_) => Record::HalfClose,
-                Ok(n) => Record::Data(buf[..n].to_vec()),
-            };
-            let last = rec == Record::HalfClose;
-            let mut out = Vec::with_capacity(buf.len() + 64);
-            if sealer.seal(&rec, &mut out).is_err() {
-                return;
-            }
-            if take_credit(&credit, out.len()).await.is_err() {
-                return;
-            }
-            if cmd
-                .send(SessionCmd::Data { stream, bytes: out })
-                .await
-                .is_err()
-            {
-                return;
-            }
-            if last {
-                let _ = cmd.send(SessionCmd::End { stream }).await;
-                return;
-            }
-        }
-    };
-    let down = async move {
-        loop {
-            loop {
-                match dec.next_message() {
-                    Ok(Some(m)) => match opener.open(&m) {
-                        Ok(Record::Data(d)) => {
-                            if tcp_w.write_all(&d).await.is_err() {
-                                return false;
-                            }
-                        }
-                        Ok(Record::HalfClose) | Ok(Record::Close) => {
-                            let _ = tcp_w.shutdown().await;
-                            return true;
-                        }
-                        Ok(Record::Error(_)) | Err(_) => return false,
-                    },
-                    Ok(None) => break,
-                    Err(_) => return false,
-                }
-            }
-            match events.recv().await {
-                Some(StreamEvent::Data(d)) => dec.push(&d),
-                // The session ended the stream without the gateway's sealed close: abort.
-                _ => return false,
-            }
-        }
-    };
-    let (_, clean) = tokio::join!(up, down);
-    if !clean {
-        let _ = h.cmd.send(SessionCmd::Reset { stream, code: 1 }).await;
-    } else {
-        let _ = h.cmd.send(SessionCmd::Forget { stream }).await;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use braid_client::demo::{Demo, DemoOptions};
 use braid_config::Role;
-use braid_node::{Metrics, Tap, TapPoint};
+use braid_driver::{Metrics, Tap, TapPoint};
 use support::*;
 
 const MIB: u64 = 1024 * 1024;

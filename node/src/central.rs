@@ -13,16 +13,19 @@ use std::time::Duration;
 use braid_config::Role;
 use braid_net::{read_frame, ClientAuth, PinSet};
 use braid_proto::cell::{CellHeader, CellKind, SessionId};
-use braid_proto::frame::StreamId;
 use braid_proto::noise::StaticKeypair;
 use braid_proto::session::{self, SessionConfig};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
-use crate::metrics::Metrics;
-use crate::session_task::{publish_link, Link, SessionCmd, SessionGauge, SessionTask, StreamEvent};
-use crate::tap::{tap, TapPoint};
 use crate::NodeContext;
+use braid_driver::metrics::Metrics;
+use braid_driver::session_task::{
+    CentralSession, SessionGauge, SessionRole, SessionTask, StreamEvent,
+};
+use braid_driver::stream::{StreamError, StreamReceiver, StreamSender};
+use braid_driver::tap::{tap, TapPoint};
+use braid_driver::{publish_link, Link};
 
 pub struct CentralParams {
     pub listen: SocketAddr,
@@ -81,8 +84,11 @@ pub async fn run(ctx: NodeContext, params: CentralParams) -> anyhow::Result<()> 
             loop {
                 let live = shared.sessions.lock().map(|s| s.len()).unwrap_or(0);
                 if live == 0
-                    || !crate::sleep_or_shutdown(Duration::from_millis(50), &shared.ctx.shutdown)
-                        .await
+                    || !braid_driver::sleep_or_shutdown(
+                        Duration::from_millis(50),
+                        &shared.ctx.shutdown,
+                    )
+                    .await
                 {
                     break;
                 }
@@ -220,15 +226,17 @@ fn dispatch(shared: &Arc<Shared>, cell: Vec<u8>) {
         cmd_tx,
         cmd_rx,
         links: shared.downstreams.subscribe(),
-        mailboxes: Some(accepted.hello.mailboxes),
-        welcome: Some(accepted.welcome_cell),
-        opener: Some(Box::new(move |stream, gateway, cmd, credit| {
-            open_gateway_stream(&opener_shared, stream, &gateway, cmd, credit)
-        })),
+        role: SessionRole::Central(CentralSession {
+            mailboxes: accepted.hello.mailboxes,
+            welcome: accepted.welcome_cell,
+            opener: Box::new(move |gateway, sender, receiver| {
+                open_gateway_stream(&opener_shared, &gateway, sender, receiver)
+            }),
+            gauge,
+            drain: shared.ctx.drain.clone(),
+        }),
         idle_timeout: shared.params.idle_timeout,
         reassembly_timeout: shared.params.reassembly_timeout,
-        gauge: Some(gauge),
-        drain: Some(shared.ctx.drain.clone()),
         shutdown: stop,
     };
     let shared = shared.clone();
@@ -255,35 +263,30 @@ async fn to_downstream(shared: Arc<Shared>, conn: quinn::Connection, name: Strin
 
 fn open_gateway_stream(
     shared: &Arc<Shared>,
-    stream: StreamId,
     gateway: &str,
-    cmd: mpsc::Sender<SessionCmd>,
-    credit: Arc<tokio::sync::Semaphore>,
-) -> Option<mpsc::Sender<StreamEvent>> {
+    sender: StreamSender,
+    receiver: StreamReceiver,
+) -> bool {
     let conn = {
-        let g = shared.gateways.lock().ok()?;
-        g.get(gateway)
-            .cloned()
-            .or_else(|| g.values().next().cloned())?
+        let Ok(g) = shared.gateways.lock() else {
+            return false;
+        };
+        match g.get(gateway).or_else(|| g.values().next()) {
+            Some(c) => c.clone(),
+            None => return false,
+        }
     };
     Metrics::inc(&shared.ctx.metrics.streams_opened);
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(gateway_stream(conn, stream, rx, cmd, credit));
-    Some(tx)
+    tokio::spawn(gateway_stream(conn, sender, receiver));
+    true
 }
 
 /// Bridges one proxied stream between the session and its QUIC stream to the gateway.
-async fn gateway_stream(
-    conn: quinn::Connection,
-    stream: StreamId,
-    mut events: mpsc::Receiver<StreamEvent>,
-    cmd: mpsc::Sender<SessionCmd>,
-    credit: Arc<tokio::sync::Semaphore>,
-) {
+async fn gateway_stream(conn: quinn::Connection, tx: StreamSender, mut rx: StreamReceiver) {
     let (mut send, mut recv) = match conn.open_bi().await {
         Ok(s) => s,
         Err(_) => {
-            let _ = cmd.send(SessionCmd::Reset { stream, code: 1 }).await;
+            tx.reset(1).await;
             return;
         }
     };
@@ -294,10 +297,10 @@ async fn gateway_stream(
     // stream that missed it would wait on credit or on the gateway until the session ends.
     while !(up_done && down_done) {
         tokio::select! {
-            ev = events.recv() => match ev {
+            ev = rx.recv() => match ev {
                 Some(StreamEvent::Data(d)) if !up_done => {
                     if send.write_all(&d).await.is_err() {
-                        let _ = cmd.send(SessionCmd::Reset { stream, code: 1 }).await;
+                        tx.reset(1).await;
                         return;
                     }
                 }
@@ -315,26 +318,23 @@ async fn gateway_stream(
             },
             n = recv.read(&mut buf), if !down_done => match n {
                 Ok(Some(n)) => {
-                    // Per-stream credit: wait until the client has room for these bytes (a
-                    // reset closes the semaphore, so this never outlives the stream).
-                    match credit.acquire_many(n as u32).await {
-                        Ok(p) => p.forget(),
-                        Err(_) => {
+                    // Waits for the client's room for these bytes (per-stream credit).
+                    match tx.send(buf.get(..n).unwrap_or_default().to_vec()).await {
+                        Ok(()) => {}
+                        Err(StreamError::Reset) => {
                             let _ = send.reset(1u32.into());
                             let _ = recv.stop(1u32.into());
                             return;
                         }
-                    }
-                    if cmd.send(SessionCmd::Data { stream, bytes: buf[..n].to_vec() }).await.is_err() {
-                        return;
+                        Err(_) => return,
                     }
                 }
                 Ok(None) => {
-                    let _ = cmd.send(SessionCmd::End { stream }).await;
+                    let _ = tx.end().await;
                     down_done = true;
                 }
                 Err(_) => {
-                    let _ = cmd.send(SessionCmd::Reset { stream, code: 1 }).await;
+                    tx.reset(1).await;
                     return;
                 }
             },
@@ -347,7 +347,7 @@ async fn gateway_stream(
     loop {
         tokio::select! {
             _ = &mut acked => break,
-            ev = events.recv() => match ev {
+            ev = rx.recv() => match ev {
                 Some(StreamEvent::Reset(code)) => {
                     let _ = send.reset(u32::from(code).into());
                     return;
@@ -357,7 +357,7 @@ async fn gateway_stream(
             },
         }
     }
-    let _ = cmd.send(SessionCmd::Forget { stream }).await;
+    tx.forget().await;
 }
 
 /// Keeps the reassembly memory of all sessions under the global cap: when over it, the

@@ -12,9 +12,11 @@ use braid_net::{read_frame, write_frame};
 use tokio::sync::{mpsc, Mutex};
 use tracing::info;
 
-use crate::metrics::{LinkUpGuard, Metrics};
-use crate::tap::{tap, TapPoint};
-use crate::{keep_dialing, max_envelope, Backoff, NodeContext};
+use braid_driver::metrics::{LinkUpGuard, Metrics};
+use braid_driver::tap::{tap, TapPoint};
+use braid_driver::{keep_dialing, Backoff};
+
+use crate::{max_envelope, NodeContext};
 
 pub async fn run(ctx: NodeContext, bind: SocketAddr) -> anyhow::Result<()> {
     let central = ctx

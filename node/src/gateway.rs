@@ -10,17 +10,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use braid_proto::inner::{self, MessageDecoder, OpenStatus, Record, RecordOpener, RecordSealer};
+use braid_driver::pump::{self, Inbound, QuicSource, SealedSource};
+use braid_proto::inner::{self, MessageDecoder, OpenStatus};
 use braid_proto::noise::StaticKeypair;
 use braid_proto::target::TargetAddr;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
 use crate::exit::{Checked, ExitPolicy, Refusal};
-use crate::metrics::{LinkUpGuard, Metrics};
-use crate::tap::{tap, TapPoint};
-use crate::{keep_dialing, Backoff, NodeContext};
+use braid_driver::metrics::{LinkUpGuard, Metrics};
+use braid_driver::tap::{tap, TapPoint};
+use braid_driver::{keep_dialing, Backoff};
+
+use crate::NodeContext;
 
 #[derive(Clone)]
 pub struct GatewayParams {
@@ -86,7 +89,7 @@ pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
     let drained = async {
         ctx.drain.cancelled().await;
         while live_streams.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-            if !crate::sleep_or_shutdown(Duration::from_millis(50), &ctx.shutdown).await {
+            if !braid_driver::sleep_or_shutdown(Duration::from_millis(50), &ctx.shutdown).await {
                 break;
             }
         }
@@ -220,11 +223,13 @@ async fn serve_stream(
     p: GatewayParams,
     policy: Arc<ExitPolicy>,
     mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    recv: quinn::RecvStream,
 ) {
     let noise = StaticKeypair::from_secret(ctx.identity.noise_secret());
     let mut dec = MessageDecoder::default();
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut source = QuicSource::new(recv, |chunk: &[u8]| {
+        tap(&ctx.tap, &ctx.id, TapPoint::Received, chunk)
+    });
     // 1. The first message: the client's handshake with the open request.
     let msg1 = loop {
         match dec.next_message() {
@@ -232,12 +237,8 @@ async fn serve_stream(
             Ok(None) => {}
             Err(_) => return,
         }
-        match recv.read(&mut buf).await {
-            Ok(Some(n)) => {
-                tap(&ctx.tap, &ctx.id, TapPoint::Received, &buf[..n]);
-                dec.push(&buf[..n]);
-            }
-            _ => return,
+        if !source.read_into(&mut dec).await {
+            return;
         }
     };
     let Ok((open, req)) = inner::gateway_accept(&noise, &msg1) else {
@@ -257,7 +258,8 @@ async fn serve_stream(
         Err(f) => (f.status, f.reason.as_str()),
     };
     let mut out = Vec::new();
-    let Ok((sealer, opener)) = open.reply_with_reason(&mut rand::rng(), status, reason, &mut out)
+    let Ok((mut sealer, mut opener)) =
+        open.reply_with_reason(&mut rand::rng(), status, reason, &mut out)
     else {
         return;
     };
@@ -275,90 +277,27 @@ async fn serve_stream(
     };
     Metrics::inc(&ctx.metrics.streams_opened);
     let _ = tcp.set_nodelay(true);
-    let (tcp_r, mut tcp_w) = tcp.into_split();
+    let (mut tcp_r, mut tcp_w) = tcp.into_split();
     if !req.early_data.is_empty() {
         if tcp_w.write_all(&req.early_data).await.is_err() {
             return;
         }
         Metrics::add(&ctx.metrics.bytes_to_targets, req.early_data.len() as u64);
     }
-    let up = client_to_target(&ctx, recv, dec, opener, tcp_w);
-    let down = target_to_client(&ctx, tcp_r, sealer, send);
+    let up = async {
+        let to_target = pump::overlay_to_app(&mut source, &mut dec, &mut opener, &mut tcp_w, |d| {
+            tap(&ctx.tap, &ctx.id, TapPoint::Decrypted, d);
+            Metrics::add(&ctx.metrics.bytes_to_targets, d.len() as u64);
+        })
+        .await;
+        if to_target == Inbound::AppFailed {
+            let _ = source.recv.stop(1u32.into());
+        }
+    };
+    let down = pump::app_to_overlay(&mut tcp_r, &mut sealer, &mut send, |d| {
+        Metrics::add(&ctx.metrics.bytes_from_targets, d.len() as u64)
+    });
     let _ = tokio::join!(up, down);
-}
-
-async fn client_to_target(
-    ctx: &NodeContext,
-    mut recv: quinn::RecvStream,
-    mut dec: MessageDecoder,
-    mut opener: RecordOpener,
-    mut tcp: tokio::net::tcp::OwnedWriteHalf,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        loop {
-            let msg = match dec.next_message() {
-                Ok(Some(m)) => m,
-                Ok(None) => break,
-                Err(_) => return,
-            };
-            match opener.open(&msg) {
-                Ok(Record::Data(d)) => {
-                    tap(&ctx.tap, &ctx.id, TapPoint::Decrypted, &d);
-                    if tcp.write_all(&d).await.is_err() {
-                        let _ = recv.stop(1u32.into());
-                        return;
-                    }
-                    Metrics::add(&ctx.metrics.bytes_to_targets, d.len() as u64);
-                }
-                Ok(Record::HalfClose) | Ok(Record::Close) => {
-                    let _ = tcp.shutdown().await;
-                    return;
-                }
-                Ok(Record::Error(_)) | Err(_) => return,
-            }
-        }
-        match recv.read(&mut buf).await {
-            Ok(Some(n)) => {
-                tap(&ctx.tap, &ctx.id, TapPoint::Received, &buf[..n]);
-                dec.push(&buf[..n]);
-            }
-            // The stream ended without an authenticated close: treat as an abort.
-            _ => return,
-        }
-    }
-}
-
-async fn target_to_client(
-    ctx: &NodeContext,
-    mut tcp: tokio::net::tcp::OwnedReadHalf,
-    mut sealer: RecordSealer,
-    mut send: quinn::SendStream,
-) {
-    let mut buf = vec![0u8; inner::MAX_RECORD_DATA];
-    let mut out = Vec::with_capacity(inner::MAX_RECORD_DATA + 64);
-    loop {
-        let rec = match tcp.read(&mut buf).await {
-            Ok(0) => Record::HalfClose,
-            Ok(n) => {
-                Metrics::add(&ctx.metrics.bytes_from_targets, n as u64);
-                Record::Data(buf[..n].to_vec())
-            }
-            Err(_) => Record::Error(OpenStatus::GENERAL_FAILURE.0),
-        };
-        let last = !matches!(rec, Record::Data(_));
-        out.clear();
-        if sealer.seal(&rec, &mut out).is_err() {
-            return;
-        }
-        if send.write_all(&out).await.is_err() {
-            return;
-        }
-        if last {
-            let _ = send.finish();
-            return;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -7,23 +7,16 @@ pub mod central;
 pub mod downstream;
 pub mod exit;
 pub mod gateway;
-pub mod metrics;
 pub mod relay;
-pub mod session_task;
-pub mod tap;
 pub mod upstream;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use braid_config::{Directory, NodeEntry};
+use braid_config::Directory;
+use braid_driver::{sleep_or_shutdown, Metrics, Tap};
 use braid_net::NodeIdentity;
-use rand::Rng;
 use tokio_util::sync::CancellationToken;
-
-pub use metrics::Metrics;
-pub use tap::{Tap, TapPoint};
 
 /// What every role needs: who it is, the directory, counters, and when to stop.
 #[derive(Clone)]
@@ -66,87 +59,6 @@ pub fn max_envelope(cell_size: usize) -> usize {
     1 + braid_proto::frame::MAX_GATEWAY_ID + 16 + cell_size
 }
 
-/// Exponential backoff with jitter, as a tunnel client behind NAT reconnects.
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            current: min,
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.current = self.min;
-    }
-
-    /// The next wait: the current step with ±25% jitter; the step then doubles.
-    pub fn next_delay(&mut self) -> Duration {
-        let base = self.current;
-        self.current = (self.current * 2).min(self.max);
-        let jitter = rand::rng().random_range(0.75..1.25);
-        base.mul_f64(jitter)
-    }
-}
-
-/// Sleeps unless shutdown comes first; returns false on shutdown.
-pub async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => true,
-        _ = shutdown.cancelled() => false,
-    }
-}
-
-/// Keeps a connection to `peer` up: dials, runs `serve` on it, and dials again with backoff
-/// when it ends, until shutdown.
-pub async fn keep_dialing<F, Fut>(
-    ep: quinn::Endpoint,
-    peer: NodeEntry,
-    shutdown: CancellationToken,
-    mut backoff: Backoff,
-    mut serve: F,
-) where
-    F: FnMut(quinn::Connection) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let Some(addr) = peer.addr else {
-        tracing::warn!(peer = %peer.id, "peer has no address in the directory");
-        return;
-    };
-    loop {
-        let dial = braid_net::connect(&ep, addr, peer.tls_key);
-        let conn = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            c = dial => c,
-        };
-        match conn {
-            Ok(conn) => {
-                tracing::debug!(peer = %peer.id, "link up");
-                backoff.reset();
-                let handle = conn.clone();
-                tokio::select! {
-                    _ = shutdown.cancelled() => {
-                        handle.close(0u32.into(), b"shutdown");
-                        return;
-                    }
-                    _ = serve(conn) => {}
-                }
-                tracing::debug!(peer = %peer.id, "link down");
-            }
-            Err(e) => tracing::debug!(peer = %peer.id, error = %e, "dial failed"),
-        }
-        if !sleep_or_shutdown(backoff.next_delay(), &shutdown).await {
-            return;
-        }
-    }
-}
-
 /// The central's session settings: the reorder window is the smaller of the configured
 /// cells and what fits in the per-session byte cap.
 pub fn central_session_config(
@@ -161,24 +73,4 @@ pub fn central_session_config(
     // The session task hands stream bytes to their owners and reports consumption itself.
     c.manual_stream_credit = true;
     c
-}
-
-/// SIGTERM or Ctrl-C (what systemd, Docker and a terminal send to stop a process).
-pub async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut term) = signal(SignalKind::terminate()) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

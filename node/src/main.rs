@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use braid_config::{load_directory, load_node_config, LogFormat, NodeConfig};
+use braid_config::{load_directory, load_node_config, NodeConfig};
 use braid_net::NodeIdentity;
-use braid_node::{central, downstream, gateway, relay, upstream, Metrics, NodeContext};
+use braid_node::{central, downstream, gateway, relay, upstream, NodeContext};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -35,7 +35,7 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
-    braid_node::metrics::install_panic_counter();
+    braid_driver::metrics::install_panic_counter();
     let cli = Cli::parse();
     match (cli.cmd, cli.config) {
         (Some(Cmd::Keygen { out }), _) => keygen(&out),
@@ -59,24 +59,10 @@ fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BRAID_LOG_FILTER")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal, not in files or the journal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Json => b.json().init(),
-        _ => b.init(),
-    }
-}
-
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     let cfg = load_node_config(&path)?;
     let common = cfg.common().clone();
-    init_logs(common.log);
+    braid_driver::logs::init_logs(common.log);
     let directory = Arc::new(load_directory(&common.directory)?);
     cfg.directory_entry(&directory)?;
     let identity = NodeIdentity::load(&common.identity)?;
@@ -94,7 +80,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         id: common.id.clone(),
         identity,
         directory: directory.clone(),
-        metrics: Arc::new(Metrics::default()),
+        metrics: Arc::new(braid_driver::Metrics::default()),
         tap: None,
         drain: drain.clone(),
         shutdown: shutdown.clone(),
@@ -117,12 +103,12 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         let shutdown = shutdown.clone();
         let deadline = common.drain_timeout();
         tokio::spawn(async move {
-            braid_node::wait_for_signal().await;
+            braid_driver::wait_for_signal().await;
             tracing::info!(deadline_secs = deadline.as_secs(), "draining");
             drain.cancel();
             tokio::select! {
                 _ = tokio::time::sleep(deadline) => tracing::info!("drain deadline reached"),
-                _ = braid_node::wait_for_signal() => tracing::info!("second signal"),
+                _ = braid_driver::wait_for_signal() => tracing::info!("second signal"),
             }
             shutdown.cancel();
         });

@@ -14,9 +14,9 @@ use braid_proto::mix::MixPool;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use crate::metrics::Metrics;
-use crate::tap::{tap, TapPoint};
 use crate::NodeContext;
+use braid_driver::metrics::Metrics;
+use braid_driver::tap::{tap, TapPoint};
 
 pub struct RelayParams {
     pub listen: SocketAddr,

@@ -9,9 +9,11 @@ use braid_net::{read_frame, write_frame, ClientAuth, PinSet};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use crate::metrics::{LinkUpGuard, Metrics};
-use crate::tap::{tap, TapPoint};
-use crate::{keep_dialing, Backoff, NodeContext};
+use braid_driver::metrics::{LinkUpGuard, Metrics};
+use braid_driver::tap::{tap, TapPoint};
+use braid_driver::{keep_dialing, Backoff};
+
+use crate::NodeContext;
 
 pub async fn run(ctx: NodeContext, listen: SocketAddr) -> anyhow::Result<()> {
     let central = ctx

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use braid_config::{Directory, NodeEntry, Role};
+use braid_driver::Metrics;
 use braid_net::NodeIdentity;
-use braid_node::{central, Metrics, NodeContext};
+use braid_node::{central, NodeContext};
 use tokio_util::sync::CancellationToken;
 
 fn free_udp(ip: [u8; 4]) -> SocketAddr {

@@ -14,15 +14,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace};
 
+use crate::link::Link;
 use crate::metrics::Metrics;
+use crate::stream::{StreamReceiver, StreamSender};
 use crate::tap::{tap, Tap, TapPoint};
-
-/// A link cells can leave on: an upstream (client side) or a downstream (central side).
-#[derive(Clone, Debug)]
-pub struct Link {
-    pub name: String,
-    pub tx: mpsc::Sender<Vec<u8>>,
-}
 
 /// What a stream's owner receives from the session.
 #[derive(Debug)]
@@ -62,17 +57,9 @@ pub enum SessionCmd {
     Mailboxes(Vec<Mailbox>),
 }
 
-/// The central's hook: a stream was opened by the client; gets the stream's send budget
-/// and returns where its events go.
-pub type StreamOpener = Box<
-    dyn FnMut(
-            StreamId,
-            String,
-            mpsc::Sender<SessionCmd>,
-            Arc<Semaphore>,
-        ) -> Option<mpsc::Sender<StreamEvent>>
-        + Send,
->;
+/// The central's hook: the client opened a stream to the named gateway; the hook takes
+/// ownership of the stream's two halves, or returns false to refuse it.
+pub type StreamOpener = Box<dyn FnMut(String, StreamSender, StreamReceiver) -> bool + Send>;
 
 /// Delivered bytes a session holds for streams whose owners are slow, across all its
 /// streams; past it the session stops taking events (and so stops granting cell credit).
@@ -156,21 +143,53 @@ pub struct SessionTask {
     pub cmd_tx: mpsc::Sender<SessionCmd>,
     pub cmd_rx: mpsc::Receiver<SessionCmd>,
     pub links: watch::Receiver<Vec<Link>>,
-    /// Central side: response paths are (downstream, mailbox) pairs; None on the client.
-    pub mailboxes: Option<Vec<Mailbox>>,
-    /// Central side: the Welcome cell, sent first and again whenever the Hello repeats.
-    pub welcome: Option<Vec<u8>>,
-    pub opener: Option<StreamOpener>,
+    pub role: SessionRole,
     /// Torn down after this long without a cell from the peer.
     pub idle_timeout: Duration,
     /// Torn down when out-of-order cells have waited this long for a missing one.
     pub reassembly_timeout: Duration,
-    /// Where the central reads this session's reassembly memory (None on the client).
-    pub gauge: Option<Arc<SessionGauge>>,
-    /// Central side: once fired, new streams are refused and the session ends when its live
-    /// streams are done and everything sent is acknowledged.
-    pub drain: Option<CancellationToken>,
     pub shutdown: CancellationToken,
+}
+
+/// Which end of the session this task drives.
+pub enum SessionRole {
+    /// The client's end: cells leave on upstream links; it opens the streams.
+    Client,
+    /// One of the central's sessions.
+    Central(CentralSession),
+}
+
+/// What only the central's end of a session has.
+pub struct CentralSession {
+    /// Response paths are (downstream, mailbox) pairs: the client's live mailboxes.
+    pub mailboxes: Vec<Mailbox>,
+    /// The Welcome cell, sent first and again whenever the Hello repeats.
+    pub welcome: Vec<u8>,
+    /// Takes the streams the client opens.
+    pub opener: StreamOpener,
+    /// Where the central reads this session's reassembly memory.
+    pub gauge: Arc<SessionGauge>,
+    /// Once fired, new streams are refused and the session ends when its live streams are
+    /// done and everything sent is acknowledged.
+    pub drain: CancellationToken,
+}
+
+impl SessionRole {
+    fn central(&self) -> Option<&CentralSession> {
+        match self {
+            SessionRole::Client => None,
+            SessionRole::Central(c) => Some(c),
+        }
+    }
+
+    /// The mailboxes responses go to (central side).
+    fn mailboxes(&self) -> Option<&[Mailbox]> {
+        self.central().map(|c| c.mailboxes.as_slice())
+    }
+
+    fn draining(&self) -> bool {
+        self.central().is_some_and(|c| c.drain.is_cancelled())
+    }
 }
 
 /// The shared origin of [`SessionGauge::stalled_since_ms`].
@@ -195,7 +214,7 @@ struct PathTable {
 }
 
 impl PathTable {
-    fn rebuild(&mut self, links: &[Link], mailboxes: &Option<Vec<Mailbox>>) -> Vec<PathId> {
+    fn rebuild(&mut self, links: &[Link], mailboxes: Option<&[Mailbox]>) -> Vec<PathId> {
         let mut live = Vec::new();
         for l in links {
             match mailboxes {
@@ -238,44 +257,6 @@ impl PathTable {
     }
 }
 
-/// Serves one outgoing link: opens its stream, publishes it in `links` for sessions to
-/// send on, writes what they hand it (each message tapped as `Sent` by `node`), and
-/// withdraws it when the connection or a write fails.
-pub async fn publish_link(
-    links: &watch::Sender<Vec<Link>>,
-    name: &str,
-    conn: &quinn::Connection,
-    queue: usize,
-    node: &str,
-    tapper: &Option<Tap>,
-) {
-    let Ok(mut send) = conn.open_uni().await else {
-        return;
-    };
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(queue);
-    links.send_modify(|v| {
-        v.retain(|l| l.name != name);
-        v.push(Link {
-            name: name.to_string(),
-            tx,
-        });
-    });
-    loop {
-        tokio::select! {
-            msg = rx.recv() => {
-                let Some(msg) = msg else { break };
-                tap(tapper, node, TapPoint::Sent, &msg);
-                if braid_net::write_frame(&mut send, &msg).await.is_err() {
-                    break;
-                }
-            }
-            _ = conn.closed() => break,
-        }
-    }
-    tracing::warn!(link = %name, "link lost");
-    links.send_modify(|v| v.retain(|l| l.name != name));
-}
-
 /// Central → downstream envelope: `relay_len u8 | relay | mailbox [16] | cell`.
 pub fn envelope_prefix(b: &Mailbox) -> Vec<u8> {
     let mut p = Vec::with_capacity(1 + b.relay.len() + 16);
@@ -293,14 +274,14 @@ impl SessionTask {
             live: Vec::new(),
         };
         let links = self.links.borrow_and_update().clone();
-        table.rebuild(&links, &self.mailboxes);
+        table.rebuild(&links, self.role.mailboxes());
         let mut streams: HashMap<StreamId, StreamSlot> = HashMap::new();
         // Bytes parked in the streams' pending queues, and the wake-up for queues with room.
         let mut pending_bytes = 0usize;
         let room = Arc::new(Notify::new());
         let id = self.session.id();
         let mut reported = SessionStats::default();
-        let mut send_welcome = self.welcome.is_some();
+        let mut send_welcome = self.role.central().is_some();
         debug!(node = %self.node, session = %id, "session running");
 
         loop {
@@ -345,7 +326,7 @@ impl SessionTask {
             }
             // 2. Send what the session has, on paths that can take it.
             if send_welcome {
-                if let Some(w) = &self.welcome {
+                if let Some(w) = self.role.central().map(|c| &c.welcome) {
                     if let Some((_, tx, prefix)) =
                         table.live.iter().find(|(_, tx, _)| tx.capacity() > 0)
                     {
@@ -410,11 +391,11 @@ impl SessionTask {
             let wake = [timeout, retry, stall_check].into_iter().flatten().min();
             let idle_deadline = Instant::from_std(self.session.last_activity()) + self.idle_timeout;
             let accept_cmds = self.session.send_capacity() > 0;
-            let draining = self.drain.as_ref().is_some_and(|d| d.is_cancelled());
+            let draining = self.role.draining();
             if draining && streams.is_empty() && self.session.is_idle() {
                 break;
             }
-            let drain_signal = self.drain.clone();
+            let drain_signal = self.role.central().map(|c| c.drain.clone());
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 _ = room.notified() => {
@@ -435,7 +416,7 @@ impl SessionTask {
                     // This cell, then whatever else is queued (at most the queue's bound).
                     let mut next = Some(cell);
                     while let Some(mut cell) = next {
-                        if self.welcome.is_some() && cell.first() == Some(&CellKind::HELLO.0) {
+                        if self.role.central().is_some() && cell.first() == Some(&CellKind::HELLO.0) {
                             // The client did not get our Welcome: send it again.
                             send_welcome = true;
                         } else if let Err(e) = self.session.handle_cell(now, &mut cell) {
@@ -457,7 +438,7 @@ impl SessionTask {
                 changed = self.links.changed() => {
                     if changed.is_err() { break; }
                     let links = self.links.borrow_and_update().clone();
-                    for gone in table.rebuild(&links, &self.mailboxes) {
+                    for gone in table.rebuild(&links, self.role.mailboxes()) {
                         self.session.path_lost(gone);
                     }
                 }
@@ -481,7 +462,7 @@ impl SessionTask {
             reported = st;
             let now = Instant::now();
             let stalled = self.session.stalled_for(now.into_std());
-            if let Some(g) = &self.gauge {
+            if let Some(g) = self.role.central().map(|c| &c.gauge) {
                 use std::sync::atomic::Ordering::Relaxed;
                 g.reorder_bytes.store(self.session.reorder_bytes(), Relaxed);
                 let since = if stalled.is_zero() {
@@ -538,7 +519,7 @@ impl SessionTask {
                 None
             }
             SessionEvent::StreamOpened { stream, gateway } => {
-                if self.drain.as_ref().is_some_and(|d| d.is_cancelled()) {
+                if self.role.draining() {
                     self.session.reset_stream(stream, 1);
                     return None;
                 }
@@ -550,23 +531,24 @@ impl SessionTask {
                 );
                 let window = self.session.peer_stream_window();
                 let credit = Arc::new(Semaphore::new(usize::try_from(window).unwrap_or(0)));
-                let opened = self
-                    .opener
-                    .as_mut()
-                    .and_then(|open| open(stream, gateway, self.cmd_tx.clone(), credit.clone()));
-                match opened {
-                    Some(tx) => {
-                        streams.insert(stream, StreamSlot::new(tx, credit, window));
-                    }
-                    None => self.session.reset_stream(stream, 1),
+                let (sender, receiver, events) =
+                    crate::stream::accepted(stream, self.cmd_tx.clone(), credit.clone());
+                let opened = match &mut self.role {
+                    SessionRole::Central(c) => (c.opener)(gateway, sender, receiver),
+                    SessionRole::Client => false,
+                };
+                if opened {
+                    streams.insert(stream, StreamSlot::new(events, credit, window));
+                } else {
+                    self.session.reset_stream(stream, 1);
                 }
                 None
             }
             SessionEvent::Mailboxes(boxes) => {
-                if self.mailboxes.is_some() && !boxes.is_empty() {
-                    self.mailboxes = Some(boxes);
+                if let (SessionRole::Central(c), false) = (&mut self.role, boxes.is_empty()) {
+                    c.mailboxes = boxes;
                     let links = self.links.borrow().clone();
-                    for gone in table.rebuild(&links, &self.mailboxes) {
+                    for gone in table.rebuild(&links, self.role.mailboxes()) {
                         self.session.path_lost(gone);
                     }
                 }

@@ -1,0 +1,160 @@
+//! An app connection's journey through the overlay, whatever front end accepted it: open an
+//! inner stream to the gateway (Noise NK, the open request and early data in message 1),
+//! wait for the gateway's sealed answer, then relay sealed records both ways with the
+//! driver's pump.
+
+use std::time::Duration;
+
+use braid_driver::pump::{self, Inbound};
+use braid_driver::session_task::StreamEvent;
+use braid_driver::stream::{self, StreamReceiver, StreamSender};
+use braid_proto::inner::{
+    self, MessageDecoder, OpenRequest, OpenStatus, RecordOpener, RecordSealer,
+};
+use braid_proto::socks5::ReplyCode;
+use braid_proto::TargetAddr;
+use tokio::net::TcpStream;
+use tracing::info;
+
+use crate::overlay::ClientHandle;
+
+/// How long the gateway may take to answer an open.
+pub const OPEN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Why an open did not give a stream. The stream has been reset already.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenFailure {
+    #[error("the gateway refused the stream ({}): {reason}", status.0)]
+    Refused { status: OpenStatus, reason: String },
+    #[error("the stream ended before the gateway answered")]
+    NoAnswer,
+    #[error("the gateway did not answer within {0:?}")]
+    TimedOut(Duration),
+    #[error("the gateway's answer did not authenticate: {0}")]
+    BadAnswer(inner::InnerError),
+    #[error("the session has ended")]
+    SessionGone,
+}
+
+impl OpenFailure {
+    /// The SOCKS5 reply for this failure, in one place.
+    pub fn socks_reply(&self) -> ReplyCode {
+        match self {
+            OpenFailure::Refused { status, .. } => reply_code(*status),
+            OpenFailure::TimedOut(_) => ReplyCode::TTL_EXPIRED,
+            _ => ReplyCode::GENERAL_FAILURE,
+        }
+    }
+
+    /// The code the stream is reset with.
+    fn reset_code(&self) -> u8 {
+        match self {
+            OpenFailure::Refused { status, .. } => status.0,
+            _ => 1,
+        }
+    }
+}
+
+/// Maps a gateway's open status to the SOCKS5 reply code.
+pub fn reply_code(status: OpenStatus) -> ReplyCode {
+    match status.0 {
+        0..=8 => ReplyCode(status.0),
+        _ => ReplyCode::GENERAL_FAILURE,
+    }
+}
+
+/// An inner stream the gateway accepted: its halves and its record keys.
+pub struct OpenedStream {
+    tx: StreamSender,
+    rx: StreamReceiver,
+    /// Bytes after the gateway's answer that arrived with it.
+    dec: MessageDecoder,
+    sealer: RecordSealer,
+    opener: RecordOpener,
+}
+
+/// Opens an inner stream to the client's gateway for `target`, `early_data` riding in the
+/// first handshake message.
+pub async fn open(
+    h: &ClientHandle,
+    target: &TargetAddr,
+    early_data: Vec<u8>,
+) -> Result<OpenedStream, OpenFailure> {
+    let (open, first) = inner::client_open(
+        &mut rand::rng(),
+        &h.gateway_key,
+        &OpenRequest {
+            target: target.clone(),
+            early_data,
+        },
+    )
+    .map_err(OpenFailure::BadAnswer)?;
+    let (tx, mut rx) = stream::open(&h.cmd, h.next_stream_id(), &h.gateway_id)
+        .await
+        .map_err(|_| OpenFailure::SessionGone)?;
+    let answered = async {
+        tx.send(first).await.map_err(|_| OpenFailure::SessionGone)?;
+        let mut dec = MessageDecoder::default();
+        let msg2 = tokio::time::timeout(OPEN_DEADLINE, async {
+            loop {
+                match dec.next_message() {
+                    Ok(Some(m)) => return Ok(m),
+                    Ok(None) => {}
+                    Err(_) => return Err(OpenFailure::NoAnswer),
+                }
+                match rx.recv().await {
+                    Some(StreamEvent::Data(d)) => dec.push(&d),
+                    _ => return Err(OpenFailure::NoAnswer),
+                }
+            }
+        })
+        .await
+        .map_err(|_| OpenFailure::TimedOut(OPEN_DEADLINE))??;
+        let (status, reason, sealer, opener) =
+            open.finish(&msg2).map_err(OpenFailure::BadAnswer)?;
+        if status != OpenStatus::OK {
+            return Err(OpenFailure::Refused { status, reason });
+        }
+        Ok((dec, sealer, opener))
+    };
+    match answered.await {
+        Ok((dec, sealer, opener)) => Ok(OpenedStream {
+            tx,
+            rx,
+            dec,
+            sealer,
+            opener,
+        }),
+        Err(e) => {
+            if let OpenFailure::Refused { status, reason } = &e {
+                info!(stream = tx.id(), %target, code = status.0, %reason, "gateway refused the stream");
+            }
+            tx.reset(e.reset_code()).await;
+            Err(e)
+        }
+    }
+}
+
+impl OpenedStream {
+    /// Relays `tcp` over the stream until both directions are done, then leaves the stream
+    /// cleanly, or resets it if the gateway's side did not end with its sealed close.
+    pub async fn relay(self, tcp: &mut TcpStream) {
+        let OpenedStream {
+            mut tx,
+            mut rx,
+            mut dec,
+            mut sealer,
+            mut opener,
+        } = self;
+        let leave = tx.clone();
+        let (mut tcp_r, mut tcp_w) = tcp.split();
+        let up = pump::app_to_overlay(&mut tcp_r, &mut sealer, &mut tx, |_| {});
+        let down = pump::overlay_to_app(&mut rx, &mut dec, &mut opener, &mut tcp_w, |_| {});
+        let (_, inbound) = tokio::join!(up, down);
+        if inbound == Inbound::Finished {
+            leave.forget().await;
+        } else {
+            leave.reset(1).await;
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! `braid-driver`: the async half of Braid's sessions, shared by the client and the nodes
+//! (quinn's split: `braid_proto::session::Session` is the state machine, this crate feeds
+//! it). It holds the session task, link dialing and publishing, the stream-owner contract
+//! ([`stream`]), the one sealed-record pump ([`pump`]), metrics, the test tap and signal
+//! handling. It knows no role: the roles live in `braid-node`, the front ends in `braid`.
+
+pub mod link;
+pub mod logs;
+pub mod metrics;
+pub mod pump;
+pub mod session_task;
+pub mod signal;
+pub mod stream;
+pub mod tap;
+
+pub use link::{keep_dialing, publish_link, sleep_or_shutdown, Backoff, Link};
+pub use metrics::Metrics;
+pub use signal::wait_for_signal;
+pub use tap::{Tap, TapPoint};
