@@ -495,6 +495,7 @@ impl Central {
                 SessionEvent::StreamReset { stream, code } => {
                     panic!("unexpected reset of {stream} ({code})")
                 }
+                SessionEvent::Failed(e) => panic!("central session failed: {e}"),
             };
             out.push((Link::CentralGateway, Msg::AtGateway(g)));
         }

@@ -1,0 +1,172 @@
+//! Session tests: delivery under loss, duplicates and foreign cells, the reorder bound.
+
+use super::*;
+use crate::noise::StaticKeypair;
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+fn pair(cfg: SessionConfig) -> (Session, Session, Instant) {
+    pair_seeded(cfg, 7)
+}
+
+pub(super) fn pair_seeded(cfg: SessionConfig, seed: u64) -> (Session, Session, Instant) {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let central = StaticKeypair::generate(&mut rng);
+    let now = Instant::now();
+    let hello = SessionHello {
+        window_cells: cfg.window_cells as u32,
+        mailboxes: vec![Mailbox {
+            relay: "relay-1".into(),
+            id: [1; 16],
+        }],
+    };
+    let pending = PendingSession::start(&mut rng, cfg.clone(), &central.public(), &hello).unwrap();
+    let acc = accept(&mut rng, cfg, &central, now, pending.hello_cell()).unwrap();
+    assert_eq!(acc.hello, hello);
+    let client = pending.finish(now, &acc.welcome_cell).unwrap();
+    (client, acc.session, now)
+}
+
+const P: [PathId; 2] = [PathId(0), PathId(1)];
+
+/// Moves every cell across, dropping those the filter refuses; returns cells moved.
+fn pump(
+    from: &mut Session,
+    to: &mut Session,
+    now: Instant,
+    mut keep: impl FnMut(&Transmit) -> bool,
+) -> usize {
+    let mut n = 0;
+    while let Some(mut t) = from.poll_transmit(now, &P) {
+        if keep(&t) {
+            let _ = to.handle_cell(now, &mut t.cell);
+            n += 1;
+        }
+    }
+    n
+}
+
+fn drain(s: &mut Session) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(ev) = s.poll_event() {
+        if let SessionEvent::StreamData { data, .. } = ev {
+            out.extend(data);
+        }
+    }
+    out
+}
+
+#[test]
+fn ordered_delivery_with_loss_and_retransmit_on_other_path() {
+    let (mut c, mut s, mut now) = pair(SessionConfig::with_cell_size(1024));
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
+    c.open_stream(1, "gw");
+    let mut sent = 0;
+    let mut got = Vec::new();
+    for _round in 0..2000 {
+        sent += c.send(1, &data[sent..]);
+        // Path 1 is dead: every cell on it is lost.
+        pump(&mut c, &mut s, now, |t| t.path == PathId(0));
+        got.extend(drain(&mut s));
+        pump(&mut s, &mut c, now, |_| true);
+        now += Duration::from_millis(10);
+        c.handle_timeout(now);
+        s.handle_timeout(now);
+        if got.len() == data.len() {
+            break;
+        }
+    }
+    assert_eq!(got, data);
+    assert!(c.stats().retransmits > 0);
+}
+
+#[test]
+fn duplicates_and_foreign_cells_are_dropped() {
+    let (mut c, mut s, now) = pair(SessionConfig::with_cell_size(1024));
+    c.open_stream(1, "gw");
+    c.send(1, b"hello");
+    let t = c.poll_transmit(now, &P).unwrap();
+    let mut a = t.cell.clone();
+    s.handle_cell(now, &mut a).unwrap();
+    let mut b = t.cell.clone();
+    assert_eq!(s.handle_cell(now, &mut b), Err(CellError::Replay));
+    let mut tampered = t.cell.clone();
+    tampered[100] ^= 1;
+    assert!(s.handle_cell(now, &mut tampered).is_err());
+    let (_, mut other, _) = pair_seeded(SessionConfig::with_cell_size(1024), 8);
+    let mut c2 = t.cell.clone();
+    assert_eq!(
+        other.handle_cell(now, &mut c2),
+        Err(CellError::UnknownSession)
+    );
+    assert_eq!(
+        drain(&mut s),
+        b"hello".to_vec(),
+        "exactly one copy delivered"
+    );
+}
+
+#[test]
+fn reorder_window_is_bounded() {
+    let mut cfg = SessionConfig::with_cell_size(1024);
+    cfg.window_cells = 8;
+    let (mut c, mut s, now) = pair(cfg);
+    c.open_stream(1, "gw");
+    c.send(1, &vec![1u8; 100_000]);
+    let mut cells = Vec::new();
+    while let Some(t) = c.poll_transmit(now, &P) {
+        cells.push(t.cell);
+    }
+    assert_eq!(cells.len(), 8, "sender respects the window");
+    // Withhold the first cell: the others wait, bounded by the window.
+    for cell in cells.iter_mut().skip(1) {
+        s.handle_cell(now, cell).unwrap();
+    }
+    assert_eq!(s.reorder_bytes(), 7 * 1024);
+    assert!(s.poll_event().is_none());
+    s.handle_cell(now, &mut cells[0]).unwrap();
+    assert!(s.poll_event().is_some());
+}
+
+/// With one cell per epoch the 2^16 epochs last exactly 65,536 DATA cells: the next one
+/// cannot be sealed, so the session reports `Failed(KeysExhausted)` once and then sends
+/// nothing (no data, no acks, no resends) and asks for no timer.
+#[test]
+fn running_out_of_key_epochs_fails_the_session() {
+    let mut cfg = SessionConfig::with_cell_size(1024);
+    cfg.epoch_cells = 1;
+    let (mut c, mut s, mut now) = pair(cfg);
+    c.open_stream(1, "gw");
+    let data = vec![9u8; 1 << 20];
+    let mut failures = Vec::new();
+    for _round in 0..200 {
+        c.send(1, &data);
+        pump(&mut c, &mut s, now, |_| true);
+        drain(&mut s);
+        pump(&mut s, &mut c, now, |_| true);
+        while let Some(ev) = c.poll_event() {
+            if let SessionEvent::Failed(e) = ev {
+                failures.push(e);
+            }
+        }
+        if !failures.is_empty() {
+            break;
+        }
+        now += Duration::from_millis(10);
+        c.handle_timeout(now);
+        s.handle_timeout(now);
+    }
+    assert_eq!(failures, vec![SessionError::KeysExhausted]);
+    assert_eq!(c.stats().data_cells_sent, 1 << 16, "every epoch was used");
+    assert_eq!(c.stats().retransmits, 0);
+    // Failed: still data queued and a stream to serve, yet nothing goes out, ever.
+    assert!(!c.is_idle());
+    c.set_mailboxes(vec![]);
+    now += Duration::from_secs(60);
+    c.handle_timeout(now);
+    assert!(c.poll_transmit(now, &P).is_none());
+    assert_eq!(c.poll_timeout(), None);
+    assert!(c.poll_event().is_none(), "the failure is reported once");
+    // The peer is unaffected: it has everything sealed before the end.
+    assert_eq!(s.stats().cells_received, 1 << 16);
+}
