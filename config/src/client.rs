@@ -6,10 +6,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use toml::Value;
 
 use crate::directory::{check_id, Directory, NodeEntry, Role};
+use crate::env::{self, Applied};
 use crate::error::ConfigError;
 use crate::node::LogFormat;
+use crate::parse::{base_dir, parse_table, resolve, typed};
 
 /// How the client spreads cells over upstream paths.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -58,25 +61,42 @@ pub struct ClientConfig {
     /// RFC 1929 username/password the SOCKS5 port requires; none (default) means no
     /// authentication. Not overridable from the environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth: Option<ClientAuth>,
+    pub auth: Option<SocksAuthConfig>,
 }
 
-/// The `[auth]` table: the one username/password pair the SOCKS5 port accepts (RFC 1929).
-/// Each is 1 to 255 bytes. `Debug` never shows the password.
+/// The `[auth]` table: the one username/password pair the local SOCKS5 port accepts
+/// (RFC 1929). Each is 1 to 255 bytes. `Debug` never shows the password. (Not to be
+/// confused with `braid_net::ClientAuth`, the TLS client-certificate mode of a link.)
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ClientAuth {
+pub struct SocksAuthConfig {
     pub username: String,
     pub password: String,
 }
 
-impl fmt::Debug for ClientAuth {
+impl fmt::Debug for SocksAuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientAuth")
+        f.debug_struct("SocksAuthConfig")
             .field("username", &self.username)
             .field("password", &"<redacted>")
             .finish()
     }
+}
+
+/// Parse and validate client config text, except for file existence; `file` names it in
+/// errors and its folder is the base for relative paths.
+pub fn parse_client_config(
+    text: &str,
+    file: &Path,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<ClientConfig, ConfigError> {
+    let mut table = parse_table(text, file)?;
+    let mut applied = Applied::default();
+    env::apply(&mut table, env::CLIENT_KEYS, env, file, &mut applied)?;
+    let mut cfg: ClientConfig = typed(Value::Table(table), file, &applied)?;
+    resolve(&base_dir(file), &mut cfg.directory);
+    cfg.validate_in(file)?;
+    Ok(cfg)
 }
 
 fn default_handshake_timeout_secs() -> u64 {

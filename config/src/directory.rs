@@ -8,9 +8,12 @@ use std::path::Path;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use toml::Value;
 
 use crate::de::toml_quote;
+use crate::env::{self, Applied};
 use crate::error::ConfigError;
+use crate::parse::{parse_table, typed};
 
 /// Smallest allowed network-wide cell size, in bytes.
 pub const MIN_CELL_SIZE: u32 = 1024;
@@ -158,7 +161,7 @@ impl Directory {
     /// Parse and validate directory TOML text (no environment overrides). Errors name
     /// the file as `<directory>`.
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        crate::load::parse_directory(text, Path::new("<directory>"), &|_: &str| None)
+        parse_directory(text, Path::new("<directory>"), &|_: &str| None)
     }
 
     /// Check every rule: cell size range, id syntax and uniqueness, role counts (exactly
@@ -319,6 +322,20 @@ impl Directory {
         }
         out
     }
+}
+
+/// Parse and validate directory text; `file` names it in errors.
+pub fn parse_directory(
+    text: &str,
+    file: &Path,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Directory, ConfigError> {
+    let mut table = parse_table(text, file)?;
+    let mut applied = Applied::default();
+    env::apply(&mut table, env::DIRECTORY_KEYS, env, file, &mut applied)?;
+    let dir: Directory = typed(Value::Table(table), file, &applied)?;
+    dir.validate_in(file)?;
+    Ok(dir)
 }
 
 /// Check a node id: 1..=32 characters of `[a-z0-9-]`.

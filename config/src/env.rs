@@ -51,6 +51,8 @@ pub(crate) const CENTRAL_KEYS: &[(&str, Kind)] = &[
     ("session_reorder_bytes", Kind::Scalar),
     ("global_reorder_bytes", Kind::Scalar),
     ("reassembly_timeout_secs", Kind::Scalar),
+    ("idle_timeout_secs", Kind::Scalar),
+    ("max_sessions", Kind::Scalar),
 ];
 
 pub(crate) const DOWNSTREAM_KEYS: &[(&str, Kind)] = &[];

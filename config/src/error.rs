@@ -6,7 +6,7 @@
 //! override say which variable set them.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A configuration error. The `Display` form is a complete, operator-facing message.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +103,17 @@ pub enum ConfigError {
         /// The missing path (already resolved against the config file's folder).
         path: PathBuf,
     },
+}
+
+impl ConfigError {
+    /// [`ConfigError::Invalid`]: the values in `file` parse but `key` breaks a rule.
+    pub(crate) fn invalid(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            file: file.to_owned(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
 }
 
 fn env_note(var: &Option<String>) -> String {

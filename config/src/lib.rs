@@ -20,23 +20,24 @@ mod de;
 mod directory;
 mod env;
 mod error;
+mod exit;
 mod load;
 mod node;
+mod parse;
 
-pub use client::{ClientAuth, ClientConfig, Scheduler};
+pub use client::{parse_client_config, ClientConfig, Scheduler, SocksAuthConfig};
 pub use directory::{
-    check_id, hex32, Directory, NodeEntry, Role, UnknownRole, MAX_CELL_SIZE, MAX_ID_LEN,
-    MIN_CELL_SIZE,
+    check_id, hex32, parse_directory, Directory, NodeEntry, Role, UnknownRole, MAX_CELL_SIZE,
+    MAX_ID_LEN, MIN_CELL_SIZE,
 };
 pub use env::env_var_name;
 pub use error::ConfigError;
+pub use exit::{Cidr, ExitAction, ExitConfig, ExitRule, PortRange};
 pub use load::{
     load_client_config, load_client_config_with_env, load_directory, load_directory_with_env,
-    load_node_config, load_node_config_with_env, no_env, parse_client_config, parse_directory,
-    parse_node_config, process_env,
+    load_node_config, load_node_config_with_env, no_env, process_env,
 };
 pub use node::{
-    CentralConfig, Cidr, DownstreamConfig, ExitAction, ExitConfig, ExitRule, GatewayConfig,
-    LogFormat, NodeCommon, NodeConfig, PortRange, RelayConfig, UpstreamConfig, NOISE_KEY_FILE,
-    TLS_CERT_FILE, TLS_KEY_FILE,
+    parse_node_config, CentralConfig, DownstreamConfig, GatewayConfig, LogFormat, NodeCommon,
+    NodeConfig, RelayConfig, UpstreamConfig, NOISE_KEY_FILE, TLS_CERT_FILE, TLS_KEY_FILE,
 };

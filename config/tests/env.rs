@@ -84,6 +84,29 @@ fn typed_values_parse_as_toml() {
 }
 
 #[test]
+fn central_session_limit_overrides() {
+    let cfg = node(
+        &sample("central.toml"),
+        &[
+            ("BRAID_IDLE_TIMEOUT_SECS", "120"),
+            ("BRAID_MAX_SESSIONS", "9"),
+        ],
+    )
+    .unwrap();
+    let NodeConfig::Central(c) = cfg else {
+        panic!()
+    };
+    assert_eq!(c.idle_timeout().as_secs(), 120);
+    assert_eq!(c.reassembly_timeout().as_secs(), 60);
+    assert_eq!(c.max_sessions, 9);
+    let e = node(&sample("central.toml"), &[("BRAID_MAX_SESSIONS", "lots")]).unwrap_err();
+    let msg = e.to_string();
+    for part in [FILE, "`max_sessions`", "\"lots\"", "BRAID_MAX_SESSIONS"] {
+        assert!(msg.contains(part), "{part:?} missing: {msg}");
+    }
+}
+
+#[test]
 fn override_creates_a_missing_table() {
     let text = "role = \"gateway\"\n[node]\nid = \"g\"\ndirectory = \"d\"\nidentity = \"k\"\n";
     let NodeConfig::Gateway(g) = node(text, &[("BRAID_EXIT__ALLOW_LOOPBACK", "true")]).unwrap()

@@ -427,6 +427,39 @@ fn central_limits() {
 }
 
 #[test]
+fn central_session_limits() {
+    let central = sample("central.toml");
+    let e = node_err(&central.replace("idle_timeout_secs = 60", "idle_timeout_secs = 0"));
+    assert!(matches!(e, ConfigError::Invalid { .. }), "{e:?}");
+    says(&e, NODE_FILE, &["`idle_timeout_secs`", "greater than 0"]);
+    let e = node_err(&central.replace("max_sessions = 100000", "max_sessions = 0"));
+    assert!(matches!(e, ConfigError::Invalid { .. }), "{e:?}");
+    says(&e, NODE_FILE, &["`max_sessions`", "greater than 0"]);
+    let e = node_err(&central.replace("max_sessions = 100000", "max_sessions = -1"));
+    says(&e, NODE_FILE, &["invalid value for `max_sessions`", "-1"]);
+    let e = node_err(&central.replace("max_sessions = 100000", "max_sessions = 5000000000"));
+    says(&e, NODE_FILE, &["`max_sessions`", "5000000000"]);
+    let e = node_err(&central.replace("idle_timeout_secs = 60", "idle_timeout_secs = \"1m\""));
+    says(
+        &e,
+        NODE_FILE,
+        &["`idle_timeout_secs`", "\"1m\"", "invalid type"],
+    );
+    let e = node_err(&central.replace("idle_timeout_secs =", "idle_timeout_sec ="));
+    says(
+        &e,
+        NODE_FILE,
+        &[
+            "unknown key `idle_timeout_sec`",
+            "did you mean `idle_timeout_secs`",
+        ],
+    );
+    // The central's keys belong to the central only.
+    let e = node_err(&upstream().replace("[node]", "max_sessions = 5\n[node]"));
+    says(&e, NODE_FILE, &["unknown key `max_sessions`"]);
+}
+
+#[test]
 fn relay_limits() {
     let relay = sample("relay.toml");
     let e = node_err(&relay.replace("mix_delay_ms = 25.0", "mix_delay_ms = -1.0"));

@@ -103,6 +103,9 @@ fn node_samples_carry_the_documented_values() {
             assert_eq!(c.session_reorder_bytes, 16 << 20);
             assert_eq!(c.global_reorder_bytes, 256 << 20);
             assert_eq!(c.reassembly_timeout().as_secs(), 60);
+            assert_eq!(c.idle_timeout_secs, 60);
+            assert_eq!(c.idle_timeout().as_secs(), 60);
+            assert_eq!(c.max_sessions, 100_000);
         }
         other => panic!("central.toml parsed as {:?}", other.role()),
     }
@@ -130,6 +133,22 @@ fn node_samples_carry_the_documented_values() {
         other => panic!("gateway.toml parsed as {:?}", other.role()),
     }
     assert_eq!(parse("downstream.toml").common().log, LogFormat::Json);
+}
+
+/// The central's idle timeout and session cap are read from the file, independently of
+/// the reassembly timeout.
+#[test]
+fn central_session_limits_are_read_from_the_file() {
+    let text = sample("central.toml")
+        .replace("idle_timeout_secs = 60", "idle_timeout_secs = 300")
+        .replace("max_sessions = 100000", "max_sessions = 5000");
+    let cfg = parse_node_config(&text, &sample_path("central.toml"), &no_env).unwrap();
+    let NodeConfig::Central(c) = cfg else {
+        panic!("not central")
+    };
+    assert_eq!(c.idle_timeout(), std::time::Duration::from_secs(300));
+    assert_eq!(c.reassembly_timeout().as_secs(), 60);
+    assert_eq!(c.max_sessions, 5000);
 }
 
 #[test]
@@ -218,6 +237,8 @@ fn defaults_apply_when_optional_keys_are_absent() {
     assert_eq!(c.session_reorder_bytes, 16 * 1024 * 1024);
     assert_eq!(c.global_reorder_bytes, 256 * 1024 * 1024);
     assert_eq!(c.reassembly_timeout_secs, 60);
+    assert_eq!(c.idle_timeout_secs, 60);
+    assert_eq!(c.max_sessions, 100_000);
     assert_eq!(c.node.admin, None);
     assert_eq!(c.node.log, LogFormat::Text);
     assert_eq!(c.node.directory, std::path::Path::new("/etc/braid/d.toml"));

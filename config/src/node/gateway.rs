@@ -1,0 +1,214 @@
+//! `role = "gateway"`: the exit. It dials the central (so it works behind NAT) and
+//! connects to targets on the users' behalf, under the `[exit]` policy (value types in
+//! `crate::exit`) and the `[hosts]` overrides.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::NodeCommon;
+use crate::error::ConfigError;
+use crate::exit::{validate_hosts, ExitConfig};
+
+/// `role = "gateway"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Timeout for connecting to a target (default 10 s).
+    #[serde(default = "default_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+    /// First delay before redialling the central (default 200 ms).
+    #[serde(default = "default_reconnect_min_ms")]
+    pub reconnect_min_ms: u64,
+    /// Largest delay between redials (default 30000 ms).
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+    /// Exit policy switches.
+    #[serde(default)]
+    pub exit: ExitConfig,
+    /// Static name overrides, like /etc/hosts (lower-case names). Default empty.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, IpAddr>,
+    /// Common settings.
+    pub node: NodeCommon,
+}
+
+fn default_connect_timeout_secs() -> u64 {
+    10
+}
+
+fn default_reconnect_min_ms() -> u64 {
+    200
+}
+
+fn default_reconnect_max_ms() -> u64 {
+    30_000
+}
+
+impl GatewayConfig {
+    /// [`Self::connect_timeout_secs`] as a `Duration`.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    /// [`Self::reconnect_min_ms`] as a `Duration`.
+    pub fn reconnect_min(&self) -> Duration {
+        Duration::from_millis(self.reconnect_min_ms)
+    }
+
+    /// [`Self::reconnect_max_ms`] as a `Duration`.
+    pub fn reconnect_max(&self) -> Duration {
+        Duration::from_millis(self.reconnect_max_ms)
+    }
+
+    /// Positive timeouts, a redial backoff whose max is at least its min, then the
+    /// exit rules and the `[hosts]` names.
+    pub(super) fn validate_in(&self, file: &Path) -> Result<(), ConfigError> {
+        if self.connect_timeout_secs == 0 {
+            return Err(ConfigError::invalid(
+                file,
+                "connect_timeout_secs",
+                "must be greater than 0",
+            ));
+        }
+        if self.reconnect_min_ms == 0 {
+            return Err(ConfigError::invalid(
+                file,
+                "reconnect_min_ms",
+                "must be greater than 0",
+            ));
+        }
+        if self.reconnect_max_ms < self.reconnect_min_ms {
+            return Err(ConfigError::invalid(
+                file,
+                "reconnect_max_ms",
+                format!(
+                    "{} is smaller than reconnect_min_ms ({})",
+                    self.reconnect_max_ms, self.reconnect_min_ms
+                ),
+            ));
+        }
+        self.exit.validate_in(file)?;
+        validate_hosts(&self.hosts, file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::path::Path;
+
+    use super::*;
+    use crate::exit::{ExitRule, PortRange};
+    use crate::NodeConfig;
+
+    const GATEWAY: &str =
+        "role = \"gateway\"\n[node]\nid = \"g\"\ndirectory = \"d\"\nidentity = \"k\"\n";
+
+    fn gateway(extra: &str) -> Result<GatewayConfig, ConfigError> {
+        let text = format!("{GATEWAY}{extra}");
+        match crate::parse_node_config(&text, Path::new("/x/g.toml"), &crate::no_env)? {
+            NodeConfig::Gateway(g) => Ok(g),
+            other => panic!("not a gateway: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn exit_rules_parse_in_order() {
+        let g = gateway(
+            r#"
+[[exit.rules]]
+action = "deny"
+ports = 25
+[[exit.rules]]
+action = "deny"
+domain = "tracker.example"
+[[exit.rules]]
+action = "allow"
+cidr = "10.20.0.0/16"
+ports = "8000-8999"
+[[exit.rules]]
+action = "deny"
+cidr = "fd00::/8"
+[[exit.rules]]
+action = "deny"
+cidr = "192.0.2.7"
+"#,
+        )
+        .unwrap();
+        let r = &g.exit.rules;
+        assert_eq!(r.len(), 5);
+        assert_eq!(r[0], ExitRule::deny().ports(PortRange::single(25)));
+        assert_eq!(r[1], ExitRule::deny().domain("tracker.example"));
+        assert_eq!(
+            r[2],
+            ExitRule::allow()
+                .cidr("10.20.0.0/16".parse().unwrap())
+                .ports(PortRange::new(8000, 8999).unwrap())
+        );
+        assert_eq!(r[3].cidr.unwrap().prefix(), 8);
+        assert_eq!(r[4].cidr.unwrap().to_string(), "192.0.2.7/32");
+        assert_eq!(r[2].to_string(), "allow cidr 10.20.0.0/16 ports 8000-8999");
+        // Round trip through the serializer.
+        let cfg = NodeConfig::Gateway(g.clone());
+        let text = cfg.to_toml_string().unwrap();
+        let back = crate::parse_node_config(&text, Path::new("/x/g.toml"), &crate::no_env).unwrap();
+        assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn bad_exit_rules_name_the_key() {
+        for (rule, fragments) in [
+            (
+                "action = \"deny\"\ncidr = \"10.0.0.1/8\"",
+                &["exit.rules[0].cidr", "did you mean 10.0.0.0/8"][..],
+            ),
+            (
+                "action = \"deny\"\ncidr = \"10.0.0.0/33\"",
+                &["exit.rules[0].cidr", "/33"],
+            ),
+            (
+                "action = \"deny\"\ncidr = \"nope\"",
+                &["exit.rules[0].cidr", "not a network"],
+            ),
+            (
+                "action = \"deny\"\nports = \"90-80\"",
+                &["exit.rules[0].ports", "empty"],
+            ),
+            (
+                "action = \"deny\"\nports = 70000",
+                &["exit.rules[0].ports", "out of range"],
+            ),
+            ("action = \"maybe\"", &["exit.rules[0].action"]),
+            ("action = \"deny\"\nhost = \"a\"", &["exit.rules[0].host"]),
+            (
+                "action = \"deny\"\ndomain = \".example.com\"",
+                &["exit.rules[0].domain", "leading"],
+            ),
+            (
+                "action = \"deny\"\ndomain = \"Example.com\"",
+                &["exit.rules[0].domain", "lower-case"],
+            ),
+            (
+                "action = \"allow\"\ncidr = \"0.0.0.0/0\"",
+                &["exit.rules[0].cidr", "every internal address"],
+            ),
+            (
+                "action = \"allow\"\ncidr = \"::/0\"",
+                &["exit.rules[0].cidr", "every internal address"],
+            ),
+        ] {
+            let e = gateway(&format!("[[exit.rules]]\n{rule}\n"))
+                .unwrap_err()
+                .to_string();
+            for f in fragments {
+                assert!(e.contains(f), "{rule:?}: {e:?} lacks {f:?}");
+            }
+        }
+        // A deny of everything is fine.
+        gateway("[[exit.rules]]\naction = \"deny\"\ncidr = \"0.0.0.0/0\"\n").unwrap();
+    }
+}

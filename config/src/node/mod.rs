@@ -1,0 +1,330 @@
+//! The node config (`braid-node --config FILE`): a `role` key picks the variant, a
+//! `[node]` table holds what every role has, and the role's own keys sit at top level.
+//!
+//! This module holds what every role shares ([`NodeConfig`], [`NodeCommon`],
+//! [`LogFormat`], the identity file names) and the role dispatch of parsing and
+//! validation; each role's own keys, defaults and rules live in its submodule. The
+//! gateway's exit policy value types are in `crate::exit`.
+
+mod central;
+mod downstream;
+mod gateway;
+mod relay;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use toml::Value;
+
+pub use central::CentralConfig;
+pub use downstream::DownstreamConfig;
+pub use gateway::GatewayConfig;
+pub use relay::RelayConfig;
+pub use upstream::UpstreamConfig;
+
+use crate::de::{scalar_repr, toml_quote, KeyPath};
+use crate::directory::{check_id, Directory, NodeEntry, Role};
+use crate::env::{self, Applied};
+use crate::error::ConfigError;
+use crate::parse::{base_dir, parse_table, resolve, typed};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Name of the Noise static private key file inside an identity folder.
+pub const NOISE_KEY_FILE: &str = "noise.key";
+/// Name of the TLS private key file inside an identity folder.
+pub const TLS_KEY_FILE: &str = "tls.key";
+/// Name of the TLS certificate file inside an identity folder.
+pub const TLS_CERT_FILE: &str = "tls.crt";
+
+/// The `[node]` table, common to every role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeCommon {
+    /// This node's id; must appear in the directory with the same role.
+    pub id: String,
+    /// The directory file. Resolved against the config file's folder when loaded.
+    pub directory: PathBuf,
+    /// Folder holding `noise.key`, `tls.key` and `tls.crt`. Resolved against the config
+    /// file's folder when loaded.
+    pub identity: PathBuf,
+    /// Admin HTTP address (`/health`, `/metrics`); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<SocketAddr>,
+    /// Log format.
+    #[serde(default)]
+    pub log: LogFormat,
+    /// On SIGTERM the node stops accepting, lets live streams finish for at most this
+    /// long, then closes.
+    #[serde(default = "default_drain_timeout_secs")]
+    pub drain_timeout_secs: u64,
+}
+
+fn default_drain_timeout_secs() -> u64 {
+    30
+}
+
+impl NodeCommon {
+    /// [`Self::drain_timeout_secs`] as a `Duration`.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
+    }
+
+    /// `identity/noise.key`.
+    pub fn noise_key_path(&self) -> PathBuf {
+        self.identity.join(NOISE_KEY_FILE)
+    }
+
+    /// `identity/tls.key`.
+    pub fn tls_key_path(&self) -> PathBuf {
+        self.identity.join(TLS_KEY_FILE)
+    }
+
+    /// `identity/tls.crt`.
+    pub fn tls_cert_path(&self) -> PathBuf {
+        self.identity.join(TLS_CERT_FILE)
+    }
+
+    /// Id syntax and non-empty paths.
+    fn validate_in(&self, file: &Path) -> Result<(), ConfigError> {
+        check_id(&self.id).map_err(|m| ConfigError::invalid(file, "node.id", m))?;
+        for (key, path) in [
+            ("node.directory", &self.directory),
+            ("node.identity", &self.identity),
+        ] {
+            if path.as_os_str().is_empty() {
+                return Err(ConfigError::invalid(file, key, "must not be empty"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The directory file and the identity folder with its three files exist.
+    fn check_files(&self, file: &Path) -> Result<(), ConfigError> {
+        let missing = |key: &str, what: &'static str, path: &Path| ConfigError::MissingPath {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            what,
+            path: path.to_owned(),
+        };
+        if !self.directory.is_file() {
+            return Err(missing(
+                "node.directory",
+                "the directory file",
+                &self.directory,
+            ));
+        }
+        if !self.identity.is_dir() {
+            return Err(missing(
+                "node.identity",
+                "the identity folder",
+                &self.identity,
+            ));
+        }
+        for (what, path) in [
+            ("the Noise static key file", self.noise_key_path()),
+            ("the TLS private key file", self.tls_key_path()),
+            ("the TLS certificate file", self.tls_cert_path()),
+        ] {
+            if !path.is_file() {
+                return Err(missing("node.identity", what, &path));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A node's configuration; `role` in the file picks the variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "lowercase")]
+pub enum NodeConfig {
+    /// `role = "upstream"`.
+    Upstream(UpstreamConfig),
+    /// `role = "central"`.
+    Central(CentralConfig),
+    /// `role = "downstream"`.
+    Downstream(DownstreamConfig),
+    /// `role = "relay"`.
+    Relay(RelayConfig),
+    /// `role = "gateway"`.
+    Gateway(GatewayConfig),
+}
+
+impl NodeConfig {
+    /// The `[node]` table.
+    pub fn common(&self) -> &NodeCommon {
+        match self {
+            NodeConfig::Upstream(c) => &c.node,
+            NodeConfig::Central(c) => &c.node,
+            NodeConfig::Downstream(c) => &c.node,
+            NodeConfig::Relay(c) => &c.node,
+            NodeConfig::Gateway(c) => &c.node,
+        }
+    }
+
+    fn common_mut(&mut self) -> &mut NodeCommon {
+        match self {
+            NodeConfig::Upstream(c) => &mut c.node,
+            NodeConfig::Central(c) => &mut c.node,
+            NodeConfig::Downstream(c) => &mut c.node,
+            NodeConfig::Relay(c) => &mut c.node,
+            NodeConfig::Gateway(c) => &mut c.node,
+        }
+    }
+
+    /// The role.
+    pub fn role(&self) -> Role {
+        match self {
+            NodeConfig::Upstream(_) => Role::Upstream,
+            NodeConfig::Central(_) => Role::Central,
+            NodeConfig::Downstream(_) => Role::Downstream,
+            NodeConfig::Relay(_) => Role::Relay,
+            NodeConfig::Gateway(_) => Role::Gateway,
+        }
+    }
+
+    /// The address this node listens on (upstream, central, relay).
+    pub fn listen(&self) -> Option<SocketAddr> {
+        match self {
+            NodeConfig::Upstream(c) => Some(c.listen),
+            NodeConfig::Central(c) => Some(c.listen),
+            NodeConfig::Relay(c) => Some(c.listen),
+            NodeConfig::Downstream(_) | NodeConfig::Gateway(_) => None,
+        }
+    }
+
+    /// This node's entry in `dir`: it must exist and have the same role. Errors name
+    /// the directory file (`common().directory`).
+    pub fn directory_entry<'d>(&self, dir: &'d Directory) -> Result<&'d NodeEntry, ConfigError> {
+        let common = self.common();
+        let file = common.directory.clone();
+        let entry = dir.by_id(&common.id).ok_or_else(|| ConfigError::Invalid {
+            file: file.clone(),
+            key: "nodes".into(),
+            message: format!(
+                "no node with id `{}` (named by node.id in this node's config)",
+                common.id
+            ),
+        })?;
+        if entry.role != self.role() {
+            return Err(ConfigError::Invalid {
+                file,
+                key: "nodes".into(),
+                message: format!(
+                    "node `{}` has role {} here, but its config says role {}",
+                    common.id,
+                    entry.role,
+                    self.role()
+                ),
+            });
+        }
+        Ok(entry)
+    }
+
+    /// Check the rules that need no file system: id syntax, non-empty paths, then the
+    /// role's own rules (numeric ranges, exit rules, host names).
+    pub(crate) fn validate_in(&self, file: &Path) -> Result<(), ConfigError> {
+        self.common().validate_in(file)?;
+        match self {
+            NodeConfig::Upstream(_) | NodeConfig::Downstream(_) => Ok(()),
+            NodeConfig::Central(c) => c.validate_in(file),
+            NodeConfig::Relay(c) => c.validate_in(file),
+            NodeConfig::Gateway(c) => c.validate_in(file),
+        }
+    }
+
+    /// Check that the directory file and the identity folder with its three files
+    /// exist.
+    pub(crate) fn check_files(&self, file: &Path) -> Result<(), ConfigError> {
+        self.common().check_files(file)
+    }
+
+    /// The config as TOML (e.g. to print the effective configuration).
+    pub fn to_toml_string(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| ConfigError::Invalid {
+            file: PathBuf::from("<node config>"),
+            key: "<top level>".into(),
+            message: format!("cannot serialize: {e}"),
+        })
+    }
+}
+
+/// Parse and validate node config text, except for file existence; `file` names it in
+/// errors and its folder is the base for relative paths.
+pub fn parse_node_config(
+    text: &str,
+    file: &Path,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<NodeConfig, ConfigError> {
+    let mut table = parse_table(text, file)?;
+    let mut applied = Applied::default();
+    env::apply(&mut table, env::NODE_ROLE_KEY, env, file, &mut applied)?;
+    let role_path = KeyPath::dotted("role");
+    let bad_role = |value: Option<String>, message: String| ConfigError::InvalidValue {
+        file: file.to_owned(),
+        key: "role".into(),
+        value,
+        message,
+        env_var: applied.var_for(&role_path),
+    };
+    let role = match table.remove("role") {
+        None => {
+            return Err(ConfigError::MissingKey {
+                file: file.to_owned(),
+                key: "role".into(),
+            })
+        }
+        Some(Value::String(s)) => s.parse::<Role>().map_err(|_| {
+            bad_role(
+                Some(toml_quote(&s)),
+                "unknown role: expected one of upstream, central, downstream, relay, gateway"
+                    .into(),
+            )
+        })?,
+        Some(other) => {
+            return Err(bad_role(
+                scalar_repr(&other),
+                format!(
+                    "expected a string naming the role, got a {}",
+                    other.type_str()
+                ),
+            ))
+        }
+    };
+    env::apply(&mut table, env::NODE_COMMON_KEYS, env, file, &mut applied)?;
+    let role_keys = match role {
+        Role::Upstream => env::UPSTREAM_KEYS,
+        Role::Central => env::CENTRAL_KEYS,
+        Role::Downstream => env::DOWNSTREAM_KEYS,
+        Role::Relay => env::RELAY_KEYS,
+        Role::Gateway => env::GATEWAY_KEYS,
+    };
+    env::apply(&mut table, role_keys, env, file, &mut applied)?;
+
+    let value = Value::Table(table);
+    let mut cfg = match role {
+        Role::Upstream => NodeConfig::Upstream(typed(value, file, &applied)?),
+        Role::Central => NodeConfig::Central(typed(value, file, &applied)?),
+        Role::Downstream => NodeConfig::Downstream(typed(value, file, &applied)?),
+        Role::Relay => NodeConfig::Relay(typed(value, file, &applied)?),
+        Role::Gateway => NodeConfig::Gateway(typed(value, file, &applied)?),
+    };
+    let base = base_dir(file);
+    let common = cfg.common_mut();
+    resolve(&base, &mut common.directory);
+    resolve(&base, &mut common.identity);
+    cfg.validate_in(file)?;
+    Ok(cfg)
+}
