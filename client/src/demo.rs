@@ -4,15 +4,20 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use braid_config::{
+    CentralConfig, DownstreamConfig, GatewayConfig, NodeCommon, NodeConfig, RelayConfig,
+    UpstreamConfig,
+};
 use braid_config::{Directory, NodeEntry, Role};
 use braid_driver::{Metrics, Tap};
 use braid_net::NodeIdentity;
-use braid_node::exit::{ExitPolicy, ExitRule};
-use braid_node::{central, downstream, gateway, relay, upstream, NodeContext};
+use braid_node::exit::ExitRule;
+use braid_node::NodeContext;
 use rand::Rng;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -140,49 +145,36 @@ impl Demo {
                 shutdown: stop.clone(),
             };
             let dial_bind = SocketAddr::new(addr.ip(), 0);
-            let task = match role {
-                Role::Upstream => tokio::spawn(upstream::run(ctx, addr)),
-                Role::Central => tokio::spawn(central::run(
-                    ctx,
-                    central::CentralParams {
-                        listen: addr,
-                        session: braid_node::central_session_config(
-                            &directory,
-                            opts.window_cells as u32,
-                            16 << 20,
-                        ),
-                        idle_timeout: Duration::from_secs(60),
-                        reassembly_timeout: Duration::from_secs(60),
-                        global_reorder_bytes: 256 << 20,
-                        max_sessions: 10_000,
-                    },
-                )),
-                Role::Downstream => tokio::spawn(downstream::run(ctx, dial_bind)),
-                Role::Relay => tokio::spawn(relay::run(
-                    ctx,
-                    relay::RelayParams {
-                        listen: addr,
-                        mix_delay: opts.mix_delay,
-                        pool_cells: 65_536,
-                    },
-                )),
-                Role::Gateway => tokio::spawn(gateway::run(
-                    ctx,
-                    gateway::GatewayParams {
-                        bind: dial_bind,
-                        connect_timeout: Duration::from_secs(10),
-                        // The demo runs on one machine, so its exit admits loopback targets.
-                        policy: ExitPolicy {
-                            allow_loopback: opts.exit_allow_loopback,
-                            rules: opts.exit_rules.clone(),
-                            ..ExitPolicy::default()
-                        },
-                        hosts: opts.hosts.clone(),
-                        reconnect_min: Duration::from_millis(50),
-                        reconnect_max: Duration::from_secs(2),
-                    },
-                )),
+            // The same config types and mapping as `braid-node`, with the demo's settings.
+            let node =
+                NodeCommon::new(id.clone(), PathBuf::from("<demo>"), PathBuf::from("<demo>"));
+            let cfg = match role {
+                Role::Upstream => NodeConfig::Upstream(UpstreamConfig { listen: addr, node }),
+                Role::Central => {
+                    let mut c = CentralConfig::new(addr, node);
+                    c.reorder_window_cells = u32::try_from(opts.window_cells).unwrap_or(u32::MAX);
+                    c.max_sessions = 10_000;
+                    NodeConfig::Central(c)
+                }
+                Role::Downstream => NodeConfig::Downstream(DownstreamConfig { node }),
+                Role::Relay => {
+                    let mut c = RelayConfig::new(addr, node);
+                    c.mix_delay_ms = opts.mix_delay.as_secs_f64() * 1e3;
+                    c.mailbox_cells = 65_536;
+                    NodeConfig::Relay(c)
+                }
+                Role::Gateway => {
+                    let mut c = GatewayConfig::new(node);
+                    // The demo runs on one machine, so its exit admits loopback targets.
+                    c.exit.allow_loopback = opts.exit_allow_loopback;
+                    c.exit.rules = opts.exit_rules.clone();
+                    c.hosts = opts.hosts.clone();
+                    c.reconnect_min_ms = 50;
+                    c.reconnect_max_ms = 2000;
+                    NodeConfig::Gateway(c)
+                }
             };
+            let task = tokio::spawn(braid_node::roles::run(ctx, cfg, dial_bind));
             nodes.push(DemoNode {
                 id,
                 role,

@@ -14,6 +14,9 @@ use braid_client::overlay::{self, ClientParams};
 use braid_client::socks::{SocksAuth, SocksLimits};
 #[cfg(feature = "demo")]
 use braid_config::LogFormat;
+#[cfg(feature = "demo")]
+use braid_proto::cell::{MAX_CELL_SIZE, MIN_CELL_SIZE};
+#[cfg(feature = "demo")]
 use braid_proto::session::PathScheduler;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -57,8 +60,8 @@ enum Cmd {
         mix_ms: f64,
         /// How the client spreads cells over upstreams: `round-robin` (even spread) or
         /// `rtt` (lowest expected delivery time).
-        #[arg(long, default_value = "round-robin", value_parser = ["round-robin", "rtt"])]
-        scheduler: String,
+        #[arg(long, default_value = "round-robin")]
+        scheduler: PathScheduler,
     },
 }
 
@@ -79,8 +82,8 @@ fn main() -> anyhow::Result<()> {
                 scheduler,
             } => {
                 anyhow::ensure!(
-                    (1024..=16384).contains(&cell_size),
-                    "--cell-size must be within 1024..=16384"
+                    (MIN_CELL_SIZE..=MAX_CELL_SIZE).contains(&cell_size),
+                    "--cell-size must be within {MIN_CELL_SIZE}..={MAX_CELL_SIZE}"
                 );
                 anyhow::ensure!(
                     upstreams >= 1 && downstreams >= 1 && relays >= 1,
@@ -95,11 +98,7 @@ fn main() -> anyhow::Result<()> {
                     relays,
                     cell_size,
                     mix_delay: Duration::from_secs_f64(mix_ms / 1000.0),
-                    scheduler: if scheduler == "rtt" {
-                        PathScheduler::LowestDelay
-                    } else {
-                        PathScheduler::RoundRobin
-                    },
+                    scheduler,
                     ..DemoOptions::default()
                 })
                 .await
@@ -149,10 +148,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         gateway: cfg.gateway.clone(),
         bind: SocketAddr::from(([0, 0, 0, 0], 0)),
         window_cells: u64::from(cfg.window_cells),
-        scheduler: match cfg.scheduler {
-            braid_config::Scheduler::RoundRobin => PathScheduler::RoundRobin,
-            braid_config::Scheduler::Rtt => PathScheduler::LowestDelay,
-        },
+        scheduler: cfg.scheduler,
         tap: None,
         shutdown: shutdown.clone(),
     })

@@ -5,6 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use braid_proto::session::PathScheduler;
 use serde::{Deserialize, Serialize};
 use toml::Value;
 
@@ -14,16 +15,20 @@ use crate::error::ConfigError;
 use crate::node::LogFormat;
 use crate::parse::{base_dir, parse_table, resolve, typed};
 
-/// How the client spreads cells over upstream paths.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Scheduler {
-    /// `"round-robin"` (default): one path after another.
-    #[default]
-    #[serde(rename = "round-robin")]
-    RoundRobin,
-    /// `"rtt"`: prefer paths with the lowest measured round-trip time.
-    #[serde(rename = "rtt")]
-    Rtt,
+/// `scheduler = "round-robin" | "rtt"`: proto's [`PathScheduler`] by its names.
+mod scheduler_name {
+    use braid_proto::session::PathScheduler;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(s: &PathScheduler, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(s.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathScheduler, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// The client's configuration.
@@ -38,9 +43,10 @@ pub struct ClientConfig {
     /// Gateway node id to exit through; `None` (default) means any gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
-    /// Path scheduler (default round-robin).
-    #[serde(default)]
-    pub scheduler: Scheduler,
+    /// How cells are spread over the upstreams: `"round-robin"` (default, the even
+    /// spread) or `"rtt"` (lowest expected delivery time).
+    #[serde(default, with = "scheduler_name")]
+    pub scheduler: PathScheduler,
     /// Per-stream window, in cells (default 1024).
     #[serde(default = "default_window_cells")]
     pub window_cells: u32,
@@ -126,7 +132,7 @@ impl ClientConfig {
             directory: directory.into(),
             socks_listen: default_socks_listen(),
             gateway: None,
-            scheduler: Scheduler::default(),
+            scheduler: PathScheduler::default(),
             window_cells: default_window_cells(),
             log: LogFormat::default(),
             handshake_timeout_secs: default_handshake_timeout_secs(),

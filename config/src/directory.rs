@@ -15,10 +15,10 @@ use crate::env::{self, Applied};
 use crate::error::ConfigError;
 use crate::parse::{parse_table, typed};
 
-/// Smallest allowed network-wide cell size, in bytes.
-pub const MIN_CELL_SIZE: u32 = 1024;
-/// Largest allowed network-wide cell size, in bytes.
-pub const MAX_CELL_SIZE: u32 = 16384;
+/// Smallest allowed network-wide cell size, in bytes (the cell codec's bound).
+pub const MIN_CELL_SIZE: u32 = braid_proto::cell::MIN_CELL_SIZE as u32;
+/// Largest allowed network-wide cell size, in bytes (the cell codec's bound).
+pub const MAX_CELL_SIZE: u32 = braid_proto::cell::MAX_CELL_SIZE as u32;
 /// Longest allowed node id.
 pub const MAX_ID_LEN: usize = 32;
 

@@ -25,7 +25,7 @@ mod load;
 mod node;
 mod parse;
 
-pub use client::{parse_client_config, ClientConfig, Scheduler, SocksAuthConfig};
+pub use client::{parse_client_config, ClientConfig, SocksAuthConfig};
 pub use directory::{
     check_id, hex32, parse_directory, Directory, NodeEntry, Role, UnknownRole, MAX_CELL_SIZE,
     MAX_ID_LEN, MIN_CELL_SIZE,

@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 
 use braid_config::*;
+use braid_proto::session::PathScheduler;
 use common::*;
 
 const FILE: &str = "/srv/braid/node.toml";
@@ -228,7 +229,7 @@ fn directory_and_client_overrides() {
     )
     .unwrap();
     assert_eq!(cfg.socks_listen.port(), 9050);
-    assert_eq!(cfg.scheduler, Scheduler::Rtt);
+    assert_eq!(cfg.scheduler, PathScheduler::LowestDelay);
     assert_eq!(cfg.window_cells, 64);
     assert_eq!(cfg.gateway.as_deref(), Some("gateway-2"));
     assert_eq!(cfg.directory, Path::new("/etc/braid/directory.toml"));

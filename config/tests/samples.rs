@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use braid_config::*;
+use braid_proto::session::PathScheduler;
 use common::*;
 
 const NODE_SAMPLES: &[(&str, Role)] = &[
@@ -161,7 +162,7 @@ fn client_sample_parses_and_matches_the_directory() {
         "127.0.0.1:1080".parse::<SocketAddr>().unwrap()
     );
     assert_eq!(cfg.gateway.as_deref(), Some("gateway-1"));
-    assert_eq!(cfg.scheduler, Scheduler::RoundRobin);
+    assert_eq!(cfg.scheduler, PathScheduler::RoundRobin);
     assert_eq!(cfg.window_cells, 1024);
     // The client sample's directory exists, so the full load works too.
     assert_eq!(load_client_config_with_env(&path, &no_env).unwrap(), cfg);
@@ -267,7 +268,7 @@ fn defaults_apply_when_optional_keys_are_absent() {
         "127.0.0.1:1080".parse::<SocketAddr>().unwrap()
     );
     assert_eq!(cfg.gateway, None);
-    assert_eq!(cfg.scheduler, Scheduler::RoundRobin);
+    assert_eq!(cfg.scheduler, PathScheduler::RoundRobin);
     assert_eq!(cfg.window_cells, 1024);
     assert_eq!(cfg.log, LogFormat::Text);
     assert_eq!(cfg.eligible_gateways(&sample_directory()).unwrap().len(), 1);

@@ -12,7 +12,7 @@ use braid_proto::session::{PathId, Session, SessionEvent, SessionStats};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, trace};
+use tracing::{debug, trace, warn};
 
 use crate::link::Link;
 use crate::metrics::Metrics;
@@ -192,6 +192,12 @@ impl SessionRole {
     }
 }
 
+/// `at + d`, or a year from `at` when a configured timeout is too large to add.
+fn far(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .unwrap_or_else(|| at + Duration::from_secs(365 * 24 * 3600))
+}
+
 /// The shared origin of [`SessionGauge::stalled_since_ms`].
 pub fn clock_origin() -> Instant {
     static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -284,7 +290,7 @@ impl SessionTask {
         let mut send_welcome = self.role.central().is_some();
         debug!(node = %self.node, session = %id, "session running");
 
-        loop {
+        'session: loop {
             let now = Instant::now().into_std();
             // 1. Deliver events: each stream in its own order, a slow owner holding up only
             //    its own stream (per-stream credit bounds what it can pile up).
@@ -296,6 +302,12 @@ impl SessionTask {
                 let Some(ev) = self.session.poll_event() else {
                     break;
                 };
+                if let SessionEvent::Failed(e) = ev {
+                    // The state machine can send nothing more (its keys ran out): end the
+                    // session; the client opens a new one.
+                    warn!(node = %self.node, session = %id, error = %e, "session failed");
+                    break 'session;
+                }
                 let Some((stream, ev)) = self.route_event(ev, &mut streams, &mut table) else {
                     continue;
                 };
@@ -383,13 +395,17 @@ impl SessionTask {
             let stall_check = {
                 let stalled = self.session.stalled_for(Instant::now().into_std());
                 (!stalled.is_zero()).then(|| {
-                    Instant::now()
-                        + self.reassembly_timeout.saturating_sub(stalled)
-                        + Duration::from_millis(1)
+                    far(
+                        Instant::now(),
+                        self.reassembly_timeout.saturating_sub(stalled),
+                    ) + Duration::from_millis(1)
                 })
             };
             let wake = [timeout, retry, stall_check].into_iter().flatten().min();
-            let idle_deadline = Instant::from_std(self.session.last_activity()) + self.idle_timeout;
+            let idle_deadline = far(
+                Instant::from_std(self.session.last_activity()),
+                self.idle_timeout,
+            );
             let accept_cmds = self.session.send_capacity() > 0;
             let draining = self.role.draining();
             if draining && streams.is_empty() && self.session.is_idle() {
@@ -544,6 +560,8 @@ impl SessionTask {
                 }
                 None
             }
+            // Handled before routing.
+            SessionEvent::Failed(_) => None,
             SessionEvent::Mailboxes(boxes) => {
                 if let (SessionRole::Central(c), false) = (&mut self.role, boxes.is_empty()) {
                     c.mailboxes = boxes;

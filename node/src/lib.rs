@@ -8,6 +8,7 @@ pub mod downstream;
 pub mod exit;
 pub mod gateway;
 pub mod relay;
+pub mod roles;
 pub mod upstream;
 
 use std::sync::Arc;

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use braid_config::{load_directory, load_node_config, NodeConfig};
+use braid_config::{load_directory, load_node_config};
 use braid_net::NodeIdentity;
-use braid_node::{central, downstream, gateway, relay, upstream, NodeContext};
+use braid_node::NodeContext;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -119,58 +119,5 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         .map(|a| a.ip())
         .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     let bind = std::net::SocketAddr::new(bind_ip, 0);
-    match cfg {
-        NodeConfig::Upstream(c) => upstream::run(ctx, c.listen).await,
-        NodeConfig::Central(c) => {
-            central::run(
-                ctx,
-                central::CentralParams {
-                    listen: c.listen,
-                    session: braid_node::central_session_config(
-                        &directory,
-                        c.reorder_window_cells,
-                        c.session_reorder_bytes,
-                    ),
-                    idle_timeout: c.reassembly_timeout(),
-                    reassembly_timeout: c.reassembly_timeout(),
-                    global_reorder_bytes: usize::try_from(c.global_reorder_bytes)
-                        .unwrap_or(usize::MAX),
-                    max_sessions: 100_000,
-                },
-            )
-            .await
-        }
-        NodeConfig::Downstream(_) => downstream::run(ctx, bind).await,
-        NodeConfig::Relay(c) => {
-            let mix_delay = c.mix_delay();
-            relay::run(
-                ctx,
-                relay::RelayParams {
-                    listen: c.listen,
-                    mix_delay,
-                    pool_cells: c.mailbox_cells as usize,
-                },
-            )
-            .await
-        }
-        NodeConfig::Gateway(c) => {
-            gateway::run(
-                ctx,
-                gateway::GatewayParams {
-                    bind,
-                    connect_timeout: c.connect_timeout(),
-                    policy: braid_node::exit::ExitPolicy {
-                        allow_loopback: c.exit.allow_loopback,
-                        allow_private: c.exit.allow_private,
-                        rules: c.exit.rules.clone(),
-                        node_addrs: Default::default(), // gateway::run adds the directory's
-                    },
-                    hosts: c.hosts.clone(),
-                    reconnect_min: c.reconnect_min(),
-                    reconnect_max: c.reconnect_max(),
-                },
-            )
-            .await
-        }
-    }
+    braid_node::roles::run(ctx, cfg, bind).await
 }

@@ -65,6 +65,20 @@ fn default_max_sessions() -> u32 {
 }
 
 impl CentralConfig {
+    /// A central on `listen` with every other setting at its default.
+    pub fn new(listen: SocketAddr, node: NodeCommon) -> Self {
+        CentralConfig {
+            listen,
+            reorder_window_cells: default_reorder_window_cells(),
+            session_reorder_bytes: default_session_reorder_bytes(),
+            global_reorder_bytes: default_global_reorder_bytes(),
+            reassembly_timeout_secs: default_reassembly_timeout_secs(),
+            idle_timeout_secs: default_idle_timeout_secs(),
+            max_sessions: default_max_sessions(),
+            node,
+        }
+    }
+
     /// [`Self::reassembly_timeout_secs`] as a `Duration`.
     pub fn reassembly_timeout(&self) -> Duration {
         Duration::from_secs(self.reassembly_timeout_secs)

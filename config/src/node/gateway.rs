@@ -49,6 +49,18 @@ fn default_reconnect_max_ms() -> u64 {
 }
 
 impl GatewayConfig {
+    /// A gateway with every setting at its default (the default exit policy).
+    pub fn new(node: NodeCommon) -> Self {
+        GatewayConfig {
+            connect_timeout_secs: default_connect_timeout_secs(),
+            reconnect_min_ms: default_reconnect_min_ms(),
+            reconnect_max_ms: default_reconnect_max_ms(),
+            exit: ExitConfig::default(),
+            hosts: BTreeMap::new(),
+            node,
+        }
+    }
+
     /// [`Self::connect_timeout_secs`] as a `Duration`.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)

@@ -82,6 +82,18 @@ impl NodeCommon {
         Duration::from_secs(self.drain_timeout_secs)
     }
 
+    /// `[node]` for `id` with the given files and every other setting at its default.
+    pub fn new(id: impl Into<String>, directory: PathBuf, identity: PathBuf) -> Self {
+        NodeCommon {
+            id: id.into(),
+            directory,
+            identity,
+            admin: None,
+            log: LogFormat::default(),
+            drain_timeout_secs: default_drain_timeout_secs(),
+        }
+    }
+
     /// `identity/noise.key`.
     pub fn noise_key_path(&self) -> PathBuf {
         self.identity.join(NOISE_KEY_FILE)

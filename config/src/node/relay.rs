@@ -31,6 +31,16 @@ fn default_mailbox_cells() -> u32 {
 }
 
 impl RelayConfig {
+    /// A relay on `listen` with every other setting at its default (no mixing).
+    pub fn new(listen: SocketAddr, node: NodeCommon) -> Self {
+        RelayConfig {
+            listen,
+            mix_delay_ms: 0.0,
+            mailbox_cells: default_mailbox_cells(),
+            node,
+        }
+    }
+
     /// Largest allowed `mix_delay_ms`.
     pub const MAX_MIX_DELAY_MS: f64 = 60_000.0;
 
