@@ -7,6 +7,7 @@
 //! - `BRAID_BENCH_MB`     bulk transfer size in MiB (default 128)
 //! - `BRAID_BENCH_CELLS`  comma-separated cell sizes (default 1024,4096,8192,16384)
 //! - `BRAID_BENCH_TTFB_N` time-to-first-byte samples per configuration (default 20)
+//! - `BRAID_BENCH_BIN`    the `braid` binary to measure (default: this build's)
 //! - `BRAID_BENCH_REPS`   bulk transfers per direction and configuration; the best counts
 //!   (default 3: on a shared 2-core machine a single run is easily disturbed)
 //!
@@ -21,8 +22,7 @@
 //! `target/bench-overlay.md`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use braid_testkit as support;
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -284,11 +284,6 @@ struct DemoProc {
     stopped: bool,
 }
 
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
 fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
@@ -297,9 +292,17 @@ fn log_tail(path: &Path, lines: usize) -> String {
 
 impl DemoProc {
     fn start(cell: usize, log: PathBuf) -> Result<DemoProc> {
-        let socks = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let socks = SocketAddr::from((
+            [127, 0, 0, 1],
+            support::free_port([127, 0, 0, 1].into(), false),
+        ));
         let stderr = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_braid"))
+        // BRAID_BENCH_BIN measures another build of `braid` (say, the one before a change)
+        // under the same conditions as this one.
+        let bin = std::env::var_os("BRAID_BENCH_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_braid")));
+        let mut child = Command::new(bin)
             .args([
                 "demo",
                 "--socks",

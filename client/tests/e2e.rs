@@ -2,7 +2,7 @@
 //! a task with its own 127.x.y.z address, its own keys, talking real QUIC).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use braid_testkit as support;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

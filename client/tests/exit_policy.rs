@@ -9,10 +9,10 @@
 //! unrefused internal address really does come back 0x03.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use braid_testkit as support;
+use support::socks::{connect_request, Dest};
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,22 +42,6 @@ fn reply_name(code: u8) -> &'static str {
     }
 }
 
-/// A SOCKS5 destination, written on the wire as the test says (address or name).
-#[derive(Clone)]
-enum Dest {
-    Addr(SocketAddr),
-    Name(String, u16),
-}
-
-impl fmt::Display for Dest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Dest::Addr(a) => write!(f, "{a}"),
-            Dest::Name(n, p) => write!(f, "{n}:{p} (by name)"),
-        }
-    }
-}
-
 fn addr(ip: impl Into<IpAddr>, port: u16) -> Dest {
     Dest::Addr(SocketAddr::new(ip.into(), port))
 }
@@ -74,26 +58,7 @@ async fn socks_connect(proxy: SocketAddr, dest: &Dest) -> u8 {
         let mut m = [0u8; 2];
         s.read_exact(&mut m).await.unwrap();
         assert_eq!(m, [5, 0], "method selection");
-        let mut req = vec![5, 1, 0];
-        match dest {
-            Dest::Addr(SocketAddr::V4(a)) => {
-                req.push(1);
-                req.extend_from_slice(&a.ip().octets());
-                req.extend_from_slice(&a.port().to_be_bytes());
-            }
-            Dest::Addr(SocketAddr::V6(a)) => {
-                req.push(4);
-                req.extend_from_slice(&a.ip().octets());
-                req.extend_from_slice(&a.port().to_be_bytes());
-            }
-            Dest::Name(n, p) => {
-                req.push(3);
-                req.push(u8::try_from(n.len()).unwrap());
-                req.extend_from_slice(n.as_bytes());
-                req.extend_from_slice(&p.to_be_bytes());
-            }
-        }
-        s.write_all(&req).await.unwrap();
+        s.write_all(&connect_request(dest)).await.unwrap();
         let mut head = [0u8; 2];
         s.read_exact(&mut head).await.unwrap();
         assert_eq!(head[0], 5, "reply version");

@@ -3,7 +3,7 @@
 //! process; RSS is read per process from /proc.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use braid_testkit as support;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

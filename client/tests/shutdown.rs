@@ -2,7 +2,7 @@
 //! live streams finish (up to `drain_timeout_secs`), then exit.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use braid_testkit as support;
 
 use std::time::{Duration, Instant};
 

@@ -10,7 +10,8 @@
 //! time by `within`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use braid_testkit as support;
+use support::socks::{connect_domain, connect_ipv4};
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -148,18 +149,6 @@ async fn http_echo_over(mut s: TcpStream, host: &str, text: &str) -> String {
         .expect("origin answers and closes");
     let body = String::from_utf8_lossy(&body).to_string();
     body.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
-}
-
-fn connect_ipv4(addr: SocketAddr) -> Vec<u8> {
-    let SocketAddr::V4(a) = addr else {
-        panic!("IPv4 only")
-    };
-    cat(&[&[5, 1, 0, 1], &a.ip().octets(), &a.port().to_be_bytes()])
-}
-
-fn connect_domain(name: &[u8], port: u16) -> Vec<u8> {
-    let len = u8::try_from(name.len()).unwrap();
-    cat(&[&[5, 1, 0, 3, len], name, &port.to_be_bytes()])
 }
 
 /// sha256 of a curl download through `socks5h://proxy`, hashed as it streams (unlike

@@ -14,7 +14,6 @@
 //! ```
 //!
 //! Needs root and iproute2's `ip` (Linux only).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Read;
 use std::path::PathBuf;

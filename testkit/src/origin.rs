@@ -1,8 +1,5 @@
-//! Test support shared by the end-to-end tests and the benchmark: a small HTTP/1.1 origin
-//! server on loopback and helpers to drive curl through a SOCKS5 proxy.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
-
-pub mod netns;
+//! A small HTTP/1.1 origin server on loopback with deterministic bodies, and helpers to drive
+//! curl through a SOCKS5 proxy.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -175,7 +172,6 @@ pub async fn curl_sha256(proxy: SocketAddr, url: &str) -> String {
     assert!(ok, "curl download failed");
     hex::encode(Sha256::digest(&body))
 }
-pub mod procs;
 
 /// Uploads `n` deterministic bytes with `curl -T` through `socks5h://proxy` to the origin's
 /// `/upload`, in a task; resolves to the sha256 the origin computed (curl must succeed).

@@ -1,7 +1,6 @@
 //! An overlay of separate processes: every node is a `braid-node` process with its own
 //! config, keys and 127.a.b.N address, and the client is a `braid run` process. Tests use it
 //! where a process boundary matters: kill -9, SIGTERM, per-process RSS.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -11,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use braid_config::{Directory, NodeEntry, Role};
 use braid_net::NodeIdentity;
+
+use crate::free_port;
 
 pub struct ProcOptions {
     pub upstreams: usize,
@@ -54,33 +55,22 @@ pub struct ProcOverlay {
     client: Option<Child>,
 }
 
-/// `braid-node` sits beside the test binary's folder (`target/<profile>/`).
-pub fn braid_node_bin() -> PathBuf {
+/// A workspace binary (`braid-node`, `braid`): it sits beside the test binary's folder
+/// (`target/<profile>/`).
+pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("braid-node");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "{} is missing: run `cargo test --workspace` (or `cargo build -p braid-node`) first",
+        "{} is missing: run `cargo test --workspace` (or `cargo build --workspace`) first",
         bin.display()
     );
     bin
 }
 
-fn free_port(ip: IpAddr, udp: bool) -> u16 {
-    if udp {
-        std::net::UdpSocket::bind((ip, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    } else {
-        std::net::TcpListener::bind((ip, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
+pub fn braid_node_bin() -> PathBuf {
+    workspace_bin("braid-node")
 }
 
 fn spawn(bin: &Path, args: &[&str], log: &Path) -> Child {
@@ -228,7 +218,7 @@ impl ProcOverlay {
         let path = self.dir.path().join("client.toml");
         std::fs::write(&path, cfg).unwrap();
         let log = self.dir.path().join("client.log");
-        let bin = PathBuf::from(env!("CARGO_BIN_EXE_braid"));
+        let bin = workspace_bin("braid");
         self.client = Some(spawn(
             &bin,
             &["run", "--config", path.to_str().unwrap()],
