@@ -1,6 +1,6 @@
 //! Writes the seed corpora into `fuzz/seeds/<target>/`: a few valid inputs per target, so
 //! the fuzzers start from the interesting paths (sealed cells that open, honest handshake
-//! messages, complete SOCKS5 handshakes, the sample configs) instead of finding them.
+//! messages, complete SOCKS5 handshakes, the sample configs, node-to-node envelopes) instead of finding them.
 //!
 //! Run from `fuzz/`: `cargo run --example gen_seeds` (no nightly flags needed).
 //! The targets rebuild the same keys ([`braid_fuzz`]), so these seeds stay valid as long as
@@ -23,6 +23,7 @@ fn main() {
     handshake(&root.join("handshake"));
     socks5(&root.join("socks5"));
     config(&root.join("config"));
+    envelope(&root.join("envelope"));
     println!("seeds written under {}", root.display());
 }
 
@@ -277,4 +278,52 @@ fn config(dir: &Path) {
     let mut env = read("client.toml");
     env.extend_from_slice(b"\0BRAID_WINDOW_CELLS=64\0BRAID_SOCKS_LISTEN=[::1]:1080");
     write(dir, "client-env", &with_mode(5, &env));
+}
+
+/// `cell size u8 | message`: a whole envelope, delivery and registration for small cells,
+/// and one of each refusal.
+fn envelope(dir: &Path) {
+    use braid_proto::envelope::{Delivery, Envelope, Registration};
+    let cat = |parts: &[&[u8]]| parts.concat();
+    let cell: Vec<u8> = (0..32u8).collect();
+    let id = [0x5A; 16];
+    let env = Envelope {
+        relay: "relay-1",
+        mailbox: id,
+        cell: &cell,
+    }
+    .to_vec()
+    .expect("envelope");
+    let wide = Envelope {
+        relay: "r\u{e9}lais-\u{20ac}",
+        mailbox: id,
+        cell: &cell,
+    }
+    .to_vec()
+    .expect("envelope");
+    let delivery = Delivery {
+        mailbox: id,
+        cell: &cell,
+    }
+    .to_vec();
+    let registration = Registration { mailbox: id }.encode();
+    let seeds: Vec<(&str, Vec<u8>)> = vec![
+        ("envelope-32", cat(&[&[32], &env])),
+        ("envelope-utf8-relay", cat(&[&[32], &wide])),
+        (
+            "envelope-empty-cell",
+            cat(&[&[0], &env[..env.len() - cell.len()]]),
+        ),
+        ("delivery-32", cat(&[&[32], &delivery])),
+        ("registration", cat(&[&[0], &registration])),
+        ("empty-relay", cat(&[&[32], &[0], &[0; 48]])),
+        (
+            "relay-too-long",
+            cat(&[&[32], &[33], &[b'r'; 33], &[0; 48]]),
+        ),
+        ("relay-not-utf8", cat(&[&[32], &[2, 0xC3, 0x28], &[0; 48]])),
+    ];
+    for (name, bytes) in seeds {
+        write(dir, name, &bytes);
+    }
 }

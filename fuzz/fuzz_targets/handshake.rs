@@ -28,7 +28,7 @@
 use arbitrary::{Arbitrary, Unstructured};
 use braid_fuzz::*;
 use braid_proto::cell::{CellHeader, CellKind, HEADER_LEN};
-use braid_proto::frame::{Mailbox, MAX_GATEWAY_ID};
+use braid_proto::frame::{Mailbox, MAX_NODE_ID_LEN};
 use braid_proto::inner::{self, OpenRequest, OpenStatus, MAX_REASON, MAX_RECORD_DATA};
 use braid_proto::noise::{self, HandshakeError, StaticKeypair, MAX_MESSAGE, MESSAGE_OVERHEAD};
 use braid_proto::session::{self, PendingSession, SessionConfig, SessionHello};
@@ -266,7 +266,7 @@ fn sess(s: Sess) {
     let bad_names = hello
         .mailboxes
         .iter()
-        .any(|m| m.relay.len() > MAX_GATEWAY_ID);
+        .any(|m| m.relay.len() > MAX_NODE_ID_LEN);
     let pending = PendingSession::start(
         &mut FuzzRng::new(s.seed),
         cfg.clone(),

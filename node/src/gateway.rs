@@ -164,14 +164,7 @@ where
 }
 
 fn status_of(e: &std::io::Error) -> OpenStatus {
-    use std::io::ErrorKind::*;
-    match e.kind() {
-        ConnectionRefused => OpenStatus::CONNECTION_REFUSED,
-        NetworkUnreachable => OpenStatus::NETWORK_UNREACHABLE,
-        HostUnreachable => OpenStatus::HOST_UNREACHABLE,
-        TimedOut => OpenStatus::TTL_EXPIRED,
-        _ => OpenStatus::GENERAL_FAILURE,
-    }
+    OpenStatus::from_io_error_kind(e.kind())
 }
 
 /// Applies the policy to the name (before any lookup), resolves once, checks every
@@ -209,7 +202,7 @@ async fn connect_checked(timeout: Duration, addrs: &[Checked]) -> Result<TcpStre
             Ok(Err(e)) => last = OpenFailure::new(status_of(&e), format!("connecting to {a}: {e}")),
             Err(_) => {
                 last = OpenFailure::new(
-                    OpenStatus::TTL_EXPIRED,
+                    OpenStatus::TIMED_OUT,
                     format!("connecting to {a}: timed out"),
                 )
             }

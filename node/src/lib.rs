@@ -57,7 +57,7 @@ impl NodeContext {
 
 /// Largest central → downstream envelope: relay id, mailbox, cell.
 pub fn max_envelope(cell_size: usize) -> usize {
-    1 + braid_proto::frame::MAX_GATEWAY_ID + 16 + cell_size
+    braid_proto::envelope::max_envelope_len(cell_size)
 }
 
 /// The central's session settings: the reorder window is the smaller of the configured

@@ -12,7 +12,14 @@ pub const MAX_SACK_RANGES: usize = 8;
 pub const MAX_ACK_LEN: usize = 8 + 8 + 1 + MAX_SACK_RANGES * 16;
 /// Bytes a `StreamData` frame adds around its payload.
 pub const STREAM_DATA_OVERHEAD: usize = 1 + 4 + 2;
-pub const MAX_GATEWAY_ID: usize = 32;
+/// Longest node id on the wire, in bytes: a gateway named in `StreamOpen`, a relay named in
+/// a mailbox or in a central → downstream envelope. One limit for every node id.
+pub const MAX_NODE_ID_LEN: usize = 32;
+/// Bytes in a mailbox id.
+pub const MAILBOX_ID_LEN: usize = 16;
+
+/// A mailbox id: random, chosen by the client, unique per relay.
+pub type MailboxId = [u8; MAILBOX_ID_LEN];
 
 /// Cumulative + selective acknowledgement and flow-control credit.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -76,7 +83,8 @@ pub enum Frame {
     StreamData { stream: StreamId, data: Vec<u8> },
     /// The sender will send no more bytes on this stream.
     StreamEnd { stream: StreamId },
-    /// Abort the stream in both directions.
+    /// Abort the stream in both directions; `code` is a [`Reason`](crate::reason::Reason)
+    /// value (`Reason::from(code)`).
     StreamReset { stream: StreamId, code: u8 },
     /// Client → central: the relay mailboxes responses should go to now (replaces the set).
     Mailboxes { boxes: Vec<Mailbox> },
@@ -89,7 +97,7 @@ pub enum Frame {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Mailbox {
     pub relay: String,
-    pub id: [u8; 16],
+    pub id: MailboxId,
 }
 
 mod ty {
@@ -110,7 +118,7 @@ fn write_name(w: &mut Writer<'_>, s: &str) -> Result<(), WireError> {
 
 fn take_name(r: &mut Reader<'_>) -> Result<String, WireError> {
     let len = usize::from(r.u8()?);
-    if len > MAX_GATEWAY_ID {
+    if len > MAX_NODE_ID_LEN {
         return Err(WireError::TooLong);
     }
     std::str::from_utf8(r.bytes(len)?)
@@ -119,7 +127,10 @@ fn take_name(r: &mut Reader<'_>) -> Result<String, WireError> {
 }
 
 pub fn mailboxes_len(boxes: &[Mailbox]) -> usize {
-    2 + boxes.iter().map(|b| 1 + b.relay.len() + 16).sum::<usize>()
+    2 + boxes
+        .iter()
+        .map(|b| 1 + b.relay.len() + MAILBOX_ID_LEN)
+        .sum::<usize>()
 }
 
 impl Frame {

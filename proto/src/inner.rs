@@ -41,20 +41,9 @@ pub enum InnerError {
     Exhausted,
 }
 
-/// Status a gateway returns for an open; values follow SOCKS5 reply codes so the client
-/// maps them one to one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OpenStatus(pub u8);
-
-impl OpenStatus {
-    pub const OK: OpenStatus = OpenStatus(0);
-    pub const GENERAL_FAILURE: OpenStatus = OpenStatus(1);
-    pub const NOT_ALLOWED: OpenStatus = OpenStatus(2);
-    pub const NETWORK_UNREACHABLE: OpenStatus = OpenStatus(3);
-    pub const HOST_UNREACHABLE: OpenStatus = OpenStatus(4);
-    pub const CONNECTION_REFUSED: OpenStatus = OpenStatus(5);
-    pub const TTL_EXPIRED: OpenStatus = OpenStatus(6);
-}
+/// Status a gateway returns for an open: a [`Reason`](crate::reason::Reason), `OK` on
+/// success. Its values 0–8 are the SOCKS5 reply values, as they always were on the wire.
+pub use crate::reason::Reason as OpenStatus;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenRequest {
@@ -89,7 +78,7 @@ pub enum Record {
     HalfClose,
     /// The stream is done in both directions.
     Close,
-    /// The far side failed; the code is an [`OpenStatus`]-style reason.
+    /// The far side failed; the code is a [`Reason`](crate::reason::Reason) value.
     Error(u8),
 }
 

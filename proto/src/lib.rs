@@ -4,13 +4,16 @@
 
 pub mod aead;
 pub mod cell;
+pub mod envelope;
 pub mod frame;
 pub mod inner;
 pub mod mix;
 pub mod noise;
+pub mod reason;
 pub mod session;
 pub mod socks5;
 pub mod target;
 pub mod wire;
 
+pub use reason::Reason;
 pub use target::TargetAddr;

@@ -1,0 +1,494 @@
+//! Node-to-node framings around a response cell, on its way from the central to a client.
+//!
+//! ```text
+//! central → downstream (envelope):  relay_len u8 | relay id (1..=MAX_NODE_ID_LEN) | mailbox [16] | cell
+//! downstream → relay   (delivery):  mailbox [16] | cell
+//! client → relay   (registration):  mailbox [16]        (once, on the bi stream it reads cells from)
+//! ```
+//!
+//! Each is one message of the transport's length-prefixed framing, so every parser here takes
+//! exactly one whole message and refuses trailing or missing bytes. The cell is opaque
+//! (sealed end to end); only its length is checked, against the directory's cell size. A
+//! downstream forwards an envelope's tail, `mailbox | cell`, unchanged as the delivery.
+//!
+//! The central prepends the same envelope prefix to every cell of a path, so
+//! [`write_envelope_prefix`] / [`encode_envelope_prefix`] build just the prefix once.
+
+use thiserror::Error;
+
+use crate::frame::{Mailbox, MailboxId, MAILBOX_ID_LEN, MAX_NODE_ID_LEN};
+use crate::wire::{Reader, WireError};
+
+/// Why an envelope, delivery or registration was refused.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum EnvelopeError {
+    #[error("truncated: the message ends inside its header")]
+    Truncated,
+    #[error("empty relay id")]
+    EmptyRelay,
+    #[error("relay id of {0} bytes is longer than {MAX_NODE_ID_LEN}")]
+    RelayTooLong(usize),
+    #[error("relay id is not UTF-8")]
+    RelayNotUtf8,
+    #[error("cell of {got} bytes, the cell size is {want}")]
+    WrongCellSize { got: usize, want: usize },
+    #[error("registration of {0} bytes, a mailbox id is {MAILBOX_ID_LEN}")]
+    WrongRegistrationLen(usize),
+}
+
+impl From<WireError> for EnvelopeError {
+    /// The parsers only read fixed fields through [`Reader`], which fails only by running out.
+    fn from(_: WireError) -> Self {
+        EnvelopeError::Truncated
+    }
+}
+
+/// Largest envelope for this cell size (the transport's frame limit on the central →
+/// downstream link): the longest relay id, the mailbox and the cell.
+pub const fn max_envelope_len(cell_size: usize) -> usize {
+    (1 + MAX_NODE_ID_LEN + MAILBOX_ID_LEN).saturating_add(cell_size)
+}
+
+/// The exact length of a delivery for this cell size (the downstream → relay frame limit).
+pub const fn delivery_len(cell_size: usize) -> usize {
+    MAILBOX_ID_LEN.saturating_add(cell_size)
+}
+
+/// Checks a relay id for the envelope: 1 to [`MAX_NODE_ID_LEN`] bytes.
+fn check_relay(relay: &str) -> Result<u8, EnvelopeError> {
+    match relay.len() {
+        0 => Err(EnvelopeError::EmptyRelay),
+        n if n > MAX_NODE_ID_LEN => Err(EnvelopeError::RelayTooLong(n)),
+        // MAX_NODE_ID_LEN < 256.
+        n => Ok(n as u8),
+    }
+}
+
+/// Length of the envelope prefix for this relay id (`1 + relay + mailbox`).
+pub fn envelope_prefix_len(relay: &str) -> usize {
+    1 + relay.len() + MAILBOX_ID_LEN
+}
+
+/// Appends the envelope prefix `relay_len | relay | mailbox` for `to` to `out`; the cell
+/// follows it. Nothing is written if the relay id is empty or too long.
+pub fn write_envelope_prefix(to: &Mailbox, out: &mut Vec<u8>) -> Result<(), EnvelopeError> {
+    write_prefix(&to.relay, &to.id, out)
+}
+
+/// The envelope prefix for `to`, as [`write_envelope_prefix`] writes it.
+pub fn encode_envelope_prefix(to: &Mailbox) -> Result<Vec<u8>, EnvelopeError> {
+    let mut out = Vec::with_capacity(envelope_prefix_len(&to.relay));
+    write_envelope_prefix(to, &mut out)?;
+    Ok(out)
+}
+
+fn write_prefix(relay: &str, mailbox: &MailboxId, out: &mut Vec<u8>) -> Result<(), EnvelopeError> {
+    let len = check_relay(relay)?;
+    out.reserve(envelope_prefix_len(relay));
+    push_prefix(len, relay, mailbox, out);
+    Ok(())
+}
+
+/// The prefix of a checked relay id (`len` is its length).
+fn push_prefix(len: u8, relay: &str, mailbox: &MailboxId, out: &mut Vec<u8>) {
+    out.push(len);
+    out.extend_from_slice(relay.as_bytes());
+    out.extend_from_slice(mailbox);
+}
+
+/// A central → downstream envelope, borrowed from the received message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    /// The relay to hand the cell to.
+    pub relay: &'a str,
+    /// The client's mailbox at that relay.
+    pub mailbox: MailboxId,
+    /// The sealed cell.
+    pub cell: &'a [u8],
+}
+
+impl<'a> Envelope<'a> {
+    /// Parses one whole envelope; the cell must be exactly `cell_size` bytes.
+    pub fn parse(buf: &'a [u8], cell_size: usize) -> Result<Self, EnvelopeError> {
+        let mut r = Reader::new(buf);
+        let len = usize::from(r.u8()?);
+        if len == 0 {
+            return Err(EnvelopeError::EmptyRelay);
+        }
+        if len > MAX_NODE_ID_LEN {
+            return Err(EnvelopeError::RelayTooLong(len));
+        }
+        let relay = std::str::from_utf8(r.bytes(len)?).map_err(|_| EnvelopeError::RelayNotUtf8)?;
+        let mailbox = r.array::<MAILBOX_ID_LEN>()?;
+        let cell = r.rest();
+        if cell.len() != cell_size {
+            return Err(EnvelopeError::WrongCellSize {
+                got: cell.len(),
+                want: cell_size,
+            });
+        }
+        Ok(Envelope {
+            relay,
+            mailbox,
+            cell,
+        })
+    }
+
+    /// Bytes [`encode_into`](Self::encode_into) appends.
+    pub fn encoded_len(&self) -> usize {
+        envelope_prefix_len(self.relay) + self.cell.len()
+    }
+
+    /// Appends the envelope to `out`; nothing is written if the relay id is empty or too long.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), EnvelopeError> {
+        let len = check_relay(self.relay)?;
+        out.reserve(self.encoded_len());
+        push_prefix(len, self.relay, &self.mailbox, out);
+        out.extend_from_slice(self.cell);
+        Ok(())
+    }
+
+    /// The envelope as one message.
+    pub fn to_vec(&self) -> Result<Vec<u8>, EnvelopeError> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// What the downstream hands the relay: the mailbox and the cell.
+    pub fn delivery(&self) -> Delivery<'a> {
+        Delivery {
+            mailbox: self.mailbox,
+            cell: self.cell,
+        }
+    }
+}
+
+/// A downstream → relay delivery, borrowed from the received message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery<'a> {
+    /// The client's mailbox at this relay.
+    pub mailbox: MailboxId,
+    /// The sealed cell.
+    pub cell: &'a [u8],
+}
+
+impl<'a> Delivery<'a> {
+    /// Parses one whole delivery; the cell must be exactly `cell_size` bytes.
+    pub fn parse(buf: &'a [u8], cell_size: usize) -> Result<Self, EnvelopeError> {
+        let mut r = Reader::new(buf);
+        let mailbox = r.array::<MAILBOX_ID_LEN>()?;
+        let cell = r.rest();
+        if cell.len() != cell_size {
+            return Err(EnvelopeError::WrongCellSize {
+                got: cell.len(),
+                want: cell_size,
+            });
+        }
+        Ok(Delivery { mailbox, cell })
+    }
+
+    /// Bytes [`encode_into`](Self::encode_into) appends.
+    pub fn encoded_len(&self) -> usize {
+        MAILBOX_ID_LEN + self.cell.len()
+    }
+
+    /// Appends `mailbox | cell` to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.reserve(self.encoded_len());
+        out.extend_from_slice(&self.mailbox);
+        out.extend_from_slice(self.cell);
+    }
+
+    /// The delivery as one message.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode_into(&mut out);
+        out
+    }
+}
+
+/// A client's mailbox registration at a relay: the mailbox id, alone in one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Registration {
+    pub mailbox: MailboxId,
+}
+
+impl Registration {
+    /// The exact length of a registration message (also the relay's frame limit for it).
+    pub const LEN: usize = MAILBOX_ID_LEN;
+
+    /// Parses one whole registration message.
+    pub fn parse(buf: &[u8]) -> Result<Self, EnvelopeError> {
+        let mailbox =
+            MailboxId::try_from(buf).map_err(|_| EnvelopeError::WrongRegistrationLen(buf.len()))?;
+        Ok(Registration { mailbox })
+    }
+
+    /// The registration message.
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        self.mailbox
+    }
+}
+
+impl From<&Mailbox> for Registration {
+    fn from(m: &Mailbox) -> Self {
+        Registration { mailbox: m.id }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ID: MailboxId = [7; MAILBOX_ID_LEN];
+
+    fn mailbox(relay: &str) -> Mailbox {
+        Mailbox {
+            relay: relay.into(),
+            id: ID,
+        }
+    }
+
+    /// The bytes the node wrote by hand before this module (session_task.rs
+    /// `envelope_prefix`, downstream.rs, relay.rs, client overlay.rs): pinned.
+    #[test]
+    fn wire_layout_is_unchanged() {
+        let prefix = encode_envelope_prefix(&mailbox("relay-1")).unwrap();
+        let mut want = vec![7u8];
+        want.extend_from_slice(b"relay-1");
+        want.extend_from_slice(&[7; 16]);
+        assert_eq!(prefix, want);
+        assert_eq!(prefix.len(), envelope_prefix_len("relay-1"));
+
+        let cell = [0xAB; 4];
+        let env = Envelope {
+            relay: "relay-1",
+            mailbox: ID,
+            cell: &cell,
+        };
+        let bytes = env.to_vec().unwrap();
+        assert_eq!(bytes, [&want[..], &cell[..]].concat());
+        assert_eq!(bytes.len(), env.encoded_len());
+        assert_eq!(Envelope::parse(&bytes, 4), Ok(env));
+        // The delivery is the envelope's tail, byte for byte.
+        assert_eq!(env.delivery().to_vec(), &bytes[1 + 7..]);
+        assert_eq!(Delivery::parse(&bytes[8..], 4), Ok(env.delivery()));
+        assert_eq!(Registration::from(&mailbox("r")).encode(), ID);
+
+        assert_eq!(MAILBOX_ID_LEN, 16);
+        assert_eq!(MAX_NODE_ID_LEN, 32);
+        assert_eq!(max_envelope_len(1024), 1 + 32 + 16 + 1024);
+        assert_eq!(delivery_len(1024), 16 + 1024);
+        assert_eq!(max_envelope_len(usize::MAX), usize::MAX);
+    }
+
+    #[test]
+    fn longest_envelope_is_max_envelope_len() {
+        let relay = "r".repeat(MAX_NODE_ID_LEN);
+        let cell = vec![1u8; 1024];
+        let env = Envelope {
+            relay: &relay,
+            mailbox: ID,
+            cell: &cell,
+        };
+        let bytes = env.to_vec().unwrap();
+        assert_eq!(bytes.len(), max_envelope_len(1024));
+        assert_eq!(Envelope::parse(&bytes, 1024), Ok(env));
+    }
+
+    #[test]
+    fn envelope_errors() {
+        use EnvelopeError::*;
+        let cell = [0u8; 8];
+        let good = Envelope {
+            relay: "ab",
+            mailbox: ID,
+            cell: &cell,
+        }
+        .to_vec()
+        .unwrap();
+        assert_eq!(Envelope::parse(&[], 8), Err(Truncated));
+        // Cut inside the relay id and inside the mailbox.
+        for cut in 1..1 + 2 + MAILBOX_ID_LEN {
+            assert_eq!(Envelope::parse(&good[..cut], 8), Err(Truncated), "{cut}");
+        }
+        // Header complete, cell short, empty or long.
+        assert_eq!(
+            Envelope::parse(&good[..good.len() - 1], 8),
+            Err(WrongCellSize { got: 7, want: 8 })
+        );
+        assert_eq!(
+            Envelope::parse(&good[..3 + MAILBOX_ID_LEN], 8),
+            Err(WrongCellSize { got: 0, want: 8 })
+        );
+        assert_eq!(
+            Envelope::parse(&[&good[..], &[0]].concat(), 8),
+            Err(WrongCellSize { got: 9, want: 8 })
+        );
+        assert_eq!(Envelope::parse(&[0; 64], 8), Err(EmptyRelay));
+        assert_eq!(Envelope::parse(&[33; 64], 8), Err(RelayTooLong(33)));
+        assert_eq!(Envelope::parse(&[255], 8), Err(RelayTooLong(255)));
+        let mut bad = good.clone();
+        bad[1] = 0xC3;
+        bad[2] = 0x28;
+        assert_eq!(Envelope::parse(&bad, 8), Err(RelayNotUtf8));
+        // Errors display something readable.
+        assert_eq!(
+            RelayTooLong(33).to_string(),
+            "relay id of 33 bytes is longer than 32"
+        );
+    }
+
+    #[test]
+    fn encoders_refuse_bad_relay_ids_and_write_nothing() {
+        let long = "x".repeat(MAX_NODE_ID_LEN + 1);
+        for (relay, err) in [
+            ("", EnvelopeError::EmptyRelay),
+            (long.as_str(), EnvelopeError::RelayTooLong(33)),
+        ] {
+            let mut out = vec![9];
+            assert_eq!(
+                write_envelope_prefix(&mailbox(relay), &mut out),
+                Err(err.clone())
+            );
+            assert_eq!(out, [9]);
+            assert_eq!(encode_envelope_prefix(&mailbox(relay)), Err(err.clone()));
+            let env = Envelope {
+                relay,
+                mailbox: ID,
+                cell: &[1, 2],
+            };
+            assert_eq!(env.encode_into(&mut out), Err(err.clone()));
+            assert_eq!(out, [9]);
+            assert_eq!(env.to_vec(), Err(err));
+        }
+        // A multi-byte id counts in bytes: 11 × 3 bytes is too long.
+        let wide = "€".repeat(11);
+        assert_eq!(
+            encode_envelope_prefix(&mailbox(&wide)),
+            Err(EnvelopeError::RelayTooLong(33))
+        );
+    }
+
+    #[test]
+    fn delivery_errors() {
+        use EnvelopeError::*;
+        for n in 0..MAILBOX_ID_LEN {
+            assert_eq!(Delivery::parse(&[0; 40][..n], 4), Err(Truncated), "{n}");
+        }
+        assert_eq!(
+            Delivery::parse(&[0; MAILBOX_ID_LEN], 4),
+            Err(WrongCellSize { got: 0, want: 4 })
+        );
+        assert_eq!(
+            Delivery::parse(&[0; MAILBOX_ID_LEN + 5], 4),
+            Err(WrongCellSize { got: 5, want: 4 })
+        );
+        let d = Delivery::parse(&[3; MAILBOX_ID_LEN + 4], 4).unwrap();
+        assert_eq!((d.mailbox, d.cell), ([3; 16], &[3u8; 4][..]));
+    }
+
+    #[test]
+    fn registration_errors() {
+        for n in [0, 1, 15, 17, 64] {
+            assert_eq!(
+                Registration::parse(&vec![0; n]),
+                Err(EnvelopeError::WrongRegistrationLen(n))
+            );
+        }
+        let r = Registration::parse(&ID).unwrap();
+        assert_eq!(r.mailbox, ID);
+        assert_eq!(r.encode(), ID);
+        assert_eq!(Registration::LEN, 16);
+    }
+
+    /// A relay id of 1..=MAX_NODE_ID_LEN bytes, multi-byte characters included.
+    fn arb_relay() -> impl Strategy<Value = String> {
+        "[a-z0-9.é€😀-]{1,32}".prop_filter("fits in MAX_NODE_ID_LEN bytes", |s| {
+            s.len() <= MAX_NODE_ID_LEN
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn envelope_round_trips(
+            relay in arb_relay(),
+            mailbox in any::<MailboxId>(),
+            cell in proptest::collection::vec(any::<u8>(), 0..2048),
+        ) {
+            let env = Envelope { relay: &relay, mailbox, cell: &cell };
+            let bytes = env.to_vec().unwrap();
+            prop_assert_eq!(bytes.len(), env.encoded_len());
+            prop_assert!(bytes.len() <= max_envelope_len(cell.len()));
+            prop_assert_eq!(Envelope::parse(&bytes, cell.len()), Ok(env));
+            // Prefix then cell is the same message.
+            let mut alt = encode_envelope_prefix(&Mailbox { relay: relay.clone(), id: mailbox }).unwrap();
+            alt.extend_from_slice(&cell);
+            prop_assert_eq!(&alt, &bytes);
+            // The delivery the downstream forwards is the envelope's tail.
+            let d = env.delivery().to_vec();
+            prop_assert_eq!(&d[..], &bytes[1 + relay.len()..]);
+            prop_assert_eq!(Delivery::parse(&d, cell.len()), Ok(env.delivery()));
+            // Any other cell size is refused.
+            prop_assert!(Envelope::parse(&bytes, cell.len() + 1).is_err());
+        }
+
+        #[test]
+        fn delivery_and_registration_round_trip(
+            mailbox in any::<MailboxId>(),
+            cell in proptest::collection::vec(any::<u8>(), 0..2048),
+        ) {
+            let d = Delivery { mailbox, cell: &cell };
+            let bytes = d.to_vec();
+            prop_assert_eq!(bytes.len(), delivery_len(cell.len()));
+            prop_assert_eq!(Delivery::parse(&bytes, cell.len()), Ok(d));
+            let r = Registration { mailbox };
+            prop_assert_eq!(Registration::parse(&r.encode()), Ok(r));
+        }
+
+        /// Arbitrary bytes: every parser returns a value or a typed error, never panics, and
+        /// what parses re-encodes to exactly the input.
+        #[test]
+        fn arbitrary_bytes_parse_or_fail_cleanly(
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+            cell_size in 0usize..256,
+        ) {
+            match Envelope::parse(&bytes, cell_size) {
+                Ok(env) => {
+                    prop_assert_eq!(env.to_vec().unwrap(), bytes.clone());
+                    prop_assert!(bytes.len() <= max_envelope_len(cell_size));
+                }
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+            if let Ok(d) = Delivery::parse(&bytes, cell_size) {
+                prop_assert_eq!(d.to_vec(), bytes.clone());
+                prop_assert_eq!(bytes.len(), delivery_len(cell_size));
+            }
+            if let Ok(r) = Registration::parse(&bytes) {
+                prop_assert_eq!(&r.encode()[..], &bytes[..]);
+            }
+        }
+
+        /// Well-formed headers with arbitrary relay bytes and lengths: parse accepts exactly
+        /// the valid ones.
+        #[test]
+        fn header_fields_are_checked(
+            len in any::<u8>(),
+            relay in proptest::collection::vec(any::<u8>(), 0..40),
+            cell_size in 0usize..64,
+        ) {
+            let mut bytes = vec![len];
+            bytes.extend_from_slice(&relay);
+            bytes.extend_from_slice(&ID);
+            bytes.resize(bytes.len() + cell_size, 0);
+            let got = Envelope::parse(&bytes, cell_size);
+            let n = usize::from(len);
+            let valid = (1..=MAX_NODE_ID_LEN).contains(&n)
+                && n == relay.len()
+                && std::str::from_utf8(&relay).is_ok();
+            prop_assert_eq!(got.is_ok(), valid, "{:?}", got);
+        }
+    }
+}
