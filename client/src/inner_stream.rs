@@ -8,11 +8,8 @@ use std::time::Duration;
 use braid_driver::pump::{self, Inbound};
 use braid_driver::session_task::StreamEvent;
 use braid_driver::stream::{self, StreamReceiver, StreamSender};
-use braid_proto::inner::{
-    self, MessageDecoder, OpenRequest, OpenStatus, RecordOpener, RecordSealer,
-};
-use braid_proto::socks5::ReplyCode;
-use braid_proto::TargetAddr;
+use braid_proto::inner::{self, MessageDecoder, OpenRequest, RecordOpener, RecordSealer};
+use braid_proto::{Reason, TargetAddr};
 use tokio::net::TcpStream;
 use tracing::info;
 
@@ -24,8 +21,10 @@ pub const OPEN_DEADLINE: Duration = Duration::from_secs(30);
 /// Why an open did not give a stream. The stream has been reset already.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenFailure {
-    #[error("the gateway refused the stream ({}): {reason}", status.0)]
-    Refused { status: OpenStatus, reason: String },
+    #[error("the gateway refused the stream ({status}): {reason}")]
+    Refused { status: Reason, reason: String },
+    #[error("the stream was reset before the gateway answered ({0})")]
+    Reset(Reason),
     #[error("the stream ended before the gateway answered")]
     NoAnswer,
     #[error("the gateway did not answer within {0:?}")]
@@ -37,29 +36,17 @@ pub enum OpenFailure {
 }
 
 impl OpenFailure {
-    /// The SOCKS5 reply for this failure, in one place.
-    pub fn socks_reply(&self) -> ReplyCode {
+    /// Why, as a stream-end reason: what the stream is reset with, and what every front
+    /// end maps to its own answer (`Reason::socks5_reply`, `Reason::http_status`).
+    pub fn reason(&self) -> Reason {
         match self {
-            OpenFailure::Refused { status, .. } => reply_code(*status),
-            OpenFailure::TimedOut(_) => ReplyCode::TTL_EXPIRED,
-            _ => ReplyCode::GENERAL_FAILURE,
+            OpenFailure::Refused { status, .. } => *status,
+            OpenFailure::Reset(r) => *r,
+            OpenFailure::NoAnswer => Reason::GENERAL_FAILURE,
+            OpenFailure::TimedOut(_) => Reason::TIMED_OUT,
+            OpenFailure::BadAnswer(_) => Reason::PROTOCOL_ERROR,
+            OpenFailure::SessionGone => Reason::SESSION_CLOSED,
         }
-    }
-
-    /// The code the stream is reset with.
-    fn reset_code(&self) -> u8 {
-        match self {
-            OpenFailure::Refused { status, .. } => status.0,
-            _ => 1,
-        }
-    }
-}
-
-/// Maps a gateway's open status to the SOCKS5 reply code.
-pub fn reply_code(status: OpenStatus) -> ReplyCode {
-    match status.0 {
-        0..=8 => ReplyCode(status.0),
-        _ => ReplyCode::GENERAL_FAILURE,
     }
 }
 
@@ -104,6 +91,7 @@ pub async fn open(
                 }
                 match rx.recv().await {
                     Some(StreamEvent::Data(d)) => dec.push(&d),
+                    Some(StreamEvent::Reset(r)) => return Err(OpenFailure::Reset(r)),
                     _ => return Err(OpenFailure::NoAnswer),
                 }
             }
@@ -112,7 +100,7 @@ pub async fn open(
         .map_err(|_| OpenFailure::TimedOut(OPEN_DEADLINE))??;
         let (status, reason, sealer, opener) =
             open.finish(&msg2).map_err(OpenFailure::BadAnswer)?;
-        if status != OpenStatus::OK {
+        if !status.is_ok() {
             return Err(OpenFailure::Refused { status, reason });
         }
         Ok((dec, sealer, opener))
@@ -127,9 +115,9 @@ pub async fn open(
         }),
         Err(e) => {
             if let OpenFailure::Refused { status, reason } = &e {
-                info!(stream = tx.id(), %target, code = status.0, %reason, "gateway refused the stream");
+                info!(stream = tx.id(), %target, code = status.code(), %reason, "gateway refused the stream");
             }
-            tx.reset(e.reset_code()).await;
+            tx.reset(e.reason()).await;
             Err(e)
         }
     }
@@ -151,10 +139,10 @@ impl OpenedStream {
         let up = pump::app_to_overlay(&mut tcp_r, &mut sealer, &mut tx, |_| {});
         let down = pump::overlay_to_app(&mut rx, &mut dec, &mut opener, &mut tcp_w, |_| {});
         let (_, inbound) = tokio::join!(up, down);
-        if inbound == Inbound::Finished {
-            leave.forget().await;
-        } else {
-            leave.reset(1).await;
+        match inbound {
+            Inbound::Finished => leave.forget().await,
+            Inbound::Aborted => leave.reset(Reason::GENERAL_FAILURE).await,
+            Inbound::AppFailed => leave.reset(Reason::APP_CLOSED).await,
         }
     }
 }

@@ -14,6 +14,7 @@ use braid_driver::tap::Tap;
 use braid_driver::{keep_dialing, publish_link, Backoff, Link, Metrics};
 use braid_net::{read_frame, write_frame};
 use braid_proto::cell::{CellHeader, CellKind};
+use braid_proto::envelope::Registration;
 use braid_proto::frame::Mailbox;
 use braid_proto::session::{PendingSession, SessionConfig, SessionHello};
 use rand::RngCore;
@@ -244,7 +245,10 @@ async fn relay_link(
             let Ok((mut send, mut recv)) = conn.open_bi().await else {
                 return;
             };
-            if write_frame(&mut send, &mailbox.id).await.is_err() {
+            if write_frame(&mut send, &Registration::from(&mailbox).encode())
+                .await
+                .is_err()
+            {
                 return;
             }
             if let Ok(mut m) = live.lock() {

@@ -403,7 +403,8 @@ async fn handle_conn(
             Ok(())
         }
         Err(e) => {
-            tcp.write_all(&socks5::reply(e.socks_reply(), None)).await?;
+            tcp.write_all(&socks5::reply(e.reason().socks5_reply(), None))
+                .await?;
             match e {
                 OpenFailure::BadAnswer(_) => Err(e.into()),
                 _ => Ok(()),

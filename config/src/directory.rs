@@ -10,6 +10,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use toml::Value;
 
+use braid_proto::frame::MAX_NODE_ID_LEN;
+
 use crate::de::toml_quote;
 use crate::env::{self, Applied};
 use crate::error::ConfigError;
@@ -19,8 +21,6 @@ use crate::parse::{parse_table, typed};
 pub const MIN_CELL_SIZE: u32 = braid_proto::cell::MIN_CELL_SIZE as u32;
 /// Largest allowed network-wide cell size, in bytes (the cell codec's bound).
 pub const MAX_CELL_SIZE: u32 = braid_proto::cell::MAX_CELL_SIZE as u32;
-/// Longest allowed node id.
-pub const MAX_ID_LEN: usize = 32;
 
 /// The file name used for directories that were built in memory.
 pub(crate) const IN_MEMORY: &str = "<in-memory directory>";
@@ -340,9 +340,9 @@ pub fn parse_directory(
 
 /// Check a node id: 1..=32 characters of `[a-z0-9-]`.
 pub fn check_id(id: &str) -> Result<(), String> {
-    if id.is_empty() || id.len() > MAX_ID_LEN {
+    if id.is_empty() || id.len() > MAX_NODE_ID_LEN {
         return Err(format!(
-            "node id {id:?} must be 1..={MAX_ID_LEN} characters long, is {}",
+            "node id {id:?} must be 1..={MAX_NODE_ID_LEN} characters long, is {}",
             id.chars().count()
         ));
     }

@@ -28,7 +28,7 @@ mod parse;
 pub use client::{parse_client_config, ClientConfig, SocksAuthConfig};
 pub use directory::{
     check_id, hex32, parse_directory, Directory, NodeEntry, Role, UnknownRole, MAX_CELL_SIZE,
-    MAX_ID_LEN, MIN_CELL_SIZE,
+    MIN_CELL_SIZE,
 };
 pub use env::env_var_name;
 pub use error::ConfigError;

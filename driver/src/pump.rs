@@ -7,6 +7,7 @@ use std::future::Future;
 use std::io;
 
 use braid_proto::inner::{self, MessageDecoder, Record, RecordOpener, RecordSealer};
+use braid_proto::Reason;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::session_task::StreamEvent;
@@ -74,7 +75,7 @@ where
                 seen(data);
                 Record::Data(data.to_vec())
             }
-            Err(_) => Record::Error(braid_proto::inner::OpenStatus::GENERAL_FAILURE.0),
+            Err(_) => Record::Error(Reason::GENERAL_FAILURE.code()),
         };
         let last = !matches!(rec, Record::Data(_));
         out.clear();

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use braid_proto::cell::CellKind;
+use braid_proto::envelope::encode_envelope_prefix;
 use braid_proto::frame::{Mailbox, StreamId};
 use braid_proto::session::{PathId, Session, SessionEvent, SessionStats};
+use braid_proto::Reason;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +26,8 @@ use crate::tap::{tap, Tap, TapPoint};
 pub enum StreamEvent {
     Data(Vec<u8>),
     End,
-    Reset(u8),
+    /// The stream was aborted, by the peer or because the session ended.
+    Reset(Reason),
 }
 
 /// What a stream's owner asks of the session.
@@ -47,7 +50,7 @@ pub enum SessionCmd {
     },
     Reset {
         stream: StreamId,
-        code: u8,
+        reason: Reason,
     },
     /// The stream's owner is gone; forget its event channel.
     Forget {
@@ -226,12 +229,12 @@ impl PathTable {
             match mailboxes {
                 None => live.push(((l.name.clone(), None), l.tx.clone(), Vec::new())),
                 Some(boxes) => {
-                    for b in boxes {
-                        live.push((
-                            (l.name.clone(), Some(b.clone())),
-                            l.tx.clone(),
-                            envelope_prefix(b),
-                        ));
+                    // A mailbox whose relay id cannot be put in an envelope has no path.
+                    for (b, prefix) in boxes
+                        .iter()
+                        .filter_map(|b| Some((b, encode_envelope_prefix(b).ok()?)))
+                    {
+                        live.push(((l.name.clone(), Some(b.clone())), l.tx.clone(), prefix));
                     }
                 }
             }
@@ -261,15 +264,6 @@ impl PathTable {
             .map(|(id, ..)| *id)
             .collect()
     }
-}
-
-/// Central → downstream envelope: `relay_len u8 | relay | mailbox [16] | cell`.
-pub fn envelope_prefix(b: &Mailbox) -> Vec<u8> {
-    let mut p = Vec::with_capacity(1 + b.relay.len() + 16);
-    p.push(b.relay.len() as u8);
-    p.extend_from_slice(b.relay.as_bytes());
-    p.extend_from_slice(&b.id);
-    p
 }
 
 impl SessionTask {
@@ -496,7 +490,7 @@ impl SessionTask {
             }
         }
         for (_, slot) in streams {
-            let _ = slot.tx.try_send(StreamEvent::Reset(1));
+            let _ = slot.tx.try_send(StreamEvent::Reset(Reason::SESSION_CLOSED));
         }
         Metrics::inc(&self.metrics.sessions_closed);
         debug!(node = %self.node, session = %id, stats = ?self.session.stats(), "session ended");
@@ -521,7 +515,7 @@ impl SessionTask {
                 if let Some(slot) = streams.get(&stream) {
                     slot.credit.close();
                 }
-                Some((stream, StreamEvent::Reset(code)))
+                Some((stream, StreamEvent::Reset(Reason::from(code))))
             }
             SessionEvent::StreamCredit { stream, max } => {
                 if let Some(slot) = streams.get_mut(&stream) {
@@ -536,7 +530,7 @@ impl SessionTask {
             }
             SessionEvent::StreamOpened { stream, gateway } => {
                 if self.role.draining() {
-                    self.session.reset_stream(stream, 1);
+                    self.session.reset_stream(stream, Reason::DRAINING.code());
                     return None;
                 }
                 tap(
@@ -556,7 +550,8 @@ impl SessionTask {
                 if opened {
                     streams.insert(stream, StreamSlot::new(events, credit, window));
                 } else {
-                    self.session.reset_stream(stream, 1);
+                    // The central has no link to the gateway the client named.
+                    self.session.reset_stream(stream, Reason::NO_GATEWAY.code());
                 }
                 None
             }
@@ -604,8 +599,8 @@ impl SessionTask {
                 self.session.send_all(stream, bytes);
             }
             SessionCmd::End { stream } => self.session.end_stream(stream),
-            SessionCmd::Reset { stream, code } => {
-                self.session.reset_stream(stream, code);
+            SessionCmd::Reset { stream, reason } => {
+                self.session.reset_stream(stream, reason.code());
                 forget(streams, stream);
                 self.session.stream_closed(stream);
             }

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use braid_proto::frame::StreamId;
+use braid_proto::Reason;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::session_task::{SessionCmd, StreamEvent};
@@ -74,13 +75,13 @@ impl StreamSender {
             .map_err(|_| StreamError::SessionGone)
     }
 
-    /// Aborts the stream with `code`; the peer is told.
-    pub async fn reset(&self, code: u8) {
+    /// Aborts the stream for `reason`; the peer is told.
+    pub async fn reset(&self, reason: Reason) {
         let _ = self
             .cmd
             .send(SessionCmd::Reset {
                 stream: self.id,
-                code,
+                reason,
             })
             .await;
     }

@@ -15,6 +15,7 @@ use braid_net::{read_frame, ClientAuth, PinSet};
 use braid_proto::cell::{CellHeader, CellKind, SessionId};
 use braid_proto::noise::StaticKeypair;
 use braid_proto::session::{self, SessionConfig};
+use braid_proto::Reason;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
@@ -286,7 +287,7 @@ async fn gateway_stream(conn: quinn::Connection, tx: StreamSender, mut rx: Strea
     let (mut send, mut recv) = match conn.open_bi().await {
         Ok(s) => s,
         Err(_) => {
-            tx.reset(1).await;
+            tx.reset(Reason::GATEWAY_LOST).await;
             return;
         }
     };
@@ -300,7 +301,7 @@ async fn gateway_stream(conn: quinn::Connection, tx: StreamSender, mut rx: Strea
             ev = rx.recv() => match ev {
                 Some(StreamEvent::Data(d)) if !up_done => {
                     if send.write_all(&d).await.is_err() {
-                        tx.reset(1).await;
+                        tx.reset(Reason::GATEWAY_LOST).await;
                         return;
                     }
                 }
@@ -309,9 +310,9 @@ async fn gateway_stream(conn: quinn::Connection, tx: StreamSender, mut rx: Strea
                     let _ = send.finish();
                     up_done = true;
                 }
-                Some(StreamEvent::Reset(code)) => {
-                    let _ = send.reset(u32::from(code).into());
-                    let _ = recv.stop(u32::from(code).into());
+                Some(StreamEvent::Reset(reason)) => {
+                    let _ = send.reset(quic_code(reason));
+                    let _ = recv.stop(quic_code(reason));
                     return;
                 }
                 None => return,
@@ -322,8 +323,8 @@ async fn gateway_stream(conn: quinn::Connection, tx: StreamSender, mut rx: Strea
                     match tx.send(buf.get(..n).unwrap_or_default().to_vec()).await {
                         Ok(()) => {}
                         Err(StreamError::Reset) => {
-                            let _ = send.reset(1u32.into());
-                            let _ = recv.stop(1u32.into());
+                            let _ = send.reset(quic_code(Reason::GENERAL_FAILURE));
+                            let _ = recv.stop(quic_code(Reason::GENERAL_FAILURE));
                             return;
                         }
                         Err(_) => return,
@@ -334,7 +335,7 @@ async fn gateway_stream(conn: quinn::Connection, tx: StreamSender, mut rx: Strea
                     down_done = true;
                 }
                 Err(_) => {
-                    tx.reset(1).await;
+                    tx.reset(Reason::GATEWAY_LOST).await;
                     return;
                 }
             },
@@ -348,8 +349,8 @@ async fn gateway_stream(conn: quinn::Connection, tx: StreamSender, mut rx: Strea
         tokio::select! {
             _ = &mut acked => break,
             ev = rx.recv() => match ev {
-                Some(StreamEvent::Reset(code)) => {
-                    let _ = send.reset(u32::from(code).into());
+                Some(StreamEvent::Reset(reason)) => {
+                    let _ = send.reset(quic_code(reason));
                     return;
                 }
                 Some(_) => {}
@@ -358,6 +359,11 @@ async fn gateway_stream(conn: quinn::Connection, tx: StreamSender, mut rx: Strea
         }
     }
     tx.forget().await;
+}
+
+/// A stream-end reason as a QUIC application error code (to the gateway).
+fn quic_code(reason: Reason) -> quinn::VarInt {
+    u32::from(reason.code()).into()
 }
 
 /// Keeps the reassembly memory of all sessions under the global cap: when over it, the

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use braid_config::{NodeEntry, Role};
 use braid_net::{read_frame, write_frame};
+use braid_proto::envelope::{max_envelope_len, Envelope};
 use tokio::sync::{mpsc, Mutex};
 use tracing::info;
 
@@ -16,7 +17,7 @@ use braid_driver::metrics::{LinkUpGuard, Metrics};
 use braid_driver::tap::{tap, TapPoint};
 use braid_driver::{keep_dialing, Backoff};
 
-use crate::{max_envelope, NodeContext};
+use crate::NodeContext;
 
 pub async fn run(ctx: NodeContext, bind: SocketAddr) -> anyhow::Result<()> {
     let central = ctx
@@ -75,7 +76,7 @@ async fn from_central(
     conn: quinn::Connection,
     relays: Arc<HashMap<String, mpsc::Sender<Vec<u8>>>>,
 ) {
-    let max = max_envelope(ctx.cell_size());
+    let max = max_envelope_len(ctx.cell_size());
     while let Ok(mut recv) = conn.accept_uni().await {
         let ctx = ctx.clone();
         let relays = relays.clone();
@@ -84,23 +85,17 @@ async fn from_central(
             while let Ok(true) = read_frame(&mut recv, max, &mut buf).await {
                 Metrics::inc(&ctx.metrics.cells_in);
                 tap(&ctx.tap, &ctx.id, TapPoint::Received, &buf);
-                // Envelope: relay_len | relay | mailbox[16] | cell.
-                let Some((&len, rest)) = buf.split_first() else {
-                    continue;
-                };
-                let len = usize::from(len);
-                if rest.len() != len + 16 + ctx.cell_size() {
+                let Ok(env) = Envelope::parse(&buf, ctx.cell_size()) else {
                     Metrics::inc(&ctx.metrics.cells_dropped);
                     continue;
-                }
-                let relay = String::from_utf8_lossy(&rest[..len]).into_owned();
-                let Some(tx) = relays.get(&relay) else {
+                };
+                let Some(tx) = relays.get(env.relay) else {
                     Metrics::inc(&ctx.metrics.cells_dropped);
                     continue;
                 };
                 // Never wait on one relay: a hung relay must not stall the others. A cell
                 // dropped here is resent end to end over another path.
-                if tx.try_send(rest[len..].to_vec()).is_err() {
+                if tx.try_send(env.delivery().to_vec()).is_err() {
                     Metrics::inc(&ctx.metrics.cells_dropped);
                 }
             }

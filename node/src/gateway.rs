@@ -14,6 +14,7 @@ use braid_driver::pump::{self, Inbound, QuicSource, SealedSource};
 use braid_proto::inner::{self, MessageDecoder, OpenStatus};
 use braid_proto::noise::StaticKeypair;
 use braid_proto::target::TargetAddr;
+use braid_proto::Reason;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{debug, info};
@@ -71,7 +72,7 @@ pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
                 while let Ok((mut send, recv)) = conn.accept_bi().await {
                     if ctx.drain.is_cancelled() {
                         // Draining: no new streams.
-                        let _ = send.reset(1u32.into());
+                        let _ = send.reset(u32::from(Reason::DRAINING.code()).into());
                         continue;
                     }
                     let (ctx, p, policy, live) =
@@ -284,7 +285,9 @@ async fn serve_stream(
         })
         .await;
         if to_target == Inbound::AppFailed {
-            let _ = source.recv.stop(1u32.into());
+            let _ = source
+                .recv
+                .stop(u32::from(Reason::GENERAL_FAILURE.code()).into());
         }
     };
     let down = pump::app_to_overlay(&mut tcp_r, &mut sealer, &mut send, |d| {

@@ -55,11 +55,6 @@ impl NodeContext {
     }
 }
 
-/// Largest central → downstream envelope: relay id, mailbox, cell.
-pub fn max_envelope(cell_size: usize) -> usize {
-    braid_proto::envelope::max_envelope_len(cell_size)
-}
-
 /// The central's session settings: the reorder window is the smaller of the configured
 /// cells and what fits in the per-session byte cap.
 pub fn central_session_config(

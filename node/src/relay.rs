@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use braid_config::Role;
 use braid_net::{read_frame, write_frame, ClientAuth, PinSet};
+use braid_proto::envelope::{delivery_len, Delivery, Registration};
+use braid_proto::frame::MailboxId;
 use braid_proto::mix::MixPool;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
@@ -25,7 +27,7 @@ pub struct RelayParams {
     pub pool_cells: usize,
 }
 
-type Mailboxes = Arc<Mutex<HashMap<[u8; 16], mpsc::Sender<Vec<u8>>>>>;
+type Mailboxes = Arc<Mutex<HashMap<MailboxId, mpsc::Sender<Vec<u8>>>>>;
 
 pub async fn run(ctx: NodeContext, p: RelayParams) -> anyhow::Result<()> {
     let pins: PinSet = ctx
@@ -36,7 +38,7 @@ pub async fn run(ctx: NodeContext, p: RelayParams) -> anyhow::Result<()> {
     let ep = braid_net::server_endpoint(p.listen, &ctx.identity, pins, ClientAuth::Optional)?;
     info!(node = %ctx.id, listen = %p.listen, mix_ms = p.mix_delay.as_secs_f64() * 1e3, "relay listening");
     let mailboxes: Mailboxes = Arc::default();
-    let (mix_tx, mix_rx) = mpsc::channel::<([u8; 16], Vec<u8>)>(4096);
+    let (mix_tx, mix_rx) = mpsc::channel::<(MailboxId, Vec<u8>)>(4096);
     let mixer = tokio::spawn(mix(
         ctx.clone(),
         mix_rx,
@@ -71,7 +73,7 @@ pub async fn run(ctx: NodeContext, p: RelayParams) -> anyhow::Result<()> {
 async fn from_downstream(
     ctx: NodeContext,
     conn: quinn::Connection,
-    mix_tx: mpsc::Sender<([u8; 16], Vec<u8>)>,
+    mix_tx: mpsc::Sender<(MailboxId, Vec<u8>)>,
 ) {
     let cell_size = ctx.cell_size();
     while let Ok(mut recv) = conn.accept_uni().await {
@@ -79,16 +81,14 @@ async fn from_downstream(
         let mix_tx = mix_tx.clone();
         tokio::spawn(async move {
             let mut buf = Vec::new();
-            while let Ok(true) = read_frame(&mut recv, 16 + cell_size, &mut buf).await {
+            while let Ok(true) = read_frame(&mut recv, delivery_len(cell_size), &mut buf).await {
                 Metrics::inc(&ctx.metrics.cells_in);
                 tap(&ctx.tap, &ctx.id, TapPoint::Received, &buf);
-                if buf.len() != 16 + cell_size {
+                let Ok(d) = Delivery::parse(&buf, cell_size) else {
                     Metrics::inc(&ctx.metrics.cells_dropped);
                     continue;
-                }
-                let mut mailbox = [0u8; 16];
-                mailbox.copy_from_slice(&buf[..16]);
-                if mix_tx.send((mailbox, buf[16..].to_vec())).await.is_err() {
+                };
+                if mix_tx.send((d.mailbox, d.cell.to_vec())).await.is_err() {
                     return;
                 }
             }
@@ -98,7 +98,7 @@ async fn from_downstream(
 
 async fn mix(
     ctx: NodeContext,
-    mut rx: mpsc::Receiver<([u8; 16], Vec<u8>)>,
+    mut rx: mpsc::Receiver<(MailboxId, Vec<u8>)>,
     mailboxes: Mailboxes,
     mean: Duration,
     pool_cells: usize,
@@ -136,10 +136,10 @@ async fn serve_client(ctx: NodeContext, conn: quinn::Connection, mailboxes: Mail
         let conn = conn.clone();
         tokio::spawn(async move {
             let mut buf = Vec::new();
-            let Ok(true) = read_frame(&mut recv, 16, &mut buf).await else {
+            let Ok(true) = read_frame(&mut recv, Registration::LEN, &mut buf).await else {
                 return;
             };
-            let Ok(mailbox) = <[u8; 16]>::try_from(buf.as_slice()) else {
+            let Ok(Registration { mailbox }) = Registration::parse(&buf) else {
                 return;
             };
             let (tx, mut rx) = mpsc::channel::<Vec<u8>>(2048);

@@ -1,0 +1,368 @@
+//! The session driver on an in-memory overlay: a client task and a central task joined by
+//! channel links (an "upstream" that may drop cells, a "downstream" that strips the
+//! envelope as a relay would), no sockets. What is checked is the driver's own work:
+//! stream handles, per-stream credit, resets, forgetting, idle and drain endings, and
+//! recovery of lost cells.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use braid_driver::metrics::Metrics;
+use braid_driver::session_task::{
+    CentralSession, SessionCmd, SessionGauge, SessionRole, SessionTask, StreamEvent,
+};
+use braid_driver::stream::{self, StreamReceiver, StreamSender};
+use braid_driver::Link;
+use braid_proto::envelope::Envelope;
+use braid_proto::frame::Mailbox;
+use braid_proto::noise::StaticKeypair;
+use braid_proto::session::{self, PendingSession, SessionConfig, SessionHello};
+use braid_proto::Reason;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const CELL: usize = 4096;
+
+/// What the central's opener hook received: one entry per stream the client opened.
+type Accepted = Arc<Mutex<Vec<(String, StreamSender, StreamReceiver)>>>;
+
+struct Pair {
+    client_cmd: mpsc::Sender<SessionCmd>,
+    client: JoinHandle<()>,
+    central: JoinHandle<()>,
+    accepted: Accepted,
+    central_drain: CancellationToken,
+    shutdown: CancellationToken,
+    /// Cells the upstream link dropped.
+    dropped: Arc<AtomicUsize>,
+}
+
+struct Opts {
+    /// The upstream drops every n-th cell (0: none).
+    drop_every: usize,
+    idle_timeout: Duration,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            drop_every: 0,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+fn config() -> SessionConfig {
+    let mut c = SessionConfig::with_cell_size(CELL);
+    c.manual_stream_credit = true;
+    c
+}
+
+/// A link whose messages go through `f` (which may drop or rewrite them) into `to`.
+fn channel_link(
+    name: &str,
+    to: mpsc::Sender<Vec<u8>>,
+    mut f: impl FnMut(Vec<u8>) -> Option<Vec<u8>> + Send + 'static,
+) -> Link {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
+    tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if let Some(m) = f(m) {
+                if to.send(m).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Link {
+        name: name.to_string(),
+        tx,
+    }
+}
+
+async fn pair(o: Opts) -> Pair {
+    let mut rng = rand::rng();
+    let central_key = StaticKeypair::generate(&mut rng);
+    let mailbox = Mailbox {
+        relay: "relay-1".into(),
+        id: [7; 16],
+    };
+    let hello = SessionHello {
+        window_cells: 1024,
+        mailboxes: vec![mailbox],
+    };
+    let pending = PendingSession::start(&mut rng, config(), &central_key.public(), &hello).unwrap();
+    let now = tokio::time::Instant::now().into_std();
+    let accepted_hs =
+        session::accept(&mut rng, config(), &central_key, now, pending.hello_cell()).unwrap();
+    let client_session = pending.finish(now, &accepted_hs.welcome_cell).unwrap();
+
+    let (client_cells_tx, client_cells_rx) = mpsc::channel(4096);
+    let (central_cells_tx, central_cells_rx) = mpsc::channel(4096);
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let (drop_every, counter, seen) = (o.drop_every, dropped.clone(), AtomicUsize::new(0));
+    let up = channel_link("upstream-1", central_cells_tx, move |cell| {
+        let k = seen.fetch_add(1, Ordering::Relaxed) + 1;
+        if drop_every > 0 && k % drop_every == 0 {
+            counter.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(cell)
+    });
+    // The downstream and relay in one: unwrap the envelope, deliver the cell.
+    let down = channel_link("downstream-1", client_cells_tx, |env| {
+        Envelope::parse(&env, CELL).ok().map(|e| e.cell.to_vec())
+    });
+    let (_client_links_tx, client_links) = watch::channel(vec![up]);
+    let (_central_links_tx, central_links) = watch::channel(vec![down]);
+    let shutdown = CancellationToken::new();
+    let central_drain = CancellationToken::new();
+    let accepted: Accepted = Arc::default();
+
+    let (cmd_tx, cmd_rx) = mpsc::channel(256);
+    let client = SessionTask {
+        session: client_session,
+        node: "client".into(),
+        metrics: Arc::new(Metrics::default()),
+        tap: None,
+        cells_rx: client_cells_rx,
+        cmd_tx: cmd_tx.clone(),
+        cmd_rx,
+        links: client_links,
+        role: SessionRole::Client,
+        idle_timeout: Duration::from_secs(3600),
+        reassembly_timeout: Duration::from_secs(60),
+        shutdown: shutdown.clone(),
+    };
+    let (central_cmd_tx, central_cmd_rx) = mpsc::channel(256);
+    let sink = accepted.clone();
+    let central = SessionTask {
+        session: accepted_hs.session,
+        node: "central".into(),
+        metrics: Arc::new(Metrics::default()),
+        tap: None,
+        cells_rx: central_cells_rx,
+        cmd_tx: central_cmd_tx,
+        cmd_rx: central_cmd_rx,
+        links: central_links,
+        role: SessionRole::Central(CentralSession {
+            mailboxes: accepted_hs.hello.mailboxes,
+            welcome: accepted_hs.welcome_cell,
+            opener: Box::new(move |gateway, tx, rx| {
+                sink.lock().unwrap().push((gateway, tx, rx));
+                true
+            }),
+            gauge: Arc::new(SessionGauge::default()),
+            drain: central_drain.clone(),
+        }),
+        idle_timeout: o.idle_timeout,
+        reassembly_timeout: Duration::from_secs(60),
+        shutdown: shutdown.clone(),
+    };
+    let client = tokio::spawn(async move {
+        // The links' senders must outlive the task.
+        let _keep = (_client_links_tx, _central_links_tx);
+        client.run().await
+    });
+    let central = tokio::spawn(central.run());
+    Pair {
+        client_cmd: cmd_tx,
+        client,
+        central,
+        accepted,
+        central_drain,
+        shutdown,
+        dropped,
+    }
+}
+
+impl Pair {
+    /// Waits until the central has been handed `n` streams.
+    async fn accepted(&self, n: usize) -> Vec<(String, StreamSender, StreamReceiver)> {
+        for _ in 0..500 {
+            if self.accepted.lock().unwrap().len() >= n {
+                return std::mem::take(&mut *self.accepted.lock().unwrap());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the central was not handed {n} streams");
+    }
+}
+
+/// Reads a stream's data until `End`; `None` if it was reset or dropped first.
+async fn read_to_end(rx: &mut StreamReceiver) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        match rx.recv().await? {
+            StreamEvent::Data(d) => out.extend_from_slice(&d),
+            StreamEvent::End => return Some(out),
+            StreamEvent::Reset(_) => return None,
+        }
+    }
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+async fn send_all(tx: &StreamSender, data: &[u8]) {
+    for chunk in data.chunks(16 * 1024) {
+        tx.send(chunk.to_vec()).await.unwrap();
+    }
+    tx.end().await.unwrap();
+}
+
+#[tokio::test]
+async fn bytes_cross_both_ways_through_the_stream_handles() {
+    let p = pair(Opts::default()).await;
+    let (ctx, mut crx) = stream::open(&p.client_cmd, 1, "gateway-1").await.unwrap();
+    let up = pattern(3 << 20, 1);
+    let sender = tokio::spawn({
+        let up = up.clone();
+        async move { send_all(&ctx, &up).await }
+    });
+    let (gateway, gtx, mut grx) = p.accepted(1).await.pop().unwrap();
+    assert_eq!(gateway, "gateway-1", "the central learns the gateway the client named");
+    let down = pattern(5 << 20, 2);
+    let reply = tokio::spawn({
+        let down = down.clone();
+        async move { send_all(&gtx, &down).await }
+    });
+    assert_eq!(read_to_end(&mut grx).await.unwrap(), up);
+    assert_eq!(read_to_end(&mut crx).await.unwrap(), down);
+    sender.await.unwrap();
+    reply.await.unwrap();
+    p.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn lost_cells_are_resent_and_nothing_is_lost() {
+    let p = pair(Opts {
+        drop_every: 7,
+        ..Opts::default()
+    })
+    .await;
+    let (ctx, _crx) = stream::open(&p.client_cmd, 1, "gateway-1").await.unwrap();
+    let up = pattern(2 << 20, 3);
+    let sender = tokio::spawn({
+        let up = up.clone();
+        async move { send_all(&ctx, &up).await }
+    });
+    let (_, _gtx, mut grx) = p.accepted(1).await.pop().unwrap();
+    assert_eq!(read_to_end(&mut grx).await.unwrap(), up);
+    sender.await.unwrap();
+    assert!(
+        p.dropped.load(Ordering::Relaxed) >= 50,
+        "the link dropped cells"
+    );
+    p.shutdown.cancel();
+}
+
+/// An owner that never reads holds up only its own stream: the other stream of the same
+/// session still moves megabytes.
+#[tokio::test]
+async fn a_stalled_owner_stalls_only_its_own_stream() {
+    let p = pair(Opts::default()).await;
+    let (_stalled_tx, _stalled_rx) = stream::open(&p.client_cmd, 1, "g").await.unwrap();
+    let (live_tx, mut live_rx) = stream::open(&p.client_cmd, 2, "g").await.unwrap();
+    let mut got = p.accepted(2).await;
+    got.sort_by_key(|(_, tx, _)| tx.id());
+    let (_, live_gtx, _live_grx) = got.pop().unwrap();
+    let (_, stalled_gtx, _stalled_grx) = got.pop().unwrap();
+    // Far more than a stream window toward the client that never reads...
+    let flood = tokio::spawn(async move {
+        let chunk = vec![0u8; 16 * 1024];
+        loop {
+            if stalled_gtx.send(chunk.clone()).await.is_err() {
+                return;
+            }
+        }
+    });
+    // ... while the other stream delivers 8 MiB.
+    let data = pattern(8 << 20, 4);
+    let sender = tokio::spawn({
+        let data = data.clone();
+        async move { send_all(&live_gtx, &data).await }
+    });
+    let got = tokio::time::timeout(Duration::from_secs(30), read_to_end(&mut live_rx))
+        .await
+        .expect("the live stream was held up by the stalled one");
+    assert_eq!(got.unwrap(), data);
+    sender.await.unwrap();
+    assert!(!flood.is_finished(), "the stalled stream is held by its credit");
+    drop(live_tx);
+    p.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_reset_reaches_the_other_owner_and_stops_its_sending() {
+    let p = pair(Opts::default()).await;
+    let (ctx, _crx) = stream::open(&p.client_cmd, 1, "g").await.unwrap();
+    ctx.send(b"hello".to_vec()).await.unwrap();
+    let (_, gtx, mut grx) = p.accepted(1).await.pop().unwrap();
+    assert!(matches!(grx.recv().await, Some(StreamEvent::Data(d)) if d == b"hello"));
+    ctx.reset(Reason::CONNECTION_REFUSED).await;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), grx.recv()).await {
+            Ok(Some(StreamEvent::Reset(code))) => {
+                assert_eq!(code, Reason::CONNECTION_REFUSED);
+                break;
+            }
+            Ok(Some(_)) => {}
+            other => panic!("no reset reached the central's owner: {other:?}"),
+        }
+    }
+    // Its credit is closed: a send fails at once instead of waiting forever.
+    let big = vec![0u8; 8 << 20];
+    let r = tokio::time::timeout(Duration::from_secs(5), gtx.send(big)).await;
+    assert_eq!(r.expect("send returned"), Err(stream::StreamError::Reset));
+    p.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn an_idle_session_ends_after_its_idle_timeout() {
+    let p = pair(Opts {
+        idle_timeout: Duration::from_millis(300),
+        ..Opts::default()
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), p.central)
+        .await
+        .expect("the central's task ended")
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    p.shutdown.cancel();
+    p.client.await.unwrap();
+}
+
+/// Draining: a session with a live stream lives on until the stream is done and forgotten,
+/// then ends by itself.
+#[tokio::test]
+async fn a_draining_session_ends_when_its_streams_are_done() {
+    let p = pair(Opts::default()).await;
+    let (ctx, mut crx) = stream::open(&p.client_cmd, 1, "g").await.unwrap();
+    send_all(&ctx, b"last words").await;
+    let (_, gtx, mut grx) = p.accepted(1).await.pop().unwrap();
+    p.central_drain.cancel();
+    // A stream opened while draining is refused with a reset.
+    let (_late_tx, mut late_rx) = stream::open(&p.client_cmd, 2, "g").await.unwrap();
+    assert_eq!(read_to_end(&mut late_rx).await, None, "refused while draining");
+    assert_eq!(read_to_end(&mut grx).await.unwrap(), b"last words");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!p.central.is_finished(), "a live stream keeps the session");
+    send_all(&gtx, b"bye").await;
+    assert_eq!(read_to_end(&mut crx).await.unwrap(), b"bye");
+    gtx.forget().await;
+    ctx.forget().await;
+    tokio::time::timeout(Duration::from_secs(10), p.central)
+        .await
+        .expect("the drained session ended")
+        .unwrap();
+    p.shutdown.cancel();
+}
