@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use braid_config::{
-    CentralConfig, DownstreamConfig, GatewayConfig, NodeCommon, NodeConfig, RelayConfig,
+    CentralConfig, DownstreamConfig, GatewayConfig, Layout, NodeCommon, NodeConfig, RelayConfig,
     UpstreamConfig,
 };
 use braid_config::{Directory, NodeEntry, Role};
@@ -100,18 +100,14 @@ impl Demo {
             let s = std::net::UdpSocket::bind(SocketAddr::new(ip(host), 0))?;
             Ok(s.local_addr()?.port())
         };
-        let mut layout: Vec<(String, Role)> = Vec::new();
-        for i in 1..=opts.upstreams {
-            layout.push((format!("upstream-{i}"), Role::Upstream));
+        let layout = Layout {
+            upstreams: opts.upstreams,
+            centrals: 1,
+            downstreams: opts.downstreams,
+            relays: opts.relays,
+            gateways: 1,
         }
-        layout.push(("central-1".into(), Role::Central));
-        for i in 1..=opts.downstreams {
-            layout.push((format!("downstream-{i}"), Role::Downstream));
-        }
-        for i in 1..=opts.relays {
-            layout.push((format!("relay-{i}"), Role::Relay));
-        }
-        layout.push(("gateway-1".into(), Role::Gateway));
+        .nodes();
 
         let mut rng = rand::rng();
         let mut entries = Vec::new();

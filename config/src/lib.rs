@@ -21,6 +21,7 @@ mod directory;
 mod env;
 mod error;
 mod exit;
+mod layout;
 mod load;
 mod node;
 mod parse;
@@ -33,6 +34,7 @@ pub use directory::{
 pub use env::env_var_name;
 pub use error::ConfigError;
 pub use exit::{Cidr, ExitAction, ExitConfig, ExitRule, PortRange};
+pub use layout::Layout;
 pub use load::{
     load_client_config, load_client_config_with_env, load_directory, load_directory_with_env,
     load_node_config, load_node_config_with_env, no_env, process_env,

@@ -227,7 +227,10 @@ async fn bytes_cross_both_ways_through_the_stream_handles() {
         async move { send_all(&ctx, &up).await }
     });
     let (gateway, gtx, mut grx) = p.accepted(1).await.pop().unwrap();
-    assert_eq!(gateway, "gateway-1", "the central learns the gateway the client named");
+    assert_eq!(
+        gateway, "gateway-1",
+        "the central learns the gateway the client named"
+    );
     let down = pattern(5 << 20, 2);
     let reply = tokio::spawn({
         let down = down.clone();
@@ -294,7 +297,10 @@ async fn a_stalled_owner_stalls_only_its_own_stream() {
         .expect("the live stream was held up by the stalled one");
     assert_eq!(got.unwrap(), data);
     sender.await.unwrap();
-    assert!(!flood.is_finished(), "the stalled stream is held by its credit");
+    assert!(
+        !flood.is_finished(),
+        "the stalled stream is held by its credit"
+    );
     drop(live_tx);
     p.shutdown.cancel();
 }
@@ -352,7 +358,11 @@ async fn a_draining_session_ends_when_its_streams_are_done() {
     p.central_drain.cancel();
     // A stream opened while draining is refused with a reset.
     let (_late_tx, mut late_rx) = stream::open(&p.client_cmd, 2, "g").await.unwrap();
-    assert_eq!(read_to_end(&mut late_rx).await, None, "refused while draining");
+    assert_eq!(
+        read_to_end(&mut late_rx).await,
+        None,
+        "refused while draining"
+    );
     assert_eq!(read_to_end(&mut grx).await.unwrap(), b"last words");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!p.central.is_finished(), "a live stream keeps the session");

@@ -6,25 +6,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use braid_config::{NodeEntry, Role};
 use braid_net::{read_frame, write_frame};
 use braid_proto::envelope::{max_envelope_len, Envelope};
 use tokio::sync::{mpsc, Mutex};
 use tracing::info;
 
-use braid_driver::metrics::{LinkUpGuard, Metrics};
+use braid_driver::metrics::Metrics;
 use braid_driver::tap::{tap, TapPoint};
 use braid_driver::{keep_dialing, Backoff};
 
 use crate::NodeContext;
 
 pub async fn run(ctx: NodeContext, bind: SocketAddr) -> anyhow::Result<()> {
-    let central = ctx
-        .directory
-        .central()
-        .cloned()
-        .context("the directory names no central")?;
     let ep = braid_net::client_endpoint(bind, Some(&ctx.identity))?;
     info!(node = %ctx.id, "downstream starting");
 
@@ -45,20 +39,9 @@ pub async fn run(ctx: NodeContext, bind: SocketAddr) -> anyhow::Result<()> {
     let relays = Arc::new(relays);
     let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let c = ctx.clone();
-    let link = keep_dialing(
-        ep.clone(),
-        central,
-        ctx.shutdown.clone(),
-        backoff,
-        move |conn| {
-            let ctx = c.clone();
-            let relays = relays.clone();
-            async move {
-                let _up = LinkUpGuard::new(ctx.metrics.clone());
-                from_central(ctx.clone(), conn, relays).await;
-            }
-        },
-    );
+    let link = ctx.central_link(ep.clone(), backoff, move |conn| {
+        from_central(c.clone(), conn, relays.clone())
+    })?;
     // Draining: keep forwarding until the central stops sending, then go.
     tokio::select! {
         _ = link => {}

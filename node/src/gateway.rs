@@ -9,7 +9,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use braid_driver::pump::{self, Inbound, QuicSource, SealedSource};
 use braid_proto::inner::{self, MessageDecoder, OpenStatus};
 use braid_proto::noise::StaticKeypair;
@@ -20,9 +19,9 @@ use tokio::net::TcpStream;
 use tracing::{debug, info};
 
 use crate::exit::{Checked, ExitPolicy, Refusal};
-use braid_driver::metrics::{LinkUpGuard, Metrics};
+use braid_driver::metrics::Metrics;
 use braid_driver::tap::{tap, TapPoint};
-use braid_driver::{keep_dialing, Backoff};
+use braid_driver::Backoff;
 
 use crate::NodeContext;
 
@@ -39,11 +38,6 @@ pub struct GatewayParams {
 }
 
 pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
-    let central = ctx
-        .directory
-        .central()
-        .cloned()
-        .context("the directory names no central")?;
     // The exit never connects to the overlay's own nodes (nor to its own bind address).
     let mut policy = p.policy.clone().with_nodes_of(&ctx.directory);
     if !p.bind.ip().is_unspecified() {
@@ -56,36 +50,28 @@ pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
     let c = ctx.clone();
     let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let live_streams = live.clone();
-    let link = keep_dialing(
-        ep.clone(),
-        central,
-        ctx.shutdown.clone(),
-        backoff,
-        move |conn| {
-            let ctx = c.clone();
-            let p = p.clone();
-            let policy = policy.clone();
-            let live = live.clone();
-            async move {
-                info!(node = %ctx.id, "gateway linked to the central");
-                let _up = LinkUpGuard::new(ctx.metrics.clone());
-                while let Ok((mut send, recv)) = conn.accept_bi().await {
-                    if ctx.drain.is_cancelled() {
-                        // Draining: no new streams.
-                        let _ = send.reset(u32::from(Reason::DRAINING.code()).into());
-                        continue;
-                    }
-                    let (ctx, p, policy, live) =
-                        (ctx.clone(), p.clone(), policy.clone(), live.clone());
-                    live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    tokio::spawn(async move {
-                        serve_stream(ctx, p, policy, send, recv).await;
-                        live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                    });
+    let link = ctx.central_link(ep.clone(), backoff, move |conn| {
+        let ctx = c.clone();
+        let p = p.clone();
+        let policy = policy.clone();
+        let live = live.clone();
+        async move {
+            info!(node = %ctx.id, "gateway linked to the central");
+            while let Ok((mut send, recv)) = conn.accept_bi().await {
+                if ctx.drain.is_cancelled() {
+                    // Draining: no new streams.
+                    let _ = send.reset(u32::from(Reason::DRAINING.code()).into());
+                    continue;
                 }
+                let (ctx, p, policy, live) = (ctx.clone(), p.clone(), policy.clone(), live.clone());
+                live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    serve_stream(ctx, p, policy, send, recv).await;
+                    live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                });
             }
-        },
-    );
+        }
+    })?;
     // Draining: live streams run to their end (or the deadline), then the link closes.
     let drained = async {
         ctx.drain.cancelled().await;

@@ -11,11 +11,14 @@ pub mod relay;
 pub mod roles;
 pub mod upstream;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use braid_config::Directory;
-use braid_driver::{sleep_or_shutdown, Metrics, Tap};
+use braid_driver::metrics::LinkUpGuard;
+use braid_driver::{keep_dialing, sleep_or_shutdown, Backoff, Metrics, Tap};
 use braid_net::NodeIdentity;
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +37,63 @@ pub struct NodeContext {
 }
 
 impl NodeContext {
+    /// Keeps this node's link to the central up: dials with `backoff`, runs `serve` on each
+    /// connection, counts the link in `links_up` while it is up, until shutdown. Fails at
+    /// once if the directory names no central.
+    pub fn central_link<F, Fut>(
+        &self,
+        ep: quinn::Endpoint,
+        backoff: Backoff,
+        mut serve: F,
+    ) -> anyhow::Result<impl Future<Output = ()>>
+    where
+        F: FnMut(quinn::Connection) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let central = self
+            .directory
+            .central()
+            .cloned()
+            .context("the directory names no central")?;
+        let metrics = self.metrics.clone();
+        Ok(keep_dialing(
+            ep,
+            central,
+            self.shutdown.clone(),
+            backoff,
+            move |conn| {
+                let up = LinkUpGuard::new(metrics.clone());
+                let served = serve(conn);
+                async move {
+                    let _up = up;
+                    served.await
+                }
+            },
+        ))
+    }
+
+    /// Accepts connections on `ep` until drain (or the endpoint closes), each handshaken
+    /// and served by `serve` in its own task.
+    pub async fn accept_until_drain<F, Fut>(&self, ep: &quinn::Endpoint, serve: F)
+    where
+        F: Fn(quinn::Connection) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let serve = Arc::new(serve);
+        loop {
+            let incoming = tokio::select! {
+                _ = self.drain.cancelled() => return,
+                i = ep.accept() => match i { Some(i) => i, None => return },
+            };
+            let serve = serve.clone();
+            tokio::spawn(async move {
+                if let Ok(conn) = incoming.await {
+                    serve(conn).await;
+                }
+            });
+        }
+    }
+
     pub fn cell_size(&self) -> usize {
         self.directory.cell_size as usize
     }

@@ -47,23 +47,18 @@ pub async fn run(ctx: NodeContext, p: RelayParams) -> anyhow::Result<()> {
         p.pool_cells,
     ));
 
-    loop {
-        let incoming = tokio::select! {
-            _ = ctx.drain.cancelled() => break,
-            i = ep.accept() => match i { Some(i) => i, None => break },
-        };
-        let ctx = ctx.clone();
-        let mix_tx = mix_tx.clone();
-        let mailboxes = mailboxes.clone();
-        tokio::spawn(async move {
-            let Ok(conn) = incoming.await else { return };
+    let c = ctx.clone();
+    ctx.accept_until_drain(&ep, move |conn| {
+        let (ctx, mix_tx, mailboxes) = (c.clone(), mix_tx.clone(), mailboxes.clone());
+        async move {
             match braid_net::peer_tls_key(&conn) {
                 // The TLS verifier admitted only downstream keys.
                 Some(_) => from_downstream(ctx, conn, mix_tx).await,
                 None => serve_client(ctx, conn, mailboxes).await,
             }
-        });
-    }
+        }
+    })
+    .await;
     ctx.wait_quiet().await;
     mixer.abort();
     ep.close(0u32.into(), b"shutdown");

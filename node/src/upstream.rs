@@ -4,39 +4,27 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context;
 use braid_net::{read_frame, write_frame, ClientAuth, PinSet};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use braid_driver::metrics::{LinkUpGuard, Metrics};
+use braid_driver::metrics::Metrics;
 use braid_driver::tap::{tap, TapPoint};
-use braid_driver::{keep_dialing, Backoff};
+use braid_driver::Backoff;
 
 use crate::NodeContext;
 
 pub async fn run(ctx: NodeContext, listen: SocketAddr) -> anyhow::Result<()> {
-    let central = ctx
-        .directory
-        .central()
-        .cloned()
-        .context("the directory names no central")?;
     // Clients have no certificate; nodes never dial an upstream, so no pins are needed.
     let ep =
         braid_net::server_endpoint(listen, &ctx.identity, PinSet::new(), ClientAuth::Optional)?;
     info!(node = %ctx.id, %listen, "upstream listening");
     let (cell_tx, cell_rx) = mpsc::channel::<Vec<u8>>(1024);
-
-    let link = tokio::spawn(central_link(ctx.clone(), ep.clone(), central, cell_rx));
-    loop {
-        let incoming = tokio::select! {
-            _ = ctx.drain.cancelled() => break,
-            i = ep.accept() => match i { Some(i) => i, None => break },
-        };
-        let ctx = ctx.clone();
-        let cell_tx = cell_tx.clone();
-        tokio::spawn(async move {
-            let Ok(conn) = incoming.await else { return };
+    let link = tokio::spawn(central_link(&ctx, ep.clone(), cell_rx)?);
+    let c = ctx.clone();
+    ctx.accept_until_drain(&ep, move |conn| {
+        let (ctx, cell_tx) = (c.clone(), cell_tx.clone());
+        async move {
             if let Some(k) = braid_net::peer_tls_key(&conn) {
                 // A node with a certificate has no business here unless it is listed.
                 if ctx.directory.by_tls_key(&k).is_none() {
@@ -46,8 +34,9 @@ pub async fn run(ctx: NodeContext, listen: SocketAddr) -> anyhow::Result<()> {
                 }
             }
             serve_client(ctx, conn, cell_tx).await;
-        });
-    }
+        }
+    })
+    .await;
     // Draining: no new clients; live ones keep forwarding until traffic stops.
     ctx.wait_quiet().await;
     ep.close(0u32.into(), b"shutdown");
@@ -83,23 +72,22 @@ async fn serve_client(ctx: NodeContext, conn: quinn::Connection, cell_tx: mpsc::
     }
 }
 
-async fn central_link(
-    ctx: NodeContext,
+/// Forwards the clients' cells to the central, redialing it while the node runs.
+fn central_link(
+    ctx: &NodeContext,
     ep: quinn::Endpoint,
-    central: braid_config::NodeEntry,
     cell_rx: mpsc::Receiver<Vec<u8>>,
-) {
+) -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     let rx = std::sync::Arc::new(tokio::sync::Mutex::new(cell_rx));
     let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let shutdown = ctx.shutdown.clone();
-    keep_dialing(ep, central, shutdown, backoff, |conn| {
+    let c = ctx.clone();
+    ctx.central_link(ep, backoff, move |conn| {
         let rx = rx.clone();
-        let ctx = ctx.clone();
+        let ctx = c.clone();
         async move {
             let Ok(mut send) = conn.open_uni().await else {
                 return;
             };
-            let _up = LinkUpGuard::new(ctx.metrics.clone());
             let mut rx = rx.lock().await;
             while let Some(cell) = rx.recv().await {
                 if write_frame(&mut send, &cell).await.is_err() {
@@ -112,5 +100,4 @@ async fn central_link(
             }
         }
     })
-    .await;
 }

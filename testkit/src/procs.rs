@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use braid_config::{Directory, NodeEntry, Role};
+use braid_config::{Directory, Layout, NodeEntry, Role};
 use braid_net::NodeIdentity;
 
 use crate::free_port;
@@ -111,18 +111,14 @@ impl ProcOverlay {
         };
         let net = [127, 64 + (seed % 180) as u8, 1 + ((seed >> 8) % 250) as u8];
         let ip = |host: u8| IpAddr::V4(Ipv4Addr::new(net[0], net[1], net[2], host));
-        let mut layout = Vec::new();
-        for i in 1..=o.upstreams {
-            layout.push((format!("upstream-{i}"), Role::Upstream));
+        let layout = Layout {
+            upstreams: o.upstreams,
+            centrals: 1,
+            downstreams: o.downstreams,
+            relays: o.relays,
+            gateways: 1,
         }
-        layout.push(("central-1".to_string(), Role::Central));
-        for i in 1..=o.downstreams {
-            layout.push((format!("downstream-{i}"), Role::Downstream));
-        }
-        for i in 1..=o.relays {
-            layout.push((format!("relay-{i}"), Role::Relay));
-        }
-        layout.push(("gateway-1".to_string(), Role::Gateway));
+        .nodes();
 
         let mut entries = Vec::new();
         let mut nodes = Vec::new();
