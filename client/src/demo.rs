@@ -28,9 +28,8 @@ use crate::socks::SocksLimits;
 #[derive(Clone)]
 pub struct DemoOptions {
     pub socks: SocketAddr,
-    pub upstreams: usize,
-    pub downstreams: usize,
-    pub relays: usize,
+    /// How many nodes of each role (one central and one gateway for now).
+    pub layout: Layout,
     pub cell_size: usize,
     pub mix_delay: Duration,
     pub window_cells: u64,
@@ -51,9 +50,7 @@ impl Default for DemoOptions {
     fn default() -> Self {
         DemoOptions {
             socks: SocketAddr::from(([127, 0, 0, 1], 1080)),
-            upstreams: 2,
-            downstreams: 2,
-            relays: 1,
+            layout: Layout::default(),
             cell_size: 8192,
             mix_delay: Duration::ZERO,
             window_cells: 1024,
@@ -100,14 +97,7 @@ impl Demo {
             let s = std::net::UdpSocket::bind(SocketAddr::new(ip(host), 0))?;
             Ok(s.local_addr()?.port())
         };
-        let layout = Layout {
-            upstreams: opts.upstreams,
-            centrals: 1,
-            downstreams: opts.downstreams,
-            relays: opts.relays,
-            gateways: 1,
-        }
-        .nodes();
+        let layout = opts.layout.nodes();
 
         let mut rng = rand::rng();
         let mut entries = Vec::new();

@@ -13,7 +13,7 @@ use braid_client::demo::{Demo, DemoOptions};
 use braid_client::overlay::{self, ClientParams};
 use braid_client::socks::{SocksAuth, SocksLimits};
 #[cfg(feature = "demo")]
-use braid_config::LogFormat;
+use braid_config::{Layout, LogFormat};
 #[cfg(feature = "demo")]
 use braid_proto::cell::{MAX_CELL_SIZE, MIN_CELL_SIZE};
 #[cfg(feature = "demo")]
@@ -93,9 +93,12 @@ fn main() -> anyhow::Result<()> {
                 braid_driver::logs::init_logs(LogFormat::Text);
                 demo(DemoOptions {
                     socks,
-                    upstreams,
-                    downstreams,
-                    relays,
+                    layout: Layout {
+                        upstreams,
+                        downstreams,
+                        relays,
+                        ..Layout::default()
+                    },
                     cell_size,
                     mix_delay: Duration::from_secs_f64(mix_ms / 1000.0),
                     scheduler,

@@ -244,7 +244,7 @@ async fn downstream_killed_mid_download_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_killed_mid_download_loses_nothing() {
     let mut o = opts();
-    o.relays = 2;
+    o.layout.relays = 2;
     download_survives_kill(o, "relay-1").await;
 }
 

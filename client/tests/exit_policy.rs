@@ -13,6 +13,7 @@ use braid_testkit as support;
 use support::socks::{connect_request, Dest};
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -141,12 +142,20 @@ impl Log {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+/// Runs test `name`'s body inside a fresh network namespace (the test re-runs itself there)
+/// on a two-thread runtime, and says how long it took.
+fn in_netns<F: Future<Output = ()>>(name: &str, body: impl FnOnce() -> F) {
+    if netns::run_in_fresh_netns(name) {
+        return;
+    }
+    let started = Instant::now();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap()
+        .block_on(body());
+    eprintln!("{name}: {:?}", started.elapsed());
 }
 
 fn opts() -> DemoOptions {
@@ -191,11 +200,7 @@ async fn settle() {
 /// with 0x02 and no connection reaches any of them.
 #[test]
 fn default_policy_refuses_forbidden_targets() {
-    if netns::run_in_fresh_netns("default_policy_refuses_forbidden_targets") {
-        return;
-    }
-    let started = Instant::now();
-    runtime().block_on(async {
+    in_netns("default_policy_refuses_forbidden_targets", || async {
         let log = Log::capture();
         let v4 = Trap::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let port = v4.addr.port();
@@ -266,102 +271,93 @@ fn default_policy_refuses_forbidden_targets() {
         log.assert_refusal(&format!("0177.0.0.1:{port}"), "127.0.0.1 is loopback");
         demo.shutdown().await;
     });
-    eprintln!(
-        "default_policy_refuses_forbidden_targets: {:?}",
-        started.elapsed()
-    );
 }
 
 /// With the demo's own policy (loopback admitted) the path works — the positive control
 /// — yet every node of the overlay is still refused, in every form.
 #[test]
 fn demo_policy_admits_loopback_but_refuses_overlay_nodes() {
-    if netns::run_in_fresh_netns("demo_policy_admits_loopback_but_refuses_overlay_nodes") {
-        return;
-    }
-    let started = Instant::now();
-    runtime().block_on(async {
-        let log = Log::capture();
-        let target = Trap::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let mut hosts = BTreeMap::new();
-        hosts.insert("trap.braid.test".to_owned(), IpAddr::from([127, 0, 0, 1]));
-        // The demo's policy, plus one rule that lets 10/8 through (for the 0x03 control).
-        let demo = Demo::start(DemoOptions {
-            hosts,
-            exit_rules: vec![ExitRule::allow().cidr("10.0.0.0/8".parse::<Cidr>().unwrap())],
-            ..opts()
-        })
-        .await
-        .unwrap();
-        assert!(
-            DemoOptions::default().exit_allow_loopback,
-            "the demo admits loopback"
-        );
-        let nodes = node_traps(&demo).await;
-        let port = target.addr.port();
-
-        // Positive control: the overlay reaches a loopback target from inside the netns...
-        expect_replies(
-            demo.socks,
-            &[
-                (addr(Ipv4Addr::LOCALHOST, port), OK),
-                (name("trap.braid.test", port), OK),
-            ],
-        )
-        .await;
-        settle().await;
-        assert_eq!(target.accepted(), 2, "the control connections arrived");
-        // ...and an internal address the policy lets through is unreachable here (0x03):
-        // this is what a policy failure would look like for 10.0.0.1 and metadata.
-        expect_replies(
-            demo.socks,
-            &[(addr([10, 0, 0, 1], 80), NETWORK_UNREACHABLE)],
-        )
-        .await;
-
-        // Every node, by address, IPv4-mapped and NAT64 form, is refused.
-        let mut cases = Vec::new();
-        for n in &demo.nodes {
-            cases.push((Dest::Addr(n.addr), NOT_ALLOWED));
-            let IpAddr::V4(v4) = n.addr.ip() else {
-                panic!("demo nodes are on IPv4")
-            };
-            cases.push((addr(v4.to_ipv6_mapped(), n.addr.port()), NOT_ALLOWED));
-            let o = v4.octets();
-            let nat64 = Ipv6Addr::new(
-                0x64,
-                0xff9b,
-                0,
-                0,
-                0,
-                0,
-                u16::from_be_bytes([o[0], o[1]]),
-                u16::from_be_bytes([o[2], o[3]]),
+    in_netns(
+        "demo_policy_admits_loopback_but_refuses_overlay_nodes",
+        || async {
+            let log = Log::capture();
+            let target = Trap::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+            let mut hosts = BTreeMap::new();
+            hosts.insert("trap.braid.test".to_owned(), IpAddr::from([127, 0, 0, 1]));
+            // The demo's policy, plus one rule that lets 10/8 through (for the 0x03 control).
+            let demo = Demo::start(DemoOptions {
+                hosts,
+                exit_rules: vec![ExitRule::allow().cidr("10.0.0.0/8".parse::<Cidr>().unwrap())],
+                ..opts()
+            })
+            .await
+            .unwrap();
+            assert!(
+                DemoOptions::default().exit_allow_loopback,
+                "the demo admits loopback"
             );
-            cases.push((addr(nat64, n.addr.port()), NOT_ALLOWED));
-            // Any port of a node's address.
-            cases.push((addr(v4, port), NOT_ALLOWED));
-            // The node's address given as a name.
-            cases.push((name(&v4.to_string(), n.addr.port()), NOT_ALLOWED));
-        }
-        expect_replies(demo.socks, &cases).await;
-        settle().await;
-        for (id, t) in &nodes {
-            assert_eq!(
-                t.accepted(),
-                0,
-                "a connection reached node {id} at {}",
-                t.addr
-            );
-        }
-        for n in &demo.nodes {
-            log.assert_refusal(&n.addr.to_string(), "is an overlay node");
-        }
-        demo.shutdown().await;
-    });
-    eprintln!(
-        "demo_policy_admits_loopback_but_refuses_overlay_nodes: {:?}",
-        started.elapsed()
+            let nodes = node_traps(&demo).await;
+            let port = target.addr.port();
+
+            // Positive control: the overlay reaches a loopback target from inside the netns...
+            expect_replies(
+                demo.socks,
+                &[
+                    (addr(Ipv4Addr::LOCALHOST, port), OK),
+                    (name("trap.braid.test", port), OK),
+                ],
+            )
+            .await;
+            settle().await;
+            assert_eq!(target.accepted(), 2, "the control connections arrived");
+            // ...and an internal address the policy lets through is unreachable here (0x03):
+            // this is what a policy failure would look like for 10.0.0.1 and metadata.
+            expect_replies(
+                demo.socks,
+                &[(addr([10, 0, 0, 1], 80), NETWORK_UNREACHABLE)],
+            )
+            .await;
+
+            // Every node, by address, IPv4-mapped and NAT64 form, is refused.
+            let mut cases = Vec::new();
+            for n in &demo.nodes {
+                cases.push((Dest::Addr(n.addr), NOT_ALLOWED));
+                let IpAddr::V4(v4) = n.addr.ip() else {
+                    panic!("demo nodes are on IPv4")
+                };
+                cases.push((addr(v4.to_ipv6_mapped(), n.addr.port()), NOT_ALLOWED));
+                let o = v4.octets();
+                let nat64 = Ipv6Addr::new(
+                    0x64,
+                    0xff9b,
+                    0,
+                    0,
+                    0,
+                    0,
+                    u16::from_be_bytes([o[0], o[1]]),
+                    u16::from_be_bytes([o[2], o[3]]),
+                );
+                cases.push((addr(nat64, n.addr.port()), NOT_ALLOWED));
+                // Any port of a node's address.
+                cases.push((addr(v4, port), NOT_ALLOWED));
+                // The node's address given as a name.
+                cases.push((name(&v4.to_string(), n.addr.port()), NOT_ALLOWED));
+            }
+            expect_replies(demo.socks, &cases).await;
+            settle().await;
+            for (id, t) in &nodes {
+                assert_eq!(
+                    t.accepted(),
+                    0,
+                    "a connection reached node {id} at {}",
+                    t.addr
+                );
+            }
+            for n in &demo.nodes {
+                log.assert_refusal(&n.addr.to_string(), "is an overlay node");
+            }
+            demo.shutdown().await;
+        },
     );
 }
 
@@ -369,86 +365,81 @@ fn demo_policy_admits_loopback_but_refuses_overlay_nodes() {
 /// allow by CIDR opens an internal range (but not the overlay's nodes inside it).
 #[test]
 fn rules_deny_by_domain_and_port_and_allow_by_cidr() {
-    if netns::run_in_fresh_netns("rules_deny_by_domain_and_port_and_allow_by_cidr") {
-        return;
-    }
-    let started = Instant::now();
-    runtime().block_on(async {
-        let log = Log::capture();
-        let open = Trap::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let closed = Trap::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let v6 = Trap::bind(SocketAddr::new(
-            Ipv6Addr::LOCALHOST.into(),
-            open.addr.port(),
-        ))
-        .await
-        .ok();
-        let (p_open, p_closed) = (open.addr.port(), closed.addr.port());
-        let lo = IpAddr::from([127, 0, 0, 1]);
-        let hosts: BTreeMap<String, IpAddr> = [
-            "blocked.braid.test",
-            "www.blocked.braid.test",
-            "notblocked.braid.test",
-        ]
-        .iter()
-        .map(|n| (n.to_string(), lo))
-        .collect();
-        let demo = Demo::start(DemoOptions {
-            exit_allow_loopback: false,
-            hosts,
-            exit_rules: vec![
-                ExitRule::deny().domain("blocked.braid.test"),
-                ExitRule::deny().ports(PortRange::single(p_closed)),
-                ExitRule::allow().cidr("127.0.0.0/8".parse().unwrap()),
-            ],
-            ..opts()
-        })
-        .await
-        .unwrap();
-        let nodes = node_traps(&demo).await;
-        let mut cases = vec![
-            // allow cidr 127.0.0.0/8 opens loopback, which the default policy refuses.
-            (addr(lo, p_open), OK),
-            (name("notblocked.braid.test", p_open), OK),
-            // deny domain: the domain and its subdomains.
-            (name("blocked.braid.test", p_open), NOT_ALLOWED),
-            (name("www.blocked.braid.test", p_open), NOT_ALLOWED),
-            // deny port, before the allow.
-            (addr(lo, p_closed), NOT_ALLOWED),
-            // ::1 is not inside the IPv4 CIDR: still loopback, still refused.
-            (addr(Ipv6Addr::LOCALHOST, p_open), NOT_ALLOWED),
-        ];
-        // The CIDR covers the demo's nodes, but nodes are refused whatever the rules.
-        for n in &demo.nodes {
-            cases.push((Dest::Addr(n.addr), NOT_ALLOWED));
-        }
-        expect_replies(demo.socks, &cases).await;
-        settle().await;
-        assert_eq!(open.accepted(), 2, "the two allowed connections arrived");
-        assert_eq!(closed.accepted(), 0, "the denied port was reached");
-        if let Some(v6) = &v6 {
-            assert_eq!(v6.accepted(), 0, "[::1] was reached");
-        }
-        for (id, t) in &nodes {
-            assert_eq!(
-                t.accepted(),
-                0,
-                "a connection reached node {id} at {}",
-                t.addr
+    in_netns(
+        "rules_deny_by_domain_and_port_and_allow_by_cidr",
+        || async {
+            let log = Log::capture();
+            let open = Trap::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+            let closed = Trap::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+            let v6 = Trap::bind(SocketAddr::new(
+                Ipv6Addr::LOCALHOST.into(),
+                open.addr.port(),
+            ))
+            .await
+            .ok();
+            let (p_open, p_closed) = (open.addr.port(), closed.addr.port());
+            let lo = IpAddr::from([127, 0, 0, 1]);
+            let hosts: BTreeMap<String, IpAddr> = [
+                "blocked.braid.test",
+                "www.blocked.braid.test",
+                "notblocked.braid.test",
+            ]
+            .iter()
+            .map(|n| (n.to_string(), lo))
+            .collect();
+            let demo = Demo::start(DemoOptions {
+                exit_allow_loopback: false,
+                hosts,
+                exit_rules: vec![
+                    ExitRule::deny().domain("blocked.braid.test"),
+                    ExitRule::deny().ports(PortRange::single(p_closed)),
+                    ExitRule::allow().cidr("127.0.0.0/8".parse().unwrap()),
+                ],
+                ..opts()
+            })
+            .await
+            .unwrap();
+            let nodes = node_traps(&demo).await;
+            let mut cases = vec![
+                // allow cidr 127.0.0.0/8 opens loopback, which the default policy refuses.
+                (addr(lo, p_open), OK),
+                (name("notblocked.braid.test", p_open), OK),
+                // deny domain: the domain and its subdomains.
+                (name("blocked.braid.test", p_open), NOT_ALLOWED),
+                (name("www.blocked.braid.test", p_open), NOT_ALLOWED),
+                // deny port, before the allow.
+                (addr(lo, p_closed), NOT_ALLOWED),
+                // ::1 is not inside the IPv4 CIDR: still loopback, still refused.
+                (addr(Ipv6Addr::LOCALHOST, p_open), NOT_ALLOWED),
+            ];
+            // The CIDR covers the demo's nodes, but nodes are refused whatever the rules.
+            for n in &demo.nodes {
+                cases.push((Dest::Addr(n.addr), NOT_ALLOWED));
+            }
+            expect_replies(demo.socks, &cases).await;
+            settle().await;
+            assert_eq!(open.accepted(), 2, "the two allowed connections arrived");
+            assert_eq!(closed.accepted(), 0, "the denied port was reached");
+            if let Some(v6) = &v6 {
+                assert_eq!(v6.accepted(), 0, "[::1] was reached");
+            }
+            for (id, t) in &nodes {
+                assert_eq!(
+                    t.accepted(),
+                    0,
+                    "a connection reached node {id} at {}",
+                    t.addr
+                );
+            }
+            log.assert_refusal(
+                &format!("www.blocked.braid.test:{p_open}"),
+                "rule 0 (deny domain blocked.braid.test)",
             );
-        }
-        log.assert_refusal(
-            &format!("www.blocked.braid.test:{p_open}"),
-            "rule 0 (deny domain blocked.braid.test)",
-        );
-        log.assert_refusal(
-            &format!("127.0.0.1:{p_closed}"),
-            &format!("rule 1 (deny ports {p_closed})"),
-        );
-        demo.shutdown().await;
-    });
-    eprintln!(
-        "rules_deny_by_domain_and_port_and_allow_by_cidr: {:?}",
-        started.elapsed()
+            log.assert_refusal(
+                &format!("127.0.0.1:{p_closed}"),
+                &format!("rule 1 (deny ports {p_closed})"),
+            );
+            demo.shutdown().await;
+        },
     );
 }

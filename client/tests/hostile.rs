@@ -137,14 +137,8 @@ async fn upstream_kill9_mid_upload_loses_nothing() {
     let mut ov = ProcOverlay::start(ProcOptions::default());
     let n = 64 * MIB;
     let transfer = spawn_upload(ov.socks, origin, n);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ov.metric("upstream-1", "braid_cells_in_total") < 1000 {
-        assert!(
-            Instant::now() < deadline && !transfer.is_finished(),
-            "upstream-1 did not carry 1000 cells while the upload ran"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    ov.wait_cells("upstream-1", 1000, || !transfer.is_finished())
+        .await;
     ov.kill9("upstream-1");
     assert_eq!(transfer.await.unwrap(), expected_sha256(n));
     ov.assert_no_panics();
@@ -157,14 +151,8 @@ async fn downstream_kill9_mid_download_loses_nothing() {
     let n = 64 * MIB;
     let (socks, url) = (ov.socks, format!("http://{origin}/bytes/{n}"));
     let transfer = tokio::spawn(async move { curl_sha256(socks, &url).await });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ov.metric("downstream-1", "braid_cells_in_total") < 1000 {
-        assert!(
-            Instant::now() < deadline && !transfer.is_finished(),
-            "downstream-1 did not carry 1000 cells while the download ran"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    ov.wait_cells("downstream-1", 1000, || !transfer.is_finished())
+        .await;
     ov.kill9("downstream-1");
     assert_eq!(transfer.await.unwrap(), expected_sha256(n));
     ov.assert_no_panics();

@@ -11,14 +11,6 @@ use support::*;
 
 const MIB: u64 = 1024 * 1024;
 
-async fn wait_cells(ov: &ProcOverlay, id: &str, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ov.metric(id, "braid_cells_in_total") < n {
-        assert!(Instant::now() < deadline, "{id} carried nothing");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// A central stopped with SIGTERM mid-upload refuses new streams but finishes the live one:
 /// every byte it acknowledged reaches the destination, then it exits on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,14 +22,9 @@ async fn central_sigterm_mid_upload_loses_no_acknowledged_byte() {
     });
     let n = 48 * MIB;
     let transfer = spawn_upload(ov.socks, origin, n);
-    wait_cells(&ov, "central-1", 1500).await;
-
-    let pid = ov.pid("central-1").to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    ov.wait_cells("central-1", 1500, || !transfer.is_finished())
+        .await;
+    ov.sigterm("central-1");
     tokio::time::sleep(Duration::from_millis(200)).await;
     // A new stream during the drain is refused promptly, not hung.
     let t0 = Instant::now();
@@ -62,13 +49,9 @@ async fn gateway_sigterm_mid_download_finishes_the_stream() {
     let n = 48 * MIB;
     let (socks, url) = (ov.socks, format!("http://{origin}/bytes/{n}"));
     let transfer = tokio::spawn(async move { curl_sha256(socks, &url).await });
-    wait_cells(&ov, "downstream-1", 1000).await;
-    let pid = ov.pid("gateway-1").to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    ov.wait_cells("downstream-1", 1000, || !transfer.is_finished())
+        .await;
+    ov.sigterm("gateway-1");
     assert_eq!(transfer.await.unwrap(), expected_sha256(n));
     let took = ov.terminate("gateway-1", Duration::from_secs(30));
     eprintln!("gateway exited {took:?} after the download finished");

@@ -13,6 +13,19 @@ pub struct Layout {
     pub gateways: usize,
 }
 
+impl Default for Layout {
+    /// The seven-server minimum: 2 upstreams, a central, 2 downstreams, a relay, a gateway.
+    fn default() -> Self {
+        Layout {
+            upstreams: 2,
+            centrals: 1,
+            downstreams: 2,
+            relays: 1,
+            gateways: 1,
+        }
+    }
+}
+
 impl Layout {
     /// Every node's id and role: upstreams, centrals, downstreams, relays, gateways.
     pub fn nodes(&self) -> Vec<(String, Role)> {
@@ -35,14 +48,11 @@ mod tests {
 
     #[test]
     fn nodes_are_named_by_role_in_directory_order() {
-        let l = Layout {
-            upstreams: 2,
-            centrals: 1,
-            downstreams: 2,
-            relays: 1,
-            gateways: 1,
-        };
-        let ids: Vec<String> = l.nodes().into_iter().map(|(id, _)| id).collect();
+        let ids: Vec<String> = Layout::default()
+            .nodes()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
         assert_eq!(
             ids,
             [

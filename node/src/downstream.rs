@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use braid_config::{NodeEntry, Role};
-use braid_net::{read_frame, write_frame};
+use braid_net::read_frame;
 use braid_proto::envelope::{max_envelope_len, Envelope};
 use tokio::sync::{mpsc, Mutex};
 use tracing::info;
@@ -122,18 +122,9 @@ async fn relay_link(
         let ctx = ctx.clone();
         let draining = draining.clone();
         async move {
-            let Ok(mut send) = conn.open_uni().await else {
-                return;
-            };
             let mut rx = rx.lock().await;
             draining.store(false, std::sync::atomic::Ordering::Relaxed);
-            while let Some(env) = rx.recv().await {
-                if write_frame(&mut send, &env).await.is_err() {
-                    break;
-                }
-                tap(&ctx.tap, &ctx.id, TapPoint::Sent, &env);
-                Metrics::inc(&ctx.metrics.cells_out);
-            }
+            ctx.forward_queue(&conn, &mut rx).await;
             draining.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     })

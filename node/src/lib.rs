@@ -18,8 +18,10 @@ use std::time::Duration;
 use anyhow::Context;
 use braid_config::Directory;
 use braid_driver::metrics::LinkUpGuard;
+use braid_driver::tap::{tap, TapPoint};
 use braid_driver::{keep_dialing, sleep_or_shutdown, Backoff, Metrics, Tap};
 use braid_net::NodeIdentity;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// What every role needs: who it is, the directory, counters, and when to stop.
@@ -70,6 +72,28 @@ impl NodeContext {
                 }
             },
         ))
+    }
+
+    /// Writes what `queue` holds to a new uni stream on `conn`, each message tapped as sent
+    /// and counted in `cells_out`, until the queue closes or the link fails (the message in
+    /// hand is then counted as dropped; the end-to-end layer resends it).
+    pub async fn forward_queue(
+        &self,
+        conn: &quinn::Connection,
+        queue: &mut mpsc::Receiver<Vec<u8>>,
+    ) {
+        let Ok(mut send) = conn.open_uni().await else {
+            return;
+        };
+        while let Some(msg) = queue.recv().await {
+            if braid_net::write_frame(&mut send, &msg).await.is_err() {
+                tracing::debug!(node = %self.id, "link lost; message dropped");
+                Metrics::inc(&self.metrics.cells_dropped);
+                return;
+            }
+            tap(&self.tap, &self.id, TapPoint::Sent, &msg);
+            Metrics::inc(&self.metrics.cells_out);
+        }
     }
 
     /// Accepts connections on `ep` until drain (or the endpoint closes), each handshaken

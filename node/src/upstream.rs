@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use braid_net::{read_frame, write_frame, ClientAuth, PinSet};
+use braid_net::{read_frame, ClientAuth, PinSet};
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::info;
 
 use braid_driver::metrics::Metrics;
 use braid_driver::tap::{tap, TapPoint};
@@ -85,19 +85,8 @@ fn central_link(
         let rx = rx.clone();
         let ctx = c.clone();
         async move {
-            let Ok(mut send) = conn.open_uni().await else {
-                return;
-            };
             let mut rx = rx.lock().await;
-            while let Some(cell) = rx.recv().await {
-                if write_frame(&mut send, &cell).await.is_err() {
-                    debug!(node = %ctx.id, "central link lost; cell dropped");
-                    Metrics::inc(&ctx.metrics.cells_dropped);
-                    return;
-                }
-                tap(&ctx.tap, &ctx.id, TapPoint::Sent, &cell);
-                Metrics::inc(&ctx.metrics.cells_out);
-            }
+            ctx.forward_queue(&conn, &mut rx).await;
         }
     })
 }

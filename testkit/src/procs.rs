@@ -14,9 +14,7 @@ use braid_net::NodeIdentity;
 use crate::free_port;
 
 pub struct ProcOptions {
-    pub upstreams: usize,
-    pub downstreams: usize,
-    pub relays: usize,
+    pub layout: Layout,
     pub cell_size: u32,
     /// Extra TOML lines for the central's config (caps, timeouts).
     pub central_extra: String,
@@ -27,9 +25,7 @@ pub struct ProcOptions {
 impl Default for ProcOptions {
     fn default() -> Self {
         ProcOptions {
-            upstreams: 2,
-            downstreams: 2,
-            relays: 1,
+            layout: Layout::default(),
             cell_size: 8192,
             central_extra: String::new(),
             node_extra: String::new(),
@@ -111,14 +107,7 @@ impl ProcOverlay {
         };
         let net = [127, 64 + (seed % 180) as u8, 1 + ((seed >> 8) % 250) as u8];
         let ip = |host: u8| IpAddr::V4(Ipv4Addr::new(net[0], net[1], net[2], host));
-        let layout = Layout {
-            upstreams: o.upstreams,
-            centrals: 1,
-            downstreams: o.downstreams,
-            relays: o.relays,
-            gateways: 1,
-        }
-        .nodes();
+        let layout = o.layout.nodes();
 
         let mut entries = Vec::new();
         let mut nodes = Vec::new();
@@ -274,6 +263,24 @@ impl ProcOverlay {
         let pid = self.pid(id).to_string();
         let st = Command::new("kill").args([sig, &pid]).status().unwrap();
         assert!(st.success());
+    }
+
+    /// SIGTERM, without waiting: the node drains.
+    pub fn sigterm(&self, id: &str) {
+        self.signal(id, "-TERM");
+    }
+
+    /// Waits until node `id` has taken in `n` cells (`braid_cells_in_total`), for at most
+    /// 60 s; fails at once when `running` says the transfer meant to feed it has ended.
+    pub async fn wait_cells(&self, id: &str, n: u64, running: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.metric(id, "braid_cells_in_total") < n {
+            assert!(
+                Instant::now() < deadline && running(),
+                "{id} did not carry {n} cells while the transfer ran"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// kill -9: the node vanishes without a goodbye.
