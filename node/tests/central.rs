@@ -1,4 +1,5 @@
-//! A node whose key is not in the directory is refused by its peer, over real QUIC.
+//! The central over real QUIC: a node whose key is not in the directory is refused; the
+//! session cap and the idle timeout hold.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use braid_config::{Directory, NodeEntry, Role};
 use braid_driver::Metrics;
 use braid_net::NodeIdentity;
 use braid_node::{central, NodeContext};
+use braid_proto::session::{PendingSession, SessionConfig, SessionHello};
 use tokio_util::sync::CancellationToken;
 
 fn free_udp(ip: [u8; 4]) -> SocketAddr {
@@ -27,6 +29,10 @@ struct Net {
 }
 
 async fn start_central() -> Net {
+    start_central_with(10, Duration::from_secs(60)).await
+}
+
+async fn start_central_with(max_sessions: usize, idle_timeout: Duration) -> Net {
     let mut rng = rand::rng();
     let ids: Vec<NodeIdentity> = (0..5)
         .map(|_| NodeIdentity::generate(&mut rng).unwrap())
@@ -75,10 +81,10 @@ async fn start_central() -> Net {
         central::CentralParams {
             listen: central_addr,
             session: braid_node::central_session_config(&directory, 64, 16 << 20),
-            idle_timeout: Duration::from_secs(60),
+            idle_timeout,
             reassembly_timeout: Duration::from_secs(60),
             global_reorder_bytes: 256 << 20,
-            max_sessions: 10,
+            max_sessions,
         },
     ));
     // Wait for the central's socket.
@@ -145,5 +151,66 @@ async fn a_client_refuses_a_central_with_another_key() {
     .await
     .unwrap();
     assert!(r.is_err(), "the dialer pins the key it expects");
+    net.stop.cancel();
+}
+
+/// Hands the central `n` Hello cells of `n` new sessions, as an upstream would.
+async fn send_hellos(net: &Net, n: usize) {
+    let ep =
+        braid_net::client_endpoint("127.31.9.98:0".parse().unwrap(), Some(&net.upstream)).unwrap();
+    let conn = braid_net::connect(&ep, net.central_addr, net.central.tls_public())
+        .await
+        .unwrap();
+    let mut s = conn.open_uni().await.unwrap();
+    let hello = SessionHello {
+        window_cells: 64,
+        mailboxes: Vec::new(),
+    };
+    for _ in 0..n {
+        let pending = PendingSession::start(
+            &mut rand::rng(),
+            SessionConfig::with_cell_size(4096),
+            &net.central.noise_public(),
+            &hello,
+        )
+        .unwrap();
+        braid_net::write_frame(&mut s, pending.hello_cell())
+            .await
+            .unwrap();
+    }
+    // Let the central take them before the link goes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ep.close(0u32.into(), b"");
+}
+
+#[tokio::test]
+async fn central_holds_at_most_max_sessions() {
+    let net = start_central_with(3, Duration::from_secs(60)).await;
+    send_hellos(&net, 5).await;
+    assert_eq!(Metrics::get(&net.metrics.sessions_opened), 3);
+    assert!(
+        Metrics::get(&net.metrics.cells_dropped) >= 2,
+        "Hellos over the cap are dropped"
+    );
+    net.stop.cancel();
+}
+
+/// A session that stays silent past `idle_timeout` is closed, and its slot comes back.
+#[tokio::test]
+async fn central_closes_a_silent_session_after_its_idle_timeout() {
+    let net = start_central_with(1, Duration::from_millis(400)).await;
+    send_hellos(&net, 1).await;
+    assert_eq!(Metrics::get(&net.metrics.sessions_opened), 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while Metrics::get(&net.metrics.sessions_closed) < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle session stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The cap of one has room again.
+    send_hellos(&net, 1).await;
+    assert_eq!(Metrics::get(&net.metrics.sessions_opened), 2);
     net.stop.cancel();
 }
