@@ -9,6 +9,8 @@ pub mod inner;
 pub mod mix;
 pub mod noise;
 pub mod session;
+#[cfg(feature = "test-util")]
+pub mod sim;
 pub mod socks5;
 pub mod target;
 pub mod wire;
