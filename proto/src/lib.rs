@@ -11,6 +11,8 @@ pub mod mix;
 pub mod noise;
 pub mod reason;
 pub mod session;
+#[cfg(feature = "test-util")]
+pub mod sim;
 pub mod socks5;
 pub mod target;
 pub mod wire;

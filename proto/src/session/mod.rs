@@ -27,6 +27,7 @@ use crate::noise::HandshakeError;
 use crate::wire::WireError;
 
 mod handshake;
+mod path_table;
 mod paths;
 mod recovery;
 mod recv;
@@ -43,6 +44,7 @@ mod stream_credit_tests;
 mod tests;
 
 pub use handshake::{accept, Accepted, PendingSession, SessionHello};
+pub use path_table::{LivePath, PathTable};
 pub use paths::{PathScheduler, UnknownPathScheduler};
 
 use paths::PathHealth;
