@@ -9,7 +9,7 @@ use std::time::Duration;
 use braid_proto::cell::CellKind;
 use braid_proto::envelope::encode_envelope_prefix;
 use braid_proto::frame::{Mailbox, StreamId};
-use braid_proto::session::{PathId, Session, SessionEvent, SessionStats};
+use braid_proto::session::{LivePath, PathId, PathTable, Session, SessionEvent, SessionStats};
 use braid_proto::Reason;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::time::Instant;
@@ -215,66 +215,28 @@ pub struct SessionGauge {
     pub stalled_since_ms: std::sync::atomic::AtomicU64,
 }
 
-struct PathTable {
-    ids: HashMap<(String, Option<Mailbox>), PathId>,
-    next: u32,
-    /// The live paths: id, link, envelope prefix (relay + mailbox on the central side).
-    live: Vec<(PathId, mpsc::Sender<Vec<u8>>, Vec<u8>)>,
-}
+/// The session's paths over the links now up: client side, one per upstream link; central
+/// side, one per (downstream link, client mailbox) pair, each with its envelope prefix.
+type Paths = PathTable<mpsc::Sender<Vec<u8>>>;
 
-impl PathTable {
-    fn rebuild(&mut self, links: &[Link], mailboxes: Option<&[Mailbox]>) -> Vec<PathId> {
-        let mut live = Vec::new();
-        for l in links {
-            match mailboxes {
-                None => live.push(((l.name.clone(), None), l.tx.clone(), Vec::new())),
-                Some(boxes) => {
-                    // A mailbox whose relay id cannot be put in an envelope has no path.
-                    for (b, prefix) in boxes
-                        .iter()
-                        .filter_map(|b| Some((b, encode_envelope_prefix(b).ok()?)))
-                    {
-                        live.push(((l.name.clone(), Some(b.clone())), l.tx.clone(), prefix));
-                    }
-                }
-            }
-        }
-        let mut out = Vec::new();
-        for (key, tx, prefix) in live {
-            let id = *self.ids.entry(key).or_insert_with(|| {
-                self.next += 1;
-                PathId(self.next)
-            });
-            out.push((id, tx, prefix));
-        }
-        let gone: Vec<PathId> = self
-            .live
-            .iter()
-            .map(|(id, ..)| *id)
-            .filter(|id| !out.iter().any(|(o, ..)| o == id))
-            .collect();
-        self.live = out;
-        gone
-    }
-
-    fn writable(&self) -> Vec<PathId> {
-        self.live
-            .iter()
-            .filter(|(_, tx, _)| tx.capacity() > 0)
-            .map(|(id, ..)| *id)
-            .collect()
-    }
+/// Rebuilds `table` from `links`; returns the paths that went away.
+fn rebuild(table: &mut Paths, links: &[Link], mailboxes: Option<&[Mailbox]>) -> Vec<PathId> {
+    let links: Vec<_> = links
+        .iter()
+        .map(|l| (l.name.clone(), l.tx.clone()))
+        .collect();
+    // A mailbox whose relay id cannot be put in an envelope (the Hello bounds it) gets no
+    // prefix; the downstream drops its cells and the path is rested.
+    table.rebuild(&links, mailboxes, |b| {
+        encode_envelope_prefix(b).unwrap_or_default()
+    })
 }
 
 impl SessionTask {
     pub async fn run(mut self) {
-        let mut table = PathTable {
-            ids: HashMap::new(),
-            next: 0,
-            live: Vec::new(),
-        };
+        let mut table = Paths::default();
         let links = self.links.borrow_and_update().clone();
-        table.rebuild(&links, self.role.mailboxes());
+        rebuild(&mut table, &links, self.role.mailboxes());
         let mut streams: HashMap<StreamId, StreamSlot> = HashMap::new();
         // Bytes parked in the streams' pending queues, and the wake-up for queues with room.
         let mut pending_bytes = 0usize;
@@ -333,8 +295,9 @@ impl SessionTask {
             // 2. Send what the session has, on paths that can take it.
             if send_welcome {
                 if let Some(w) = self.role.central().map(|c| &c.welcome) {
-                    if let Some((_, tx, prefix)) =
-                        table.live.iter().find(|(_, tx, _)| tx.capacity() > 0)
+                    if let Some(LivePath {
+                        link: tx, prefix, ..
+                    }) = table.live().iter().find(|p| p.link.capacity() > 0)
                     {
                         let mut m = prefix.clone();
                         m.extend_from_slice(w);
@@ -345,16 +308,19 @@ impl SessionTask {
                 }
             }
             let mut blocked_on_paths = send_welcome;
-            let mut writable = table.writable();
+            let mut writable = table.writable(|tx| tx.capacity() > 0);
             loop {
                 if writable.is_empty() {
-                    blocked_on_paths = !table.live.is_empty();
+                    blocked_on_paths = !table.live().is_empty();
                     break;
                 }
                 let Some(t) = self.session.poll_transmit(now, &writable) else {
                     break;
                 };
-                if let Some((_, tx, prefix)) = table.live.iter().find(|(p, ..)| *p == t.path) {
+                if let Some(LivePath {
+                    link: tx, prefix, ..
+                }) = table.get(t.path)
+                {
                     let msg = if prefix.is_empty() {
                         t.cell
                     } else {
@@ -448,7 +414,7 @@ impl SessionTask {
                 changed = self.links.changed() => {
                     if changed.is_err() { break; }
                     let links = self.links.borrow_and_update().clone();
-                    for gone in table.rebuild(&links, self.role.mailboxes()) {
+                    for gone in rebuild(&mut table, &links, self.role.mailboxes()) {
                         self.session.path_lost(gone);
                     }
                 }
@@ -501,7 +467,7 @@ impl SessionTask {
         &mut self,
         ev: SessionEvent,
         streams: &mut HashMap<StreamId, StreamSlot>,
-        table: &mut PathTable,
+        table: &mut Paths,
     ) -> Option<(StreamId, StreamEvent)> {
         match ev {
             SessionEvent::StreamData { stream, data } => {
@@ -561,7 +527,7 @@ impl SessionTask {
                 if let (SessionRole::Central(c), false) = (&mut self.role, boxes.is_empty()) {
                     c.mailboxes = boxes;
                     let links = self.links.borrow().clone();
-                    for gone in table.rebuild(&links, self.role.mailboxes()) {
+                    for gone in rebuild(table, &links, self.role.mailboxes()) {
                         self.session.path_lost(gone);
                     }
                 }
