@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use braid_proto::session::PathScheduler;
 use serde::{Deserialize, Serialize};
-use toml::Value;
 
+use crate::check;
 use crate::directory::{check_id, Directory, NodeEntry, Role};
-use crate::env::{self, Applied};
+use crate::env;
 use crate::error::ConfigError;
 use crate::node::LogFormat;
-use crate::parse::{base_dir, parse_table, resolve, typed};
+use crate::parse::{parse_config, ConfigFile};
 
 /// `scheduler = "round-robin" | "rtt"`: proto's [`PathScheduler`] by its names.
 mod scheduler_name {
@@ -96,13 +96,7 @@ pub fn parse_client_config(
     file: &Path,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<ClientConfig, ConfigError> {
-    let mut table = parse_table(text, file)?;
-    let mut applied = Applied::default();
-    env::apply(&mut table, env::CLIENT_KEYS, env, file, &mut applied)?;
-    let mut cfg: ClientConfig = typed(Value::Table(table), file, &applied)?;
-    resolve(&base_dir(file), &mut cfg.directory);
-    cfg.validate_in(file)?;
-    Ok(cfg)
+    parse_config(text, file, env)
 }
 
 fn default_handshake_timeout_secs() -> u64 {
@@ -174,36 +168,50 @@ impl ClientConfig {
         }
     }
 
-    pub(crate) fn validate_in(&self, file: &Path) -> Result<(), ConfigError> {
+    /// The config as TOML (e.g. to print the effective configuration).
+    pub fn to_toml_string(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| ConfigError::Invalid {
+            file: PathBuf::from("<client config>"),
+            key: "<top level>".into(),
+            message: format!("cannot serialize: {e}"),
+        })
+    }
+}
+
+impl ConfigFile for ClientConfig {
+    const ENV_KEYS: &'static [(&'static str, env::Kind)] = env::CLIENT_KEYS;
+
+    fn relative_paths(&mut self) -> Vec<&mut PathBuf> {
+        vec![&mut self.directory]
+    }
+
+    fn validate_in(&self, file: &Path) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: String| ConfigError::Invalid {
             file: file.to_owned(),
             key: key.to_owned(),
             message,
         };
-        if self.directory.as_os_str().is_empty() {
-            return Err(invalid("directory", "must not be empty".into()));
-        }
+        check::non_empty(file, &[("directory", &self.directory)])?;
         if let Some(id) = &self.gateway {
             check_id(id).map_err(|m| invalid("gateway", m))?;
         }
-        if self.window_cells == 0 {
-            return Err(invalid("window_cells", "must be greater than 0".into()));
-        }
+        check::positive(file, &[("window_cells", u64::from(self.window_cells))])?;
         if !(1..=86_400).contains(&self.handshake_timeout_secs) {
             return Err(invalid(
                 "handshake_timeout_secs",
                 "must be within 1..=86400 seconds".into(),
             ));
         }
-        if self.max_connections == 0 {
-            return Err(invalid("max_connections", "must be greater than 0".into()));
-        }
-        if self.max_connections_per_source == 0 {
-            return Err(invalid(
-                "max_connections_per_source",
-                "must be greater than 0".into(),
-            ));
-        }
+        check::positive(
+            file,
+            &[
+                ("max_connections", u64::from(self.max_connections)),
+                (
+                    "max_connections_per_source",
+                    u64::from(self.max_connections_per_source),
+                ),
+            ],
+        )?;
         if let Some(auth) = &self.auth {
             // RFC 1929 carries each in a one-byte length field, and 0 is refused.
             for (key, value) in [
@@ -224,7 +232,7 @@ impl ClientConfig {
         Ok(())
     }
 
-    pub(crate) fn check_files(&self, file: &Path) -> Result<(), ConfigError> {
+    fn check_files(&self, file: &Path) -> Result<(), ConfigError> {
         if !self.directory.is_file() {
             return Err(ConfigError::MissingPath {
                 file: file.to_owned(),
@@ -234,15 +242,6 @@ impl ClientConfig {
             });
         }
         Ok(())
-    }
-
-    /// The config as TOML (e.g. to print the effective configuration).
-    pub fn to_toml_string(&self) -> Result<String, ConfigError> {
-        toml::to_string(self).map_err(|e| ConfigError::Invalid {
-            file: PathBuf::from("<client config>"),
-            key: "<top level>".into(),
-            message: format!("cannot serialize: {e}"),
-        })
     }
 }
 

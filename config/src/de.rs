@@ -177,6 +177,23 @@ struct De {
     path: KeyPath,
 }
 
+impl De {
+    /// Deserialize `value` (at `path`) with `seed`; an error that names no key path yet
+    /// gets this one, and the value as written.
+    fn seed<'de, T: DeserializeSeed<'de>>(
+        seed: T,
+        value: Value,
+        path: KeyPath,
+    ) -> Result<T::Value, DeError> {
+        let repr = scalar_repr(&value);
+        seed.deserialize(De {
+            value,
+            path: path.clone(),
+        })
+        .map_err(|e| e.at(&path, repr))
+    }
+}
+
 fn unexpected(v: &Value) -> Unexpected<'_> {
     match v {
         Value::String(s) => Unexpected::Str(s),
@@ -270,16 +287,7 @@ impl<'de> de::SeqAccess<'de> for Seq {
     ) -> Result<Option<T::Value>, DeError> {
         match self.iter.next() {
             None => Ok(None),
-            Some((i, value)) => {
-                let path = self.path.index(i);
-                let repr = scalar_repr(&value);
-                seed.deserialize(De {
-                    value,
-                    path: path.clone(),
-                })
-                .map(Some)
-                .map_err(|e| e.at(&path, repr))
-            }
+            Some((i, value)) => De::seed(seed, value, self.path.index(i)).map(Some),
         }
     }
 
@@ -317,12 +325,7 @@ impl<'de> de::MapAccess<'de> for Map {
         let Some((path, value)) = self.pending.take() else {
             return Err(de::Error::custom("value requested before its key"));
         };
-        let repr = scalar_repr(&value);
-        seed.deserialize(De {
-            value,
-            path: path.clone(),
-        })
-        .map_err(|e| e.at(&path, repr))
+        De::seed(seed, value, path)
     }
 
     fn size_hint(&self) -> Option<usize> {

@@ -8,14 +8,13 @@ use std::path::Path;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use toml::Value;
 
 use braid_proto::frame::MAX_NODE_ID_LEN;
 
 use crate::de::toml_quote;
-use crate::env::{self, Applied};
+use crate::env;
 use crate::error::ConfigError;
-use crate::parse::{parse_table, typed};
+use crate::parse::{parse_config, ConfigFile};
 
 /// Smallest allowed network-wide cell size, in bytes (the cell codec's bound).
 pub const MIN_CELL_SIZE: u32 = braid_proto::cell::MIN_CELL_SIZE as u32;
@@ -170,8 +169,12 @@ impl Directory {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_in(Path::new(IN_MEMORY))
     }
+}
 
-    pub(crate) fn validate_in(&self, file: &Path) -> Result<(), ConfigError> {
+impl ConfigFile for Directory {
+    const ENV_KEYS: &'static [(&'static str, env::Kind)] = env::DIRECTORY_KEYS;
+
+    fn validate_in(&self, file: &Path) -> Result<(), ConfigError> {
         let invalid = |key: String, message: String| ConfigError::Invalid {
             file: file.to_owned(),
             key,
@@ -268,7 +271,9 @@ impl Directory {
         }
         Ok(())
     }
+}
 
+impl Directory {
     /// The nodes of one role, in file order.
     pub fn nodes_with_role(&self, role: Role) -> impl Iterator<Item = &NodeEntry> + '_ {
         self.nodes.iter().filter(move |n| n.role == role)
@@ -330,12 +335,7 @@ pub fn parse_directory(
     file: &Path,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<Directory, ConfigError> {
-    let mut table = parse_table(text, file)?;
-    let mut applied = Applied::default();
-    env::apply(&mut table, env::DIRECTORY_KEYS, env, file, &mut applied)?;
-    let dir: Directory = typed(Value::Table(table), file, &applied)?;
-    dir.validate_in(file)?;
-    Ok(dir)
+    parse_config(text, file, env)
 }
 
 /// Check a node id: 1..=32 characters of `[a-z0-9-]`.

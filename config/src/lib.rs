@@ -15,6 +15,7 @@
 //! Configs are plain data: once loaded and validated, treat them as immutable (share them
 //! behind `Arc` rather than mutating).
 
+mod check;
 mod client;
 mod de;
 mod directory;

@@ -1,18 +1,21 @@
-//! Loading from files: read the file, hand its text to the config's parse function
-//! (which applies environment overrides, deserializes, resolves relative paths against
-//! the file's folder and validates), then check that the files the config names exist
-//! (identity folder and key files, directory file).
+//! Loading from files: read the file, hand its text to `parse::parse_config` (which
+//! applies environment overrides, deserializes, resolves relative paths against the
+//! file's folder and validates), then check that the files the config names exist
+//! (identity folder and key files, directory file). One generic [`load`] does this for
+//! every config; the public functions name the type.
 //!
-//! The `parse_*` functions (in `directory.rs`, `node/` and `client.rs`) do everything
-//! except touching the file system, so they suit tests, samples and text received over
-//! the network. This module depends on them, never the reverse.
+//! The parse step (also behind the public `parse_*` functions in `directory.rs`, `node/`
+//! and `client.rs`) does everything except touching the file system, so it suits tests,
+//! samples and text received over the network. This module depends on it, never the
+//! reverse.
 
 use std::path::Path;
 
-use crate::client::{parse_client_config, ClientConfig};
-use crate::directory::{parse_directory, Directory};
+use crate::client::ClientConfig;
+use crate::directory::Directory;
 use crate::error::ConfigError;
-use crate::node::{parse_node_config, NodeConfig};
+use crate::node::NodeConfig;
+use crate::parse::{parse_config, ConfigFile, Env};
 
 /// The process environment as an override source (`std::env::var_os`, lossily decoded).
 pub fn process_env(name: &str) -> Option<String> {
@@ -34,9 +37,7 @@ pub fn load_directory_with_env(
     path: impl AsRef<Path>,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<Directory, ConfigError> {
-    let path = path.as_ref();
-    let text = read(path)?;
-    parse_directory(&text, path, env)
+    load(path.as_ref(), env)
 }
 
 /// Load and validate a node config, with overrides from the process environment.
@@ -51,11 +52,7 @@ pub fn load_node_config_with_env(
     path: impl AsRef<Path>,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<NodeConfig, ConfigError> {
-    let path = path.as_ref();
-    let text = read(path)?;
-    let cfg = parse_node_config(&text, path, env)?;
-    cfg.check_files(path)?;
-    Ok(cfg)
+    load(path.as_ref(), env)
 }
 
 /// Load and validate a client config, with overrides from the process environment.
@@ -69,16 +66,16 @@ pub fn load_client_config_with_env(
     path: impl AsRef<Path>,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<ClientConfig, ConfigError> {
-    let path = path.as_ref();
-    let text = read(path)?;
-    let cfg = parse_client_config(&text, path, env)?;
-    cfg.check_files(path)?;
-    Ok(cfg)
+    load(path.as_ref(), env)
 }
 
-fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+/// Read the file, parse it (overrides from `env`), then check the files it names.
+fn load<T: ConfigFile>(path: &Path, env: Env<'_>) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         file: path.to_owned(),
         source,
-    })
+    })?;
+    let cfg: T = parse_config(&text, path, env)?;
+    cfg.check_files(path)?;
+    Ok(cfg)
 }

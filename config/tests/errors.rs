@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::fmt::Debug;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -13,39 +14,39 @@ const NODE_FILE: &str = "/srv/braid/upstream.toml";
 const DIR_FILE: &str = "/srv/braid/directory.toml";
 const CLIENT_FILE: &str = "/srv/braid/client.toml";
 
-fn node_err(text: &str) -> ConfigError {
-    node_err_env(text, &[])
-}
-
-fn node_err_env(text: &str, env: &[(&str, &str)]) -> ConfigError {
-    match parse_node_config(text, Path::new(NODE_FILE), &env_of(env)) {
+/// Parsing fails, and the message names `file` and contains every fragment.
+#[track_caller]
+fn fails<T: Debug>(parsed: Result<T, ConfigError>, file: &str, fragments: &[&str]) -> ConfigError {
+    let e = match parsed {
         Ok(cfg) => panic!("expected an error, got {cfg:?}"),
         Err(e) => e,
-    }
+    };
+    says(&e, file, fragments);
+    e
 }
 
-fn dir_err(text: &str) -> ConfigError {
-    match parse_directory(text, Path::new(DIR_FILE), &no_env) {
-        Ok(d) => panic!("expected an error, got {d:?}"),
-        Err(e) => e,
-    }
-}
-
-fn client_err(text: &str) -> ConfigError {
-    match parse_client_config(text, Path::new(CLIENT_FILE), &no_env) {
-        Ok(c) => panic!("expected an error, got {c:?}"),
-        Err(e) => e,
-    }
-}
-
-/// The message names the file and contains every fragment.
+/// [`fails`] for node config text in [`NODE_FILE`].
 #[track_caller]
-fn says(err: &ConfigError, file: &str, fragments: &[&str]) {
-    let msg = err.to_string();
-    assert!(msg.contains(file), "message does not name {file}: {msg}");
-    for f in fragments {
-        assert!(msg.contains(f), "message lacks {f:?}: {msg}");
-    }
+fn node_fails(text: &str, fragments: &[&str]) -> ConfigError {
+    let parsed = parse_node_config(text, Path::new(NODE_FILE), &no_env);
+    fails(parsed, NODE_FILE, fragments)
+}
+
+/// [`fails`] for directory text in [`DIR_FILE`].
+#[track_caller]
+fn dir_fails(text: &str, fragments: &[&str]) -> ConfigError {
+    fails(
+        parse_directory(text, Path::new(DIR_FILE), &no_env),
+        DIR_FILE,
+        fragments,
+    )
+}
+
+/// [`fails`] for client config text in [`CLIENT_FILE`].
+#[track_caller]
+fn client_fails(text: &str, fragments: &[&str]) -> ConfigError {
+    let parsed = parse_client_config(text, Path::new(CLIENT_FILE), &no_env);
+    fails(parsed, CLIENT_FILE, fragments)
 }
 
 fn upstream() -> String {
@@ -64,42 +65,40 @@ fn gateway() -> String {
 
 #[test]
 fn syntax_error_names_file_and_line() {
-    let e = node_err("role = \"upstream\"\nlisten = \n");
+    let e = node_fails(
+        "role = \"upstream\"\nlisten = \n",
+        &["invalid TOML", "line 2"],
+    );
     assert!(matches!(e, ConfigError::Syntax { .. }), "{e:?}");
-    says(&e, NODE_FILE, &["invalid TOML", "line 2"]);
 }
 
 #[test]
 fn duplicate_key_is_a_syntax_error() {
-    let e = node_err(
+    node_fails(
         &format!("{}\nlisten = \"127.0.0.2:1\"\n", upstream())
             .replace("[node]", "listen = \"127.0.0.2:2\"\n[node]"),
+        &["invalid TOML"],
     );
-    says(&e, NODE_FILE, &["invalid TOML"]);
 }
 
 // ---- unknown keys ------------------------------------------------------------
 
 #[test]
 fn unknown_top_level_key() {
-    let e = node_err(&upstream().replace("listen =", "lisen ="));
+    let e = node_fails(
+        &upstream().replace("listen =", "lisen ="),
+        &["unknown key `lisen`", "did you mean `listen`"],
+    );
     match &e {
         ConfigError::UnknownKey { key, .. } => assert_eq!(key, "lisen"),
         other => panic!("{other:?}"),
     }
-    says(
-        &e,
-        NODE_FILE,
-        &["unknown key `lisen`", "did you mean `listen`"],
-    );
 }
 
 #[test]
 fn unknown_nested_key() {
-    let e = node_err(&upstream().replace("identity =", "identiy ="));
-    says(
-        &e,
-        NODE_FILE,
+    node_fails(
+        &upstream().replace("identity =", "identiy ="),
         &["unknown key `node.identiy`", "did you mean `identity`"],
     );
 }
@@ -107,24 +106,23 @@ fn unknown_nested_key() {
 #[test]
 fn key_of_another_role_is_unknown() {
     // mix_delay_ms belongs to relays, not upstreams.
-    let e = node_err(&upstream().replace("[node]", "mix_delay_ms = 5.0\n[node]"));
-    says(&e, NODE_FILE, &["unknown key `mix_delay_ms`"]);
+    node_fails(
+        &upstream().replace("[node]", "mix_delay_ms = 5.0\n[node]"),
+        &["unknown key `mix_delay_ms`"],
+    );
 }
 
 #[test]
 fn unknown_key_in_directory_node() {
     let text = directory().replacen("role = \"upstream\"", "role = \"upstream\"\nport = 7100", 2);
-    let e = dir_err(&text);
     // The first [[nodes]] entry is the first to fail.
-    says(&e, DIR_FILE, &["unknown key `nodes[0].port`"]);
+    dir_fails(&text, &["unknown key `nodes[0].port`"]);
 }
 
 #[test]
 fn unknown_key_in_exit_table() {
-    let e = node_err_env(&gateway().replace("allow_private", "allow_privat"), &[]);
-    says(
-        &e,
-        NODE_FILE,
+    node_fails(
+        &gateway().replace("allow_private", "allow_privat"),
         &[
             "unknown key `exit.allow_privat`",
             "did you mean `allow_private`",
@@ -134,29 +132,37 @@ fn unknown_key_in_exit_table() {
 
 #[test]
 fn unknown_key_in_client() {
-    let e = client_err("directory = \"d.toml\"\nsocks = \"127.0.0.1:1080\"\n");
-    says(&e, CLIENT_FILE, &["unknown key `socks`"]);
+    client_fails(
+        "directory = \"d.toml\"\nsocks = \"127.0.0.1:1080\"\n",
+        &["unknown key `socks`"],
+    );
 }
 
 // ---- missing keys ------------------------------------------------------------
 
 #[test]
 fn missing_role() {
-    let e = node_err(&upstream().replace("role = \"upstream\"", ""));
+    let e = node_fails(
+        &upstream().replace("role = \"upstream\"", ""),
+        &["missing required key `role`"],
+    );
     assert!(matches!(e, ConfigError::MissingKey { .. }), "{e:?}");
-    says(&e, NODE_FILE, &["missing required key `role`"]);
 }
 
 #[test]
 fn missing_nested_key() {
-    let e = node_err(&upstream().replace("id = \"upstream-1\"", ""));
-    says(&e, NODE_FILE, &["missing required key `node.id`"]);
+    node_fails(
+        &upstream().replace("id = \"upstream-1\"", ""),
+        &["missing required key `node.id`"],
+    );
 }
 
 #[test]
 fn missing_listen() {
-    let e = node_err(&upstream().replace("listen = \"127.0.0.2:7100\"", ""));
-    says(&e, NODE_FILE, &["missing required key `listen`"]);
+    node_fails(
+        &upstream().replace("listen = \"127.0.0.2:7100\"", ""),
+        &["missing required key `listen`"],
+    );
 }
 
 #[test]
@@ -166,21 +172,25 @@ fn missing_node_key_in_directory() {
         "",
         1,
     );
-    let e = dir_err(&text);
-    says(&e, DIR_FILE, &["missing required key `nodes[0].tls_key`"]);
+    dir_fails(&text, &["missing required key `nodes[0].tls_key`"]);
 }
 
 #[test]
 fn missing_client_directory() {
-    let e = client_err("socks_listen = \"127.0.0.1:1080\"\n");
-    says(&e, CLIENT_FILE, &["missing required key `directory`"]);
+    client_fails(
+        "socks_listen = \"127.0.0.1:1080\"\n",
+        &["missing required key `directory`"],
+    );
 }
 
 // ---- bad values --------------------------------------------------------------
 
 #[test]
 fn bad_listen_address_names_field_and_value() {
-    let e = node_err(&upstream().replace("\"127.0.0.2:7100\"", "\"127.0.0.2\""));
+    let e = node_fails(
+        &upstream().replace("\"127.0.0.2:7100\"", "\"127.0.0.2\""),
+        &["invalid value for `listen`", "127.0.0.2", "socket address"],
+    );
     match &e {
         ConfigError::InvalidValue { key, value, .. } => {
             assert_eq!(key, "listen");
@@ -188,29 +198,30 @@ fn bad_listen_address_names_field_and_value() {
         }
         other => panic!("{other:?}"),
     }
-    says(
-        &e,
-        NODE_FILE,
-        &["invalid value for `listen`", "127.0.0.2", "socket address"],
-    );
 }
 
 #[test]
 fn bad_admin_address() {
-    let e = node_err(&upstream().replace("\"127.0.0.1:9101\"", "\"localhost:9101\""));
-    says(&e, NODE_FILE, &["`node.admin`", "localhost:9101"]);
+    node_fails(
+        &upstream().replace("\"127.0.0.1:9101\"", "\"localhost:9101\""),
+        &["`node.admin`", "localhost:9101"],
+    );
 }
 
 #[test]
 fn bad_directory_address() {
-    let e = dir_err(&directory().replace("\"127.0.0.6:7600\"", "\"127.0.0.6:76000\""));
-    says(&e, DIR_FILE, &["`nodes[5].addr`", "127.0.0.6:76000"]);
+    dir_fails(
+        &directory().replace("\"127.0.0.6:7600\"", "\"127.0.0.6:76000\""),
+        &["`nodes[5].addr`", "127.0.0.6:76000"],
+    );
 }
 
 #[test]
 fn bad_socks_address() {
-    let e = client_err("directory = \"d\"\nsocks_listen = \"1080\"\n");
-    says(&e, CLIENT_FILE, &["`socks_listen`", "\"1080\""]);
+    client_fails(
+        "directory = \"d\"\nsocks_listen = \"1080\"\n",
+        &["`socks_listen`", "\"1080\""],
+    );
 }
 
 #[test]
@@ -219,10 +230,8 @@ fn bad_hex_length() {
         "099764baa5af2e1e0fb43a4319d30ec6d1867a2e84c8a971c88cf6c7d0b3f714",
         "099764baa5",
     );
-    let e = dir_err(&text);
-    says(
-        &e,
-        DIR_FILE,
+    dir_fails(
+        &text,
         &[
             "`nodes[2].noise_key`",
             "bad hex key",
@@ -238,26 +247,21 @@ fn bad_hex_characters() {
         "959b4321387909d4dc83a58e6cf8dcfc15c65398d2352c9ee1c0964f1da77088",
         "zz9b4321387909d4dc83a58e6cf8dcfc15c65398d2352c9ee1c0964f1da77088",
     );
-    let e = dir_err(&text);
-    says(&e, DIR_FILE, &["`nodes[6].tls_key`", "bad hex key"]);
+    dir_fails(&text, &["`nodes[6].tls_key`", "bad hex key"]);
 }
 
 #[test]
 fn unknown_role() {
-    let e = node_err(&upstream().replace("role = \"upstream\"", "role = \"exit\""));
-    says(
-        &e,
-        NODE_FILE,
+    node_fails(
+        &upstream().replace("role = \"upstream\"", "role = \"exit\""),
         &[
             "`role`",
             "\"exit\"",
             "upstream, central, downstream, relay, gateway",
         ],
     );
-    let e = dir_err(&directory().replacen("role = \"relay\"", "role = \"mix\"", 1));
-    says(
-        &e,
-        DIR_FILE,
+    dir_fails(
+        &directory().replacen("role = \"relay\"", "role = \"mix\"", 1),
         &["`nodes[5].role`", "\"mix\"", "unknown variant"],
     );
 }
@@ -268,46 +272,45 @@ fn wrong_type() {
         "reorder_window_cells = 1024",
         "reorder_window_cells = \"many\"",
     );
-    let e = node_err(&central);
-    says(
-        &e,
-        NODE_FILE,
+    node_fails(
+        &central,
         &["`reorder_window_cells`", "\"many\"", "invalid type"],
     );
-    let e = node_err(&upstream().replace("\"upstream-1\"", "7"));
-    says(&e, NODE_FILE, &["`node.id`", "= 7", "invalid type"]);
+    node_fails(
+        &upstream().replace("\"upstream-1\"", "7"),
+        &["`node.id`", "= 7", "invalid type"],
+    );
 }
 
 #[test]
 fn negative_count() {
     let relay = sample("relay.toml").replace("mailbox_cells = 4096", "mailbox_cells = -1");
-    let e = node_err(&relay);
-    says(&e, NODE_FILE, &["`mailbox_cells`", "-1"]);
+    node_fails(&relay, &["`mailbox_cells`", "-1"]);
 }
 
 #[test]
 fn bad_log_format_and_scheduler() {
-    let e = node_err(&upstream().replace("log = \"text\"", "log = \"xml\""));
-    says(&e, NODE_FILE, &["`node.log`", "\"xml\"", "text", "json"]);
-    let e = client_err("directory = \"d\"\nscheduler = \"fastest\"\n");
-    says(
-        &e,
-        CLIENT_FILE,
+    node_fails(
+        &upstream().replace("log = \"text\"", "log = \"xml\""),
+        &["`node.log`", "\"xml\"", "text", "json"],
+    );
+    client_fails(
+        "directory = \"d\"\nscheduler = \"fastest\"\n",
         &["`scheduler`", "\"fastest\"", "round-robin", "rtt"],
     );
 }
 
 #[test]
 fn bad_hosts_entry() {
-    let e = node_err(&gateway().replace(
-        "\"echo.braid.test\" = \"127.0.0.1\"",
-        "\"echo.braid.test\" = \"not-an-ip\"",
-    ));
-    says(&e, NODE_FILE, &["`hosts.\"echo.braid.test\"`", "not-an-ip"]);
-    let e = node_err(&gateway().replace("\"echo.braid.test\"", "\"Echo.Braid.Test\""));
-    says(
-        &e,
-        NODE_FILE,
+    node_fails(
+        &gateway().replace(
+            "\"echo.braid.test\" = \"127.0.0.1\"",
+            "\"echo.braid.test\" = \"not-an-ip\"",
+        ),
+        &["`hosts.\"echo.braid.test\"`", "not-an-ip"],
+    );
+    node_fails(
+        &gateway().replace("\"echo.braid.test\"", "\"Echo.Braid.Test\""),
         &["`hosts.\"Echo.Braid.Test\"`", "lower-case"],
     );
 }
@@ -317,28 +320,32 @@ fn bad_hosts_entry() {
 #[test]
 fn invalid_cell_size() {
     for bad in ["512", "16385", "0"] {
-        let e = dir_err(&directory().replace("cell_size = 8192", &format!("cell_size = {bad}")));
+        let text = directory().replace("cell_size = 8192", &format!("cell_size = {bad}"));
+        let e = dir_fails(&text, &["`cell_size`", bad, "1024..=16384"]);
         assert!(matches!(e, ConfigError::Invalid { .. }), "{e:?}");
-        says(&e, DIR_FILE, &["`cell_size`", bad, "1024..=16384"]);
     }
-    let e = dir_err(&directory().replace("cell_size = 8192", "cell_size = -5"));
-    says(&e, DIR_FILE, &["`cell_size`", "-5"]);
+    dir_fails(
+        &directory().replace("cell_size = 8192", "cell_size = -5"),
+        &["`cell_size`", "-5"],
+    );
 }
 
 #[test]
 fn bad_node_id() {
-    let e = dir_err(&directory().replace("\"relay-1\"", "\"Relay_1\""));
-    says(&e, DIR_FILE, &["`nodes[5].id`", "Relay_1", "lower-case"]);
-    let e = node_err(&upstream().replace("\"upstream-1\"", "\"upstream 1\""));
-    says(&e, NODE_FILE, &["`node.id`", "upstream 1"]);
+    dir_fails(
+        &directory().replace("\"relay-1\"", "\"Relay_1\""),
+        &["`nodes[5].id`", "Relay_1", "lower-case"],
+    );
+    node_fails(
+        &upstream().replace("\"upstream-1\"", "\"upstream 1\""),
+        &["`node.id`", "upstream 1"],
+    );
 }
 
 #[test]
 fn duplicate_id() {
-    let e = dir_err(&directory().replace("\"upstream-2\"", "\"upstream-1\""));
-    says(
-        &e,
-        DIR_FILE,
+    dir_fails(
+        &directory().replace("\"upstream-2\"", "\"upstream-1\""),
         &[
             "`nodes[1].id`",
             "duplicate node id `upstream-1`",
@@ -349,56 +356,60 @@ fn duplicate_id() {
 
 #[test]
 fn duplicate_keys() {
-    let e = dir_err(&directory().replace(
-        "458c3cd23fd313291ad329b38a25a6918958f8b92e369f20b0ce1b3dab670285",
-        "4aab8e5e84b1fc56a923b3004e2b72dc3aa85eb2395345d209ae913be099f06f",
-    ));
-    says(
-        &e,
-        DIR_FILE,
+    dir_fails(
+        &directory().replace(
+            "458c3cd23fd313291ad329b38a25a6918958f8b92e369f20b0ce1b3dab670285",
+            "4aab8e5e84b1fc56a923b3004e2b72dc3aa85eb2395345d209ae913be099f06f",
+        ),
         &["`nodes[1].noise_key`", "upstream-2", "upstream-1"],
     );
-    let e = dir_err(&directory().replace(
-        "515cac1321d166d304723a87b347ed95aa5a47d71acaa5cf76e8176c02ce1367",
-        "0a7e2671b3ffc49ae3bfcf404c3e25a5886ba398c7006c62cacd09711d7b611b",
-    ));
-    says(&e, DIR_FILE, &["`nodes[1].tls_key`", "same tls_key"]);
-    let e = dir_err(&directory().replace(
-        "515cac1321d166d304723a87b347ed95aa5a47d71acaa5cf76e8176c02ce1367",
-        &"0".repeat(64),
-    ));
-    says(&e, DIR_FILE, &["`nodes[1].tls_key`", "all-zero"]);
+    dir_fails(
+        &directory().replace(
+            "515cac1321d166d304723a87b347ed95aa5a47d71acaa5cf76e8176c02ce1367",
+            "0a7e2671b3ffc49ae3bfcf404c3e25a5886ba398c7006c62cacd09711d7b611b",
+        ),
+        &["`nodes[1].tls_key`", "same tls_key"],
+    );
+    dir_fails(
+        &directory().replace(
+            "515cac1321d166d304723a87b347ed95aa5a47d71acaa5cf76e8176c02ce1367",
+            &"0".repeat(64),
+        ),
+        &["`nodes[1].tls_key`", "all-zero"],
+    );
 }
 
 #[test]
 fn role_counts() {
-    let e = dir_err(&directory().replace(
-        "role = \"upstream\"\naddr = \"127.0.0.3:7100\"",
-        "role = \"central\"\naddr = \"127.0.0.3:7100\"",
-    ));
-    says(&e, DIR_FILE, &["`nodes`", "exactly one central", "found 2"]);
-    let e = dir_err(&directory().replace("role = \"gateway\"", "role = \"downstream\""));
-    says(&e, DIR_FILE, &["`nodes`", "at least one gateway"]);
+    dir_fails(
+        &directory().replace(
+            "role = \"upstream\"\naddr = \"127.0.0.3:7100\"",
+            "role = \"central\"\naddr = \"127.0.0.3:7100\"",
+        ),
+        &["`nodes`", "exactly one central", "found 2"],
+    );
+    dir_fails(
+        &directory().replace("role = \"gateway\"", "role = \"downstream\""),
+        &["`nodes`", "at least one gateway"],
+    );
 }
 
 #[test]
 fn listener_without_addr() {
-    let e = dir_err(&directory().replace("addr = \"127.0.0.6:7600\"", ""));
-    says(
-        &e,
-        DIR_FILE,
+    dir_fails(
+        &directory().replace("addr = \"127.0.0.6:7600\"", ""),
         &["`nodes[5].addr`", "relay-1", "needs an addr"],
     );
 }
 
 #[test]
 fn unusable_or_duplicate_addr() {
-    let e = dir_err(&directory().replace("\"127.0.0.6:7600\"", "\"0.0.0.0:7600\""));
-    says(&e, DIR_FILE, &["`nodes[5].addr`", "0.0.0.0:7600"]);
-    let e = dir_err(&directory().replace("\"127.0.0.3:7100\"", "\"127.0.0.2:7100\""));
-    says(
-        &e,
-        DIR_FILE,
+    dir_fails(
+        &directory().replace("\"127.0.0.6:7600\"", "\"0.0.0.0:7600\""),
+        &["`nodes[5].addr`", "0.0.0.0:7600"],
+    );
+    dir_fails(
+        &directory().replace("\"127.0.0.3:7100\"", "\"127.0.0.2:7100\""),
         &["`nodes[1].addr`", "already used by node `upstream-1`"],
     );
 }
@@ -406,22 +417,18 @@ fn unusable_or_duplicate_addr() {
 #[test]
 fn central_limits() {
     let central = sample("central.toml");
-    let e = node_err(&central.replace(
-        "reassembly_timeout_secs = 60",
-        "reassembly_timeout_secs = 0",
-    ));
-    says(
-        &e,
-        NODE_FILE,
+    node_fails(
+        &central.replace(
+            "reassembly_timeout_secs = 60",
+            "reassembly_timeout_secs = 0",
+        ),
         &["`reassembly_timeout_secs`", "greater than 0"],
     );
-    let e = node_err(&central.replace(
-        "global_reorder_bytes = 268435456",
-        "global_reorder_bytes = 1000",
-    ));
-    says(
-        &e,
-        NODE_FILE,
+    node_fails(
+        &central.replace(
+            "global_reorder_bytes = 268435456",
+            "global_reorder_bytes = 1000",
+        ),
         &["`global_reorder_bytes`", "session_reorder_bytes"],
     );
 }
@@ -429,59 +436,79 @@ fn central_limits() {
 #[test]
 fn central_session_limits() {
     let central = sample("central.toml");
-    let e = node_err(&central.replace("idle_timeout_secs = 60", "idle_timeout_secs = 0"));
-    assert!(matches!(e, ConfigError::Invalid { .. }), "{e:?}");
-    says(&e, NODE_FILE, &["`idle_timeout_secs`", "greater than 0"]);
-    let e = node_err(&central.replace("max_sessions = 100000", "max_sessions = 0"));
-    assert!(matches!(e, ConfigError::Invalid { .. }), "{e:?}");
-    says(&e, NODE_FILE, &["`max_sessions`", "greater than 0"]);
-    let e = node_err(&central.replace("max_sessions = 100000", "max_sessions = -1"));
-    says(&e, NODE_FILE, &["invalid value for `max_sessions`", "-1"]);
-    let e = node_err(&central.replace("max_sessions = 100000", "max_sessions = 5000000000"));
-    says(&e, NODE_FILE, &["`max_sessions`", "5000000000"]);
-    let e = node_err(&central.replace("idle_timeout_secs = 60", "idle_timeout_secs = \"1m\""));
-    says(
-        &e,
-        NODE_FILE,
+    for (from, to, key) in [
+        (
+            "idle_timeout_secs = 60",
+            "idle_timeout_secs = 0",
+            "`idle_timeout_secs`",
+        ),
+        (
+            "max_sessions = 100000",
+            "max_sessions = 0",
+            "`max_sessions`",
+        ),
+    ] {
+        let e = node_fails(&central.replace(from, to), &[key, "greater than 0"]);
+        assert!(matches!(e, ConfigError::Invalid { .. }), "{e:?}");
+    }
+    node_fails(
+        &central.replace("max_sessions = 100000", "max_sessions = -1"),
+        &["invalid value for `max_sessions`", "-1"],
+    );
+    node_fails(
+        &central.replace("max_sessions = 100000", "max_sessions = 5000000000"),
+        &["`max_sessions`", "5000000000"],
+    );
+    node_fails(
+        &central.replace("idle_timeout_secs = 60", "idle_timeout_secs = \"1m\""),
         &["`idle_timeout_secs`", "\"1m\"", "invalid type"],
     );
-    let e = node_err(&central.replace("idle_timeout_secs =", "idle_timeout_sec ="));
-    says(
-        &e,
-        NODE_FILE,
+    node_fails(
+        &central.replace("idle_timeout_secs =", "idle_timeout_sec ="),
         &[
             "unknown key `idle_timeout_sec`",
             "did you mean `idle_timeout_secs`",
         ],
     );
     // The central's keys belong to the central only.
-    let e = node_err(&upstream().replace("[node]", "max_sessions = 5\n[node]"));
-    says(&e, NODE_FILE, &["unknown key `max_sessions`"]);
+    node_fails(
+        &upstream().replace("[node]", "max_sessions = 5\n[node]"),
+        &["unknown key `max_sessions`"],
+    );
 }
 
 #[test]
 fn relay_limits() {
     let relay = sample("relay.toml");
-    let e = node_err(&relay.replace("mix_delay_ms = 25.0", "mix_delay_ms = -1.0"));
-    says(&e, NODE_FILE, &["`mix_delay_ms`", "-1"]);
-    let e = node_err(&relay.replace("mix_delay_ms = 25.0", "mix_delay_ms = nan"));
-    says(&e, NODE_FILE, &["`mix_delay_ms`", "NaN"]);
-    let e = node_err(&relay.replace("mailbox_cells = 4096", "mailbox_cells = 0"));
-    says(&e, NODE_FILE, &["`mailbox_cells`"]);
+    node_fails(
+        &relay.replace("mix_delay_ms = 25.0", "mix_delay_ms = -1.0"),
+        &["`mix_delay_ms`", "-1"],
+    );
+    node_fails(
+        &relay.replace("mix_delay_ms = 25.0", "mix_delay_ms = nan"),
+        &["`mix_delay_ms`", "NaN"],
+    );
+    node_fails(
+        &relay.replace("mailbox_cells = 4096", "mailbox_cells = 0"),
+        &["`mailbox_cells`"],
+    );
 }
 
 #[test]
 fn gateway_backoff_order() {
-    let e = node_err(&gateway().replace("reconnect_max_ms = 30000", "reconnect_max_ms = 100"));
-    says(&e, NODE_FILE, &["`reconnect_max_ms`", "reconnect_min_ms"]);
+    node_fails(
+        &gateway().replace("reconnect_max_ms = 30000", "reconnect_max_ms = 100"),
+        &["`reconnect_max_ms`", "reconnect_min_ms"],
+    );
 }
 
 #[test]
 fn client_rules() {
-    let e = client_err("directory = \"d\"\nwindow_cells = 0\n");
-    says(&e, CLIENT_FILE, &["`window_cells`"]);
-    let e = client_err("directory = \"d\"\ngateway = \"GW\"\n");
-    says(&e, CLIENT_FILE, &["`gateway`", "GW"]);
+    client_fails("directory = \"d\"\nwindow_cells = 0\n", &["`window_cells`"]);
+    client_fails(
+        "directory = \"d\"\ngateway = \"GW\"\n",
+        &["`gateway`", "GW"],
+    );
 }
 
 #[test]

@@ -98,41 +98,29 @@ fn every_node_sample_parses_and_matches_the_directory() {
 #[test]
 fn node_samples_carry_the_documented_values() {
     let parse = |name: &str| parse_node_config(&sample(name), &sample_path(name), &no_env).unwrap();
-    match parse("central.toml") {
-        NodeConfig::Central(c) => {
-            assert_eq!(c.reorder_window_cells, 1024);
-            assert_eq!(c.session_reorder_bytes, 16 << 20);
-            assert_eq!(c.global_reorder_bytes, 256 << 20);
-            assert_eq!(c.reassembly_timeout().as_secs(), 60);
-            assert_eq!(c.idle_timeout_secs, 60);
-            assert_eq!(c.idle_timeout().as_secs(), 60);
-            assert_eq!(c.max_sessions, 100_000);
-        }
-        other => panic!("central.toml parsed as {:?}", other.role()),
-    }
-    match parse("relay.toml") {
-        NodeConfig::Relay(r) => {
-            assert_eq!(r.mix_delay_ms, 25.0);
-            assert_eq!(r.mix_delay().as_millis(), 25);
-            assert_eq!(r.mailbox_cells, 4096);
-        }
-        other => panic!("relay.toml parsed as {:?}", other.role()),
-    }
-    match parse("gateway.toml") {
-        NodeConfig::Gateway(g) => {
-            assert!(g.exit.allow_loopback);
-            assert!(!g.exit.allow_private);
-            assert_eq!(g.hosts.len(), 2);
-            assert_eq!(
-                g.hosts["demo.braid.test"],
-                "127.0.0.1".parse::<std::net::IpAddr>().unwrap()
-            );
-            assert_eq!(g.connect_timeout().as_secs(), 10);
-            assert_eq!(g.reconnect_min().as_millis(), 200);
-            assert_eq!(g.reconnect_max().as_millis(), 30_000);
-        }
-        other => panic!("gateway.toml parsed as {:?}", other.role()),
-    }
+    let c = role_config!(parse("central.toml"), Central);
+    assert_eq!(c.reorder_window_cells, 1024);
+    assert_eq!(c.session_reorder_bytes, 16 << 20);
+    assert_eq!(c.global_reorder_bytes, 256 << 20);
+    assert_eq!(c.reassembly_timeout().as_secs(), 60);
+    assert_eq!(c.idle_timeout_secs, 60);
+    assert_eq!(c.idle_timeout().as_secs(), 60);
+    assert_eq!(c.max_sessions, 100_000);
+    let r = role_config!(parse("relay.toml"), Relay);
+    assert_eq!(r.mix_delay_ms, 25.0);
+    assert_eq!(r.mix_delay().as_millis(), 25);
+    assert_eq!(r.mailbox_cells, 4096);
+    let g = role_config!(parse("gateway.toml"), Gateway);
+    assert!(g.exit.allow_loopback);
+    assert!(!g.exit.allow_private);
+    assert_eq!(g.hosts.len(), 2);
+    assert_eq!(
+        g.hosts["demo.braid.test"],
+        "127.0.0.1".parse::<std::net::IpAddr>().unwrap()
+    );
+    assert_eq!(g.connect_timeout().as_secs(), 10);
+    assert_eq!(g.reconnect_min().as_millis(), 200);
+    assert_eq!(g.reconnect_max().as_millis(), 30_000);
     assert_eq!(parse("downstream.toml").common().log, LogFormat::Json);
 }
 
@@ -144,9 +132,7 @@ fn central_session_limits_are_read_from_the_file() {
         .replace("idle_timeout_secs = 60", "idle_timeout_secs = 300")
         .replace("max_sessions = 100000", "max_sessions = 5000");
     let cfg = parse_node_config(&text, &sample_path("central.toml"), &no_env).unwrap();
-    let NodeConfig::Central(c) = cfg else {
-        panic!("not central")
-    };
+    let c = role_config!(cfg, Central);
     assert_eq!(c.idle_timeout(), std::time::Duration::from_secs(300));
     assert_eq!(c.reassembly_timeout().as_secs(), 60);
     assert_eq!(c.max_sessions, 5000);
@@ -231,9 +217,7 @@ fn node_and_client_configs_round_trip_through_toml() {
 fn defaults_apply_when_optional_keys_are_absent() {
     let file = std::path::Path::new("/etc/braid/node.toml");
     let text = "role = \"central\"\nlisten = \"127.0.0.4:7400\"\n[node]\nid = \"central-1\"\ndirectory = \"d.toml\"\nidentity = \"keys\"\n";
-    let NodeConfig::Central(c) = parse_node_config(text, file, &no_env).unwrap() else {
-        panic!("not central")
-    };
+    let c = role_config!(parse_node_config(text, file, &no_env).unwrap(), Central);
     assert_eq!(c.reorder_window_cells, 1024);
     assert_eq!(c.session_reorder_bytes, 16 * 1024 * 1024);
     assert_eq!(c.global_reorder_bytes, 256 * 1024 * 1024);
@@ -245,16 +229,12 @@ fn defaults_apply_when_optional_keys_are_absent() {
     assert_eq!(c.node.directory, std::path::Path::new("/etc/braid/d.toml"));
 
     let text = "role = \"relay\"\nlisten = \"127.0.0.6:7600\"\n[node]\nid = \"r\"\ndirectory = \"d\"\nidentity = \"k\"\n";
-    let NodeConfig::Relay(r) = parse_node_config(text, file, &no_env).unwrap() else {
-        panic!("not relay")
-    };
+    let r = role_config!(parse_node_config(text, file, &no_env).unwrap(), Relay);
     assert_eq!(r.mix_delay_ms, 0.0);
     assert_eq!(r.mailbox_cells, 4096);
 
     let text = "role = \"gateway\"\n[node]\nid = \"g\"\ndirectory = \"d\"\nidentity = \"k\"\n";
-    let NodeConfig::Gateway(g) = parse_node_config(text, file, &no_env).unwrap() else {
-        panic!("not gateway")
-    };
+    let g = role_config!(parse_node_config(text, file, &no_env).unwrap(), Gateway);
     assert_eq!(g.connect_timeout_secs, 10);
     assert_eq!(g.exit, ExitConfig::default());
     assert!(!g.exit.allow_loopback && !g.exit.allow_private);

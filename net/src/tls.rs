@@ -223,27 +223,73 @@ fn ed25519_algorithms() -> WebPkiSupportedAlgorithms {
     provider().signature_verification_algorithms
 }
 
-fn check_tls13_signature(
-    algs: &WebPkiSupportedAlgorithms,
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-) -> Result<HandshakeSignatureValid, rustls::Error> {
-    if dss.scheme != SignatureScheme::ED25519 {
-        return Err(rustls::Error::InvalidCertificate(
-            CertificateError::BadSignature,
-        ));
+/// The keys a peer's certificate may carry.
+enum Pinned<'a> {
+    /// Exactly this key: the server a client dialled (from the server name).
+    Key(&'a [u8; 32]),
+    /// Any key of the set: the clients a server accepts.
+    AnyOf(&'a PinSet),
+}
+
+impl Pinned<'_> {
+    /// Accepts `cert` only if it carries an Ed25519 key that is pinned here; a refused
+    /// certificate or key is logged at debug level.
+    fn check(&self, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        let key = ed25519_key_of_cert(cert).map_err(|e| {
+            tracing::debug!("peer certificate refused: {e}");
+            rustls::Error::InvalidCertificate(CertificateError::BadEncoding)
+        })?;
+        match self {
+            Pinned::Key(expected) if key == **expected => return Ok(()),
+            Pinned::AnyOf(set) if set.contains(&key) => return Ok(()),
+            Pinned::Key(expected) => tracing::debug!(
+                expected = %hex::encode(expected),
+                got = %hex::encode(key),
+                "server key does not match the pin"
+            ),
+            Pinned::AnyOf(_) => {
+                tracing::debug!(key = %hex::encode(key), "client key is not pinned")
+            }
+        }
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::ApplicationVerificationFailure,
+        ))
     }
-    verify_tls13_signature(message, cert, dss, algs)
 }
 
-fn tls12_refused() -> Result<HandshakeSignatureValid, rustls::Error> {
-    Err(rustls::Error::General("TLS 1.2 is not supported".into()))
-}
+/// The three signature methods [`ServerCertVerifier`] and [`ClientCertVerifier`] both
+/// declare with the same signatures, written once for both: TLS 1.2 is refused, and the
+/// TLS 1.3 handshake signature must be Ed25519, checked with ring (the verifier's
+/// `algs`) against the certificate's key.
+macro_rules! ed25519_tls13_signatures {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            _message: &[u8],
+            _cert: &CertificateDer<'_>,
+            _dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Err(rustls::Error::General("TLS 1.2 is not supported".into()))
+        }
 
-fn key_error(e: KeyError) -> rustls::Error {
-    tracing::debug!("peer certificate refused: {e}");
-    rustls::Error::InvalidCertificate(CertificateError::BadEncoding)
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            if dss.scheme != SignatureScheme::ED25519 {
+                return Err(rustls::Error::InvalidCertificate(
+                    CertificateError::BadSignature,
+                ));
+            }
+            verify_tls13_signature(message, cert, dss, &self.algs)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            vec![SignatureScheme::ED25519]
+        }
+    };
 }
 
 /// Client side: accepts the server only if its certificate key is the expected one.
@@ -275,42 +321,11 @@ impl ServerCertVerifier for PinnedServerVerifier {
         let expected = key_from_server_name(server_name).ok_or_else(|| {
             rustls::Error::General("server name does not carry a pinned key".into())
         })?;
-        let key = ed25519_key_of_cert(end_entity).map_err(key_error)?;
-        if key == expected {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            tracing::debug!(
-                expected = %hex::encode(expected),
-                got = %hex::encode(key),
-                "server key does not match the pin"
-            );
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ))
-        }
+        Pinned::Key(&expected).check(end_entity)?;
+        Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls12_refused()
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        check_tls13_signature(&self.algs, message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
-    }
+    ed25519_tls13_signatures!();
 }
 
 /// Server side: accepts client certificates whose key is in a [`PinSet`].
@@ -354,38 +369,11 @@ impl ClientCertVerifier for PinnedClientVerifier {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let key = ed25519_key_of_cert(end_entity).map_err(key_error)?;
-        if self.pins.contains(&key) {
-            Ok(ClientCertVerified::assertion())
-        } else {
-            tracing::debug!(key = %hex::encode(key), "client key is not pinned");
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ))
-        }
+        Pinned::AnyOf(&self.pins).check(end_entity)?;
+        Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls12_refused()
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        check_tls13_signature(&self.algs, message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
-    }
+    ed25519_tls13_signatures!();
 }
 
 #[cfg(test)]

@@ -39,6 +39,29 @@ async fn accept_one(ep: &quinn::Endpoint) -> Result<quinn::Connection, quinn::Co
     bounded(async { ep.accept().await.expect("endpoint closed").await }).await
 }
 
+/// How one handshake ended on the server side and on the client side.
+type Sides = (
+    Result<quinn::Connection, quinn::ConnectionError>,
+    Result<quinn::Connection, NetError>,
+);
+
+/// Dials `s_addr` from `c_ep` pinning `key` while `s_ep` accepts one connection.
+async fn handshake(
+    s_ep: &quinn::Endpoint,
+    c_ep: &quinn::Endpoint,
+    s_addr: SocketAddr,
+    key: [u8; 32],
+) -> Sides {
+    tokio::join!(accept_one(s_ep), bounded(connect(c_ep, s_addr, key)))
+}
+
+/// Asserts that the server refused the dial of `what` (a client description) and that
+/// the client side ends up refused too.
+async fn assert_refused((server_side, client_side): Sides, what: &str) {
+    assert!(server_side.is_err(), "server accepted {what}");
+    assert_client_refused(client_side).await;
+}
+
 /// Asserts that a client-side dial ends up refused: either the handshake fails, or (TLS
 /// 1.3 client auth) it completes and the server closes the connection right after.
 async fn assert_client_refused(result: Result<quinn::Connection, NetError>) {
@@ -108,21 +131,19 @@ async fn required_mode_refuses_unpinned_client() {
 
     // A client with a certificate that is not pinned.
     let c_ep = client_endpoint(loopback(), Some(&c_id)).unwrap();
-    let (server_side, client_side) = tokio::join!(
-        accept_one(&s_ep),
-        bounded(connect(&c_ep, s_addr, s_id.tls_public()))
-    );
-    assert!(server_side.is_err(), "server accepted an unpinned client");
-    assert_client_refused(client_side).await;
+    assert_refused(
+        handshake(&s_ep, &c_ep, s_addr, s_id.tls_public()).await,
+        "an unpinned client",
+    )
+    .await;
 
     // A client with no certificate at all.
     let anon_ep = client_endpoint(loopback(), None).unwrap();
-    let (server_side, client_side) = tokio::join!(
-        accept_one(&s_ep),
-        bounded(connect(&anon_ep, s_addr, s_id.tls_public()))
-    );
-    assert!(server_side.is_err(), "server accepted a cert-less client");
-    assert_client_refused(client_side).await;
+    assert_refused(
+        handshake(&s_ep, &anon_ep, s_addr, s_id.tls_public()).await,
+        "a cert-less client",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -131,10 +152,7 @@ async fn client_refuses_server_with_other_key() {
     let (s_ep, s_addr) = server(&s_id, &[c_id.tls_public()], ClientAuth::Required);
     let c_ep = client_endpoint(loopback(), Some(&c_id)).unwrap();
 
-    let (server_side, client_side) = tokio::join!(
-        accept_one(&s_ep),
-        bounded(connect(&c_ep, s_addr, expected.tls_public()))
-    );
+    let (server_side, client_side) = handshake(&s_ep, &c_ep, s_addr, expected.tls_public()).await;
     assert!(
         matches!(client_side, Err(NetError::Connection(_))),
         "client accepted the wrong server: {client_side:?}"
@@ -149,10 +167,7 @@ async fn optional_mode_accepts_certless_and_pinned_clients_only() {
 
     // A laptop without a certificate.
     let laptop = client_endpoint(loopback(), None).unwrap();
-    let (server_side, client_side) = tokio::join!(
-        accept_one(&s_ep),
-        bounded(connect(&laptop, s_addr, s_id.tls_public()))
-    );
+    let (server_side, client_side) = handshake(&s_ep, &laptop, s_addr, s_id.tls_public()).await;
     let conn = server_side.unwrap();
     assert_eq!(peer_tls_key(&conn), None);
     let client_conn = client_side.unwrap();
@@ -160,10 +175,7 @@ async fn optional_mode_accepts_certless_and_pinned_clients_only() {
 
     // A pinned node dialling from its own listening endpoint.
     let (node_ep, _) = server(&node_id, &[], ClientAuth::Required);
-    let (server_side, client_side) = tokio::join!(
-        accept_one(&s_ep),
-        bounded(connect(&node_ep, s_addr, s_id.tls_public()))
-    );
+    let (server_side, client_side) = handshake(&s_ep, &node_ep, s_addr, s_id.tls_public()).await;
     assert_eq!(
         peer_tls_key(&server_side.unwrap()),
         Some(node_id.tls_public())
@@ -172,12 +184,11 @@ async fn optional_mode_accepts_certless_and_pinned_clients_only() {
 
     // A certificate that is presented must be pinned, even when optional.
     let stranger_ep = client_endpoint(loopback(), Some(&stranger)).unwrap();
-    let (server_side, client_side) = tokio::join!(
-        accept_one(&s_ep),
-        bounded(connect(&stranger_ep, s_addr, s_id.tls_public()))
-    );
-    assert!(server_side.is_err());
-    assert_client_refused(client_side).await;
+    assert_refused(
+        handshake(&s_ep, &stranger_ep, s_addr, s_id.tls_public()).await,
+        "a presented but unpinned certificate",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -188,18 +199,14 @@ async fn pins_update_live() {
     let s_addr = s_ep.local_addr().unwrap();
     let c_ep = client_endpoint(loopback(), Some(&c_id)).unwrap();
 
-    let (server_side, client_side) = tokio::join!(
-        accept_one(&s_ep),
-        bounded(connect(&c_ep, s_addr, s_id.tls_public()))
-    );
-    assert!(server_side.is_err());
-    assert_client_refused(client_side).await;
+    assert_refused(
+        handshake(&s_ep, &c_ep, s_addr, s_id.tls_public()).await,
+        "a client before its key was pinned",
+    )
+    .await;
 
     pins.insert(c_id.tls_public());
-    let (server_side, client_side) = tokio::join!(
-        accept_one(&s_ep),
-        bounded(connect(&c_ep, s_addr, s_id.tls_public()))
-    );
+    let (server_side, client_side) = handshake(&s_ep, &c_ep, s_addr, s_id.tls_public()).await;
     assert_eq!(peer_tls_key(&server_side.unwrap()), Some(c_id.tls_public()));
     client_side.unwrap();
 }
@@ -209,10 +216,7 @@ async fn connected_pair() -> (quinn::Connection, quinn::Connection, [quinn::Endp
     let s_id = identity(50);
     let (s_ep, s_addr) = server(&s_id, &[], ClientAuth::Optional);
     let c_ep = client_endpoint(loopback(), None).unwrap();
-    let (server_side, client_side) = tokio::join!(
-        accept_one(&s_ep),
-        bounded(connect(&c_ep, s_addr, s_id.tls_public()))
-    );
+    let (server_side, client_side) = handshake(&s_ep, &c_ep, s_addr, s_id.tls_public()).await;
     (server_side.unwrap(), client_side.unwrap(), [s_ep, c_ep])
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::NodeCommon;
+use crate::check;
 use crate::error::ConfigError;
 
 /// `role = "central"`.
@@ -91,28 +92,22 @@ impl CentralConfig {
 
     /// Every limit is at least 1; the global reorder cap holds at least one session.
     pub(super) fn validate_in(&self, file: &Path) -> Result<(), ConfigError> {
-        for (key, v) in [
-            ("reorder_window_cells", u64::from(self.reorder_window_cells)),
-            ("session_reorder_bytes", self.session_reorder_bytes),
+        check::positive(
+            file,
+            &[
+                ("reorder_window_cells", u64::from(self.reorder_window_cells)),
+                ("session_reorder_bytes", self.session_reorder_bytes),
+                ("global_reorder_bytes", self.global_reorder_bytes),
+                ("reassembly_timeout_secs", self.reassembly_timeout_secs),
+                ("idle_timeout_secs", self.idle_timeout_secs),
+                ("max_sessions", u64::from(self.max_sessions)),
+            ],
+        )?;
+        check::not_below(
+            file,
             ("global_reorder_bytes", self.global_reorder_bytes),
-            ("reassembly_timeout_secs", self.reassembly_timeout_secs),
-            ("idle_timeout_secs", self.idle_timeout_secs),
-            ("max_sessions", u64::from(self.max_sessions)),
-        ] {
-            if v == 0 {
-                return Err(ConfigError::invalid(file, key, "must be greater than 0"));
-            }
-        }
-        if self.global_reorder_bytes < self.session_reorder_bytes {
-            return Err(ConfigError::invalid(
-                file,
-                "global_reorder_bytes",
-                format!(
-                    "{} is smaller than session_reorder_bytes ({}): the global cap must hold at least one session",
-                    self.global_reorder_bytes, self.session_reorder_bytes
-                ),
-            ));
-        }
-        Ok(())
+            ("session_reorder_bytes", self.session_reorder_bytes),
+            Some("the global cap must hold at least one session"),
+        )
     }
 }

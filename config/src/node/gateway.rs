@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::NodeCommon;
+use crate::check;
 use crate::error::ConfigError;
 use crate::exit::{validate_hosts, ExitConfig};
 
@@ -79,30 +80,19 @@ impl GatewayConfig {
     /// Positive timeouts, a redial backoff whose max is at least its min, then the
     /// exit rules and the `[hosts]` names.
     pub(super) fn validate_in(&self, file: &Path) -> Result<(), ConfigError> {
-        if self.connect_timeout_secs == 0 {
-            return Err(ConfigError::invalid(
-                file,
-                "connect_timeout_secs",
-                "must be greater than 0",
-            ));
-        }
-        if self.reconnect_min_ms == 0 {
-            return Err(ConfigError::invalid(
-                file,
-                "reconnect_min_ms",
-                "must be greater than 0",
-            ));
-        }
-        if self.reconnect_max_ms < self.reconnect_min_ms {
-            return Err(ConfigError::invalid(
-                file,
-                "reconnect_max_ms",
-                format!(
-                    "{} is smaller than reconnect_min_ms ({})",
-                    self.reconnect_max_ms, self.reconnect_min_ms
-                ),
-            ));
-        }
+        check::positive(
+            file,
+            &[
+                ("connect_timeout_secs", self.connect_timeout_secs),
+                ("reconnect_min_ms", self.reconnect_min_ms),
+            ],
+        )?;
+        check::not_below(
+            file,
+            ("reconnect_max_ms", self.reconnect_max_ms),
+            ("reconnect_min_ms", self.reconnect_min_ms),
+            None,
+        )?;
         self.exit.validate_in(file)?;
         validate_hosts(&self.hosts, file)
     }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use toml::Value;
+use toml::{Table, Value};
 
 pub use central::CentralConfig;
 pub use downstream::DownstreamConfig;
@@ -25,11 +25,12 @@ pub use gateway::GatewayConfig;
 pub use relay::RelayConfig;
 pub use upstream::UpstreamConfig;
 
+use crate::check;
 use crate::de::{scalar_repr, toml_quote, KeyPath};
 use crate::directory::{check_id, Directory, NodeEntry, Role};
-use crate::env::{self, Applied};
+use crate::env;
 use crate::error::ConfigError;
-use crate::parse::{base_dir, parse_table, resolve, typed};
+use crate::parse::{parse_config, ConfigFile, Source};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -112,15 +113,13 @@ impl NodeCommon {
     /// Id syntax and non-empty paths.
     fn validate_in(&self, file: &Path) -> Result<(), ConfigError> {
         check_id(&self.id).map_err(|m| ConfigError::invalid(file, "node.id", m))?;
-        for (key, path) in [
-            ("node.directory", &self.directory),
-            ("node.identity", &self.identity),
-        ] {
-            if path.as_os_str().is_empty() {
-                return Err(ConfigError::invalid(file, key, "must not be empty"));
-            }
-        }
-        Ok(())
+        check::non_empty(
+            file,
+            &[
+                ("node.directory", &self.directory),
+                ("node.identity", &self.identity),
+            ],
+        )
     }
 
     /// The directory file and the identity folder with its three files exist.
@@ -245,24 +244,6 @@ impl NodeConfig {
         Ok(entry)
     }
 
-    /// Check the rules that need no file system: id syntax, non-empty paths, then the
-    /// role's own rules (numeric ranges, exit rules, host names).
-    pub(crate) fn validate_in(&self, file: &Path) -> Result<(), ConfigError> {
-        self.common().validate_in(file)?;
-        match self {
-            NodeConfig::Upstream(_) | NodeConfig::Downstream(_) => Ok(()),
-            NodeConfig::Central(c) => c.validate_in(file),
-            NodeConfig::Relay(c) => c.validate_in(file),
-            NodeConfig::Gateway(c) => c.validate_in(file),
-        }
-    }
-
-    /// Check that the directory file and the identity folder with its three files
-    /// exist.
-    pub(crate) fn check_files(&self, file: &Path) -> Result<(), ConfigError> {
-        self.common().check_files(file)
-    }
-
     /// The config as TOML (e.g. to print the effective configuration).
     pub fn to_toml_string(&self) -> Result<String, ConfigError> {
         toml::to_string(self).map_err(|e| ConfigError::Invalid {
@@ -280,63 +261,89 @@ pub fn parse_node_config(
     file: &Path,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<NodeConfig, ConfigError> {
-    let mut table = parse_table(text, file)?;
-    let mut applied = Applied::default();
-    env::apply(&mut table, env::NODE_ROLE_KEY, env, file, &mut applied)?;
-    let role_path = KeyPath::dotted("role");
-    let bad_role = |value: Option<String>, message: String| ConfigError::InvalidValue {
-        file: file.to_owned(),
-        key: "role".into(),
-        value,
-        message,
-        env_var: applied.var_for(&role_path),
-    };
-    let role = match table.remove("role") {
-        None => {
-            return Err(ConfigError::MissingKey {
-                file: file.to_owned(),
-                key: "role".into(),
-            })
-        }
-        Some(Value::String(s)) => s.parse::<Role>().map_err(|_| {
-            bad_role(
-                Some(toml_quote(&s)),
-                "unknown role: expected one of upstream, central, downstream, relay, gateway"
-                    .into(),
-            )
-        })?,
-        Some(other) => {
-            return Err(bad_role(
-                scalar_repr(&other),
-                format!(
-                    "expected a string naming the role, got a {}",
-                    other.type_str()
-                ),
-            ))
-        }
-    };
-    env::apply(&mut table, env::NODE_COMMON_KEYS, env, file, &mut applied)?;
-    let role_keys = match role {
-        Role::Upstream => env::UPSTREAM_KEYS,
-        Role::Central => env::CENTRAL_KEYS,
-        Role::Downstream => env::DOWNSTREAM_KEYS,
-        Role::Relay => env::RELAY_KEYS,
-        Role::Gateway => env::GATEWAY_KEYS,
-    };
-    env::apply(&mut table, role_keys, env, file, &mut applied)?;
+    parse_config(text, file, env)
+}
 
-    let value = Value::Table(table);
-    let mut cfg = match role {
-        Role::Upstream => NodeConfig::Upstream(typed(value, file, &applied)?),
-        Role::Central => NodeConfig::Central(typed(value, file, &applied)?),
-        Role::Downstream => NodeConfig::Downstream(typed(value, file, &applied)?),
-        Role::Relay => NodeConfig::Relay(typed(value, file, &applied)?),
-        Role::Gateway => NodeConfig::Gateway(typed(value, file, &applied)?),
-    };
-    let base = base_dir(file);
-    let common = cfg.common_mut();
-    resolve(&base, &mut common.directory);
-    resolve(&base, &mut common.identity);
-    cfg.validate_in(file)?;
-    Ok(cfg)
+impl ConfigFile for NodeConfig {
+    /// Only the role at first: it decides which keys follow.
+    const ENV_KEYS: &'static [(&'static str, env::Kind)] = env::NODE_ROLE_KEY;
+
+    /// The role first (its override included), then the `[node]` keys and the role's
+    /// own, then deserialize into the role's variant.
+    fn from_table(mut table: Table, src: &mut Source<'_>) -> Result<Self, ConfigError> {
+        src.apply(&mut table, Self::ENV_KEYS)?;
+        let role_path = KeyPath::dotted("role");
+        let bad_role = |value: Option<String>, message: String| ConfigError::InvalidValue {
+            file: src.file().to_owned(),
+            key: "role".into(),
+            value,
+            message,
+            env_var: src.var_for(&role_path),
+        };
+        let role = match table.remove("role") {
+            None => {
+                return Err(ConfigError::MissingKey {
+                    file: src.file().to_owned(),
+                    key: "role".into(),
+                })
+            }
+            Some(Value::String(s)) => s.parse::<Role>().map_err(|_| {
+                bad_role(
+                    Some(toml_quote(&s)),
+                    "unknown role: expected one of upstream, central, downstream, relay, gateway"
+                        .into(),
+                )
+            })?,
+            Some(other) => {
+                return Err(bad_role(
+                    scalar_repr(&other),
+                    format!(
+                        "expected a string naming the role, got a {}",
+                        other.type_str()
+                    ),
+                ))
+            }
+        };
+        src.apply(&mut table, env::NODE_COMMON_KEYS)?;
+        let role_keys = match role {
+            Role::Upstream => env::UPSTREAM_KEYS,
+            Role::Central => env::CENTRAL_KEYS,
+            Role::Downstream => env::DOWNSTREAM_KEYS,
+            Role::Relay => env::RELAY_KEYS,
+            Role::Gateway => env::GATEWAY_KEYS,
+        };
+        src.apply(&mut table, role_keys)?;
+
+        let value = Value::Table(table);
+        Ok(match role {
+            Role::Upstream => NodeConfig::Upstream(src.typed(value)?),
+            Role::Central => NodeConfig::Central(src.typed(value)?),
+            Role::Downstream => NodeConfig::Downstream(src.typed(value)?),
+            Role::Relay => NodeConfig::Relay(src.typed(value)?),
+            Role::Gateway => NodeConfig::Gateway(src.typed(value)?),
+        })
+    }
+
+    fn relative_paths(&mut self) -> Vec<&mut PathBuf> {
+        let common = self.common_mut();
+        vec![&mut common.directory, &mut common.identity]
+    }
+
+    /// Check the rules that need no file system: id syntax, non-empty paths, then the
+    /// role's own rules (numeric ranges, exit rules, host names).
+    fn validate_in(&self, file: &Path) -> Result<(), ConfigError> {
+        self.common().validate_in(file)?;
+        match self {
+            NodeConfig::Upstream(_) | NodeConfig::Downstream(_) => Ok(()),
+            NodeConfig::Central(c) => c.validate_in(file),
+            NodeConfig::Relay(c) => c.validate_in(file),
+            NodeConfig::Gateway(c) => c.validate_in(file),
+        }
+    }
+
+    /// Check that the directory file and the identity folder with its three files
+    /// exist.
+    fn check_files(&self, file: &Path) -> Result<(), ConfigError> {
+        self.common().check_files(file)
+    }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::NodeCommon;
+use crate::check;
 use crate::error::ConfigError;
 
 /// `role = "relay"`.
@@ -64,13 +65,6 @@ impl RelayConfig {
                 ),
             ));
         }
-        if self.mailbox_cells == 0 {
-            return Err(ConfigError::invalid(
-                file,
-                "mailbox_cells",
-                "must be greater than 0",
-            ));
-        }
-        Ok(())
+        check::positive(file, &[("mailbox_cells", u64::from(self.mailbox_cells))])
     }
 }

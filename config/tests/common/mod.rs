@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use braid_config::ConfigError;
+
 pub const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/samples");
 
 pub fn sample_path(name: &str) -> PathBuf {
@@ -49,3 +51,26 @@ pub fn node_tree(id: &str, config_name: &str, config: &str) -> tempfile::TempDir
         (config_name, config),
     ])
 }
+
+/// The error's message names `file` and contains every fragment.
+#[track_caller]
+pub fn says(err: &ConfigError, file: &str, fragments: &[&str]) {
+    let msg = err.to_string();
+    assert!(msg.contains(file), "message does not name {file}: {msg}");
+    for f in fragments {
+        assert!(msg.contains(f), "message lacks {f:?}: {msg}");
+    }
+}
+
+/// The `NodeConfig::$role` variant's config, or a panic naming the role it has instead.
+#[allow(unused_macros)] // not every test file uses it
+macro_rules! role_config {
+    ($cfg:expr, $role:ident) => {
+        match $cfg {
+            braid_config::NodeConfig::$role(c) => c,
+            other => panic!("expected {}, got {:?}", stringify!($role), other.role()),
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use role_config;
