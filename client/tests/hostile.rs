@@ -131,31 +131,31 @@ fn data_cells(s: &mut Session, n: usize) -> Vec<Vec<u8>> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_kill9_mid_upload_loses_nothing() {
+/// A 64 MiB transfer (an upload, or a download) loses no byte when `node` is killed -9
+/// once it has carried 1000 of its cells.
+async fn kill9_mid_transfer_loses_nothing(node: &str, upload: bool) {
     let origin = start_origin([127, 0, 0, 1]).await;
     let mut ov = ProcOverlay::start(ProcOptions::default());
     let n = 64 * MIB;
-    let transfer = spawn_upload(ov.socks, origin, n);
-    ov.wait_cells("upstream-1", 1000, || !transfer.is_finished())
-        .await;
-    ov.kill9("upstream-1");
+    let transfer = if upload {
+        spawn_upload(ov.socks, origin, n)
+    } else {
+        spawn_download(ov.socks, origin, n)
+    };
+    ov.wait_cells(node, 1000, || !transfer.is_finished()).await;
+    ov.kill9(node);
     assert_eq!(transfer.await.unwrap(), expected_sha256(n));
     ov.assert_no_panics();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_kill9_mid_upload_loses_nothing() {
+    kill9_mid_transfer_loses_nothing("upstream-1", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downstream_kill9_mid_download_loses_nothing() {
-    let origin = start_origin([127, 0, 0, 1]).await;
-    let mut ov = ProcOverlay::start(ProcOptions::default());
-    let n = 64 * MIB;
-    let (socks, url) = (ov.socks, format!("http://{origin}/bytes/{n}"));
-    let transfer = tokio::spawn(async move { curl_sha256(socks, &url).await });
-    ov.wait_cells("downstream-1", 1000, || !transfer.is_finished())
-        .await;
-    ov.kill9("downstream-1");
-    assert_eq!(transfer.await.unwrap(), expected_sha256(n));
-    ov.assert_no_panics();
+    kill9_mid_transfer_loses_nothing("downstream-1", false).await;
 }
 
 /// 10,000 malformed, forged and replayed cells from a hostile client while honest streams

@@ -47,8 +47,7 @@ async fn gateway_sigterm_mid_download_finishes_the_stream() {
     let origin = start_origin([127, 0, 0, 1]).await;
     let mut ov = ProcOverlay::start(ProcOptions::default());
     let n = 48 * MIB;
-    let (socks, url) = (ov.socks, format!("http://{origin}/bytes/{n}"));
-    let transfer = tokio::spawn(async move { curl_sha256(socks, &url).await });
+    let transfer = spawn_download(ov.socks, origin, n);
     ov.wait_cells("downstream-1", 1000, || !transfer.is_finished())
         .await;
     ov.sigterm("gateway-1");

@@ -173,6 +173,17 @@ pub async fn curl_sha256(proxy: SocketAddr, url: &str) -> String {
     hex::encode(Sha256::digest(&body))
 }
 
+/// Downloads `n` deterministic bytes from the origin through `socks5h://proxy`, in a task;
+/// resolves to the sha256 of what arrived (curl must succeed).
+pub fn spawn_download(
+    proxy: SocketAddr,
+    origin: SocketAddr,
+    n: u64,
+) -> tokio::task::JoinHandle<String> {
+    let url = format!("http://{origin}/bytes/{n}");
+    tokio::spawn(async move { curl_sha256(proxy, &url).await })
+}
+
 /// Uploads `n` deterministic bytes with `curl -T` through `socks5h://proxy` to the origin's
 /// `/upload`, in a task; resolves to the sha256 the origin computed (curl must succeed).
 pub fn spawn_upload(
