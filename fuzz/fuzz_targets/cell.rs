@@ -22,13 +22,13 @@
 
 use std::collections::HashSet;
 
-use arbitrary::{Arbitrary, Unstructured};
-use braid_fuzz::{cell_keys, CELL_BASE, CELL_DIR, CELL_EPOCH_CELLS};
+use arbitrary::Arbitrary;
+use braid_fuzz::{cell_keys, cell_size, structured, CELL_BASE, CELL_DIR, CELL_EPOCH_CELLS};
 use braid_proto::aead::AeadAlgorithm;
 use braid_proto::cell::{
     check_cell_size, handshake_capacity, handshake_cell, handshake_message, peek_session,
     sealed_capacity, CellError, CellHeader, CellKind, Direction, DirectionKeys, ReplayWindow,
-    SessionId, HEADER_LEN, MAX_CELL_SIZE, MIN_CELL_SIZE, VERSION,
+    SessionId, HEADER_LEN, MIN_CELL_SIZE, VERSION,
 };
 use braid_proto::wire::WireError;
 use libfuzzer_sys::fuzz_target;
@@ -39,21 +39,9 @@ fuzz_target!(|data: &[u8]| {
     };
     match mode % 4 {
         0 => raw(rest),
-        1 => {
-            if let Ok(s) = Seal::arbitrary_take_rest(Unstructured::new(rest)) {
-                seal(s);
-            }
-        }
-        2 => {
-            if let Ok(ops) = Vec::<ReplayOp>::arbitrary_take_rest(Unstructured::new(rest)) {
-                replay(&ops);
-            }
-        }
-        _ => {
-            if let Ok(e) = Epochs::arbitrary_take_rest(Unstructured::new(rest)) {
-                epochs(e);
-            }
-        }
+        1 => structured(rest, seal),
+        2 => structured(rest, |ops: Vec<ReplayOp>| replay(&ops)),
+        _ => structured(rest, epochs),
     }
 });
 
@@ -192,7 +180,7 @@ fn seal(s: Seal) {
         Direction::ClientToCentral
     };
     let keys = || DirectionKeys::new(s.base, alg, dir, s.epoch_cells);
-    let size = MIN_CELL_SIZE + usize::from(s.size) % (MAX_CELL_SIZE - MIN_CELL_SIZE + 1);
+    let size = cell_size(s.size);
     let kind = if s.ack { CellKind::ACK } else { CellKind::DATA };
     let session = SessionId(s.session);
     let mut tx = keys();
@@ -236,27 +224,24 @@ fn seal(s: Seal) {
     );
 
     // Other direction, other base key, other size: refused.
+    let refused_by = |base, alg, dir| {
+        let mut c = cell.clone();
+        assert_eq!(
+            DirectionKeys::new(base, alg, dir, s.epoch_cells)
+                .open(size, &mut c)
+                .err(),
+            Some(CellError::Auth)
+        );
+    };
     let other_dir = match dir {
         Direction::ClientToCentral => Direction::CentralToClient,
         Direction::CentralToClient => Direction::ClientToCentral,
     };
-    let mut c = cell.clone();
-    assert_eq!(
-        DirectionKeys::new(s.base, alg, other_dir, s.epoch_cells)
-            .open(size, &mut c)
-            .err(),
-        Some(CellError::Auth)
-    );
+    refused_by(s.base, alg, other_dir);
     let mut other_base = s.base;
     let b = usize::from(s.other_base_bit);
     other_base[b / 8 % 32] ^= 1 << (b % 8);
-    let mut c = cell.clone();
-    assert_eq!(
-        DirectionKeys::new(other_base, alg, dir, s.epoch_cells)
-            .open(size, &mut c)
-            .err(),
-        Some(CellError::Auth)
-    );
+    refused_by(other_base, alg, dir);
     let mut c = cell.clone();
     c.push(0);
     assert!(keys().open(size + 1, &mut c).is_err());
@@ -265,13 +250,7 @@ fn seal(s: Seal) {
         AeadAlgorithm::Aes256Gcm => AeadAlgorithm::ChaCha20Poly1305,
         AeadAlgorithm::ChaCha20Poly1305 => AeadAlgorithm::Aes256Gcm,
     };
-    let mut c = cell.clone();
-    assert_eq!(
-        DirectionKeys::new(s.base, other_alg, dir, s.epoch_cells)
-            .open(size, &mut c)
-            .err(),
-        Some(CellError::Auth)
-    );
+    refused_by(s.base, other_alg, dir);
 }
 
 #[derive(Debug, Arbitrary)]

@@ -13,9 +13,12 @@
 //!   no overrides), is equal, passes `validate`, and `Directory::from_toml_str` agrees.
 #![no_main]
 
+use std::fmt::Debug;
 use std::path::Path;
 
-use braid_config::{no_env, parse_client_config, parse_directory, parse_node_config, Directory};
+use braid_config::{
+    no_env, parse_client_config, parse_directory, parse_node_config, ConfigError, Directory,
+};
 use libfuzzer_sys::fuzz_target;
 
 const FILES: [&str; 4] = [
@@ -47,54 +50,53 @@ fuzz_target!(|data: &[u8]| {
     let file_name = FILES[usize::from(sel / 3) % FILES.len()];
     let file = Path::new(file_name);
 
-    let check_err = |e: &braid_config::ConfigError| {
-        let msg = e.to_string();
-        assert!(
-            msg.contains(file_name),
-            "error does not name {file_name}: {msg}"
-        );
-    };
-
     match sel % 3 {
         0 => {
-            let first = parse_directory(text, file, &env_fn);
-            let second = parse_directory(text, file, &env_fn);
-            match (&first, &second) {
-                (Ok(a), Ok(b)) => assert_eq!(a, b),
-                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
-                _ => panic!("parse_directory is not deterministic"),
-            }
-            match first {
-                Ok(dir) => directory_round_trip(&dir, file),
-                Err(e) => check_err(&e),
+            let parsed = checked("parse_directory", file_name, || {
+                parse_directory(text, file, &env_fn)
+            });
+            if let Some(dir) = parsed {
+                directory_round_trip(&dir, file);
             }
         }
         1 => {
-            let first = parse_node_config(text, file, &env_fn);
-            let second = parse_node_config(text, file, &env_fn);
-            match (&first, &second) {
-                (Ok(a), Ok(b)) => assert_eq!(a, b),
-                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
-                _ => panic!("parse_node_config is not deterministic"),
-            }
-            if let Err(e) = first {
-                check_err(&e);
-            }
+            checked("parse_node_config", file_name, || {
+                parse_node_config(text, file, &env_fn)
+            });
         }
         _ => {
-            let first = parse_client_config(text, file, &env_fn);
-            let second = parse_client_config(text, file, &env_fn);
-            match (&first, &second) {
-                (Ok(a), Ok(b)) => assert_eq!(a, b),
-                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
-                _ => panic!("parse_client_config is not deterministic"),
-            }
-            if let Err(e) = first {
-                check_err(&e);
-            }
+            checked("parse_client_config", file_name, || {
+                parse_client_config(text, file, &env_fn)
+            });
         }
     }
 });
+
+/// Runs `parse` (the parser named `parser`) twice: an equal value or an equal message (parsing
+/// is deterministic), and an error names the file. Returns the value, if it parsed.
+fn checked<T: PartialEq + Debug>(
+    parser: &str,
+    file_name: &str,
+    parse: impl Fn() -> Result<T, ConfigError>,
+) -> Option<T> {
+    let (first, second) = (parse(), parse());
+    match (&first, &second) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b),
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+        _ => panic!("{parser} is not deterministic"),
+    }
+    match first {
+        Ok(value) => Some(value),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains(file_name),
+                "error does not name {file_name}: {msg}"
+            );
+            None
+        }
+    }
+}
 
 fn directory_round_trip(dir: &Directory, file: &Path) {
     dir.validate().expect("a parsed directory is valid");

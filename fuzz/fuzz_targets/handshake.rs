@@ -25,7 +25,7 @@
 //!    reply_with_reason → finish.
 #![no_main]
 
-use arbitrary::{Arbitrary, Unstructured};
+use arbitrary::Arbitrary;
 use braid_fuzz::*;
 use braid_proto::cell::{CellHeader, CellKind, HEADER_LEN};
 use braid_proto::frame::{Mailbox, MAX_NODE_ID_LEN};
@@ -44,26 +44,13 @@ fuzz_target!(|data: &[u8]| {
     match mode % 6 {
         0 => raw_msg1(rest),
         1 => raw_msg2(rest),
-        2 => {
-            if let Ok(n) = Nk::arbitrary_take_rest(Unstructured::new(rest)) {
-                nk(n);
-            }
-        }
+        2 => structured(rest, nk),
         3 => raw_hello(rest),
-        4 => {
-            if let Ok(s) = Sess::arbitrary_take_rest(Unstructured::new(rest)) {
-                sess(s);
-            }
-        }
-        _ => {
-            if rest.first() == Some(&0xFF) {
-                if let Ok(o) = Open::arbitrary_take_rest(Unstructured::new(&rest[1..])) {
-                    open(o);
-                }
-            } else {
-                raw_open(rest);
-            }
-        }
+        4 => structured(rest, sess),
+        _ => match rest.split_first() {
+            Some((&0xFF, open_input)) => structured(open_input, open),
+            _ => raw_open(rest),
+        },
     }
 });
 
@@ -246,9 +233,7 @@ struct Sess {
 }
 
 fn sess(s: Sess) {
-    let size = braid_proto::cell::MIN_CELL_SIZE
-        + usize::from(s.size)
-            % (braid_proto::cell::MAX_CELL_SIZE - braid_proto::cell::MIN_CELL_SIZE + 1);
+    let size = cell_size(s.size);
     let cfg = SessionConfig::with_cell_size(size);
     let central = StaticKeypair::from_secret(s.central_secret);
     let hello = SessionHello {
@@ -295,11 +280,7 @@ fn sess(s: Sess) {
     };
     let mut cell = pending.hello_cell().to_vec();
     assert_eq!(cell.len(), size);
-    let msg_end = HEADER_LEN
-        + 2
-        + braid_proto::cell::handshake_message(&cell)
-            .expect("msg")
-            .len();
+    let msg_end = handshake_msg_end(&cell);
     let bit = s.hello_flip as usize;
     let flipped = bit < size * 8;
     if flipped {
@@ -335,11 +316,7 @@ fn sess(s: Sess) {
     assert_eq!(acc.session.id(), pending.id());
     let welcome = acc.welcome_cell.clone();
     assert_eq!(welcome.len(), size);
-    let wmsg_end = HEADER_LEN
-        + 2
-        + braid_proto::cell::handshake_message(&welcome)
-            .expect("msg")
-            .len();
+    let wmsg_end = handshake_msg_end(&welcome);
     // Tampering with the Welcome's message fails (into a second, identical client).
     let twin = PendingSession::start(&mut FuzzRng::new(s.seed), cfg, &central.public(), &hello)
         .expect("start again");

@@ -19,8 +19,8 @@
 //!    or a skipped record fails; oversize data is refused without writing anything.
 #![no_main]
 
-use arbitrary::{Arbitrary, Unstructured};
-use braid_fuzz::{record_pair, FuzzRng, Input};
+use arbitrary::Arbitrary;
+use braid_fuzz::{record_pair, structured, FuzzRng, Input};
 use braid_proto::frame::{parse_cell_body, AckBlock, Frame, MAX_SACK_RANGES};
 use braid_proto::inner::{
     InnerError, MessageDecoder, Record, RecordOpener, RecordSealer, MAX_MESSAGE, MAX_RECORD_DATA,
@@ -41,11 +41,7 @@ fuzz_target!(|data: &[u8]| {
             decoder(u64::from(seed), inp.rest());
         }
         2 => open_raw(rest),
-        _ => {
-            if let Ok(s) = SealInput::arbitrary_take_rest(Unstructured::new(rest)) {
-                seal(s);
-            }
-        }
+        _ => structured(rest, seal),
     }
 });
 

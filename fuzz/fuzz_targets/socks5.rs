@@ -21,9 +21,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use braid_fuzz::{FuzzRng, Input};
+use braid_proto::socks5::testing::{drive, no_auth, Outcome, GREET_NO_AUTH, POLICIES};
 use braid_proto::socks5::{
-    reply, AuthPolicy, Command, Progress, ReplyCode, Request, Socks5Error, Socks5Handshake,
-    MAX_MESSAGE_LEN,
+    reply, Command, Progress, ReplyCode, Request, Socks5Error, Socks5Handshake,
 };
 use libfuzzer_sys::fuzz_target;
 use rand_core::RngCore;
@@ -56,6 +56,9 @@ fuzz_target!(|data: &[u8]| {
     // Every written answer is one of the documented ones, in protocol order.
     let (written, outcome) = all;
     check_written(policy, &written, &outcome);
+    if let Outcome::Failed(e) = &outcome {
+        assert_eq!(e.reply(), documented_reply(e));
+    }
 
     if let Outcome::Done(req, _) = &outcome {
         round_trip(req, bytes);
@@ -77,73 +80,14 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(reply(code, None), [5, seed, 0, 1, 0, 0, 0, 0, 0, 0]);
 });
 
+/// `POLICIES[policy]`; the extra command is also allowed under the third.
 fn handshake(policy: u8, extra: Command) -> Socks5Handshake {
-    match policy {
-        0 => Socks5Handshake::new(AuthPolicy::NoAuth),
-        1 => Socks5Handshake::new(AuthPolicy::single("user", "pass")),
-        _ => Socks5Handshake::new(AuthPolicy::NoAuth)
-            .allow_command(Command::BIND)
-            .allow_command(Command::UDP_ASSOCIATE)
-            .allow_command(extra),
+    let hs = POLICIES[usize::from(policy)]();
+    if policy == 2 {
+        hs.allow_command(extra)
+    } else {
+        hs
     }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Outcome {
-    Pending,
-    Done(Request, Vec<u8>),
-    Failed(Socks5Error),
-}
-
-/// A caller following the documented contract, checking its promises as it goes.
-fn drive(mut hs: Socks5Handshake, chunks: &[&[u8]]) -> (Vec<u8>, Outcome) {
-    let mut buf: Vec<u8> = Vec::new();
-    let mut written = Vec::new();
-    for (i, chunk) in chunks.iter().enumerate() {
-        buf.extend_from_slice(chunk);
-        loop {
-            assert!(!hs.is_finished());
-            match hs.feed(&buf) {
-                Ok(Progress::NeedMore) => {
-                    assert!(
-                        buf.len() < MAX_MESSAGE_LEN,
-                        "NeedMore holding {} bytes",
-                        buf.len()
-                    );
-                    break;
-                }
-                Ok(Progress::Reply { consumed, bytes }) => {
-                    assert!(consumed > 0 && consumed <= buf.len());
-                    assert!(!bytes.is_empty());
-                    written.extend_from_slice(bytes);
-                    buf.drain(..consumed);
-                }
-                Ok(Progress::Done {
-                    consumed,
-                    request,
-                    early_data,
-                }) => {
-                    assert!(consumed <= buf.len());
-                    assert_eq!(consumed + early_data, buf.len());
-                    assert!(hs.is_finished());
-                    let mut early = buf.split_off(consumed);
-                    early.extend(chunks[i + 1..].iter().flat_map(|c| c.iter()));
-                    assert_eq!(hs.feed(&early), Err(Socks5Error::Finished));
-                    assert_eq!(hs.feed(&[]), Err(Socks5Error::Finished));
-                    return (written, Outcome::Done(request, early));
-                }
-                Err(e) => {
-                    assert!(hs.is_finished());
-                    assert_eq!(e.reply(), documented_reply(&e));
-                    written.extend_from_slice(e.reply().unwrap_or_default());
-                    assert_eq!(hs.feed(&buf), Err(Socks5Error::Finished));
-                    assert_eq!(Socks5Error::Finished.reply(), None);
-                    return (written, Outcome::Failed(e));
-                }
-            }
-        }
-    }
-    (written, Outcome::Pending)
 }
 
 /// The module documentation's table, written out independently.
@@ -201,9 +145,9 @@ fn round_trip(req: &Request, input: &[u8]) {
         .any(|w| w[0] == enc[0] && w[1] == enc[1] && w[3..] == enc[3..]);
     assert!(found, "encoded request {enc:?} not in the input");
     // A fresh handshake parses it back.
-    let mut hs = Socks5Handshake::new(AuthPolicy::NoAuth).allow_command(req.command);
+    let mut hs = no_auth().allow_command(req.command);
     assert!(matches!(
-        hs.feed(&[5, 1, 0]),
+        hs.feed(GREET_NO_AUTH),
         Ok(Progress::Reply { consumed: 3, .. })
     ));
     match hs.feed(&enc) {

@@ -7,8 +7,11 @@
 
 use std::sync::OnceLock;
 
+use arbitrary::{Arbitrary, Unstructured};
 use braid_proto::aead::AeadAlgorithm;
-use braid_proto::cell::{Direction, DirectionKeys};
+use braid_proto::cell::{
+    handshake_message, Direction, DirectionKeys, HEADER_LEN, MAX_CELL_SIZE, MIN_CELL_SIZE,
+};
 use braid_proto::frame::Mailbox;
 use braid_proto::inner::{self, OpenRequest, OpenStatus, RecordOpener, RecordSealer};
 use braid_proto::noise::{self, NkInitiator, StaticKeypair};
@@ -75,6 +78,14 @@ impl<'a> Input<'a> {
     }
 }
 
+/// Runs `f` on the whole of `bytes` decoded as a `T` (`arbitrary_take_rest`), for the
+/// structured modes of a target; bytes that do not decode are skipped.
+pub fn structured<'a, T: Arbitrary<'a>>(bytes: &'a [u8], f: impl FnOnce(T)) {
+    if let Ok(value) = T::arbitrary_take_rest(Unstructured::new(bytes)) {
+        f(value);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Cells
 
@@ -84,6 +95,16 @@ pub const CELL_BASE: [u8; 32] = [0x42; 32];
 pub const CELL_EPOCH_CELLS: u64 = 16;
 /// Direction of the fixed cell keys.
 pub const CELL_DIR: Direction = Direction::ClientToCentral;
+
+/// A valid cell size from any `u16`: `MIN_CELL_SIZE..=MAX_CELL_SIZE`.
+pub fn cell_size(x: u16) -> usize {
+    MIN_CELL_SIZE + usize::from(x) % (MAX_CELL_SIZE - MIN_CELL_SIZE + 1)
+}
+
+/// Where a handshake cell's message ends: the header, the `u16` length and the message.
+pub fn handshake_msg_end(cell: &[u8]) -> usize {
+    HEADER_LEN + 2 + handshake_message(cell).expect("a handshake cell").len()
+}
 
 pub fn cell_keys() -> DirectionKeys {
     DirectionKeys::new(
@@ -289,7 +310,7 @@ mod tests {
         use braid_proto::session;
         use std::time::Instant;
         let honest = known_hello_cell(1);
-        let msg_end = 28 + 2 + braid_proto::cell::handshake_message(&honest).unwrap().len();
+        let msg_end = handshake_msg_end(&honest);
         for (byte, bound) in [
             (0, true),
             (1, true),

@@ -17,6 +17,7 @@ use std::fmt;
 
 use crate::aead::{AeadAlgorithm, CellAead, RingAead, NONCE_LEN, TAG_LEN};
 use crate::noise::epoch_key;
+use crate::open_enum::open_enum;
 use crate::wire::{Reader, WireError, Writer};
 
 pub const HEADER_LEN: usize = 28;
@@ -24,34 +25,25 @@ pub const VERSION: u8 = 1;
 pub const MIN_CELL_SIZE: usize = 1024;
 pub const MAX_CELL_SIZE: usize = 16 * 1024;
 
-/// Cell kinds. Open so that an unknown value is a policy decision, not a parse failure.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct CellKind(pub u8);
-
-impl CellKind {
-    /// Client → central: Noise NK message 1 opening a session.
-    pub const HELLO: CellKind = CellKind(1);
-    /// Central → client: Noise NK message 2.
-    pub const WELCOME: CellKind = CellKind(2);
-    /// Sealed, reliable, ordered by `seq`.
-    pub const DATA: CellKind = CellKind(3);
-    /// Sealed acknowledgement/credit only; never retransmitted, never acknowledged.
-    pub const ACK: CellKind = CellKind(4);
-
-    pub fn is_sealed(self) -> bool {
-        self == Self::DATA || self == Self::ACK
+open_enum! {
+    /// Cell kinds. Open so that an unknown value is a policy decision, not a parse failure.
+    pub struct CellKind(u8) {
+        /// Client → central: Noise NK message 1 opening a session.
+        HELLO = 1 => "Hello",
+        /// Central → client: Noise NK message 2.
+        WELCOME = 2 => "Welcome",
+        /// Sealed, reliable, ordered by `seq`.
+        DATA = 3 => "Data",
+        /// Sealed acknowledgement/credit only; never retransmitted, never acknowledged.
+        ACK = 4 => "Ack",
     }
+    unknown = "Unknown({})";
+    debug = display;
 }
 
-impl fmt::Debug for CellKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Self::HELLO => f.write_str("Hello"),
-            Self::WELCOME => f.write_str("Welcome"),
-            Self::DATA => f.write_str("Data"),
-            Self::ACK => f.write_str("Ack"),
-            CellKind(k) => write!(f, "Unknown({k})"),
-        }
+impl CellKind {
+    pub fn is_sealed(self) -> bool {
+        self == Self::DATA || self == Self::ACK
     }
 }
 

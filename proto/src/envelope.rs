@@ -119,14 +119,8 @@ impl<'a> Envelope<'a> {
             return Err(EnvelopeError::RelayTooLong(len));
         }
         let relay = std::str::from_utf8(r.bytes(len)?).map_err(|_| EnvelopeError::RelayNotUtf8)?;
-        let mailbox = r.array::<MAILBOX_ID_LEN>()?;
-        let cell = r.rest();
-        if cell.len() != cell_size {
-            return Err(EnvelopeError::WrongCellSize {
-                got: cell.len(),
-                want: cell_size,
-            });
-        }
+        // The rest is exactly the delivery the downstream forwards.
+        let Delivery { mailbox, cell } = Delivery::parse(r.rest(), cell_size)?;
         Ok(Envelope {
             relay,
             mailbox,

@@ -9,6 +9,7 @@ pub mod frame;
 pub mod inner;
 pub mod mix;
 pub mod noise;
+mod open_enum;
 pub mod reason;
 pub mod session;
 #[cfg(feature = "test-util")]

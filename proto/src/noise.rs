@@ -406,16 +406,8 @@ mod tests {
         let n = snow_resp.write_message(b"world", &mut buf).unwrap();
         let (p2, keys) = init.finish(&buf[..n]).unwrap();
         assert_eq!(p2, b"world");
-        assert_eq!(&keys.handshake_hash[..], snow_resp.get_handshake_hash());
-        let mut t = snow_resp.into_transport_mode().unwrap();
         // snow's first transport message to the initiator uses nonce 0 under k2.
-        let n = t.write_message(b"data", &mut buf).unwrap();
-        let key = aes_key(&keys.responder_to_initiator);
-        let mut ct = buf[..n].to_vec();
-        let plain = key
-            .open_in_place(noise_nonce(0), aead::Aad::empty(), &mut ct)
-            .unwrap();
-        assert_eq!(plain, b"data");
+        agrees_with_snow(snow_resp, &keys, &keys.responder_to_initiator, b"data");
 
         // snow as initiator, ours as responder.
         let mut snow_init = snow::Builder::new(params)
@@ -429,14 +421,27 @@ mod tests {
         let (m2, keys) = resp.reply(&mut rng, b"pong").unwrap();
         let n = snow_init.read_message(&m2, &mut buf).unwrap();
         assert_eq!(&buf[..n], b"pong");
-        assert_eq!(&keys.handshake_hash[..], snow_init.get_handshake_hash());
-        let mut t = snow_init.into_transport_mode().unwrap();
-        let n = t.write_message(b"up", &mut buf).unwrap();
-        let key = aes_key(&keys.initiator_to_responder);
+        agrees_with_snow(snow_init, &keys, &keys.initiator_to_responder, b"up");
+    }
+
+    /// Our side of a finished handshake agrees with snow's: the same handshake hash, and
+    /// snow's first transport message carrying `data` opens under our key for the direction
+    /// snow sends in (`snow_sends`), at nonce 0.
+    fn agrees_with_snow(
+        snow: snow::HandshakeState,
+        keys: &TransportKeys,
+        snow_sends: &[u8; 32],
+        data: &[u8],
+    ) {
+        assert_eq!(&keys.handshake_hash[..], snow.get_handshake_hash());
+        let mut t = snow.into_transport_mode().unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = t.write_message(data, &mut buf).unwrap();
+        let key = aes_key(snow_sends);
         let mut ct = buf[..n].to_vec();
         let plain = key
             .open_in_place(noise_nonce(0), aead::Aad::empty(), &mut ct)
             .unwrap();
-        assert_eq!(plain, b"up");
+        assert_eq!(plain, data);
     }
 }

@@ -38,62 +38,46 @@
 use std::fmt;
 use std::io::ErrorKind;
 
+use crate::open_enum::open_enum;
 use crate::socks5::ReplyCode;
 
-/// Why a stream ended or was refused. See the module documentation for the table.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Reason(pub u8);
+open_enum! {
+    /// Why a stream ended or was refused. See the module documentation for the table;
+    /// [`name`](Self::name) is the stable snake_case name of a named reason.
+    pub struct Reason(u8) {
+        /// Success: the stream was opened (the only non-failure value).
+        OK = 0x00 => "ok",
+        /// Any failure without a more specific reason.
+        GENERAL_FAILURE = 0x01 => "general_failure",
+        /// The gateway's exit policy refuses the target.
+        NOT_ALLOWED = 0x02 => "not_allowed",
+        NETWORK_UNREACHABLE = 0x03 => "network_unreachable",
+        /// The target host cannot be reached, or its name does not resolve.
+        HOST_UNREACHABLE = 0x04 => "host_unreachable",
+        CONNECTION_REFUSED = 0x05 => "connection_refused",
+        /// Connecting (or waiting for the open reply) took too long. SOCKS calls it TTL expired.
+        TIMED_OUT = 0x06 => "timed_out",
+        COMMAND_NOT_SUPPORTED = 0x07 => "command_not_supported",
+        ADDRESS_NOT_SUPPORTED = 0x08 => "address_not_supported",
+        /// The overlay session carrying the stream ended (closed, evicted, timed out).
+        SESSION_CLOSED = 0x10 => "session_closed",
+        /// The node is draining for shutdown and takes no new streams.
+        DRAINING = 0x11 => "draining",
+        /// The gateway the stream names is not linked to the central.
+        NO_GATEWAY = 0x12 => "no_gateway",
+        /// The link to the stream's gateway failed while the stream was open.
+        GATEWAY_LOST = 0x13 => "gateway_lost",
+        /// The peer broke the protocol (bad record, unauthenticated reply, data after end...).
+        PROTOCOL_ERROR = 0x14 => "protocol_error",
+        /// The local application closed or aborted its connection.
+        APP_CLOSED = 0x15 => "app_closed",
+        /// Over a limit (connections, streams, memory).
+        RESOURCE_LIMIT = 0x16 => "resource_limit",
+    }
+    unknown = "unknown({:#04x})";
+}
 
 impl Reason {
-    /// Success: the stream was opened (the only non-failure value).
-    pub const OK: Reason = Reason(0x00);
-    /// Any failure without a more specific reason.
-    pub const GENERAL_FAILURE: Reason = Reason(0x01);
-    /// The gateway's exit policy refuses the target.
-    pub const NOT_ALLOWED: Reason = Reason(0x02);
-    pub const NETWORK_UNREACHABLE: Reason = Reason(0x03);
-    /// The target host cannot be reached, or its name does not resolve.
-    pub const HOST_UNREACHABLE: Reason = Reason(0x04);
-    pub const CONNECTION_REFUSED: Reason = Reason(0x05);
-    /// Connecting (or waiting for the open reply) took too long. SOCKS calls it TTL expired.
-    pub const TIMED_OUT: Reason = Reason(0x06);
-    pub const COMMAND_NOT_SUPPORTED: Reason = Reason(0x07);
-    pub const ADDRESS_NOT_SUPPORTED: Reason = Reason(0x08);
-    /// The overlay session carrying the stream ended (closed, evicted, timed out).
-    pub const SESSION_CLOSED: Reason = Reason(0x10);
-    /// The node is draining for shutdown and takes no new streams.
-    pub const DRAINING: Reason = Reason(0x11);
-    /// The gateway the stream names is not linked to the central.
-    pub const NO_GATEWAY: Reason = Reason(0x12);
-    /// The link to the stream's gateway failed while the stream was open.
-    pub const GATEWAY_LOST: Reason = Reason(0x13);
-    /// The peer broke the protocol (bad record, unauthenticated reply, data after end...).
-    pub const PROTOCOL_ERROR: Reason = Reason(0x14);
-    /// The local application closed or aborted its connection.
-    pub const APP_CLOSED: Reason = Reason(0x15);
-    /// Over a limit (connections, streams, memory).
-    pub const RESOURCE_LIMIT: Reason = Reason(0x16);
-
-    /// Every named reason, in value order.
-    pub const ALL: [Reason; 16] = [
-        Reason::OK,
-        Reason::GENERAL_FAILURE,
-        Reason::NOT_ALLOWED,
-        Reason::NETWORK_UNREACHABLE,
-        Reason::HOST_UNREACHABLE,
-        Reason::CONNECTION_REFUSED,
-        Reason::TIMED_OUT,
-        Reason::COMMAND_NOT_SUPPORTED,
-        Reason::ADDRESS_NOT_SUPPORTED,
-        Reason::SESSION_CLOSED,
-        Reason::DRAINING,
-        Reason::NO_GATEWAY,
-        Reason::GATEWAY_LOST,
-        Reason::PROTOCOL_ERROR,
-        Reason::APP_CLOSED,
-        Reason::RESOURCE_LIMIT,
-    ];
-
     /// The wire value.
     pub const fn code(self) -> u8 {
         self.0
@@ -107,29 +91,6 @@ impl Reason {
     /// Whether the value is one of the named reasons.
     pub fn is_known(self) -> bool {
         self.name().is_some()
-    }
-
-    /// The reason's stable snake_case name, if it is a named one.
-    pub fn name(self) -> Option<&'static str> {
-        Some(match self {
-            Reason::OK => "ok",
-            Reason::GENERAL_FAILURE => "general_failure",
-            Reason::NOT_ALLOWED => "not_allowed",
-            Reason::NETWORK_UNREACHABLE => "network_unreachable",
-            Reason::HOST_UNREACHABLE => "host_unreachable",
-            Reason::CONNECTION_REFUSED => "connection_refused",
-            Reason::TIMED_OUT => "timed_out",
-            Reason::COMMAND_NOT_SUPPORTED => "command_not_supported",
-            Reason::ADDRESS_NOT_SUPPORTED => "address_not_supported",
-            Reason::SESSION_CLOSED => "session_closed",
-            Reason::DRAINING => "draining",
-            Reason::NO_GATEWAY => "no_gateway",
-            Reason::GATEWAY_LOST => "gateway_lost",
-            Reason::PROTOCOL_ERROR => "protocol_error",
-            Reason::APP_CLOSED => "app_closed",
-            Reason::RESOURCE_LIMIT => "resource_limit",
-            _ => return None,
-        })
     }
 
     /// The name for logs and metric labels: [`name`](Self::name), or `"unknown"`.
@@ -179,27 +140,6 @@ impl Reason {
             ErrorKind::HostUnreachable => Reason::HOST_UNREACHABLE,
             ErrorKind::TimedOut => Reason::TIMED_OUT,
             _ => Reason::GENERAL_FAILURE,
-        }
-    }
-}
-
-impl From<u8> for Reason {
-    fn from(code: u8) -> Self {
-        Reason(code)
-    }
-}
-
-impl From<Reason> for u8 {
-    fn from(r: Reason) -> Self {
-        r.0
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.name() {
-            Some(n) => f.write_str(n),
-            None => write!(f, "unknown({:#04x})", self.0),
         }
     }
 }

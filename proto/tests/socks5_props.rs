@@ -3,76 +3,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use braid_proto::socks5::{
-    AuthPolicy, Command, Progress, Request, Socks5Error, Socks5Handshake, MAX_MESSAGE_LEN,
+use braid_proto::socks5::testing::{
+    drive, no_auth, Outcome, AUTH, GREET_NO_AUTH, GREET_ONLY_USER_PASS, GREET_USER_PASS, POLICIES,
 };
+use braid_proto::socks5::{AuthPolicy, Command, Progress, Request, Socks5Error, Socks5Handshake};
 use braid_proto::TargetAddr;
 use proptest::prelude::*;
-
-#[derive(Debug, PartialEq, Eq)]
-enum Outcome {
-    Pending,
-    Done(Request, Vec<u8>),
-    Failed(Socks5Error),
-}
-
-/// A caller following the documented contract, checking the contract's promises as it goes.
-/// Returns what was written to the client and how the handshake ended.
-fn drive(mut hs: Socks5Handshake, chunks: &[&[u8]]) -> (Vec<u8>, Outcome) {
-    let mut buf = Vec::new();
-    let mut written = Vec::new();
-    for (i, chunk) in chunks.iter().enumerate() {
-        buf.extend_from_slice(chunk);
-        loop {
-            match hs.feed(&buf) {
-                Ok(Progress::NeedMore) => {
-                    assert!(
-                        buf.len() < MAX_MESSAGE_LEN,
-                        "NeedMore with {} bytes",
-                        buf.len()
-                    );
-                    break;
-                }
-                Ok(Progress::Reply { consumed, bytes }) => {
-                    assert!(consumed > 0 && consumed <= buf.len());
-                    assert!(!bytes.is_empty());
-                    written.extend_from_slice(bytes);
-                    buf.drain(..consumed);
-                }
-                Ok(Progress::Done {
-                    consumed,
-                    request,
-                    early_data,
-                }) => {
-                    assert!(consumed <= buf.len());
-                    assert_eq!(consumed + early_data, buf.len());
-                    let mut early = buf.split_off(consumed);
-                    early.extend(chunks[i + 1..].iter().flat_map(|c| c.iter()));
-                    assert_eq!(hs.feed(&early), Err(Socks5Error::Finished));
-                    return (written, Outcome::Done(request, early));
-                }
-                Err(e) => {
-                    assert!(hs.is_finished());
-                    written.extend_from_slice(e.reply().unwrap_or_default());
-                    return (written, Outcome::Failed(e));
-                }
-            }
-        }
-    }
-    (written, Outcome::Pending)
-}
-
-fn policies() -> [fn() -> Socks5Handshake; 3] {
-    [
-        || Socks5Handshake::new(AuthPolicy::NoAuth),
-        || Socks5Handshake::new(AuthPolicy::single("user", "pass")),
-        || {
-            Socks5Handshake::new(AuthPolicy::NoAuth)
-                .allow_command(Command::BIND)
-                .allow_command(Command::UDP_ASSOCIATE)
-        },
-    ]
-}
 
 /// Split `bytes` at the given cut points (taken modulo its length, in order).
 fn split<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
@@ -94,9 +30,9 @@ fn hostile() -> impl Strategy<Value = Vec<u8>> {
     let junk = proptest::collection::vec(any::<u8>(), 0..1200);
     let prefix = prop_oneof![
         Just(vec![]),
-        Just(vec![5, 1, 0]),
-        Just(vec![5, 2, 0, 2]),
-        Just(b"\x05\x01\x02\x01\x04user\x04pass".to_vec()),
+        Just(GREET_NO_AUTH.to_vec()),
+        Just(GREET_USER_PASS.to_vec()),
+        Just([GREET_ONLY_USER_PASS, AUTH].concat()),
         (0u8..=4, any::<u8>(), 0u8..=6)
             .prop_map(|(cmd, rsv, atyp)| vec![5, 1, 0, 5, cmd, rsv, atyp]),
     ];
@@ -128,7 +64,7 @@ proptest! {
 
     #[test]
     fn random_bytes_never_panic_nor_overconsume(bytes in hostile()) {
-        for policy in policies() {
+        for policy in POLICIES {
             // Raw `feed` on the same input: consumption never exceeds it.
             let mut hs = policy();
             let mut rest: &[u8] = &bytes;
@@ -154,7 +90,7 @@ proptest! {
         bytes in hostile(),
         cuts in proptest::collection::vec(any::<usize>(), 0..6),
     ) {
-        for policy in policies() {
+        for policy in POLICIES {
             let whole = drive(policy(), &[&bytes]);
             prop_assert_eq!(drive(policy(), &split(&bytes, &cuts)), whole);
         }
@@ -172,8 +108,8 @@ proptest! {
         cuts in proptest::collection::vec(any::<usize>(), 0..4),
     ) {
         let request = Request { command, target };
-        let hs = Socks5Handshake::new(AuthPolicy::NoAuth).allow_command(command);
-        let wire = [&[5, 1, 0][..], &request.encode().unwrap(), &early].concat();
+        let hs = no_auth().allow_command(command);
+        let wire = [GREET_NO_AUTH, &request.encode().unwrap(), &early].concat();
         let outcome = drive(hs, &split(&wire, &cuts));
         if command == Command::CONNECT && request.target.port() == 0 {
             let written = vec![5, 0, 5, 1, 0, 1, 0, 0, 0, 0, 0, 0];
@@ -198,7 +134,7 @@ proptest! {
         let hs = Socks5Handshake::new(AuthPolicy::single(user.clone(), pass));
         let request = Request { command: Command::CONNECT, target };
         let wire = [
-            &[5, 1, 2][..],
+            GREET_ONLY_USER_PASS,
             &[1, u8::try_from(user.len()).unwrap()],
             &user,
             &[u8::try_from(sent_pass.len()).unwrap()],

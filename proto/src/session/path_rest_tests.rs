@@ -1,16 +1,17 @@
 //! Resting a path whose cells time out, and bringing it back.
 
+use super::tests::{pair_seeded, tick, Wire};
 use super::*;
 
 /// Runs a 2-path transfer for `ms` virtual milliseconds. Path 2 holds every cell sent
 /// in `stall` until its end (a slow moment: CPU, a queue) or, with `dead`, loses every
 /// cell from the stall's start on. Returns the cells sent per path in each millisecond.
 fn run(ms: u64, stall: std::ops::Range<u64>, dead: bool) -> Vec<[u64; 2]> {
-    let (mut c, mut s, t0) = super::tests::pair_seeded(SessionConfig::with_cell_size(1024), 5);
+    let (mut c, mut s, t0) = pair_seeded(SessionConfig::with_cell_size(1024), 5);
     let at = |m: u64| t0 + Duration::from_millis(m);
     c.open_stream(1, "gw");
     let paths = [PathId(1), PathId(2)];
-    let mut wire: Vec<(Instant, Vec<u8>)> = Vec::new();
+    let mut wire = Wire::new();
     let mut sent = Vec::new();
     let data = vec![7u8; 64 << 20];
     let mut off = 0;
@@ -36,17 +37,7 @@ fn run(ms: u64, stall: std::ops::Range<u64>, dead: bool) -> Vec<[u64; 2]> {
             }
         }
         sent.push(this);
-        let (due, later): (Vec<_>, Vec<_>) = wire.drain(..).partition(|(t, _)| *t <= now);
-        wire = later;
-        for (_, mut cell) in due {
-            let _ = s.handle_cell(now, &mut cell);
-        }
-        while s.poll_event().is_some() {}
-        while let Some(mut t) = s.poll_transmit(now, &paths) {
-            let _ = c.handle_cell(now, &mut t.cell);
-        }
-        c.handle_timeout(at(m + 1));
-        s.handle_timeout(at(m + 1));
+        tick(&mut c, &mut s, &mut wire, &paths, now, at(m + 1));
     }
     sent
 }

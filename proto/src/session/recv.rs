@@ -25,6 +25,31 @@ impl Session {
         }
     }
 
+    /// Seals a cell whose `body` starts with the current [`ack_block`](Self::ack_block): once
+    /// it is sealed the acknowledgement goes out with it, so none is due any more. A cell that
+    /// cannot be sealed fails the session (`None`).
+    pub(super) fn seal_with_ack(
+        &mut self,
+        kind: CellKind,
+        seq: u64,
+        body: &[u8],
+    ) -> Option<Vec<u8>> {
+        match self
+            .tx_keys
+            .seal(self.cfg.cell_size, kind, self.id, seq, body)
+        {
+            Ok(cell) => {
+                self.ack_due = None;
+                self.unacked_received = 0;
+                Some(cell)
+            }
+            Err(e) => {
+                self.seal_failed(e);
+                None
+            }
+        }
+    }
+
     /// A bare ACK cell when one is due. A cell that cannot be sealed fails the session.
     pub(super) fn poll_ack(&mut self, now: Instant, paths: &[PathId]) -> Option<Transmit> {
         let due = matches!(self.ack_due, Some(t) if t <= now)
@@ -38,20 +63,8 @@ impl Session {
         if ack.write_onto(&mut w).is_err() {
             return None;
         }
-        let seq = self.next_ack_seq;
-        let cell = match self
-            .tx_keys
-            .seal(self.cfg.cell_size, CellKind::ACK, self.id, seq, &body)
-        {
-            Ok(cell) => cell,
-            Err(e) => {
-                self.seal_failed(e);
-                return None;
-            }
-        };
+        let cell = self.seal_with_ack(CellKind::ACK, self.next_ack_seq, &body)?;
         self.next_ack_seq += 1;
-        self.ack_due = None;
-        self.unacked_received = 0;
         self.stats.ack_cells_sent += 1;
         // Not `pick_path`: a bare ack is never acknowledged, so it cannot be a probe.
         let path = self.choose_path(now, paths, None);

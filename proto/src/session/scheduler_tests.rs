@@ -1,9 +1,7 @@
 //! The path schedulers: how cells spread over fast and slow paths.
 
+use super::tests::{pair_with_mailboxes, tick, Wire};
 use super::*;
-use crate::noise::StaticKeypair;
-use rand_chacha::rand_core::SeedableRng;
-use rand_chacha::ChaCha20Rng;
 
 /// Path 1 answers in 1 ms, path 2 in 20 ms: the lowest-delay scheduler puts most cells
 /// on path 1 and still uses path 2; round-robin splits evenly.
@@ -18,23 +16,13 @@ fn lowest_delay_prefers_the_fast_path() {
             fast.abs_diff(slow) <= fast / 10 + 2
         }),
     ] {
-        let mut rng = ChaCha20Rng::seed_from_u64(11);
-        let central = StaticKeypair::generate(&mut rng);
         let mut cfg = SessionConfig::with_cell_size(1024);
         cfg.scheduler = sched;
-        let t0 = Instant::now();
-        let hello = SessionHello {
-            window_cells: 1024,
-            mailboxes: vec![],
-        };
-        let p = PendingSession::start(&mut rng, cfg.clone(), &central.public(), &hello).unwrap();
-        let acc = accept(&mut rng, cfg, &central, t0, p.hello_cell()).unwrap();
-        let mut c = p.finish(t0, &acc.welcome_cell).unwrap();
-        let mut s = acc.session;
+        let (mut c, mut s, t0) = pair_with_mailboxes(cfg, 11, vec![]);
         c.open_stream(1, "gw");
         let paths = [PathId(1), PathId(2)];
         // (deliver_at, cell) queue; the slow path delays cells by 20 ms.
-        let mut wire: Vec<(Instant, Vec<u8>)> = Vec::new();
+        let mut wire = Wire::new();
         let mut sent = [0u64; 2];
         let mut now = t0;
         let data = vec![7u8; 4 << 20];
@@ -46,18 +34,9 @@ fn lowest_delay_prefers_the_fast_path() {
                 sent[(t.path.0 - 1) as usize] += 1;
                 wire.push((now + Duration::from_millis(delay), t.cell));
             }
-            let (due, later): (Vec<_>, Vec<_>) = wire.drain(..).partition(|(at, _)| *at <= now);
-            wire = later;
-            for (_, mut cell) in due {
-                let _ = s.handle_cell(now, &mut cell);
-            }
-            while s.poll_event().is_some() {}
-            while let Some(mut t) = s.poll_transmit(now, &paths) {
-                let _ = c.handle_cell(now, &mut t.cell);
-            }
-            now += Duration::from_millis(1);
-            c.handle_timeout(now);
-            s.handle_timeout(now);
+            let next = now + Duration::from_millis(1);
+            tick(&mut c, &mut s, &mut wire, &paths, now, next);
+            now = next;
         }
         assert!(
             check(sent[0], sent[1]),

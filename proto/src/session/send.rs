@@ -108,20 +108,9 @@ impl Session {
             return None;
         }
         let seq = self.next_seq;
-        let cell = match self
-            .tx_keys
-            .seal(self.cfg.cell_size, CellKind::DATA, self.id, seq, &body)
-        {
-            Ok(cell) => cell,
-            Err(e) => {
-                // The frames just packed are gone with it: the session cannot go on.
-                self.seal_failed(e);
-                return None;
-            }
-        };
+        // On failure the frames just packed are gone with it: the session cannot go on.
+        let cell = self.seal_with_ack(CellKind::DATA, seq, &body)?;
         self.next_seq += 1;
-        self.ack_due = None;
-        self.unacked_received = 0;
         let path = self.pick_path(now, paths, None);
         self.note_sent(path);
         self.inflight.insert(

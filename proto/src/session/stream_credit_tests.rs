@@ -1,29 +1,17 @@
 //! Per-stream flow control: one stalled stream does not block the others.
 
+use super::tests::pair_with_mailboxes;
 use super::*;
-use crate::noise::StaticKeypair;
-use rand_chacha::rand_core::SeedableRng;
-use rand_chacha::ChaCha20Rng;
 
 /// A receiver that stops consuming one stream stops only that stream, at its window;
 /// another stream of the same session keeps flowing, and the stalled one resumes when
 /// consumed.
 #[test]
 fn a_stalled_stream_does_not_block_the_others() {
-    let mut rng = ChaCha20Rng::seed_from_u64(21);
-    let central = StaticKeypair::generate(&mut rng);
     let mut cfg = SessionConfig::with_cell_size(1024);
     cfg.stream_window = 64 * 1024;
     cfg.manual_stream_credit = true;
-    let t0 = Instant::now();
-    let hello = SessionHello {
-        window_cells: 1024,
-        mailboxes: vec![],
-    };
-    let p = PendingSession::start(&mut rng, cfg.clone(), &central.public(), &hello).unwrap();
-    let acc = accept(&mut rng, cfg, &central, t0, p.hello_cell()).unwrap();
-    let mut c = p.finish(t0, &acc.welcome_cell).unwrap();
-    let mut s = acc.session;
+    let (mut c, mut s, t0) = pair_with_mailboxes(cfg, 21, vec![]);
     assert_eq!(c.peer_stream_window(), 64 * 1024);
     c.open_stream(1, "gw");
     c.open_stream(2, "gw");

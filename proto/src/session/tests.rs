@@ -10,21 +10,59 @@ fn pair(cfg: SessionConfig) -> (Session, Session, Instant) {
 }
 
 pub(super) fn pair_seeded(cfg: SessionConfig, seed: u64) -> (Session, Session, Instant) {
+    let mailboxes = vec![Mailbox {
+        relay: "relay-1".into(),
+        id: [1; 16],
+    }];
+    pair_with_mailboxes(cfg, seed, mailboxes)
+}
+
+/// A client and a central session after an honest handshake (keys and randomness from
+/// `seed`); the client's Hello offers `cfg`'s window and these mailboxes.
+pub(super) fn pair_with_mailboxes(
+    cfg: SessionConfig,
+    seed: u64,
+    mailboxes: Vec<Mailbox>,
+) -> (Session, Session, Instant) {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let central = StaticKeypair::generate(&mut rng);
     let now = Instant::now();
     let hello = SessionHello {
         window_cells: cfg.window_cells as u32,
-        mailboxes: vec![Mailbox {
-            relay: "relay-1".into(),
-            id: [1; 16],
-        }],
+        mailboxes,
     };
     let pending = PendingSession::start(&mut rng, cfg.clone(), &central.public(), &hello).unwrap();
     let acc = accept(&mut rng, cfg, &central, now, pending.hello_cell()).unwrap();
     assert_eq!(acc.hello, hello);
     let client = pending.finish(now, &acc.welcome_cell).unwrap();
     (client, acc.session, now)
+}
+
+/// Cells on their way from the client to the central, each with the time it arrives.
+pub(super) type Wire = Vec<(Instant, Vec<u8>)>;
+
+/// One tick of a transfer over delayed paths: the central `s` gets every cell on `wire` due
+/// by `now`, its events are dropped, its answers reach the client `c` at once, and then both
+/// run their timers at `next`.
+pub(super) fn tick(
+    c: &mut Session,
+    s: &mut Session,
+    wire: &mut Wire,
+    paths: &[PathId],
+    now: Instant,
+    next: Instant,
+) {
+    let (due, later): (Wire, Wire) = wire.drain(..).partition(|(at, _)| *at <= now);
+    *wire = later;
+    for (_, mut cell) in due {
+        let _ = s.handle_cell(now, &mut cell);
+    }
+    while s.poll_event().is_some() {}
+    while let Some(mut t) = s.poll_transmit(now, paths) {
+        let _ = c.handle_cell(now, &mut t.cell);
+    }
+    c.handle_timeout(next);
+    s.handle_timeout(next);
 }
 
 const P: [PathId; 2] = [PathId(0), PathId(1)];

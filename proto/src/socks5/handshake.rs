@@ -179,15 +179,8 @@ impl Socks5Handshake {
 
     /// `VER NMETHODS METHODS`
     fn greeting(&self, r: &mut Reader<'_>) -> Result<Step, Halt> {
-        let ver = r.u8()?;
-        if ver != VERSION {
-            return Err(Socks5Error::BadVersion(ver).into());
-        }
-        let n = r.u8()?;
-        if n == 0 {
-            return Err(Socks5Error::NoMethods.into());
-        }
-        let methods = r.bytes(usize::from(n))?;
+        version(r, VERSION, Socks5Error::BadVersion)?;
+        let methods = non_empty(r, Socks5Error::NoMethods)?;
         let wanted = self.auth.method();
         if !methods.contains(&wanted) {
             return Err(Socks5Error::NoAcceptableMethod.into());
@@ -200,20 +193,9 @@ impl Socks5Handshake {
 
     /// RFC 1929: `VER ULEN UNAME PLEN PASSWD`
     fn auth(&self, r: &mut Reader<'_>) -> Result<Step, Halt> {
-        let ver = r.u8()?;
-        if ver != AUTH_VERSION {
-            return Err(Socks5Error::BadAuthVersion(ver).into());
-        }
-        let ulen = r.u8()?;
-        if ulen == 0 {
-            return Err(Socks5Error::EmptyUsername.into());
-        }
-        let username = r.bytes(usize::from(ulen))?;
-        let plen = r.u8()?;
-        if plen == 0 {
-            return Err(Socks5Error::EmptyPassword.into());
-        }
-        let password = r.bytes(usize::from(plen))?;
+        version(r, AUTH_VERSION, Socks5Error::BadAuthVersion)?;
+        let username = non_empty(r, Socks5Error::EmptyUsername)?;
+        let password = non_empty(r, Socks5Error::EmptyPassword)?;
         let accepted = match &self.auth {
             AuthPolicy::UserPass(check) => check(username, password),
             // Unreachable: the greeting only moves to `Auth` under `UserPass`.
@@ -227,10 +209,7 @@ impl Socks5Handshake {
 
     /// `VER CMD RSV ATYP DST.ADDR DST.PORT`
     fn request(&self, r: &mut Reader<'_>) -> Result<Step, Halt> {
-        let ver = r.u8()?;
-        if ver != VERSION {
-            return Err(Socks5Error::BadRequestVersion(ver).into());
-        }
+        version(r, VERSION, Socks5Error::BadRequestVersion)?;
         let command = Command(r.u8()?);
         if !self.allows(command) {
             return Err(Socks5Error::CommandNotSupported(command).into());
@@ -240,11 +219,7 @@ impl Socks5Handshake {
             1 => Host::Ip(IpAddr::V4(Ipv4Addr::from(r.array::<4>()?))),
             4 => Host::Ip(IpAddr::V6(Ipv6Addr::from(r.array::<16>()?))),
             3 => {
-                let len = r.u8()?;
-                if len == 0 {
-                    return Err(Socks5Error::EmptyDomain.into());
-                }
-                let name = std::str::from_utf8(r.bytes(usize::from(len))?)
+                let name = std::str::from_utf8(non_empty(r, Socks5Error::EmptyDomain)?)
                     .map_err(|_| Socks5Error::DomainNotUtf8)?;
                 Host::Domain(name)
             }
@@ -260,6 +235,25 @@ impl Socks5Handshake {
         };
         Ok(Step::Done(Request { command, target }))
     }
+}
+
+/// A version byte (`VER`), refused with `bad(ver)` unless it is `want`.
+fn version(r: &mut Reader<'_>, want: u8, bad: fn(u8) -> Socks5Error) -> Result<(), Halt> {
+    let ver = r.u8()?;
+    if ver != want {
+        return Err(bad(ver).into());
+    }
+    Ok(())
+}
+
+/// A length byte and that many bytes (`NMETHODS METHODS`, `ULEN UNAME`, `PLEN PASSWD`,
+/// `LEN DOMAIN`): a length of 0 is refused with `empty` as soon as it arrives.
+fn non_empty<'a>(r: &mut Reader<'a>, empty: Socks5Error) -> Result<&'a [u8], Halt> {
+    let len = r.u8()?;
+    if len == 0 {
+        return Err(empty.into());
+    }
+    Ok(r.bytes(usize::from(len))?)
 }
 
 /// Outcome of one complete message.

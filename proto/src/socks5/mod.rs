@@ -91,11 +91,12 @@
 
 mod handshake;
 mod reply;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;
 
-use std::fmt;
-
+use crate::open_enum::open_enum;
 use crate::target::TargetAddr;
 use crate::wire::{WireError, Writer};
 
@@ -125,39 +126,16 @@ pub const MAX_MESSAGE_LEN: usize = MAX_AUTH_LEN;
 /// Longest complete handshake (greeting, authentication and request), excluding early data.
 pub const MAX_HANDSHAKE_LEN: usize = MAX_GREETING_LEN + MAX_AUTH_LEN + MAX_REQUEST_LEN;
 
-/// A request command. Open: an unknown value still parses, and is refused by policy.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Command(pub u8);
-
-impl Command {
-    pub const CONNECT: Command = Command(1);
-    pub const BIND: Command = Command(2);
-    pub const UDP_ASSOCIATE: Command = Command(3);
-
-    /// The RFC 1928 name, if this is one of the three standard commands.
-    pub fn name(self) -> Option<&'static str> {
-        match self {
-            Command::CONNECT => Some("CONNECT"),
-            Command::BIND => Some("BIND"),
-            Command::UDP_ASSOCIATE => Some("UDP ASSOCIATE"),
-            _ => None,
-        }
+open_enum! {
+    /// A request command. Open: an unknown value still parses, and is refused by policy.
+    /// [`name`](Self::name) is the RFC 1928 name of the three standard commands.
+    pub struct Command(u8) {
+        CONNECT = 1 => "CONNECT",
+        BIND = 2 => "BIND",
+        UDP_ASSOCIATE = 3 => "UDP ASSOCIATE",
     }
-}
-
-impl fmt::Display for Command {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.name() {
-            Some(n) => f.write_str(n),
-            None => write!(f, "command {:#04x}", self.0),
-        }
-    }
-}
-
-impl fmt::Debug for Command {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
+    unknown = "command {:#04x}";
+    debug = display;
 }
 
 /// A parsed client request.

@@ -9,46 +9,23 @@ use thiserror::Error;
 use super::{
     Command, AUTH_VERSION, METHOD_NO_ACCEPTABLE, METHOD_NO_AUTH, METHOD_USER_PASS, VERSION,
 };
+use crate::open_enum::open_enum;
 
-/// The `REP` field of a server reply. Open: any value can be sent.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ReplyCode(pub u8);
-
-impl ReplyCode {
-    pub const SUCCEEDED: ReplyCode = ReplyCode(0);
-    pub const GENERAL_FAILURE: ReplyCode = ReplyCode(1);
-    pub const NOT_ALLOWED: ReplyCode = ReplyCode(2);
-    pub const NETWORK_UNREACHABLE: ReplyCode = ReplyCode(3);
-    pub const HOST_UNREACHABLE: ReplyCode = ReplyCode(4);
-    pub const CONNECTION_REFUSED: ReplyCode = ReplyCode(5);
-    pub const TTL_EXPIRED: ReplyCode = ReplyCode(6);
-    pub const COMMAND_NOT_SUPPORTED: ReplyCode = ReplyCode(7);
-    pub const ADDRESS_TYPE_NOT_SUPPORTED: ReplyCode = ReplyCode(8);
-
-    /// The RFC 1928 meaning, if the value is assigned.
-    pub fn name(self) -> Option<&'static str> {
-        Some(match self.0 {
-            0 => "succeeded",
-            1 => "general SOCKS server failure",
-            2 => "connection not allowed by ruleset",
-            3 => "network unreachable",
-            4 => "host unreachable",
-            5 => "connection refused",
-            6 => "TTL expired",
-            7 => "command not supported",
-            8 => "address type not supported",
-            _ => return None,
-        })
+open_enum! {
+    /// The `REP` field of a server reply. Open: any value can be sent.
+    /// [`name`](Self::name) is the RFC 1928 meaning of an assigned value.
+    pub struct ReplyCode(u8) {
+        SUCCEEDED = 0 => "succeeded",
+        GENERAL_FAILURE = 1 => "general SOCKS server failure",
+        NOT_ALLOWED = 2 => "connection not allowed by ruleset",
+        NETWORK_UNREACHABLE = 3 => "network unreachable",
+        HOST_UNREACHABLE = 4 => "host unreachable",
+        CONNECTION_REFUSED = 5 => "connection refused",
+        TTL_EXPIRED = 6 => "TTL expired",
+        COMMAND_NOT_SUPPORTED = 7 => "command not supported",
+        ADDRESS_TYPE_NOT_SUPPORTED = 8 => "address type not supported",
     }
-}
-
-impl fmt::Display for ReplyCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.name() {
-            Some(n) => f.write_str(n),
-            None => write!(f, "reply {:#04x}", self.0),
-        }
-    }
+    unknown = "reply {:#04x}";
 }
 
 impl fmt::Debug for ReplyCode {

@@ -5,80 +5,16 @@ use std::net::SocketAddr;
 
 use super::handshake::ct_eq;
 use super::reply::failure_reply;
+use super::testing::*;
 use super::*;
-
-/// What a caller following the contract ends up with.
-#[derive(Debug, PartialEq, Eq)]
-enum Outcome {
-    /// Still waiting for bytes.
-    Pending,
-    /// The request, and every byte after it (the early data).
-    Done(Request, Vec<u8>),
-    Failed(Socks5Error),
-}
-
-/// Acts like a real caller: appends each chunk to a buffer, then calls `feed` until it
-/// needs more. Returns everything written to the client and how it ended.
-fn drive(mut hs: Socks5Handshake, chunks: &[&[u8]]) -> (Vec<u8>, Outcome) {
-    let mut buf = Vec::new();
-    let mut written = Vec::new();
-    for (i, chunk) in chunks.iter().enumerate() {
-        buf.extend_from_slice(chunk);
-        loop {
-            match hs.feed(&buf) {
-                Ok(Progress::NeedMore) => break,
-                Ok(Progress::Reply { consumed, bytes }) => {
-                    assert!(consumed > 0 && consumed <= buf.len());
-                    written.extend_from_slice(bytes);
-                    buf.drain(..consumed);
-                }
-                Ok(Progress::Done {
-                    consumed,
-                    request,
-                    early_data,
-                }) => {
-                    assert_eq!(consumed + early_data, buf.len());
-                    assert!(hs.is_finished());
-                    let mut early = buf.split_off(consumed);
-                    early.extend(chunks[i + 1..].iter().flat_map(|c| c.iter()));
-                    return (written, Outcome::Done(request, early));
-                }
-                Err(e) => {
-                    assert!(hs.is_finished());
-                    assert_eq!(hs.feed(&buf), Err(Socks5Error::Finished));
-                    written.extend_from_slice(e.reply().unwrap_or_default());
-                    return (written, Outcome::Failed(e));
-                }
-            }
-        }
-    }
-    (written, Outcome::Pending)
-}
 
 fn drive_all(policy: fn() -> Socks5Handshake, bytes: &[u8]) -> (Vec<u8>, Outcome) {
     drive(policy(), &[bytes])
 }
 
-fn no_auth() -> Socks5Handshake {
-    Socks5Handshake::new(AuthPolicy::NoAuth)
-}
-
-fn user_pass() -> Socks5Handshake {
-    Socks5Handshake::new(AuthPolicy::single("user", "pass"))
-}
-
 fn cat(parts: &[&[u8]]) -> Vec<u8> {
     parts.concat()
 }
-
-const GREET_NO_AUTH: &[u8] = &[5, 1, 0];
-const GREET_USER_PASS: &[u8] = &[5, 2, 0, 2];
-const AUTH: &[u8] = b"\x01\x04user\x04pass";
-const REQ_V4: &[u8] = &[5, 1, 0, 1, 10, 0, 0, 1, 0x01, 0xBB];
-const REQ_V6: &[u8] = &[
-    5, 1, 0, 4, 0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 80,
-];
-const REQ_DOMAIN: &[u8] = b"\x05\x01\x00\x03\x0bexample.com\x00\x50";
 
 fn connect(target: &str) -> Request {
     Request {
@@ -152,7 +88,7 @@ fn user_pass_happy_path() {
     assert_eq!(written, [5, 2, 1, 0]);
     assert_eq!(outcome, Outcome::Done(connect("10.0.0.1:443"), vec![]));
     // Offering only method 02 is fine too.
-    let (written, outcome) = drive_all(user_pass, &cat(&[&[5, 1, 2], AUTH, REQ_V4]));
+    let (written, outcome) = drive_all(user_pass, &cat(&[GREET_ONLY_USER_PASS, AUTH, REQ_V4]));
     assert_eq!(written, [5, 2, 1, 0]);
     assert!(matches!(outcome, Outcome::Done(..)));
 }
