@@ -111,6 +111,20 @@ async fn app_bytes_leave_as_records_then_a_half_close() {
     assert_eq!(last, Some(Record::HalfClose));
 }
 
+/// Pumps `chunks` with `opener` into an application that is not read; how it ended.
+async fn pump_to_app(chunks: Vec<Vec<u8>>, opener: &mut RecordOpener) -> Inbound {
+    let (_app, mut ours) = tokio::io::duplex(64 * 1024);
+    let mut dec = MessageDecoder::default();
+    pump::overlay_to_app(
+        &mut VecSource(chunks.into()),
+        &mut dec,
+        opener,
+        &mut ours,
+        |_| {},
+    )
+    .await
+}
+
 #[tokio::test]
 async fn records_then_the_sealed_half_close_reach_the_app_and_finish() {
     let (_, mut c_opener, mut g_sealer, _) = keys();
@@ -138,11 +152,7 @@ async fn records_then_the_sealed_half_close_reach_the_app_and_finish() {
 async fn a_stream_cut_before_its_sealed_close_is_an_abort() {
     let (_, mut c_opener, mut g_sealer, _) = keys();
     let chunks = sealed(&mut g_sealer, &[Record::Data(b"partial".to_vec())]);
-    let (_app, mut ours) = tokio::io::duplex(1024);
-    let mut src = VecSource(chunks.into());
-    let mut dec = MessageDecoder::default();
-    let r = pump::overlay_to_app(&mut src, &mut dec, &mut c_opener, &mut ours, |_| {}).await;
-    assert_eq!(r, Inbound::Aborted);
+    assert_eq!(pump_to_app(chunks, &mut c_opener).await, Inbound::Aborted);
 }
 
 #[tokio::test]
@@ -154,30 +164,18 @@ async fn a_tampered_or_replayed_record_is_an_abort() {
     );
     let last = chunks.len() - 1;
     chunks[last][6] ^= 1;
-    let (_app, mut ours) = tokio::io::duplex(1024);
-    let mut dec = MessageDecoder::default();
-    let r = pump::overlay_to_app(
-        &mut VecSource(chunks.into()),
-        &mut dec,
-        &mut c_opener,
-        &mut ours,
-        |_| {},
-    )
-    .await;
-    assert_eq!(r, Inbound::Aborted, "tampered");
+    assert_eq!(
+        pump_to_app(chunks, &mut c_opener).await,
+        Inbound::Aborted,
+        "tampered"
+    );
 
     let (_, mut c_opener, mut g_sealer, _) = keys();
     let one = sealed(&mut g_sealer, &[Record::Data(b"one".to_vec())]);
     let replayed = vec![one[0].clone(), one[0].clone()];
-    let (_app, mut ours) = tokio::io::duplex(1024);
-    let mut dec = MessageDecoder::default();
-    let r = pump::overlay_to_app(
-        &mut VecSource(replayed.into()),
-        &mut dec,
-        &mut c_opener,
-        &mut ours,
-        |_| {},
-    )
-    .await;
-    assert_eq!(r, Inbound::Aborted, "replayed");
+    assert_eq!(
+        pump_to_app(replayed, &mut c_opener).await,
+        Inbound::Aborted,
+        "replayed"
+    );
 }
