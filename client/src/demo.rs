@@ -13,7 +13,7 @@ use braid_config::{
     CentralConfig, DownstreamConfig, GatewayConfig, Layout, NodeCommon, NodeConfig, RelayConfig,
     UpstreamConfig,
 };
-use braid_config::{Directory, NodeEntry, Role};
+use braid_config::{ClientConfig, Directory, NodeEntry, Role};
 use braid_driver::{Metrics, Tap};
 use braid_net::NodeIdentity;
 use braid_node::exit::ExitRule;
@@ -44,10 +44,18 @@ pub struct DemoOptions {
     pub exit_rules: Vec<ExitRule>,
     /// The SOCKS5 port's handshake deadline, connection limits and authentication.
     pub socks_limits: SocksLimits,
+    /// The client's keepalive, peer timeout and wait for a session (`braid run`'s
+    /// `keepalive_ms`, `peer_timeout_ms`, `session_wait_ms`).
+    pub keepalive: Duration,
+    pub peer_timeout: Duration,
+    pub session_wait: Duration,
+    /// The central's idle timeout (`idle_timeout_secs`).
+    pub central_idle_timeout: Duration,
 }
 
 impl Default for DemoOptions {
     fn default() -> Self {
+        let client_defaults = ClientConfig::with_directory("<demo>");
         DemoOptions {
             socks: SocketAddr::from(([127, 0, 0, 1], 1080)),
             layout: Layout::default(),
@@ -60,6 +68,10 @@ impl Default for DemoOptions {
             exit_allow_loopback: true,
             exit_rules: Vec::new(),
             socks_limits: SocksLimits::default(),
+            keepalive: client_defaults.keepalive(),
+            peer_timeout: client_defaults.peer_timeout(),
+            session_wait: client_defaults.session_wait(),
+            central_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -140,6 +152,7 @@ impl Demo {
                     let mut c = CentralConfig::new(addr, node);
                     c.reorder_window_cells = u32::try_from(opts.window_cells).unwrap_or(u32::MAX);
                     c.max_sessions = 10_000;
+                    c.idle_timeout_secs = opts.central_idle_timeout.as_secs().max(1);
                     NodeConfig::Central(c)
                 }
                 Role::Downstream => NodeConfig::Downstream(DownstreamConfig { node }),
@@ -195,6 +208,9 @@ impl Demo {
             window_cells: opts.window_cells,
             scheduler: opts.scheduler,
             tap: opts.tap.clone(),
+            keepalive: opts.keepalive,
+            peer_timeout: opts.peer_timeout,
+            session_wait: opts.session_wait,
             shutdown: shutdown.child_token(),
         })
         .await?;

@@ -33,6 +33,8 @@ pub enum OpenFailure {
     BadAnswer(inner::InnerError),
     #[error("the session has ended")]
     SessionGone,
+    #[error("no session with the central (one is being opened)")]
+    NoSession,
 }
 
 impl OpenFailure {
@@ -45,7 +47,7 @@ impl OpenFailure {
             OpenFailure::NoAnswer => Reason::GENERAL_FAILURE,
             OpenFailure::TimedOut(_) => Reason::TIMED_OUT,
             OpenFailure::BadAnswer(_) => Reason::PROTOCOL_ERROR,
-            OpenFailure::SessionGone => Reason::SESSION_CLOSED,
+            OpenFailure::SessionGone | OpenFailure::NoSession => Reason::SESSION_CLOSED,
         }
     }
 }
@@ -67,6 +69,10 @@ pub async fn open(
     target: &TargetAddr,
     early_data: Vec<u8>,
 ) -> Result<OpenedStream, OpenFailure> {
+    // While a new session is being opened, wait for it (a bounded time).
+    if !h.wait_for_session().await {
+        return Err(OpenFailure::NoSession);
+    }
     let (open, first) = inner::client_open(
         &mut rand::rng(),
         &h.gateway_key,
@@ -79,33 +85,8 @@ pub async fn open(
     let (tx, mut rx) = stream::open(&h.cmd, h.next_stream_id(), &h.gateway_id)
         .await
         .map_err(|_| OpenFailure::SessionGone)?;
-    let answered = async {
-        tx.send(first).await.map_err(|_| OpenFailure::SessionGone)?;
-        let mut dec = MessageDecoder::default();
-        let msg2 = tokio::time::timeout(OPEN_DEADLINE, async {
-            loop {
-                match dec.next_message() {
-                    Ok(Some(m)) => return Ok(m),
-                    Ok(None) => {}
-                    Err(_) => return Err(OpenFailure::NoAnswer),
-                }
-                match rx.recv().await {
-                    Some(StreamEvent::Data(d)) => dec.push(&d),
-                    Some(StreamEvent::Reset(r)) => return Err(OpenFailure::Reset(r)),
-                    _ => return Err(OpenFailure::NoAnswer),
-                }
-            }
-        })
-        .await
-        .map_err(|_| OpenFailure::TimedOut(OPEN_DEADLINE))??;
-        let (status, reason, sealer, opener) =
-            open.finish(&msg2).map_err(OpenFailure::BadAnswer)?;
-        if !status.is_ok() {
-            return Err(OpenFailure::Refused { status, reason });
-        }
-        Ok((dec, sealer, opener))
-    };
-    match answered.await {
+    let answered = answer(&tx, &mut rx, open, first).await;
+    match answered {
         Ok((dec, sealer, opener)) => Ok(OpenedStream {
             tx,
             rx,
@@ -121,6 +102,39 @@ pub async fn open(
             Err(e)
         }
     }
+}
+
+/// Sends the first handshake message and waits for the gateway's sealed answer: the
+/// stream's record keys, and whatever arrived after the answer.
+async fn answer(
+    tx: &StreamSender,
+    rx: &mut StreamReceiver,
+    open: inner::ClientOpen,
+    first: Vec<u8>,
+) -> Result<(MessageDecoder, RecordSealer, RecordOpener), OpenFailure> {
+    tx.send(first).await.map_err(|_| OpenFailure::SessionGone)?;
+    let mut dec = MessageDecoder::default();
+    let msg2 = tokio::time::timeout(OPEN_DEADLINE, async {
+        loop {
+            match dec.next_message() {
+                Ok(Some(m)) => return Ok(m),
+                Ok(None) => {}
+                Err(_) => return Err(OpenFailure::NoAnswer),
+            }
+            match rx.recv().await {
+                Some(StreamEvent::Data(d)) => dec.push(&d),
+                Some(StreamEvent::Reset(r)) => return Err(OpenFailure::Reset(r)),
+                _ => return Err(OpenFailure::NoAnswer),
+            }
+        }
+    })
+    .await
+    .map_err(|_| OpenFailure::TimedOut(OPEN_DEADLINE))??;
+    let (status, reason, sealer, opener) = open.finish(&msg2).map_err(OpenFailure::BadAnswer)?;
+    if !status.is_ok() {
+        return Err(OpenFailure::Refused { status, reason });
+    }
+    Ok((dec, sealer, opener))
 }
 
 impl OpenedStream {

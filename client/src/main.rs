@@ -153,6 +153,9 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         window_cells: u64::from(cfg.window_cells),
         scheduler: cfg.scheduler,
         tap: None,
+        keepalive: cfg.keepalive(),
+        peer_timeout: cfg.peer_timeout(),
+        session_wait: cfg.session_wait(),
         shutdown: shutdown.clone(),
     })
     .await?;

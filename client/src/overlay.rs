@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use braid_config::{Directory, NodeEntry, Role};
-use braid_driver::session_task::{SessionCmd, SessionRole, SessionTask};
+use braid_driver::session_task::{EndReason, SessionCmd, SessionRole, SessionTask};
 use braid_driver::tap::Tap;
 use braid_driver::{keep_dialing, publish_link, Backoff, Link, Metrics};
 use braid_net::{read_frame, write_frame};
 use braid_proto::cell::{CellHeader, CellKind};
 use braid_proto::envelope::Registration;
 use braid_proto::frame::Mailbox;
-use braid_proto::session::{PendingSession, SessionConfig, SessionHello};
+use braid_proto::session::{PendingSession, Session, SessionConfig, SessionHello};
 use rand::RngCore;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +31,13 @@ pub struct ClientParams {
     /// How cells are spread over the upstreams.
     pub scheduler: braid_proto::session::PathScheduler,
     pub tap: Option<Tap>,
+    /// A keepalive goes out after this long with nothing in flight.
+    pub keepalive: Duration,
+    /// The central counts as gone after this long without an answer (then a new session
+    /// is opened).
+    pub peer_timeout: Duration,
+    /// How long a new stream waits for a session while none is open.
+    pub session_wait: Duration,
     pub shutdown: CancellationToken,
 }
 
@@ -43,9 +50,20 @@ pub struct ClientHandle {
     pub gateway_key: [u8; 32],
     pub metrics: Arc<Metrics>,
     pub tap: Option<Tap>,
+    /// Whether a session is open now (false while the next one is handshaken).
+    session_up: watch::Receiver<bool>,
+    session_wait: Duration,
 }
 
 impl ClientHandle {
+    /// Waits until a session is open, at most `session_wait`; false if none opened.
+    pub async fn wait_for_session(&self) -> bool {
+        let mut up = self.session_up.clone();
+        tokio::time::timeout(self.session_wait, up.wait_for(|up| *up))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     pub fn next_stream_id(&self) -> u32 {
         self.next_stream.fetch_add(1, Ordering::Relaxed)
     }
@@ -114,83 +132,215 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
         ));
     }
 
-    // The session handshake: Hello out through an upstream, Welcome back through a relay.
     let mut cfg = SessionConfig::with_cell_size(cell_size);
     cfg.window_cells = p.window_cells;
     cfg.scheduler = p.scheduler;
     // The session task hands stream bytes to their owners and reports consumption itself.
     cfg.manual_stream_credit = true;
-    let hello = SessionHello {
-        window_cells: cfg.window_cells as u32,
+    cfg.keepalive = Some(p.keepalive);
+    cfg.peer_timeout = Some(p.peer_timeout);
+    let opener = Opener {
+        cfg,
+        central,
         mailboxes: boxes,
+        links: links_rx.clone(),
+        live_boxes,
     };
-    let pending = PendingSession::start(&mut rand::rng(), cfg, &central.noise_key, &hello)?;
-    let mut links_wait = links_rx.clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut attempt = 0usize;
-    let session = 'hs: loop {
-        if tokio::time::Instant::now() > deadline {
-            bail!("no answer from the central within 30 s (are the upstreams and relays up?)");
-        }
-        let links = links_wait.borrow_and_update().clone();
-        if links.is_empty() {
-            tokio::select! {
-                _ = links_wait.changed() => continue,
-                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
-            }
-        }
-        // The relays must also have our mailboxes before the Welcome can arrive.
-        if live_boxes.lock().map(|b| b.is_empty()).unwrap_or(true) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        }
-        let link = &links[attempt % links.len()];
-        attempt += 1;
-        let _ = link.tx.send(pending.hello_cell().to_vec()).await;
-        // 250 ms, 500 ms, 1 s, then 2 s between Hellos.
-        let wait = tokio::time::sleep(Duration::from_millis(
-            250 << attempt.min(4).saturating_sub(1),
-        ));
-        tokio::pin!(wait);
+    // The first session must open within 30 s (the caller learns of a dead overlay at once).
+    let session = tokio::time::timeout(FIRST_SESSION_DEADLINE, opener.open(&mut cells_rx))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "no answer from the central within {FIRST_SESSION_DEADLINE:?} (are the upstreams and relays up?)"
+            )
+        })??;
+    let (up_tx, up_rx) = watch::channel(true);
+    let next_stream = Arc::new(AtomicU32::new(1));
+    let handle = ClientHandle {
+        cmd: cmd_tx.clone(),
+        next_stream: next_stream.clone(),
+        gateway_id: gateway.id.clone(),
+        gateway_key: gateway.noise_key,
+        metrics: metrics.clone(),
+        tap: p.tap.clone(),
+        session_up: up_rx,
+        session_wait: p.session_wait,
+    };
+    tokio::spawn(supervise(Supervisor {
+        next_stream,
+        opener,
+        first: session,
+        node,
+        metrics,
+        tap: p.tap,
+        cells_rx,
+        cmd_tx,
+        cmd_rx,
+        links: links_rx,
+        up: up_tx,
+        shutdown: p.shutdown,
+    }));
+    Ok(handle)
+}
+
+/// How long the first session may take to open.
+const FIRST_SESSION_DEADLINE: Duration = Duration::from_secs(30);
+/// The longest wait between Hellos while the central does not answer.
+const MAX_HELLO_GAP: Duration = Duration::from_secs(1);
+
+/// What opening a session needs: the Hello's settings and the links it travels on.
+struct Opener {
+    cfg: SessionConfig,
+    central: NodeEntry,
+    mailboxes: Vec<Mailbox>,
+    links: watch::Receiver<Vec<Link>>,
+    live_boxes: Arc<Mutex<HashMap<String, Mailbox>>>,
+}
+
+impl Opener {
+    /// Handshakes a new session: Hello out through an upstream (each try through the next
+    /// one), Welcome back through a relay; tries again 250 ms, 500 ms, then every second
+    /// until the central answers.
+    async fn open(&self, cells_rx: &mut mpsc::Receiver<Vec<u8>>) -> anyhow::Result<Session> {
+        let hello = SessionHello {
+            window_cells: self.cfg.window_cells as u32,
+            mailboxes: self.mailboxes.clone(),
+        };
+        let pending = PendingSession::start(
+            &mut rand::rng(),
+            self.cfg.clone(),
+            &self.central.noise_key,
+            &hello,
+        )?;
+        let mut links_wait = self.links.clone();
+        let mut attempt = 0usize;
         loop {
-            tokio::select! {
-                _ = &mut wait => continue 'hs,
-                cell = cells_rx.recv() => {
-                    let Some(cell) = cell else { bail!("client stopped") };
-                    let Ok(h) = CellHeader::take_from(&cell) else { continue };
-                    if h.kind == CellKind::WELCOME && h.session == pending.id() {
-                        let now = tokio::time::Instant::now().into_std();
-                        break 'hs pending.finish(now, &cell)?;
+            let links = links_wait.borrow_and_update().clone();
+            if links.is_empty() {
+                tokio::select! {
+                    _ = links_wait.changed() => continue,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                }
+            }
+            // The relays must also have our mailboxes before the Welcome can arrive.
+            if self.live_boxes.lock().map(|b| b.is_empty()).unwrap_or(true) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            let link = &links[attempt % links.len()];
+            attempt += 1;
+            let _ = link.tx.send(pending.hello_cell().to_vec()).await;
+            let gap = (Duration::from_millis(250) * (1 << attempt.min(3).saturating_sub(1)))
+                .min(MAX_HELLO_GAP);
+            let wait = tokio::time::sleep(gap);
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    cell = cells_rx.recv() => {
+                        let Some(cell) = cell else { bail!("client stopped") };
+                        let Ok(h) = CellHeader::take_from(&cell) else { continue };
+                        if h.kind == CellKind::WELCOME && h.session == pending.id() {
+                            let now = tokio::time::Instant::now().into_std();
+                            let session = pending.finish(now, &cell)?;
+                            info!(session = %session.id(), "session open with the central");
+                            return Ok(session);
+                        }
                     }
                 }
             }
         }
-    };
-    info!(session = %session.id(), "session open with the central");
-    // Tell the central which mailboxes are live now (some relay may have failed meanwhile).
-    let task = SessionTask {
-        session,
+    }
+}
+
+/// Runs the client's sessions one after another: when one ends (the central went silent or
+/// restarted, the keys ran out), the next is handshaken on the same channels, so the
+/// front ends' handle stays valid; its streams were reset, new ones wait for the next.
+struct Supervisor {
+    /// The handle's stream counter.
+    next_stream: Arc<AtomicU32>,
+    opener: Opener,
+    first: Session,
+    node: String,
+    metrics: Arc<Metrics>,
+    tap: Option<Tap>,
+    cells_rx: mpsc::Receiver<Vec<u8>>,
+    cmd_tx: mpsc::Sender<SessionCmd>,
+    cmd_rx: mpsc::Receiver<SessionCmd>,
+    links: watch::Receiver<Vec<Link>>,
+    up: watch::Sender<bool>,
+    shutdown: CancellationToken,
+}
+
+async fn supervise(s: Supervisor) {
+    let Supervisor {
+        next_stream,
+        opener,
+        first,
         node,
-        metrics: metrics.clone(),
-        tap: p.tap.clone(),
-        cells_rx,
-        cmd_tx: cmd_tx.clone(),
-        cmd_rx,
-        links: links_rx,
-        role: SessionRole::Client,
-        idle_timeout: Duration::from_secs(24 * 3600),
-        reassembly_timeout: Duration::from_secs(60),
-        shutdown: p.shutdown.clone(),
-    };
-    tokio::spawn(task.run());
-    Ok(ClientHandle {
-        cmd: cmd_tx,
-        next_stream: Arc::new(AtomicU32::new(1)),
-        gateway_id: gateway.id.clone(),
-        gateway_key: gateway.noise_key,
         metrics,
-        tap: p.tap,
-    })
+        tap,
+        mut cells_rx,
+        cmd_tx,
+        mut cmd_rx,
+        links,
+        up,
+        shutdown,
+    } = s;
+    let mut session = first;
+    loop {
+        let _ = up.send(true);
+        // Tell the central which mailboxes are live now (some relay may have failed).
+        let boxes: Vec<Mailbox> = opener
+            .live_boxes
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        if !boxes.is_empty() {
+            let _ = cmd_tx.try_send(SessionCmd::Mailboxes(boxes));
+        }
+        let ended = SessionTask {
+            session,
+            node: node.clone(),
+            metrics: metrics.clone(),
+            tap: tap.clone(),
+            cells_rx,
+            cmd_tx: cmd_tx.clone(),
+            cmd_rx,
+            links: links.clone(),
+            role: SessionRole::Client,
+            // Streams numbered before this session belong to the ones before it.
+            first_stream: next_stream.load(Ordering::Relaxed),
+            // The client never gives up on a quiet session: keepalives keep it alive, and a
+            // dead central is noticed by the peer timeout.
+            idle_timeout: Duration::from_secs(365 * 24 * 3600),
+            reassembly_timeout: Duration::from_secs(60),
+            shutdown: shutdown.clone(),
+        }
+        .run()
+        .await;
+        let _ = up.send(false);
+        (cells_rx, cmd_rx) = (ended.cells_rx, ended.cmd_rx);
+        if shutdown.is_cancelled() || ended.reason == EndReason::Shutdown {
+            return;
+        }
+        warn!(reason = ?ended.reason, "session lost; opening a new one");
+        session = loop {
+            let opened = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                s = opener.open(&mut cells_rx) => s,
+            };
+            match opened {
+                Ok(s) => break s,
+                Err(e) => {
+                    warn!(error = %e, "opening a session failed; trying again");
+                    if !braid_driver::sleep_or_shutdown(MAX_HELLO_GAP, &shutdown).await {
+                        return;
+                    }
+                }
+            }
+        };
+    }
 }
 
 async fn upstream_link(

@@ -64,6 +64,20 @@ pub struct ClientConfig {
     /// Most SOCKS5 connections open at once from one source IP address (default 256).
     #[serde(default = "default_max_connections_per_source")]
     pub max_connections_per_source: u32,
+    /// With nothing in flight for this long, the session sends a keepalive cell (sealed and
+    /// full-size like data), so the central's idle timeout never closes a quiet session
+    /// (default 15000 ms; keep it well inside the central's `idle_timeout_secs`).
+    #[serde(default = "default_keepalive_ms")]
+    pub keepalive_ms: u64,
+    /// The central counts as gone when a cell has waited this long for its answer (and at
+    /// least 3 RTOs) with nothing from the central meanwhile; a new session is then opened
+    /// (default 10000 ms).
+    #[serde(default = "default_peer_timeout_ms")]
+    pub peer_timeout_ms: u64,
+    /// While a new session is being opened, how long a new stream waits for it before its
+    /// SOCKS5 request is answered with a failure (default 10000 ms).
+    #[serde(default = "default_session_wait_ms")]
+    pub session_wait_ms: u64,
     /// RFC 1929 username/password the SOCKS5 port requires; none (default) means no
     /// authentication. Not overridable from the environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,6 +133,18 @@ fn default_window_cells() -> u32 {
     1024
 }
 
+fn default_keepalive_ms() -> u64 {
+    15_000
+}
+
+fn default_peer_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_session_wait_ms() -> u64 {
+    10_000
+}
+
 impl ClientConfig {
     /// A config with every default and the given directory file.
     pub fn with_directory(directory: impl Into<PathBuf>) -> Self {
@@ -132,6 +158,9 @@ impl ClientConfig {
             handshake_timeout_secs: default_handshake_timeout_secs(),
             max_connections: default_max_connections(),
             max_connections_per_source: default_max_connections_per_source(),
+            keepalive_ms: default_keepalive_ms(),
+            peer_timeout_ms: default_peer_timeout_ms(),
+            session_wait_ms: default_session_wait_ms(),
             auth: None,
         }
     }
@@ -139,6 +168,21 @@ impl ClientConfig {
     /// [`handshake_timeout_secs`](Self::handshake_timeout_secs) as a duration.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.handshake_timeout_secs)
+    }
+
+    /// [`keepalive_ms`](Self::keepalive_ms) as a duration.
+    pub fn keepalive(&self) -> Duration {
+        Duration::from_millis(self.keepalive_ms)
+    }
+
+    /// [`peer_timeout_ms`](Self::peer_timeout_ms) as a duration.
+    pub fn peer_timeout(&self) -> Duration {
+        Duration::from_millis(self.peer_timeout_ms)
+    }
+
+    /// [`session_wait_ms`](Self::session_wait_ms) as a duration.
+    pub fn session_wait(&self) -> Duration {
+        Duration::from_millis(self.session_wait_ms)
     }
 
     /// The gateways this client may exit through: the configured one (which must be a
@@ -212,6 +256,18 @@ impl ConfigFile for ClientConfig {
                 ),
             ],
         )?;
+        for (key, ms) in [
+            ("keepalive_ms", self.keepalive_ms),
+            ("peer_timeout_ms", self.peer_timeout_ms),
+            ("session_wait_ms", self.session_wait_ms),
+        ] {
+            if !(1..=86_400_000).contains(&ms) {
+                return Err(invalid(
+                    key,
+                    "must be within 1..=86400000 ms (a day)".into(),
+                ));
+            }
+        }
         if let Some(auth) = &self.auth {
             // RFC 1929 carries each in a one-byte length field, and 0 is refused.
             for (key, value) in [

@@ -84,6 +84,9 @@ pub(crate) const CLIENT_KEYS: &[(&str, Kind)] = &[
     ("handshake_timeout_secs", Kind::Scalar),
     ("max_connections", Kind::Scalar),
     ("max_connections_per_source", Kind::Scalar),
+    ("keepalive_ms", Kind::Scalar),
+    ("peer_timeout_ms", Kind::Scalar),
+    ("session_wait_ms", Kind::Scalar),
 ];
 
 /// The environment variable for a dotted key path: `exit.allow_loopback` →

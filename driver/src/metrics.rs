@@ -21,6 +21,10 @@ pub struct Metrics {
     pub bytes_from_targets: AtomicU64,
     /// Links to the next hop that are up now (a gauge).
     pub links_up: AtomicU64,
+    /// Central: downstreams linked now (a gauge).
+    pub downstreams_up: AtomicU64,
+    /// Central: gateways linked now (a gauge).
+    pub gateways_up: AtomicU64,
     /// Sealed cells dropped as duplicates or replays (after a retransmission, or an attack).
     pub cells_duplicate: AtomicU64,
     /// Cells that failed authentication, parsing or the window check.
@@ -29,20 +33,32 @@ pub struct Metrics {
     pub sessions_evicted: AtomicU64,
 }
 
-/// Counts one link in `links_up` while it lives: dropping it (also when the task serving
-/// the link is cancelled) takes the link back out.
-pub struct LinkUpGuard(std::sync::Arc<Metrics>);
+/// Counts one link in a gauge while it lives: dropping it (also when the task serving the
+/// link is cancelled) takes the link back out.
+pub struct LinkUpGuard {
+    metrics: std::sync::Arc<Metrics>,
+    gauge: fn(&Metrics) -> &AtomicU64,
+}
 
 impl LinkUpGuard {
+    /// A link to the next hop, in `links_up`.
     pub fn new(m: std::sync::Arc<Metrics>) -> LinkUpGuard {
-        Metrics::inc(&m.links_up);
-        LinkUpGuard(m)
+        LinkUpGuard::counted_in(m, |m| &m.links_up)
+    }
+
+    /// A link counted in `gauge` (the central's `downstreams_up`, `gateways_up`).
+    pub fn counted_in(
+        metrics: std::sync::Arc<Metrics>,
+        gauge: fn(&Metrics) -> &AtomicU64,
+    ) -> LinkUpGuard {
+        Metrics::inc(gauge(&metrics));
+        LinkUpGuard { metrics, gauge }
     }
 }
 
 impl Drop for LinkUpGuard {
     fn drop(&mut self) {
-        Metrics::dec(&self.0.links_up);
+        Metrics::dec((self.gauge)(&self.metrics));
     }
 }
 
@@ -83,7 +99,7 @@ impl Metrics {
 
     /// Prometheus text exposition format.
     pub fn render(&self, node: &str, role: &str) -> String {
-        let rows: [(&str, &AtomicU64, &str); 16] = [
+        let rows: [(&str, &AtomicU64, &str); 18] = [
             (
                 "braid_cells_duplicate_total",
                 &self.cells_duplicate,
@@ -104,6 +120,16 @@ impl Metrics {
                 "braid_links_up",
                 &self.links_up,
                 "links to the next hop that are up",
+            ),
+            (
+                "braid_downstreams_up",
+                &self.downstreams_up,
+                "downstreams linked to this central",
+            ),
+            (
+                "braid_gateways_up",
+                &self.gateways_up,
+                "gateways linked to this central",
             ),
             (
                 "braid_cells_in_total",

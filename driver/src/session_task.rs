@@ -9,7 +9,9 @@ use std::time::Duration;
 use braid_proto::cell::CellKind;
 use braid_proto::envelope::encode_envelope_prefix;
 use braid_proto::frame::{Mailbox, StreamId};
-use braid_proto::session::{LivePath, PathId, PathTable, Session, SessionEvent, SessionStats};
+use braid_proto::session::{
+    LivePath, PathId, PathTable, Session, SessionError, SessionEvent, SessionStats,
+};
 use braid_proto::Reason;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::time::Instant;
@@ -147,11 +149,36 @@ pub struct SessionTask {
     pub cmd_rx: mpsc::Receiver<SessionCmd>,
     pub links: watch::Receiver<Vec<Link>>,
     pub role: SessionRole,
+    /// Streams numbered below this that the session has not opened belong to an earlier
+    /// session on the same command channel (a client's); 0 when there is none.
+    pub first_stream: StreamId,
     /// Torn down after this long without a cell from the peer.
     pub idle_timeout: Duration,
     /// Torn down when out-of-order cells have waited this long for a missing one.
     pub reassembly_timeout: Duration,
     pub shutdown: CancellationToken,
+}
+
+/// Why a session task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// Shutdown, or the channels feeding the task closed.
+    Shutdown,
+    /// Nothing came from the peer for the idle timeout.
+    Idle,
+    /// Out-of-order cells waited past the reassembly timeout.
+    ReassemblyTimeout,
+    /// Draining, and every stream is done.
+    Drained,
+    /// The state machine cannot go on (peer silent, keys exhausted).
+    Failed(SessionError),
+}
+
+/// What a finished session task hands back: why it ended, and its channels.
+pub struct SessionEnd {
+    pub reason: EndReason,
+    pub cells_rx: mpsc::Receiver<Vec<u8>>,
+    pub cmd_rx: mpsc::Receiver<SessionCmd>,
 }
 
 /// Which end of the session this task drives.
@@ -233,7 +260,9 @@ fn rebuild(table: &mut Paths, links: &[Link], mailboxes: Option<&[Mailbox]>) -> 
 }
 
 impl SessionTask {
-    pub async fn run(mut self) {
+    /// Drives the session until it ends; hands back its channels (a client opens its next
+    /// session on them) and why it ended.
+    pub async fn run(mut self) -> SessionEnd {
         let mut table = Paths::default();
         let links = self.links.borrow_and_update().clone();
         rebuild(&mut table, &links, self.role.mailboxes());
@@ -246,7 +275,7 @@ impl SessionTask {
         let mut send_welcome = self.role.central().is_some();
         debug!(node = %self.node, session = %id, "session running");
 
-        'session: loop {
+        let reason = 'session: loop {
             let now = Instant::now().into_std();
             // 1. Deliver events: each stream in its own order, a slow owner holding up only
             //    its own stream (per-stream credit bounds what it can pile up).
@@ -262,7 +291,7 @@ impl SessionTask {
                     // The state machine can send nothing more (its keys ran out): end the
                     // session; the client opens a new one.
                     warn!(node = %self.node, session = %id, error = %e, "session failed");
-                    break 'session;
+                    break 'session EndReason::Failed(e);
                 }
                 let Some((stream, ev)) = self.route_event(ev, &mut streams, &mut table) else {
                     continue;
@@ -369,11 +398,11 @@ impl SessionTask {
             let accept_cmds = self.session.send_capacity() > 0;
             let draining = self.role.draining();
             if draining && streams.is_empty() && self.session.is_idle() {
-                break;
+                break EndReason::Drained;
             }
             let drain_signal = self.role.central().map(|c| c.drain.clone());
             tokio::select! {
-                _ = self.shutdown.cancelled() => break,
+                _ = self.shutdown.cancelled() => break EndReason::Shutdown,
                 _ = room.notified() => {
                     for slot in streams.values_mut() {
                         slot.waiting = false;
@@ -384,10 +413,10 @@ impl SessionTask {
                 }
                 _ = tokio::time::sleep_until(idle_deadline) => {
                     debug!(node = %self.node, session = %id, "session idle, closing");
-                    break;
+                    break EndReason::Idle;
                 }
                 cell = self.cells_rx.recv() => {
-                    let Some(cell) = cell else { break };
+                    let Some(cell) = cell else { break EndReason::Shutdown };
                     let now = Instant::now().into_std();
                     // This cell, then whatever else is queued (at most the queue's bound).
                     let mut next = Some(cell);
@@ -402,7 +431,7 @@ impl SessionTask {
                     }
                 }
                 cmd = self.cmd_rx.recv(), if accept_cmds => {
-                    let Some(cmd) = cmd else { break };
+                    let Some(cmd) = cmd else { break EndReason::Shutdown };
                     self.handle_cmd(cmd, &mut streams, &mut pending_bytes);
                     while self.session.send_capacity() > 0 {
                         match self.cmd_rx.try_recv() {
@@ -412,7 +441,7 @@ impl SessionTask {
                     }
                 }
                 changed = self.links.changed() => {
-                    if changed.is_err() { break; }
+                    if changed.is_err() { break EndReason::Shutdown; }
                     let links = self.links.borrow_and_update().clone();
                     for gone in rebuild(&mut table, &links, self.role.mailboxes()) {
                         self.session.path_lost(gone);
@@ -452,14 +481,19 @@ impl SessionTask {
             if stalled > self.reassembly_timeout {
                 debug!(node = %self.node, session = %id, "reassembly timed out, closing");
                 Metrics::inc(&self.metrics.sessions_evicted);
-                break;
+                break EndReason::ReassemblyTimeout;
             }
-        }
+        };
         for (_, slot) in streams {
             let _ = slot.tx.try_send(StreamEvent::Reset(Reason::SESSION_CLOSED));
         }
         Metrics::inc(&self.metrics.sessions_closed);
-        debug!(node = %self.node, session = %id, stats = ?self.session.stats(), "session ended");
+        debug!(node = %self.node, session = %id, ?reason, stats = ?self.session.stats(), "session ended");
+        SessionEnd {
+            reason,
+            cells_rx: self.cells_rx,
+            cmd_rx: self.cmd_rx,
+        }
     }
 
     /// Turns a session event into a stream event, handling the session-level ones here.
@@ -547,6 +581,22 @@ impl SessionTask {
                 *pending_bytes -= slot.pending.iter().map(event_bytes).sum::<usize>();
             }
         };
+        // A client's commands outlive its sessions (the next session takes the same channel):
+        // one for a stream of an earlier session (numbered below `first_stream` and not
+        // opened here) is dropped; that stream has ended. (A stream of this session whose
+        // owner just left still gets its last command, such as its reset.)
+        let stale = match &cmd {
+            SessionCmd::Data { stream, .. }
+            | SessionCmd::End { stream }
+            | SessionCmd::Reset { stream, .. } => {
+                *stream < self.first_stream && !streams.contains_key(stream)
+            }
+            _ => false,
+        };
+        if stale {
+            trace!(node = %self.node, "command for a stream this session does not know: dropped");
+            return;
+        }
         match cmd {
             SessionCmd::Open {
                 stream,

@@ -11,14 +11,15 @@ use std::time::Duration;
 
 use braid_driver::metrics::Metrics;
 use braid_driver::session_task::{
-    CentralSession, SessionCmd, SessionGauge, SessionRole, SessionTask, StreamEvent,
+    CentralSession, EndReason, SessionCmd, SessionEnd, SessionGauge, SessionRole, SessionTask,
+    StreamEvent,
 };
 use braid_driver::stream::{self, StreamReceiver, StreamSender};
 use braid_driver::Link;
 use braid_proto::envelope::Envelope;
 use braid_proto::frame::Mailbox;
 use braid_proto::noise::StaticKeypair;
-use braid_proto::session::{self, PendingSession, SessionConfig, SessionHello};
+use braid_proto::session::{self, PendingSession, SessionConfig, SessionError, SessionHello};
 use braid_proto::Reason;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -31,8 +32,8 @@ type Accepted = Arc<Mutex<Vec<(String, StreamSender, StreamReceiver)>>>;
 
 struct Pair {
     client_cmd: mpsc::Sender<SessionCmd>,
-    client: JoinHandle<()>,
-    central: JoinHandle<()>,
+    client: JoinHandle<SessionEnd>,
+    central: JoinHandle<SessionEnd>,
     accepted: Accepted,
     central_drain: CancellationToken,
     shutdown: CancellationToken,
@@ -44,6 +45,9 @@ struct Opts {
     /// The upstream drops every n-th cell (0: none).
     drop_every: usize,
     idle_timeout: Duration,
+    /// The client's keepalive and peer timeout (none by default).
+    keepalive: Option<Duration>,
+    peer_timeout: Option<Duration>,
 }
 
 impl Default for Opts {
@@ -51,6 +55,8 @@ impl Default for Opts {
         Opts {
             drop_every: 0,
             idle_timeout: Duration::from_secs(60),
+            keepalive: None,
+            peer_timeout: None,
         }
     }
 }
@@ -94,7 +100,11 @@ async fn pair(o: Opts) -> Pair {
         window_cells: 1024,
         mailboxes: vec![mailbox],
     };
-    let pending = PendingSession::start(&mut rng, config(), &central_key.public(), &hello).unwrap();
+    let mut client_cfg = config();
+    client_cfg.keepalive = o.keepalive;
+    client_cfg.peer_timeout = o.peer_timeout;
+    let pending =
+        PendingSession::start(&mut rng, client_cfg, &central_key.public(), &hello).unwrap();
     let now = tokio::time::Instant::now().into_std();
     let accepted_hs =
         session::accept(&mut rng, config(), &central_key, now, pending.hello_cell()).unwrap();
@@ -133,6 +143,7 @@ async fn pair(o: Opts) -> Pair {
         cmd_rx,
         links: client_links,
         role: SessionRole::Client,
+        first_stream: 0,
         idle_timeout: Duration::from_secs(3600),
         reassembly_timeout: Duration::from_secs(60),
         shutdown: shutdown.clone(),
@@ -148,6 +159,7 @@ async fn pair(o: Opts) -> Pair {
         cmd_tx: central_cmd_tx,
         cmd_rx: central_cmd_rx,
         links: central_links,
+        first_stream: 0,
         role: SessionRole::Central(CentralSession {
             mailboxes: accepted_hs.hello.mailboxes,
             welcome: accepted_hs.welcome_cell,
@@ -338,10 +350,11 @@ async fn an_idle_session_ends_after_its_idle_timeout() {
     })
     .await;
     let started = tokio::time::Instant::now();
-    tokio::time::timeout(Duration::from_secs(5), p.central)
+    let end = tokio::time::timeout(Duration::from_secs(5), p.central)
         .await
         .expect("the central's task ended")
         .unwrap();
+    assert_eq!(end.reason, EndReason::Idle);
     assert!(started.elapsed() >= Duration::from_millis(250));
     p.shutdown.cancel();
     p.client.await.unwrap();
@@ -370,9 +383,65 @@ async fn a_draining_session_ends_when_its_streams_are_done() {
     assert_eq!(read_to_end(&mut crx).await.unwrap(), b"bye");
     gtx.forget().await;
     ctx.forget().await;
-    tokio::time::timeout(Duration::from_secs(10), p.central)
+    let end = tokio::time::timeout(Duration::from_secs(10), p.central)
         .await
         .expect("the drained session ended")
         .unwrap();
+    assert_eq!(end.reason, EndReason::Drained);
+    p.shutdown.cancel();
+}
+
+/// Keepalives from the client keep a quiet session past the central's idle timeout (three
+/// times over), and the session still carries a stream afterwards.
+#[tokio::test]
+async fn keepalives_keep_a_quiet_session_past_the_idle_timeout() {
+    let p = pair(Opts {
+        idle_timeout: Duration::from_millis(300),
+        keepalive: Some(Duration::from_millis(100)),
+        peer_timeout: Some(Duration::from_secs(5)),
+        ..Opts::default()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        !p.central.is_finished(),
+        "the central closed a session kept alive"
+    );
+    let (ctx, _crx) = stream::open(&p.client_cmd, 1, "g").await.unwrap();
+    send_all(&ctx, b"still here").await;
+    let (_, _gtx, mut grx) = p.accepted(1).await.pop().unwrap();
+    assert_eq!(read_to_end(&mut grx).await.unwrap(), b"still here");
+    p.shutdown.cancel();
+}
+
+/// A central that vanished (its task gone, cells unanswered) ends the client's session
+/// with `PeerSilent` after the peer timeout, so that the client opens a new one.
+#[tokio::test]
+async fn a_vanished_central_ends_the_client_session() {
+    let p = pair(Opts {
+        keepalive: Some(Duration::from_millis(100)),
+        peer_timeout: Some(Duration::from_millis(300)),
+        ..Opts::default()
+    })
+    .await;
+    // A first exchange gives the client an RTT sample (so 3 RTOs are the 200 ms minimum).
+    let (ctx, _crx) = stream::open(&p.client_cmd, 1, "g").await.unwrap();
+    send_all(&ctx, b"hello").await;
+    let (_, _gtx, mut grx) = p.accepted(1).await.pop().unwrap();
+    assert_eq!(read_to_end(&mut grx).await.unwrap(), b"hello");
+    // Let the central's acknowledgement reach the client before it goes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    p.central.abort();
+    let gone = tokio::time::Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(5), p.client)
+        .await
+        .expect("the client noticed")
+        .unwrap();
+    assert_eq!(end.reason, EndReason::Failed(SessionError::PeerSilent));
+    let took = gone.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "noticed {took:?} after the central went"
+    );
     p.shutdown.cancel();
 }

@@ -29,8 +29,11 @@ pub const SEND_WINDOW: u64 = 16 << 20;
 pub const MAX_BIDI_STREAMS: u32 = 4096;
 /// Unidirectional streams a peer may have open at once.
 pub const MAX_UNI_STREAMS: u32 = 64;
-/// Keep-alive period: well under the idle timeout and typical NAT UDP timeouts.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// Keep-alive period: well under the idle timeout and typical NAT UDP timeouts. It is also
+/// how soon a link whose far end restarted is noticed when no data flows: the next packet
+/// meets the restarted node's stateless reset (see [`stateless_reset_key`]). One small
+/// packet a second per link.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
 /// A link silent for this long is dead (milliseconds, as QUIC carries it).
 pub const IDLE_TIMEOUT_MS: u32 = 30_000;
 
@@ -108,6 +111,51 @@ fn private_key(id: &NodeIdentity) -> PrivateKeyDer<'static> {
     PrivateKeyDer::Pkcs8(id.tls_private_key())
 }
 
+/// A key derived from the node's identity for `label`.
+fn derived_key(id: &NodeIdentity, label: &[u8]) -> ring::hmac::Tag {
+    let secret = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &id.noise_secret());
+    ring::hmac::sign(&secret, label)
+}
+
+/// The endpoint config of a node: its QUIC stateless-reset key and connection-id key are
+/// derived from its identity, so they survive a restart. A node that restarts then
+/// recognises the connection ids it handed out before and answers its peers' next packet
+/// with a stateless reset they trust, so they learn at once that the old connection is
+/// gone instead of waiting out the idle timeout. Nobody without the node's secret can
+/// forge a reset.
+fn node_endpoint_config(id: &NodeIdentity) -> quinn::EndpointConfig {
+    let reset = derived_key(id, b"braid quic stateless reset key");
+    let mut config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        reset.as_ref(),
+    )));
+    let cid = derived_key(id, b"braid quic connection id key");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(cid.as_ref().get(..8).unwrap_or(&[0; 8]));
+    let cid_key = u64::from_le_bytes(cid_key);
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    config
+}
+
+/// A UDP socket and endpoint for a node (keys from its identity).
+fn node_endpoint(
+    bind: SocketAddr,
+    id: &NodeIdentity,
+    server: Option<quinn::ServerConfig>,
+) -> Result<quinn::Endpoint, NetError> {
+    let socket = std::net::UdpSocket::bind(bind)?;
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime found"))?;
+    Ok(quinn::Endpoint::new(
+        node_endpoint_config(id),
+        server,
+        socket,
+        runtime,
+    )?)
+}
+
 /// A listening endpoint presenting `id`'s certificate and accepting clients per
 /// `client_auth` and `pins`. `pins` is shared: updating it affects later handshakes.
 /// The endpoint can also dial with [`connect`], presenting the same certificate.
@@ -119,7 +167,7 @@ pub fn server_endpoint(
     pins: PinSet,
     client_auth: ClientAuth,
 ) -> Result<quinn::Endpoint, NetError> {
-    let mut ep = quinn::Endpoint::server(server_config(id, pins, client_auth)?, bind)?;
+    let mut ep = node_endpoint(bind, id, Some(server_config(id, pins, client_auth)?))?;
     ep.set_default_client_config(client_config(Some(id))?);
     Ok(ep)
 }
@@ -132,7 +180,10 @@ pub fn client_endpoint(
     bind: SocketAddr,
     id: Option<&NodeIdentity>,
 ) -> Result<quinn::Endpoint, NetError> {
-    let mut ep = quinn::Endpoint::client(bind)?;
+    let mut ep = match id {
+        Some(id) => node_endpoint(bind, id, None)?,
+        None => quinn::Endpoint::client(bind)?,
+    };
     ep.set_default_client_config(client_config(id)?);
     Ok(ep)
 }

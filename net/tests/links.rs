@@ -276,3 +276,57 @@ async fn truncated_frames_are_detected() {
         .unwrap_err();
     assert!(matches!(err, NetError::Truncated), "{err:?}");
 }
+
+/// A node that restarts (same identity, same address) answers its peers' next packet on
+/// the old connection with a stateless reset they trust: the peer learns at once that the
+/// link is gone, within a keep-alive, instead of after the idle timeout.
+#[tokio::test]
+async fn a_restarted_node_resets_its_old_links_at_once() {
+    let node = identity(41);
+    let peer = identity(42);
+    // The node runs on a runtime of its own, so that it can "crash": shutting that runtime
+    // down drops its endpoint without a goodbye to the peer.
+    let node_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let pins = [peer.tls_public()];
+    let (s_ep, addr) = {
+        let _guard = node_rt.enter();
+        server(&node, &pins, ClientAuth::Required)
+    };
+    let accepted = node_rt.spawn(async move {
+        let conn = s_ep.accept().await.unwrap().await.unwrap();
+        (s_ep, conn)
+    });
+    let c_ep = client_endpoint(loopback(), Some(&peer)).unwrap();
+    let c_conn = bounded(connect(&c_ep, addr, node.tls_public()))
+        .await
+        .unwrap();
+    let node_side = bounded(accepted).await.unwrap();
+    node_rt.shutdown_background();
+    // With its driver gone, dropping the node's handles sends nothing; the socket closes.
+    drop(node_side);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let back = server_endpoint(
+        addr,
+        &node,
+        pins.into_iter().collect(),
+        ClientAuth::Required,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let reason = bounded(c_conn.closed()).await;
+    assert!(
+        matches!(reason, quinn::ConnectionError::Reset),
+        "closed by {reason}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "noticed after {:?}",
+        started.elapsed()
+    );
+    drop(back);
+}

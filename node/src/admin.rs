@@ -1,4 +1,5 @@
-//! The admin port: `GET /health` and Prometheus `GET /metrics`, bound to loopback by
+//! The admin port: `GET /health` (200, or 503 with the reason as JSON; see `health`) and
+//! Prometheus `GET /metrics`, bound to loopback by
 //! default. A deliberately tiny HTTP/1.1 responder: one request per connection.
 
 use std::net::SocketAddr;
@@ -9,13 +10,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use braid_config::Role;
 use braid_driver::metrics::Metrics;
+
+use crate::health;
 
 pub async fn serve(
     listener: TcpListener,
     node: String,
-    role: &'static str,
+    role: Role,
     metrics: Arc<Metrics>,
+    drain: CancellationToken,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -23,7 +28,8 @@ pub async fn serve(
             _ = shutdown.cancelled() => return,
             a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
         };
-        let body_metrics = metrics.render(&node, role);
+        let body_metrics = metrics.render(&node, role.as_str());
+        let health = health::response(health::check(role, &metrics, drain.is_cancelled()));
         tokio::spawn(async move {
             // Read the request head (bounded: 1 KiB, 5 s).
             let mut buf = [0u8; 1024];
@@ -45,7 +51,7 @@ pub async fn serve(
             let req = String::from_utf8_lossy(&buf[..n]);
             let path = req.split_whitespace().nth(1).unwrap_or("");
             let (status, ctype, body) = match path {
-                "/health" => ("200 OK", "text/plain", "ok\n".to_string()),
+                "/health" => (health.0, "application/json", health.1),
                 "/metrics" => ("200 OK", "text/plain; version=0.0.4", body_metrics),
                 _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
             };

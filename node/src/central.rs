@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
 use crate::NodeContext;
-use braid_driver::metrics::Metrics;
+use braid_driver::metrics::{LinkUpGuard, Metrics};
 use braid_driver::session_task::{
     CentralSession, SessionGauge, SessionRole, SessionTask, StreamEvent,
 };
@@ -123,8 +123,14 @@ pub async fn run(ctx: NodeContext, params: CentralParams) -> anyhow::Result<()> 
             debug!(peer = %entry.id, role = %entry.role, "peer connected");
             match entry.role {
                 Role::Upstream => from_upstream(shared, conn).await,
-                Role::Downstream => to_downstream(shared, conn, entry.id).await,
+                Role::Downstream => {
+                    let _up =
+                        LinkUpGuard::counted_in(shared.ctx.metrics.clone(), |m| &m.downstreams_up);
+                    to_downstream(shared, conn, entry.id).await
+                }
                 Role::Gateway => {
+                    let _up =
+                        LinkUpGuard::counted_in(shared.ctx.metrics.clone(), |m| &m.gateways_up);
                     if let Ok(mut g) = shared.gateways.lock() {
                         g.insert(entry.id.clone(), conn.clone());
                     }
@@ -227,6 +233,7 @@ fn dispatch(shared: &Arc<Shared>, cell: Vec<u8>) {
         cmd_tx,
         cmd_rx,
         links: shared.downstreams.subscribe(),
+        first_stream: 0,
         role: SessionRole::Central(CentralSession {
             mailboxes: accepted.hello.mailboxes,
             welcome: accepted.welcome_cell,

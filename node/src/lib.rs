@@ -7,6 +7,7 @@ pub mod central;
 pub mod downstream;
 pub mod exit;
 pub mod gateway;
+pub mod health;
 pub mod relay;
 pub mod roles;
 pub mod upstream;

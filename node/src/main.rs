@@ -92,8 +92,9 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         tokio::spawn(braid_node::admin::serve(
             l,
             common.id.clone(),
-            cfg.role().as_str(),
+            cfg.role(),
             ctx.metrics.clone(),
+            ctx.drain.clone(),
             shutdown.clone(),
         ));
     }

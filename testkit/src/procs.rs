@@ -20,6 +20,8 @@ pub struct ProcOptions {
     pub central_extra: String,
     /// Extra top-level TOML lines for every node (e.g. drain settings).
     pub node_extra: String,
+    /// Extra TOML lines for the client's config (keepalive, timeouts).
+    pub client_extra: String,
 }
 
 impl Default for ProcOptions {
@@ -29,6 +31,7 @@ impl Default for ProcOptions {
             cell_size: 8192,
             central_extra: String::new(),
             node_extra: String::new(),
+            client_extra: String::new(),
         }
     }
 }
@@ -178,7 +181,9 @@ impl ProcOverlay {
                     Role::Upstream | Role::Downstream | Role::Gateway => {
                         ov.metric(&n.id, "braid_links_up") >= 1
                     }
-                    _ => http_get(n.admin, "/health").is_some_and(|r| r.contains("ok")),
+                    _ => {
+                        http_get(n.admin, "/health").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+                    }
                 };
                 if ok {
                     break;
@@ -192,14 +197,14 @@ impl ProcOverlay {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        ov.start_client();
+        ov.start_client(&o.client_extra);
         ov
     }
 
-    fn start_client(&mut self) {
+    fn start_client(&mut self, extra: &str) {
         let ip = IpAddr::V4(Ipv4Addr::new(self.net[0], self.net[1], self.net[2], 1));
         let socks = SocketAddr::new(ip, free_port(ip, false));
-        let cfg = format!("directory = \"directory.toml\"\nsocks_listen = \"{socks}\"\n");
+        let cfg = format!("directory = \"directory.toml\"\nsocks_listen = \"{socks}\"\n{extra}\n");
         let path = self.dir.path().join("client.toml");
         std::fs::write(&path, cfg).unwrap();
         let log = self.dir.path().join("client.log");
@@ -280,6 +285,29 @@ impl ProcOverlay {
                 "{id} did not carry {n} cells while the transfer ran"
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A node's `/health` answer: the status line's code and the body.
+    pub fn health(&self, id: &str) -> Option<(u16, String)> {
+        let r = http_get(self.node(id).admin, "/health")?;
+        let code = r.split_whitespace().nth(1)?.parse().ok()?;
+        let body = r.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+        Some((code, body))
+    }
+
+    /// Starts a stopped node again from its config (same keys, same address); returns once
+    /// its admin port answers.
+    pub fn restart(&mut self, id: &str) {
+        let bin = braid_node_bin();
+        let log = self.dir.path().join(format!("{id}.log.restart"));
+        let n = self.nodes.iter_mut().find(|n| n.id == id).unwrap();
+        n.child = Some(spawn(&bin, &["--config", n.config.to_str().unwrap()], &log));
+        let admin = n.admin;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while http_get(admin, "/health").is_none() {
+            assert!(Instant::now() < deadline, "{id} did not come back");
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 

@@ -83,6 +83,14 @@ pub struct SessionConfig {
     /// When false, a stream's bytes count as consumed as soon as `poll_event` returns them;
     /// a driver that buffers per stream sets it and calls [`Session::stream_consumed`].
     pub manual_stream_credit: bool,
+    /// With nothing in flight for this long, send a keepalive: a DATA cell with no frames,
+    /// sealed and full-size like any other, which the peer acknowledges. It keeps the
+    /// peer's idle timer from firing and lets this end notice a dead peer. `None`: never.
+    pub keepalive: Option<Duration>,
+    /// The peer counts as gone when a cell has waited this long for an acknowledgement
+    /// (and at least 3 RTOs) and nothing at all has come from the peer meanwhile; the
+    /// session then fails with [`SessionError::PeerSilent`]. `None`: never.
+    pub peer_timeout: Option<Duration>,
 }
 
 impl SessionConfig {
@@ -104,6 +112,8 @@ impl SessionConfig {
             scheduler: PathScheduler::RoundRobin,
             stream_window: 4 << 20,
             manual_stream_credit: false,
+            keepalive: None,
+            peer_timeout: None,
         }
     }
 }
@@ -186,6 +196,10 @@ pub enum SessionError {
     /// without reusing a nonce. Only a new session (a new handshake) can go on.
     #[error("session keys exhausted: every key epoch is used up")]
     KeysExhausted,
+    /// Cells went unacknowledged past the peer timeout and nothing came from the peer: it
+    /// has gone (a central that restarted no longer knows the session).
+    #[error("the peer stopped answering")]
+    PeerSilent,
 }
 
 pub struct Session {
@@ -217,6 +231,8 @@ pub struct Session {
 
     rtt: RttEstimator,
     last_activity: Instant,
+    /// When a DATA cell last went out (for keepalives).
+    last_data_sent: Instant,
     /// When the reorder window last delivered in order (for the reassembly timeout).
     last_progress: Instant,
     /// Per-stream flow control. Sending: (bytes sent, peer's limit) per stream, and the
@@ -273,6 +289,7 @@ impl Session {
             event_bytes: 0,
             rtt: RttEstimator::default(),
             last_activity: now,
+            last_data_sent: now,
             last_progress: now,
             peer_stream_window: cfg.stream_window,
             tx_credit: HashMap::new(),
@@ -346,10 +363,14 @@ impl Session {
     /// the last epoch), and the cell's frames are already taken from their queues: the
     /// session is over either way.
     fn seal_failed(&mut self, e: CellError) {
-        let e = match e {
+        self.fail(match e {
             CellError::Epoch => SessionError::KeysExhausted,
             e => SessionError::Cell(e),
-        };
+        });
+    }
+
+    /// The session cannot go on: nothing more is sent, and `poll_event` says why once.
+    fn fail(&mut self, e: SessionError) {
         if self.failed.is_none() {
             self.failed = Some(e);
             self.failure_unreported = true;

@@ -9,6 +9,8 @@ use crate::frame::AckBlock;
 /// A sealed DATA cell kept until the peer acknowledges it.
 pub(super) struct Inflight {
     pub(super) cell: Vec<u8>,
+    /// When its first copy went out.
+    pub(super) first_sent: Instant,
     pub(super) sent_at: Instant,
     pub(super) path: PathId,
     /// Where the copy before this one went (the same as `path` until it is resent).
@@ -84,8 +86,8 @@ impl Session {
         None
     }
 
-    /// When `handle_timeout` should next run (never once the session has failed: it has
-    /// nothing more to send).
+    /// When `handle_timeout` (or a keepalive) should next run; never once the session has
+    /// failed: it has nothing more to send.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.failed.is_some() {
             return None;
@@ -96,13 +98,33 @@ impl Session {
             .filter(|(seq, _)| !self.lost.contains(seq))
             .map(|(_, f)| self.due(f))
             .min();
-        match (rto, self.ack_due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [rto, self.ack_due, self.keepalive_at(), self.peer_gone_at()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// When a keepalive is due: `keepalive` after the last DATA cell, with nothing in flight.
+    pub(super) fn keepalive_at(&self) -> Option<Instant> {
+        let every = self.cfg.keepalive?;
+        self.inflight
+            .is_empty()
+            .then(|| self.last_data_sent + every)
+    }
+
+    /// When the peer counts as gone if nothing comes from it: the peer timeout (at least 3
+    /// RTOs) after both the oldest unacknowledged cell and the last cell from the peer.
+    fn peer_gone_at(&self) -> Option<Instant> {
+        let limit = self.cfg.peer_timeout?.max(self.rto() * 3);
+        let oldest = self.inflight.values().map(|f| f.first_sent).min()?;
+        Some(oldest.max(self.last_activity) + limit)
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.peer_gone_at().is_some_and(|t| t <= now) {
+            self.fail(super::SessionError::PeerSilent);
+            return;
+        }
         let rto = self.rto();
         // Per path, the latest send time among the cells that expire now.
         let mut failed: Vec<(PathId, Instant)> = Vec::new();

@@ -97,13 +97,16 @@ impl Session {
     /// A new DATA cell of queued frames, carrying the current acknowledgement, if the
     /// window allows one. A cell that cannot be sealed fails the session.
     pub(super) fn poll_new_data(&mut self, now: Instant, paths: &[PathId]) -> Option<Transmit> {
-        if !(self.can_send_new() && self.has_new_frames()) {
+        let keepalive = self.keepalive_at().is_some_and(|t| t <= now);
+        if !(self.can_send_new() && (self.has_new_frames() || keepalive)) {
             return None;
         }
         let mut body = vec![0u8; sealed_capacity(self.cfg.cell_size)];
         let ack = self.ack_block();
         let mut w = Writer::new(&mut body);
-        let packed = ack.write_onto(&mut w).is_ok() && matches!(self.pack_frames(&mut w), Ok(true));
+        // A keepalive carries no frame: the ack block and padding.
+        let packed = ack.write_onto(&mut w).is_ok()
+            && self.pack_frames(&mut w).is_ok_and(|any| any || keepalive);
         if !packed {
             return None;
         }
@@ -111,12 +114,14 @@ impl Session {
         // On failure the frames just packed are gone with it: the session cannot go on.
         let cell = self.seal_with_ack(CellKind::DATA, seq, &body)?;
         self.next_seq += 1;
+        self.last_data_sent = now;
         let path = self.pick_path(now, paths, None);
         self.note_sent(path);
         self.inflight.insert(
             seq,
             Inflight {
                 cell: cell.clone(),
+                first_sent: now,
                 sent_at: now,
                 path,
                 prev_path: path,

@@ -208,3 +208,86 @@ fn running_out_of_key_epochs_fails_the_session() {
     // The peer is unaffected: it has everything sealed before the end.
     assert_eq!(s.stats().cells_received, 1 << 16);
 }
+
+fn failures(s: &mut Session) -> Vec<SessionError> {
+    let mut out = Vec::new();
+    while let Some(ev) = s.poll_event() {
+        if let SessionEvent::Failed(e) = ev {
+            out.push(e);
+        }
+    }
+    out
+}
+
+fn live_cfg() -> SessionConfig {
+    let mut cfg = SessionConfig::with_cell_size(1024);
+    cfg.keepalive = Some(Duration::from_secs(1));
+    cfg.peer_timeout = Some(Duration::from_secs(2));
+    cfg
+}
+
+/// A quiet session with a live peer: a keepalive goes out every second, is acknowledged,
+/// and the session neither fails nor lets the peer's idle clock run for long.
+#[test]
+fn keepalives_keep_a_quiet_session_alive() {
+    let (mut c, mut s, t0) = pair(live_cfg());
+    let mut now = t0;
+    while now < t0 + Duration::from_secs(60) {
+        now += Duration::from_millis(100);
+        c.handle_timeout(now);
+        s.handle_timeout(now);
+        pump(&mut c, &mut s, now, |_| true);
+        pump(&mut s, &mut c, now, |_| true);
+        assert_eq!(failures(&mut c), vec![], "at {:?}", now - t0);
+        assert!(
+            now.saturating_duration_since(s.last_activity()) <= Duration::from_millis(1100),
+            "the central heard nothing for too long at {:?}",
+            now - t0
+        );
+    }
+    let keepalives = c.stats().data_cells_sent;
+    assert!(
+        (55..=62).contains(&keepalives),
+        "{keepalives} keepalives in 60 s"
+    );
+    assert_eq!(c.stats().retransmits, 0);
+}
+
+/// A peer that stopped answering (a central that restarted and lost the session) is
+/// noticed: the keepalive goes unacknowledged, and 3 RTOs (the initial 1 s each, with no
+/// sample) after it the session fails with `PeerSilent`, not before, and sends no more.
+#[test]
+fn a_silent_peer_fails_the_session() {
+    let (mut c, _s, t0) = pair(live_cfg());
+    let mut now = t0;
+    let mut failed_at = None;
+    while now < t0 + Duration::from_secs(10) {
+        now += Duration::from_millis(100);
+        c.handle_timeout(now);
+        while c.poll_transmit(now, &P).is_some() {}
+        let f = failures(&mut c);
+        if !f.is_empty() {
+            assert_eq!(f, vec![SessionError::PeerSilent]);
+            failed_at = Some(now - t0);
+            break;
+        }
+    }
+    let at = failed_at.expect("the silent peer was never noticed");
+    assert!(
+        (Duration::from_millis(3900)..=Duration::from_millis(4200)).contains(&at),
+        "noticed at {at:?}, expected 1 s keepalive + 3 s"
+    );
+    assert!(c.poll_transmit(now, &P).is_none());
+    assert_eq!(c.poll_timeout(), None);
+}
+
+/// Without the settings, neither keepalives nor the verdict happen (the central's end).
+#[test]
+fn no_keepalive_and_no_verdict_unless_configured() {
+    let (mut c, _s, t0) = pair(SessionConfig::with_cell_size(1024));
+    let now = t0 + Duration::from_secs(3600);
+    c.handle_timeout(now);
+    assert!(c.poll_transmit(now, &P).is_none());
+    assert_eq!(failures(&mut c), vec![]);
+    assert_eq!(c.poll_timeout(), None);
+}

@@ -1,0 +1,156 @@
+//! A client left running: quiet sessions outlive the central's idle timeout, silent streams
+//! keep working, and a restarted central is taken up again without being asked. Timeouts
+//! are shortened by config so that the tests take seconds.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use braid_client::demo::{Demo, DemoOptions};
+use braid_testkit as support;
+use support::procs::{ProcOptions, ProcOverlay};
+use support::socks::{connect_ipv4, GREETING_NO_AUTH};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A TCP echo server on 127.0.0.1.
+async fn start_echo() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A SOCKS5 CONNECT by hand; the stream after a successful reply.
+async fn socks_connect(proxy: SocketAddr, to: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(&GREETING_NO_AUTH).await.unwrap();
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m).await.unwrap();
+    assert_eq!(m, [5, 0]);
+    s.write_all(&connect_ipv4(to)).await.unwrap();
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).await.unwrap();
+    assert_eq!(reply[1], 0, "SOCKS5 reply");
+    s
+}
+
+async fn echo(s: &mut TcpStream, text: &[u8]) {
+    s.write_all(text).await.unwrap();
+    let mut back = vec![0u8; text.len()];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back))
+        .await
+        .expect("the echo came back")
+        .unwrap();
+    assert_eq!(back, text);
+}
+
+/// The central's idle timeout (1 s) passes twice while nothing is sent: the client's
+/// keepalives keep the session, so a new stream works at once and an interactive stream
+/// that was silent all along still carries data both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_client_outlives_the_central_idle_timeout() {
+    let echo_addr = start_echo().await;
+    let origin = start_origin([127, 0, 0, 1]).await;
+    let demo = Demo::start(DemoOptions {
+        socks: "127.0.0.1:0".parse().unwrap(),
+        central_idle_timeout: Duration::from_secs(1),
+        keepalive: Duration::from_millis(200),
+        ..DemoOptions::default()
+    })
+    .await
+    .unwrap();
+    let mut interactive = socks_connect(demo.socks, echo_addr).await;
+    echo(&mut interactive, b"ping").await;
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let started = Instant::now();
+    let url = format!("http://{origin}/echo/after-idle");
+    let (ok, body) = curl(demo.socks, &[&url]).await;
+    assert!(
+        ok && body == b"after-idle",
+        "a new stream after the idle time"
+    );
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "the new stream took {took:?}"
+    );
+    echo(&mut interactive, b"pong").await;
+    for n in &demo.nodes {
+        assert_eq!(
+            braid_driver::Metrics::get(&n.metrics.sessions_evicted),
+            0,
+            "{}",
+            n.id
+        );
+    }
+    demo.shutdown().await;
+}
+
+/// The only central is killed and started again from its config: the client notices that
+/// its session is gone (its keepalive goes unanswered), opens a new one, and serves new
+/// streams within 2 s of the central's return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_central_is_taken_up_again() {
+    let origin = start_origin([127, 0, 0, 1]).await;
+    let mut ov = ProcOverlay::start(ProcOptions {
+        client_extra: "keepalive_ms = 200\npeer_timeout_ms = 500\nsession_wait_ms = 10000\n".into(),
+        ..ProcOptions::default()
+    });
+    let url = format!("http://{origin}/echo/before");
+    let (ok, _) = curl(ov.socks, &[&url]).await;
+    assert!(ok, "the overlay works before the restart");
+
+    ov.kill9("central-1");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ov.restart("central-1");
+    let back = Instant::now();
+    let url = format!("http://{origin}/echo/after");
+    let mut served = None;
+    while back.elapsed() < Duration::from_secs(10) {
+        let (ok, body) = curl(ov.socks, &["--max-time", "1", &url]).await;
+        if ok && body == b"after" {
+            served = Some(back.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = served.unwrap_or_else(|| {
+        let logs: String = ["client", "upstream-1", "downstream-1", "gateway-1"]
+            .iter()
+            .map(|id| format!("--- {id}:\n{}\n", ov.log(id)))
+            .collect();
+        panic!("no stream served within 10 s of the central's return\n{logs}")
+    });
+    eprintln!("served again {took:?} after the central's return");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // Every node relinks (a dialer learns of the restart at its next packet, a keep-alive
+    // at most a second away) and says so on /health.
+    for n in &ov.nodes {
+        let asked = Instant::now();
+        loop {
+            let (code, body) = ov.health(&n.id).unwrap();
+            if code == 200 {
+                break;
+            }
+            assert!(
+                asked.elapsed() < Duration::from_secs(5),
+                "{}: {code} {body}",
+                n.id
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(ov.log("client").contains("session lost"));
+    ov.assert_no_panics();
+}
