@@ -51,6 +51,8 @@ pub struct DemoOptions {
     pub session_wait: Duration,
     /// The central's idle timeout (`idle_timeout_secs`).
     pub central_idle_timeout: Duration,
+    /// The one gateway the client may use (`braid run`'s `gateway`); any when `None`.
+    pub gateway: Option<String>,
 }
 
 impl Default for DemoOptions {
@@ -72,6 +74,7 @@ impl Default for DemoOptions {
             peer_timeout: client_defaults.peer_timeout(),
             session_wait: client_defaults.session_wait(),
             central_idle_timeout: Duration::from_secs(60),
+            gateway: None,
         }
     }
 }
@@ -203,7 +206,7 @@ impl Demo {
         }
         let client = overlay::connect(ClientParams {
             directory: directory.clone(),
-            gateway: None,
+            gateway: opts.gateway.clone(),
             bind: SocketAddr::new(ip(1), 0),
             window_cells: opts.window_cells,
             scheduler: opts.scheduler,

@@ -13,6 +13,7 @@ use braid_proto::{Reason, TargetAddr};
 use tokio::net::TcpStream;
 use tracing::info;
 
+use crate::gateways::Gateway;
 use crate::overlay::ClientHandle;
 
 /// How long the gateway may take to answer an open.
@@ -73,20 +74,44 @@ pub async fn open(
     if !h.wait_for_session().await {
         return Err(OpenFailure::NoSession);
     }
+    // A gateway the central cannot reach refuses before anything reaches it, so the next
+    // one can be tried with the same request.
+    let mut tried = Vec::new();
+    loop {
+        let Some(gateway) = h.gateways.pick(&tried) else {
+            return Err(OpenFailure::Reset(Reason::NO_GATEWAY));
+        };
+        match open_via(h, &gateway, target, early_data.clone()).await {
+            Err(OpenFailure::Reset(r)) if r == Reason::NO_GATEWAY => {
+                info!(gateway = %gateway.id, "the central has no link to this gateway; trying another");
+                h.gateways.mark_down(&gateway.id);
+                tried.push(gateway.id);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Opens the stream through `gateway`.
+async fn open_via(
+    h: &ClientHandle,
+    gateway: &Gateway,
+    target: &TargetAddr,
+    early_data: Vec<u8>,
+) -> Result<OpenedStream, OpenFailure> {
     let (open, first) = inner::client_open(
         &mut rand::rng(),
-        &h.gateway_key,
+        &gateway.noise_key,
         &OpenRequest {
             target: target.clone(),
             early_data,
         },
     )
     .map_err(OpenFailure::BadAnswer)?;
-    let (tx, mut rx) = stream::open(&h.cmd, h.next_stream_id(), &h.gateway_id)
+    let (tx, mut rx) = stream::open(&h.cmd, h.next_stream_id(), &gateway.id)
         .await
         .map_err(|_| OpenFailure::SessionGone)?;
-    let answered = answer(&tx, &mut rx, open, first).await;
-    match answered {
+    match answer(&tx, &mut rx, open, first).await {
         Ok((dec, sealer, opener)) => Ok(OpenedStream {
             tx,
             rx,

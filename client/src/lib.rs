@@ -3,6 +3,7 @@
 
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod gateways;
 pub mod inner_stream;
 pub mod overlay;
 pub mod socks;

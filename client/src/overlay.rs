@@ -22,6 +22,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::gateways::{Gateway, Gateways};
+
 pub struct ClientParams {
     pub directory: Arc<Directory>,
     /// Gateway to use; any gateway in the directory when None.
@@ -46,8 +48,8 @@ pub struct ClientParams {
 pub struct ClientHandle {
     pub cmd: mpsc::Sender<SessionCmd>,
     next_stream: Arc<AtomicU32>,
-    pub gateway_id: String,
-    pub gateway_key: [u8; 32],
+    /// The gateways streams may exit through, and what the central said of them.
+    pub gateways: Arc<Gateways>,
     pub metrics: Arc<Metrics>,
     pub tap: Option<Tap>,
     /// Whether a session is open now (false while the next one is handshaken).
@@ -78,18 +80,21 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
         .central()
         .cloned()
         .context("the directory names no central")?;
-    let gateway = match &p.gateway {
-        Some(id) => dir
+    // The gateways streams may exit through: the configured one, or every gateway.
+    let gateways: Vec<Gateway> = match &p.gateway {
+        Some(id) => vec![dir
             .by_id(id)
             .filter(|n| n.role == Role::Gateway)
-            .cloned()
-            .with_context(|| format!("gateway {id} is not in the directory"))?,
-        None => dir
-            .nodes_with_role(Role::Gateway)
-            .next()
-            .cloned()
-            .context("the directory names no gateway")?,
-    };
+            .with_context(|| format!("gateway {id} is not in the directory"))?],
+        None => dir.nodes_with_role(Role::Gateway).collect(),
+    }
+    .into_iter()
+    .map(|n| Gateway {
+        id: n.id.clone(),
+        noise_key: n.noise_key,
+    })
+    .collect();
+    anyhow::ensure!(!gateways.is_empty(), "the directory names no gateway");
     let ep = braid_net::client_endpoint(p.bind, None)?;
     let metrics = Arc::new(Metrics::default());
     let node = "client".to_string();
@@ -159,8 +164,7 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
     let handle = ClientHandle {
         cmd: cmd_tx.clone(),
         next_stream: next_stream.clone(),
-        gateway_id: gateway.id.clone(),
-        gateway_key: gateway.noise_key,
+        gateways: Arc::new(Gateways::new(gateways, GATEWAY_REST)),
         metrics: metrics.clone(),
         tap: p.tap.clone(),
         session_up: up_rx,
@@ -183,6 +187,8 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
     Ok(handle)
 }
 
+/// How long a gateway the central could not reach is skipped for new streams.
+const GATEWAY_REST: Duration = Duration::from_secs(5);
 /// How long the first session may take to open.
 const FIRST_SESSION_DEADLINE: Duration = Duration::from_secs(30);
 /// The longest wait between Hellos while the central does not answer.

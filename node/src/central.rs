@@ -279,7 +279,10 @@ fn open_gateway_stream(
         let Ok(g) = shared.gateways.lock() else {
             return false;
         };
-        match g.get(gateway).or_else(|| g.values().next()) {
+        // Only the gateway the client named: the inner stream is sealed to its key, and
+        // handing it to another would tell that one about the stream. Not linked: refused
+        // (NO_GATEWAY), and the client tries another.
+        match g.get(gateway) {
             Some(c) => c.clone(),
             None => return false,
         }
