@@ -104,12 +104,12 @@ impl Session {
             .min()
     }
 
-    /// When a keepalive is due: `keepalive` after the last DATA cell, with nothing in flight.
+    /// When a keepalive is due: `keepalive` after the last DATA cell, with nothing in flight
+    /// and room to send one (a peer that has acknowledged everything but grants no credit is
+    /// alive; a keepalive could not go anyway, and a timer for it would spin).
     pub(super) fn keepalive_at(&self) -> Option<Instant> {
         let every = self.cfg.keepalive?;
-        self.inflight
-            .is_empty()
-            .then(|| self.last_data_sent + every)
+        (self.inflight.is_empty() && self.can_send_new()).then(|| self.last_data_sent + every)
     }
 
     /// When the peer counts as gone if nothing comes from it: the peer timeout (at least 3

@@ -80,7 +80,7 @@ impl Session {
         self.control.push_back(Frame::Mailboxes { boxes });
     }
 
-    fn can_send_new(&self) -> bool {
+    pub(super) fn can_send_new(&self) -> bool {
         let lowest = self
             .inflight
             .keys()

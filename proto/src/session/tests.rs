@@ -291,3 +291,38 @@ fn no_keepalive_and_no_verdict_unless_configured() {
     assert_eq!(failures(&mut c), vec![]);
     assert_eq!(c.poll_timeout(), None);
 }
+
+/// A peer that has acknowledged everything but grants no more credit (its application is
+/// not reading) is alive: no keepalive is due, and no timer fires in a loop for one.
+#[test]
+fn no_keepalive_timer_when_the_peer_grants_no_credit() {
+    let mut cfg = live_cfg();
+    cfg.max_event_bytes = 2048;
+    cfg.window_cells = 16;
+    let (mut c, mut s, t0) = pair(cfg);
+    c.open_stream(1, "g");
+    let mut now = t0;
+    for _ in 0..200 {
+        c.send(1, &[7u8; 900]);
+        now += Duration::from_millis(10);
+        c.handle_timeout(now);
+        s.handle_timeout(now);
+        pump(&mut c, &mut s, now, |_| true);
+        pump(&mut s, &mut c, now, |_| true);
+    }
+    // The central's events are never taken: its credit froze; everything sent is acked.
+    now += Duration::from_millis(100);
+    s.handle_timeout(now);
+    pump(&mut s, &mut c, now, |_| true);
+    assert!(!c.can_send_new(), "the central's credit is exhausted");
+    let later = now + Duration::from_secs(30);
+    let sent = c.stats().data_cells_sent;
+    c.handle_timeout(later);
+    while c.poll_transmit(later, &P).is_some() {} // acknowledgements only
+    assert_eq!(c.stats().data_cells_sent, sent, "no keepalive could go");
+    assert!(
+        c.poll_timeout().is_none_or(|t| t > later),
+        "a timer that is always due would spin the driver"
+    );
+    assert_eq!(failures(&mut c), vec![]);
+}
