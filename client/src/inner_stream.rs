@@ -76,12 +76,16 @@ pub async fn open(
     }
     // A gateway the central cannot reach refuses before anything reaches it, so the next
     // one can be tried with the same request.
+    let req = OpenRequest {
+        target: target.clone(),
+        early_data,
+    };
     let mut tried = Vec::new();
     loop {
         let Some(gateway) = h.gateways.pick(&tried) else {
             return Err(OpenFailure::Reset(Reason::NO_GATEWAY));
         };
-        match open_via(h, &gateway, target, early_data.clone()).await {
+        match open_via(h, &gateway, &req).await {
             Err(OpenFailure::Reset(r)) if r == Reason::NO_GATEWAY => {
                 info!(gateway = %gateway.id, "the central has no link to this gateway; trying another");
                 h.gateways.mark_down(&gateway.id);
@@ -96,18 +100,11 @@ pub async fn open(
 async fn open_via(
     h: &ClientHandle,
     gateway: &Gateway,
-    target: &TargetAddr,
-    early_data: Vec<u8>,
+    req: &OpenRequest,
 ) -> Result<OpenedStream, OpenFailure> {
-    let (open, first) = inner::client_open(
-        &mut rand::rng(),
-        &gateway.noise_key,
-        &OpenRequest {
-            target: target.clone(),
-            early_data,
-        },
-    )
-    .map_err(OpenFailure::BadAnswer)?;
+    let target = &req.target;
+    let (open, first) = inner::client_open(&mut rand::rng(), &gateway.noise_key, req)
+        .map_err(OpenFailure::BadAnswer)?;
     let (tx, mut rx) = stream::open(&h.cmd, h.next_stream_id(), &gateway.id)
         .await
         .map_err(|_| OpenFailure::SessionGone)?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use braid_client::demo::{Demo, DemoOptions};
 use braid_testkit as support;
 use support::procs::{ProcOptions, ProcOverlay};
-use support::socks::{connect_ipv4, GREETING_NO_AUTH};
+use support::socks::{connect_ipv4, GREET_NO_AUTH};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -32,7 +32,7 @@ async fn start_echo() -> SocketAddr {
 /// A SOCKS5 CONNECT by hand; the stream after a successful reply.
 async fn socks_connect(proxy: SocketAddr, to: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(&GREETING_NO_AUTH).await.unwrap();
+    s.write_all(GREET_NO_AUTH).await.unwrap();
     let mut m = [0u8; 2];
     s.read_exact(&mut m).await.unwrap();
     assert_eq!(m, [5, 0]);
@@ -152,5 +152,40 @@ async fn a_restarted_central_is_taken_up_again() {
         }
     }
     assert!(ov.log("client").contains("session lost"));
+    ov.assert_no_panics();
+}
+
+/// With the central gone for good, a new stream waits `session_wait_ms` for a session and
+/// then gets a clear SOCKS5 refusal (01), not a 06 after 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_central_a_new_stream_is_refused_after_the_session_wait() {
+    let origin = start_origin([127, 0, 0, 1]).await;
+    let mut ov = ProcOverlay::start(ProcOptions {
+        client_extra: "keepalive_ms = 200\npeer_timeout_ms = 500\nsession_wait_ms = 700\n".into(),
+        ..ProcOptions::default()
+    });
+    ov.kill9("central-1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ov.log("client").contains("session lost") {
+        assert!(Instant::now() < deadline, "the client never noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let asked = Instant::now();
+    let mut s = TcpStream::connect(ov.socks).await.unwrap();
+    s.write_all(GREET_NO_AUTH).await.unwrap();
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m).await.unwrap();
+    s.write_all(&connect_ipv4(origin)).await.unwrap();
+    let mut reply = [0u8; 10];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut reply))
+        .await
+        .expect("a reply came")
+        .unwrap();
+    let took = asked.elapsed();
+    assert_eq!(reply[1], 1, "general failure: no session");
+    assert!(
+        (Duration::from_millis(600)..Duration::from_secs(3)).contains(&took),
+        "answered after {took:?}"
+    );
     ov.assert_no_panics();
 }

@@ -1,11 +1,11 @@
-//! SOCKS5 messages written by hand, byte for byte as a test means them (the proxy's own
-//! encoder is not used, so a bug there cannot hide in a test).
+//! SOCKS5 requests written by hand for real addresses, byte for byte as a test means them
+//! (the proxy's own encoder is not used, so a bug there cannot hide in a test). The fixed
+//! messages (greetings, sample requests) are `braid_proto::socks5::testing`'s.
+
+pub use braid_proto::socks5::testing::GREET_NO_AUTH;
 
 use std::fmt;
 use std::net::SocketAddr;
-
-/// `05 01 00`: a greeting offering only "no authentication".
-pub const GREETING_NO_AUTH: [u8; 3] = [5, 1, 0];
 
 /// A SOCKS5 destination, as it goes on the wire: an address or a name.
 #[derive(Clone, Debug)]

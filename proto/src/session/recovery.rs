@@ -92,13 +92,18 @@ impl Session {
         if self.failed.is_some() {
             return None;
         }
-        let rto = self
-            .inflight
-            .iter()
-            .filter(|(seq, _)| !self.lost.contains(seq))
-            .map(|(_, f)| self.due(f))
-            .min();
-        [rto, self.ack_due, self.keepalive_at(), self.peer_gone_at()]
+        // One pass over the cells in flight: the next resend and the oldest first send.
+        let mut rto: Option<Instant> = None;
+        let mut oldest: Option<Instant> = None;
+        for (seq, f) in &self.inflight {
+            oldest = Some(oldest.map_or(f.first_sent, |o| o.min(f.first_sent)));
+            if !self.lost.contains(seq) {
+                let due = self.due(f);
+                rto = Some(rto.map_or(due, |r| r.min(due)));
+            }
+        }
+        let gone = oldest.and_then(|o| self.peer_gone_after(o));
+        [rto, self.ack_due, self.keepalive_at(), gone]
             .into_iter()
             .flatten()
             .min()
@@ -115,8 +120,13 @@ impl Session {
     /// When the peer counts as gone if nothing comes from it: the peer timeout (at least 3
     /// RTOs) after both the oldest unacknowledged cell and the last cell from the peer.
     fn peer_gone_at(&self) -> Option<Instant> {
-        let limit = self.cfg.peer_timeout?.max(self.rto() * 3);
         let oldest = self.inflight.values().map(|f| f.first_sent).min()?;
+        self.peer_gone_after(oldest)
+    }
+
+    /// [`peer_gone_at`](Self::peer_gone_at) given the oldest first send in flight.
+    fn peer_gone_after(&self, oldest: Instant) -> Option<Instant> {
+        let limit = self.cfg.peer_timeout?.max(self.rto() * 3);
         Some(oldest.max(self.last_activity) + limit)
     }
 
