@@ -28,12 +28,14 @@ use crate::socks::SocksLimits;
 #[derive(Clone)]
 pub struct DemoOptions {
     pub socks: SocketAddr,
-    /// How many nodes of each role (one central and one gateway for now).
+    /// How many nodes of each role.
     pub layout: Layout,
     pub cell_size: usize,
     pub mix_delay: Duration,
     pub window_cells: u64,
     pub scheduler: braid_proto::session::PathScheduler,
+    /// How the client picks its central when there are several.
+    pub central_choice: braid_config::CentralChoice,
     /// Static names the gateway resolves without DNS.
     pub hosts: BTreeMap<String, IpAddr>,
     pub tap: Option<Tap>,
@@ -65,6 +67,7 @@ impl Default for DemoOptions {
             mix_delay: Duration::ZERO,
             window_cells: 1024,
             scheduler: braid_proto::session::PathScheduler::RoundRobin,
+            central_choice: braid_config::CentralChoice::default(),
             hosts: BTreeMap::new(),
             tap: None,
             exit_allow_loopback: true,
@@ -186,19 +189,20 @@ impl Demo {
                 task,
             });
         }
-        // Ready means every dialing node (upstreams, downstreams, gateway) has linked to the
-        // central: a client cell handed to an upstream still dialing would wait there (the
+        // Ready means every dialing node (upstreams, downstreams, gateways) has linked to
+        // every central: a client cell handed to an upstream still dialing would wait there (the
         // first QUIC Initial can land before the central's socket is bound and is resent
         // only after ~1 s), and the client would rest that path for its first seconds.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let centrals = directory.centrals().count() as u64;
         for n in nodes
             .iter()
             .filter(|n| matches!(n.role, Role::Upstream | Role::Downstream | Role::Gateway))
         {
-            while Metrics::get(&n.metrics.links_up) == 0 {
+            while Metrics::get(&n.metrics.links_up) < centrals {
                 anyhow::ensure!(
                     tokio::time::Instant::now() < deadline,
-                    "{} did not link to the central within 20 s",
+                    "{} did not link to every central within 20 s",
                     n.id
                 );
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -210,6 +214,7 @@ impl Demo {
             bind: SocketAddr::new(ip(1), 0),
             window_cells: opts.window_cells,
             scheduler: opts.scheduler,
+            central_choice: opts.central_choice,
             tap: opts.tap.clone(),
             keepalive: opts.keepalive,
             peer_timeout: opts.peer_timeout,

@@ -2,11 +2,11 @@
 //! configured one, or every gateway in the directory), skipping one the central recently
 //! said it cannot reach, so that a dead gateway is routed around before a stream is opened.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::seq::IndexedRandom;
+
+use crate::resting::Resting;
 
 /// A gateway a stream can exit through.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,18 +20,15 @@ pub struct Gateway {
 #[derive(Debug)]
 pub struct Gateways {
     list: Vec<Gateway>,
-    /// Gateways the central reported unreachable, until when they are skipped.
-    down: Mutex<HashMap<String, Instant>>,
-    /// How long a gateway the central could not reach is skipped.
-    rest: Duration,
+    /// Gateways the central reported unreachable, skipped for a while.
+    down: Resting,
 }
 
 impl Gateways {
     pub fn new(list: Vec<Gateway>, rest: Duration) -> Self {
         Gateways {
             list,
-            down: Mutex::default(),
-            rest,
+            down: Resting::new(rest),
         }
     }
 
@@ -46,32 +43,20 @@ impl Gateways {
     /// A gateway for a new stream, not one of `tried`: a random healthy one, or, when every
     /// one left is resting, a random one of those (the central may reach it again).
     pub fn pick(&self, tried: &[String]) -> Option<Gateway> {
-        let now = Instant::now();
         let untried: Vec<&Gateway> = self
             .list
             .iter()
             .filter(|g| !tried.contains(&g.id))
             .collect();
-        let healthy: Vec<&Gateway> = {
-            let down = self.down.lock().unwrap_or_else(|e| e.into_inner());
-            untried
-                .iter()
-                .copied()
-                .filter(|g| down.get(&g.id).is_none_or(|until| *until <= now))
-                .collect()
-        };
-        let from = if healthy.is_empty() {
-            &untried
-        } else {
-            &healthy
-        };
-        from.choose(&mut rand::rng()).map(|g| (*g).clone())
+        self.down
+            .prefer_healthy(&untried, |g| &g.id)
+            .choose(&mut rand::rng())
+            .map(|g| (*g).clone())
     }
 
     /// The central said it has no link to `id`: skip it for a while.
     pub fn mark_down(&self, id: &str) {
-        let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
-        down.insert(id.to_string(), Instant::now() + self.rest);
+        self.down.mark(id);
     }
 }
 

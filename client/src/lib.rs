@@ -6,6 +6,7 @@ pub mod demo;
 pub mod gateways;
 pub mod inner_stream;
 pub mod overlay;
+pub mod resting;
 pub mod socks;
 
 pub use overlay::{ClientHandle, ClientParams};

@@ -152,6 +152,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         bind: SocketAddr::from(([0, 0, 0, 0], 0)),
         window_cells: u64::from(cfg.window_cells),
         scheduler: cfg.scheduler,
+        central_choice: cfg.central_choice,
         tap: None,
         keepalive: cfg.keepalive(),
         peer_timeout: cfg.peer_timeout(),

@@ -1,5 +1,6 @@
-//! The client's side of the overlay: links to every upstream (cells out) and a mailbox at
-//! every relay (cells in), the outer session with the central, and stream ids.
+//! The client's side of the overlay: links to every upstream (cells out, one stream per
+//! central on each) and a mailbox at every relay (cells in), the outer session with one
+//! central at a time, and stream ids.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -8,21 +9,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use braid_config::{Directory, NodeEntry, Role};
+use braid_config::{CentralChoice, Directory, NodeEntry, Role};
 use braid_driver::session_task::{EndReason, SessionCmd, SessionRole, SessionTask};
 use braid_driver::tap::Tap;
 use braid_driver::{keep_dialing, publish_link, Backoff, Link, Metrics};
 use braid_net::{read_frame, write_frame};
 use braid_proto::cell::{CellHeader, CellKind};
-use braid_proto::envelope::Registration;
+use braid_proto::envelope::{Registration, Route};
 use braid_proto::frame::Mailbox;
 use braid_proto::session::{PendingSession, Session, SessionConfig, SessionHello};
+use rand::seq::IndexedRandom;
 use rand::RngCore;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::gateways::{Gateway, Gateways};
+use crate::resting::Resting;
 
 pub struct ClientParams {
     pub directory: Arc<Directory>,
@@ -32,6 +35,8 @@ pub struct ClientParams {
     pub window_cells: u64,
     /// How cells are spread over the upstreams.
     pub scheduler: braid_proto::session::PathScheduler,
+    /// How a session picks its central.
+    pub central_choice: CentralChoice,
     pub tap: Option<Tap>,
     /// A keepalive goes out after this long with nothing in flight.
     pub keepalive: Duration,
@@ -52,18 +57,23 @@ pub struct ClientHandle {
     pub gateways: Arc<Gateways>,
     pub metrics: Arc<Metrics>,
     pub tap: Option<Tap>,
-    /// Whether a session is open now (false while the next one is handshaken).
-    session_up: watch::Receiver<bool>,
+    /// The central of the open session; None while the next one is handshaken.
+    session_central: watch::Receiver<Option<String>>,
     session_wait: Duration,
 }
 
 impl ClientHandle {
     /// Waits until a session is open, at most `session_wait`; false if none opened.
     pub async fn wait_for_session(&self) -> bool {
-        let mut up = self.session_up.clone();
-        tokio::time::timeout(self.session_wait, up.wait_for(|up| *up))
+        let mut up = self.session_central.clone();
+        tokio::time::timeout(self.session_wait, up.wait_for(|c| c.is_some()))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The central the open session runs through, if one is open.
+    pub fn central(&self) -> Option<String> {
+        self.session_central.borrow().clone()
     }
 
     pub fn next_stream_id(&self) -> u32 {
@@ -76,10 +86,8 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
     braid_driver::metrics::install_panic_counter_once();
     let dir = p.directory.clone();
     let cell_size = dir.cell_size as usize;
-    let central = dir
-        .central()
-        .cloned()
-        .context("the directory names no central")?;
+    let centrals: Vec<NodeEntry> = dir.centrals().cloned().collect();
+    anyhow::ensure!(!centrals.is_empty(), "the directory names no central");
     // The gateways streams may exit through: the configured one, or every gateway.
     let gateways: Vec<Gateway> = match &p.gateway {
         Some(id) => vec![dir
@@ -124,14 +132,32 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
             metrics.clone(),
         ));
     }
-    // Upstream links publish themselves in `links` while they are up.
-    let (links_tx, links_rx) = watch::channel(Vec::<Link>::new());
-    let links_tx = Arc::new(links_tx);
+    // Upstream links publish themselves, once per central (a stream routed to it), in that
+    // central's `links` while they are up.
+    let routes: Vec<CentralRoute> = centrals
+        .iter()
+        .map(|c| {
+            let route = Route { central: &c.id }.encode()?;
+            Ok(CentralRoute {
+                route,
+                links: Arc::new(watch::channel(Vec::<Link>::new()).0),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let paths: Vec<CentralPaths> = centrals
+        .into_iter()
+        .zip(&routes)
+        .map(|(entry, r)| CentralPaths {
+            entry,
+            links: r.links.subscribe(),
+        })
+        .collect();
+    let routes = Arc::new(routes);
     for up in dir.nodes_with_role(Role::Upstream) {
         tokio::spawn(upstream_link(
             ep.clone(),
             up.clone(),
-            links_tx.clone(),
+            routes.clone(),
             p.shutdown.clone(),
             p.tap.clone(),
         ));
@@ -146,9 +172,10 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
     cfg.peer_timeout = Some(p.peer_timeout);
     let opener = Opener {
         cfg,
-        central,
+        centrals: paths,
+        choice: p.central_choice,
+        down: Resting::new(CENTRAL_REST),
         mailboxes: boxes,
-        links: links_rx.clone(),
         live_boxes,
     };
     // The first session must open within 30 s (the caller learns of a dead overlay at once).
@@ -159,7 +186,7 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
                 "no answer from the central within {FIRST_SESSION_DEADLINE:?} (are the upstreams and relays up?)"
             )
         })??;
-    let (up_tx, up_rx) = watch::channel(true);
+    let (up_tx, up_rx) = watch::channel(Some(opener.centrals[session.1].entry.id.clone()));
     let next_stream = Arc::new(AtomicU32::new(1));
     let handle = ClientHandle {
         cmd: cmd_tx.clone(),
@@ -167,7 +194,7 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
         gateways: Arc::new(Gateways::new(gateways, GATEWAY_REST)),
         metrics: metrics.clone(),
         tap: p.tap.clone(),
-        session_up: up_rx,
+        session_central: up_rx,
         session_wait: p.session_wait,
     };
     tokio::spawn(supervise(Supervisor {
@@ -180,7 +207,6 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
         cells_rx,
         cmd_tx,
         cmd_rx,
-        links: links_rx,
         up: up_tx,
         shutdown: p.shutdown,
     }));
@@ -189,53 +215,107 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
 
 /// How long a gateway the central could not reach is skipped for new streams.
 const GATEWAY_REST: Duration = Duration::from_secs(5);
+/// How long a central that went silent (or let Hellos go unanswered) is skipped when
+/// a new session picks its central; when every central rests, all are tried.
+const CENTRAL_REST: Duration = Duration::from_secs(30);
+/// After this many unanswered Hellos (250 + 500 + 1000 ms) the next go to another central.
+const UNANSWERED_HELLOS: usize = 3;
 /// How long the first session may take to open.
 const FIRST_SESSION_DEADLINE: Duration = Duration::from_secs(30);
 /// The longest wait between Hellos while the central does not answer.
 const MAX_HELLO_GAP: Duration = Duration::from_secs(1);
 
-/// What opening a session needs: the Hello's settings and the links it travels on.
+/// A central and the upstream links whose streams are routed to it.
+struct CentralPaths {
+    entry: NodeEntry,
+    links: watch::Receiver<Vec<Link>>,
+}
+
+/// What an upstream link opens for each central: the route message and where to publish
+/// the stream's link.
+struct CentralRoute {
+    route: Vec<u8>,
+    links: Arc<watch::Sender<Vec<Link>>>,
+}
+
+/// What opening a session needs: the Hello's settings, the centrals and the links to each.
 struct Opener {
     cfg: SessionConfig,
-    central: NodeEntry,
+    centrals: Vec<CentralPaths>,
+    choice: CentralChoice,
+    /// Centrals that went silent, skipped for a while by the next sessions.
+    down: Resting,
     mailboxes: Vec<Mailbox>,
-    links: watch::Receiver<Vec<Link>>,
     live_boxes: Arc<Mutex<HashMap<String, Mailbox>>>,
 }
 
 impl Opener {
-    /// Handshakes a new session: Hello out through an upstream (each try through the next
-    /// one), Welcome back through a relay; tries again 250 ms, 500 ms, then every second
-    /// until the central answers.
-    async fn open(&self, cells_rx: &mut mpsc::Receiver<Vec<u8>>) -> anyhow::Result<Session> {
+    /// The centrals the next Hello goes to: one at random, or (`rtt`) all, among those not
+    /// resting.
+    fn targets(&self) -> Vec<usize> {
+        let all: Vec<usize> = (0..self.centrals.len()).collect();
+        let refs: Vec<&usize> = all.iter().collect();
+        let healthy = self
+            .down
+            .prefer_healthy(&refs, |i| self.centrals[*i].entry.id.as_str());
+        match self.choice {
+            CentralChoice::Random => healthy
+                .choose(&mut rand::rng())
+                .map(|i| vec![**i])
+                .unwrap_or_default(),
+            CentralChoice::Rtt => healthy.into_iter().copied().collect(),
+        }
+    }
+
+    /// Handshakes a new session with a central: Hello out through an upstream (each try
+    /// through the next one), Welcome back through a relay; tries again 250 ms, 500 ms, then
+    /// every second until a central answers. A central that lets three Hellos go unanswered
+    /// rests, so the next try goes to another. Returns the session and its central's index.
+    async fn open(
+        &self,
+        cells_rx: &mut mpsc::Receiver<Vec<u8>>,
+    ) -> anyhow::Result<(Session, usize)> {
         let hello = SessionHello {
             window_cells: self.cfg.window_cells as u32,
             mailboxes: self.mailboxes.clone(),
         };
-        let pending = PendingSession::start(
-            &mut rand::rng(),
-            self.cfg.clone(),
-            &self.central.noise_key,
-            &hello,
-        )?;
-        let mut links_wait = self.links.clone();
+        let mut pending: HashMap<usize, PendingSession> = HashMap::new();
+        let mut targets = self.targets();
+        let mut unanswered = 0usize;
         let mut attempt = 0usize;
         loop {
-            let links = links_wait.borrow_and_update().clone();
-            if links.is_empty() {
-                tokio::select! {
-                    _ = links_wait.changed() => continue,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
-                }
-            }
-            // The relays must also have our mailboxes before the Welcome can arrive.
+            // The relays must have our mailboxes before the Welcome can arrive.
             if self.live_boxes.lock().map(|b| b.is_empty()).unwrap_or(true) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
-            let link = &links[attempt % links.len()];
+            let mut sent = false;
+            for &i in &targets {
+                let links = self.centrals[i].links.borrow().clone();
+                if links.is_empty() {
+                    continue;
+                }
+                let p = match pending.entry(i) {
+                    std::collections::hash_map::Entry::Occupied(p) => p.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(PendingSession::start(
+                            &mut rand::rng(),
+                            self.cfg.clone(),
+                            &self.centrals[i].entry.noise_key,
+                            &hello,
+                        )?)
+                    }
+                };
+                let link = &links[attempt % links.len()];
+                let _ = link.tx.send(p.hello_cell().to_vec()).await;
+                sent = true;
+            }
+            if !sent {
+                // No upstream link is up yet.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
             attempt += 1;
-            let _ = link.tx.send(pending.hello_cell().to_vec()).await;
             let gap = (Duration::from_millis(250) * (1 << attempt.min(3).saturating_sub(1)))
                 .min(MAX_HELLO_GAP);
             let wait = tokio::time::sleep(gap);
@@ -246,14 +326,29 @@ impl Opener {
                     cell = cells_rx.recv() => {
                         let Some(cell) = cell else { bail!("client stopped") };
                         let Ok(h) = CellHeader::take_from(&cell) else { continue };
-                        if h.kind == CellKind::WELCOME && h.session == pending.id() {
-                            let now = tokio::time::Instant::now().into_std();
-                            let session = pending.finish(now, &cell)?;
-                            info!(session = %session.id(), "session open with the central");
-                            return Ok(session);
+                        if h.kind != CellKind::WELCOME {
+                            continue;
                         }
+                        let Some(i) = pending.iter().find(|(_, p)| p.id() == h.session).map(|(i, _)| *i) else {
+                            continue;
+                        };
+                        let Some(p) = pending.remove(&i) else { continue };
+                        let now = tokio::time::Instant::now().into_std();
+                        let session = p.finish(now, &cell)?;
+                        let central = &self.centrals[i].entry.id;
+                        self.down.clear(central);
+                        info!(session = %session.id(), %central, "session open with a central");
+                        return Ok((session, i));
                     }
                 }
+            }
+            unanswered += 1;
+            if unanswered >= UNANSWERED_HELLOS {
+                for &i in &targets {
+                    self.down.mark(&self.centrals[i].entry.id);
+                }
+                targets = self.targets();
+                unanswered = 0;
             }
         }
     }
@@ -266,15 +361,16 @@ struct Supervisor {
     /// The handle's stream counter.
     next_stream: Arc<AtomicU32>,
     opener: Opener,
-    first: Session,
+    /// The first session and its central's index.
+    first: (Session, usize),
     node: String,
     metrics: Arc<Metrics>,
     tap: Option<Tap>,
     cells_rx: mpsc::Receiver<Vec<u8>>,
     cmd_tx: mpsc::Sender<SessionCmd>,
     cmd_rx: mpsc::Receiver<SessionCmd>,
-    links: watch::Receiver<Vec<Link>>,
-    up: watch::Sender<bool>,
+    /// The open session's central, for the front ends.
+    up: watch::Sender<Option<String>>,
     shutdown: CancellationToken,
 }
 
@@ -289,13 +385,13 @@ async fn supervise(s: Supervisor) {
         mut cells_rx,
         cmd_tx,
         mut cmd_rx,
-        links,
         up,
         shutdown,
     } = s;
-    let mut session = first;
+    let (mut session, mut central) = first;
     loop {
-        let _ = up.send(true);
+        let central_id = opener.centrals[central].entry.id.clone();
+        let _ = up.send(Some(central_id.clone()));
         // Tell the central which mailboxes are live now (some relay may have failed).
         let boxes: Vec<Mailbox> = opener
             .live_boxes
@@ -313,7 +409,7 @@ async fn supervise(s: Supervisor) {
             cells_rx,
             cmd_tx: cmd_tx.clone(),
             cmd_rx,
-            links: links.clone(),
+            links: opener.centrals[central].links.clone(),
             role: SessionRole::Client,
             // Streams numbered before this session belong to the ones before it.
             first_stream: next_stream.load(Ordering::Relaxed),
@@ -325,13 +421,15 @@ async fn supervise(s: Supervisor) {
         }
         .run()
         .await;
-        let _ = up.send(false);
+        let _ = up.send(None);
         (cells_rx, cmd_rx) = (ended.cells_rx, ended.cmd_rx);
         if shutdown.is_cancelled() || ended.reason == EndReason::Shutdown {
             return;
         }
-        warn!(reason = ?ended.reason, "session lost; opening a new one");
-        session = loop {
+        // The next session prefers another central (this one rests unless all do).
+        opener.down.mark(&central_id);
+        warn!(reason = ?ended.reason, central = %central_id, "session lost; opening a new one");
+        (session, central) = loop {
             let opened = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 s = opener.open(&mut cells_rx) => s,
@@ -349,20 +447,42 @@ async fn supervise(s: Supervisor) {
     }
 }
 
+/// Keeps a link to one upstream up; on each connection, one stream per central, each
+/// routed to it and published in that central's links.
 async fn upstream_link(
     ep: quinn::Endpoint,
     up: NodeEntry,
-    links: Arc<watch::Sender<Vec<Link>>>,
+    routes: Arc<Vec<CentralRoute>>,
     shutdown: CancellationToken,
     tapper: Option<Tap>,
 ) {
     let name = up.id.clone();
     let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     keep_dialing(ep, up, shutdown, backoff, |conn| {
-        let links = links.clone();
+        let routes = routes.clone();
         let name = name.clone();
         let tapper = tapper.clone();
-        async move { publish_link(&links, &name, &conn, 256, "client", &tapper).await }
+        async move {
+            let mut streams = tokio::task::JoinSet::new();
+            for i in 0..routes.len() {
+                let (routes, name, conn, tapper) =
+                    (routes.clone(), name.clone(), conn.clone(), tapper.clone());
+                streams.spawn(async move {
+                    let r = &routes[i];
+                    publish_link(
+                        &r.links,
+                        &name,
+                        &conn,
+                        Some(&r.route),
+                        256,
+                        "client",
+                        &tapper,
+                    )
+                    .await
+                });
+            }
+            while streams.join_next().await.is_some() {}
+        }
     })
     .await;
 }

@@ -297,6 +297,12 @@ async fn replayed_and_spliced_cells_are_rejected_mid_transfer() {
         .await
         .unwrap();
     let mut tx = conn.open_uni().await.unwrap();
+    let route = braid_proto::envelope::Route {
+        central: "central-1",
+    }
+    .encode()
+    .unwrap();
+    braid_net::write_frame(&mut tx, &route).await.unwrap();
     let cells = captured.lock().unwrap().clone();
     let central = demo.node("central-1").unwrap();
     let before = (

@@ -34,7 +34,11 @@ impl RawClient {
         let conn = braid_net::connect(&ep, up.addr.unwrap(), up.tls_key)
             .await
             .unwrap();
-        let up_tx = conn.open_uni().await.unwrap();
+        let mut up_tx = conn.open_uni().await.unwrap();
+        // The stream's cells go to the (only) central.
+        let central = ov.directory.centrals().next().unwrap().id.as_str();
+        let route = braid_proto::envelope::Route { central }.encode().unwrap();
+        write_frame(&mut up_tx, &route).await.unwrap();
         let r = ov.directory.by_id(relay).unwrap();
         let rconn = braid_net::connect(&ep, r.addr.unwrap(), r.tls_key)
             .await
@@ -63,7 +67,7 @@ impl RawClient {
 
     /// Opens `n` sessions with the central (resending Hellos whose Welcome was lost).
     async fn open_sessions(&mut self, ov: &ProcOverlay, n: usize, window: u64) -> Vec<Session> {
-        let central = ov.directory.central().unwrap().noise_key;
+        let central = ov.directory.centrals().next().unwrap().noise_key;
         let mut cfg = SessionConfig::with_cell_size(self.cell_size);
         cfg.window_cells = window;
         let hello = SessionHello {

@@ -31,6 +31,18 @@ mod scheduler_name {
     }
 }
 
+/// How the client picks the central a new session runs through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CentralChoice {
+    /// One at random among the centrals not known to be down (spreads users).
+    #[default]
+    Random,
+    /// The one that answers first: the Hello goes to every central not known to be down
+    /// and the first Welcome wins (the others' half-open sessions idle out).
+    Rtt,
+}
+
 /// The client's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,6 +59,10 @@ pub struct ClientConfig {
     /// spread) or `"rtt"` (lowest expected delivery time).
     #[serde(default, with = "scheduler_name")]
     pub scheduler: PathScheduler,
+    /// How a session picks its central: `"random"` (default) among those not known to be
+    /// down, or `"rtt"`, the first to answer. A session whose central dies moves to another.
+    #[serde(default)]
+    pub central_choice: CentralChoice,
     /// Per-stream window, in cells (default 1024).
     #[serde(default = "default_window_cells")]
     pub window_cells: u32,
@@ -153,6 +169,7 @@ impl ClientConfig {
             socks_listen: default_socks_listen(),
             gateway: None,
             scheduler: PathScheduler::default(),
+            central_choice: CentralChoice::default(),
             window_cells: default_window_cells(),
             log: LogFormat::default(),
             handshake_timeout_secs: default_handshake_timeout_secs(),

@@ -163,8 +163,8 @@ impl Directory {
         parse_directory(text, Path::new("<directory>"), &|_: &str| None)
     }
 
-    /// Check every rule: cell size range, id syntax and uniqueness, role counts (exactly
-    /// one central, at least one upstream, downstream, relay and gateway), addresses
+    /// Check every rule: cell size range, id syntax and uniqueness, role counts (at
+    /// least one of each role), addresses
     /// where required and unique, keys unique and non-zero.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_in(Path::new(IN_MEMORY))
@@ -256,12 +256,6 @@ impl ConfigFile for Directory {
 
         for role in Role::ALL {
             let count = self.nodes_with_role(role).count();
-            if role == Role::Central && count != 1 {
-                return Err(invalid(
-                    "nodes".into(),
-                    format!("the directory must hold exactly one central node, found {count}"),
-                ));
-            }
             if count == 0 {
                 return Err(invalid(
                     "nodes".into(),
@@ -279,9 +273,9 @@ impl Directory {
         self.nodes.iter().filter(move |n| n.role == role)
     }
 
-    /// The central node (exactly one in a validated directory).
-    pub fn central(&self) -> Option<&NodeEntry> {
-        self.nodes_with_role(Role::Central).next()
+    /// The central nodes (at least one in a validated directory), in file order.
+    pub fn centrals(&self) -> impl Iterator<Item = &NodeEntry> + '_ {
+        self.nodes_with_role(Role::Central)
     }
 
     /// The node with this id.

@@ -79,6 +79,7 @@ pub(crate) const CLIENT_KEYS: &[(&str, Kind)] = &[
     ("socks_listen", Kind::Str),
     ("gateway", Kind::Str),
     ("scheduler", Kind::Str),
+    ("central_choice", Kind::Str),
     ("window_cells", Kind::Scalar),
     ("log", Kind::Str),
     ("handshake_timeout_secs", Kind::Scalar),

@@ -31,7 +31,8 @@ fn directory_sample_parses_and_has_the_documented_shape() {
     assert_eq!(dir.nodes_with_role(Role::Downstream).count(), 2);
     assert_eq!(dir.nodes_with_role(Role::Relay).count(), 1);
     assert_eq!(dir.nodes_with_role(Role::Gateway).count(), 1);
-    let central = dir.central().unwrap();
+    let central = dir.centrals().next().unwrap();
+    assert_eq!(dir.centrals().count(), 1);
     assert_eq!(central.id, "central-1");
     assert_eq!(central.addr, Some("127.0.0.4:7400".parse().unwrap()));
     assert_eq!(dir.by_id("relay-1").unwrap().role, Role::Relay);

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::tap::{tap, Tap, TapPoint};
 
 /// Exponential backoff with jitter, as a tunnel client behind NAT reconnects.
+#[derive(Debug, Clone)]
 pub struct Backoff {
     min: Duration,
     max: Duration,
@@ -99,13 +100,15 @@ pub struct Link {
     pub tx: mpsc::Sender<Vec<u8>>,
 }
 
-/// Serves one outgoing link: opens its stream, publishes it in `links` for sessions to
-/// send on, writes what they hand it (each message tapped as `Sent` by `node`), and
+/// Serves one outgoing link: opens its stream (writing `first`, when given, as the stream's
+/// first message: the client's route to a central), publishes it in `links` for sessions
+/// to send on, writes what they hand it (each message tapped as `Sent` by `node`), and
 /// withdraws it when the connection or a write fails.
 pub async fn publish_link(
     links: &watch::Sender<Vec<Link>>,
     name: &str,
     conn: &quinn::Connection,
+    first: Option<&[u8]>,
     queue: usize,
     node: &str,
     tapper: &Option<Tap>,
@@ -113,6 +116,11 @@ pub async fn publish_link(
     let Ok(mut send) = conn.open_uni().await else {
         return;
     };
+    if let Some(first) = first {
+        if braid_net::write_frame(&mut send, first).await.is_err() {
+            return;
+        }
+    }
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(queue);
     links.send_modify(|v| {
         v.retain(|l| l.name != name);

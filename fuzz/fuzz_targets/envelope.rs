@@ -1,5 +1,6 @@
 //! The node-to-node framings around a response cell (`braid_proto::envelope`): the central →
-//! downstream `Envelope`, the downstream → relay `Delivery` and the client's `Registration`.
+//! downstream `Envelope`, the downstream → relay `Delivery`, the client's `Registration` and
+//! its `Route` to an upstream.
 //!
 //! Input: `cell size u8 | message bytes`. The message goes into every parser, with the cell
 //! size from the first byte (0 to 255: the parsers treat the cell as opaque, only its length
@@ -20,7 +21,7 @@
 use braid_fuzz::Input;
 use braid_proto::envelope::{
     delivery_len, encode_envelope_prefix, envelope_prefix_len, max_envelope_len,
-    write_envelope_prefix, Delivery, Envelope, EnvelopeError, Registration,
+    write_envelope_prefix, Delivery, Envelope, EnvelopeError, Registration, Route,
 };
 use braid_proto::frame::{Mailbox, MailboxId, MAILBOX_ID_LEN, MAX_NODE_ID_LEN};
 use libfuzzer_sys::fuzz_target;
@@ -32,6 +33,7 @@ fuzz_target!(|data: &[u8]| {
     envelope(msg, cell_size);
     delivery(msg, cell_size);
     registration(msg);
+    route(msg);
     encoders(msg);
 });
 
@@ -49,15 +51,15 @@ fn envelope_model(msg: &[u8], cell_size: usize) -> Result<(&str, MailboxId, &[u8
     };
     let n = usize::from(n);
     if n == 0 {
-        return Err(EnvelopeError::EmptyRelay);
+        return Err(EnvelopeError::EmptyNodeId);
     }
     if n > MAX_NODE_ID_LEN {
-        return Err(EnvelopeError::RelayTooLong(n));
+        return Err(EnvelopeError::NodeIdTooLong(n));
     }
     if rest.len() < n {
         return Err(EnvelopeError::Truncated);
     }
-    let relay = std::str::from_utf8(&rest[..n]).map_err(|_| EnvelopeError::RelayNotUtf8)?;
+    let relay = std::str::from_utf8(&rest[..n]).map_err(|_| EnvelopeError::NodeIdNotUtf8)?;
     if rest.len() < n + MAILBOX_ID_LEN {
         return Err(EnvelopeError::Truncated);
     }
@@ -154,6 +156,27 @@ fn registration(msg: &[u8]) {
     }
 }
 
+/// A route is `len u8 | id` exactly: parses iff the length matches and the id is a valid
+/// node id, and then re-encodes to the input.
+fn route(msg: &[u8]) {
+    let want = match msg.split_first() {
+        None => Err(EnvelopeError::Truncated),
+        Some((&n, id)) if id.len() != usize::from(n) => Err(EnvelopeError::WrongRouteLen {
+            got: msg.len(),
+            named: usize::from(n),
+        }),
+        Some((_, [])) => Err(EnvelopeError::EmptyNodeId),
+        Some((_, id)) if id.len() > MAX_NODE_ID_LEN => Err(EnvelopeError::NodeIdTooLong(id.len())),
+        Some((_, id)) => std::str::from_utf8(id).map_err(|_| EnvelopeError::NodeIdNotUtf8),
+    };
+    let got = Route::parse(msg);
+    assert_eq!(got.map(|r| r.central), want);
+    if let Ok(r) = got {
+        assert!(msg.len() <= Route::MAX_LEN);
+        assert_eq!(r.encode().as_deref(), Ok(msg));
+    }
+}
+
 /// Encoder → parser: a relay id of any length (cut from the message, lossy UTF-8, so it may
 /// hold replacement characters), the next bytes as the mailbox, the rest as the cell.
 fn encoders(msg: &[u8]) {
@@ -193,9 +216,9 @@ fn encoders(msg: &[u8]) {
             assert!(!valid);
             assert_eq!(e, e2);
             let want = if relay.is_empty() {
-                EnvelopeError::EmptyRelay
+                EnvelopeError::EmptyNodeId
             } else {
-                EnvelopeError::RelayTooLong(relay.len())
+                EnvelopeError::NodeIdTooLong(relay.len())
             };
             assert_eq!(e, want);
             // Nothing written on refusal.

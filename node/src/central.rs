@@ -262,6 +262,7 @@ async fn to_downstream(shared: Arc<Shared>, conn: quinn::Connection, name: Strin
         &shared.downstreams,
         &name,
         &conn,
+        None,
         1024,
         &shared.ctx.id,
         &None,

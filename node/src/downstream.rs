@@ -39,7 +39,8 @@ pub async fn run(ctx: NodeContext, bind: SocketAddr) -> anyhow::Result<()> {
     let relays = Arc::new(relays);
     let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let c = ctx.clone();
-    let link = ctx.central_link(ep.clone(), backoff, move |conn| {
+    // Every central's cells go to the same relay queues.
+    let link = ctx.central_links(ep.clone(), backoff, move |_central, conn| {
         from_central(c.clone(), conn, relays.clone())
     })?;
     // Draining: keep forwarding until the central stops sending, then go.

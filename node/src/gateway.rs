@@ -1,4 +1,4 @@
-//! Gateway (exit): dials the central and keeps that link up (it works behind NAT), accepts
+//! Gateway (exit): dials every central and keeps those links up (it works behind NAT), accepts
 //! one QUIC stream per proxied stream, completes the inner Noise handshake, applies the
 //! exit policy to every resolved address, connects, and pumps sealed records both ways.
 //! It sees destinations and payloads, never who the client is.
@@ -45,18 +45,18 @@ pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
     }
     let policy = Arc::new(policy);
     let ep = braid_net::client_endpoint(p.bind, Some(&ctx.identity))?;
-    info!(node = %ctx.id, "gateway dialing the central");
+    info!(node = %ctx.id, "gateway dialing the centrals");
     let backoff = Backoff::new(p.reconnect_min, p.reconnect_max);
     let c = ctx.clone();
     let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let live_streams = live.clone();
-    let link = ctx.central_link(ep.clone(), backoff, move |conn| {
+    let link = ctx.central_links(ep.clone(), backoff, move |central, conn| {
         let ctx = c.clone();
         let p = p.clone();
         let policy = policy.clone();
         let live = live.clone();
         async move {
-            info!(node = %ctx.id, "gateway linked to the central");
+            info!(node = %ctx.id, central = %central.id, "gateway linked to a central");
             while let Ok((mut send, recv)) = conn.accept_bi().await {
                 if ctx.drain.is_cancelled() {
                     // Draining: no new streams.

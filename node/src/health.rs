@@ -1,5 +1,6 @@
 //! Whether a node can do its job now, for `/health`: not draining, and linked to the peers
-//! its role needs. A load balancer or a deploy script reads 200 or 503 and the reason.
+//! its role needs (a dialing role: at least one central). A load balancer or a deploy
+//! script reads 200 or 503 and the reason.
 
 use braid_config::Role;
 use braid_driver::Metrics;
@@ -12,7 +13,7 @@ pub fn check(role: Role, metrics: &Metrics, draining: bool) -> Result<(), &'stat
     let up = |gauge: &std::sync::atomic::AtomicU64| Metrics::get(gauge) > 0;
     match role {
         Role::Upstream | Role::Downstream | Role::Gateway if !up(&metrics.links_up) => {
-            Err("no link to the central")
+            Err("no central linked")
         }
         Role::Central if !up(&metrics.downstreams_up) => Err("no downstream linked"),
         Role::Central if !up(&metrics.gateways_up) => Err("no gateway linked"),
@@ -41,7 +42,7 @@ mod tests {
         assert_eq!(check(Role::Relay, &m, false), Ok(()));
         assert_eq!(check(Role::Relay, &m, true), Err("draining"));
         for role in [Role::Upstream, Role::Downstream, Role::Gateway] {
-            assert_eq!(check(role, &m, false), Err("no link to the central"));
+            assert_eq!(check(role, &m, false), Err("no central linked"));
         }
         Metrics::inc(&m.links_up);
         assert_eq!(check(Role::Gateway, &m, false), Ok(()));

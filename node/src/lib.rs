@@ -16,8 +16,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use braid_config::Directory;
+use braid_config::{Directory, NodeEntry};
 use braid_driver::metrics::LinkUpGuard;
 use braid_driver::tap::{tap, TapPoint};
 use braid_driver::{keep_dialing, sleep_or_shutdown, Backoff, Metrics, Tap};
@@ -40,39 +39,43 @@ pub struct NodeContext {
 }
 
 impl NodeContext {
-    /// Keeps this node's link to the central up: dials with `backoff`, runs `serve` on each
-    /// connection, counts the link in `links_up` while it is up, until shutdown. Fails at
-    /// once if the directory names no central.
-    pub fn central_link<F, Fut>(
+    /// Keeps this node's links to every central up, each in its own task: dials with
+    /// `backoff`, runs `serve` on each connection (with the central it reaches), counts the
+    /// link in `links_up` while it is up, until shutdown. Fails at once if the directory
+    /// names no central. Dropping the returned future stops every link.
+    pub fn central_links<F, Fut>(
         &self,
         ep: quinn::Endpoint,
         backoff: Backoff,
-        mut serve: F,
-    ) -> anyhow::Result<impl Future<Output = ()>>
+        serve: F,
+    ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static>
     where
-        F: FnMut(quinn::Connection) -> Fut,
-        Fut: Future<Output = ()>,
+        F: Fn(NodeEntry, quinn::Connection) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
     {
-        let central = self
-            .directory
-            .central()
-            .cloned()
-            .context("the directory names no central")?;
-        let metrics = self.metrics.clone();
-        Ok(keep_dialing(
-            ep,
-            central,
-            self.shutdown.clone(),
-            backoff,
-            move |conn| {
-                let up = LinkUpGuard::new(metrics.clone());
-                let served = serve(conn);
-                async move {
-                    let _up = up;
-                    served.await
-                }
-            },
-        ))
+        let centrals: Vec<NodeEntry> = self.directory.centrals().cloned().collect();
+        anyhow::ensure!(!centrals.is_empty(), "the directory names no central");
+        let mut links = tokio::task::JoinSet::new();
+        for central in centrals {
+            let metrics = self.metrics.clone();
+            let serve = serve.clone();
+            let peer = central.clone();
+            links.spawn(keep_dialing(
+                ep.clone(),
+                central,
+                self.shutdown.clone(),
+                backoff.clone(),
+                move |conn| {
+                    let up = LinkUpGuard::new(metrics.clone());
+                    let served = serve(peer.clone(), conn);
+                    async move {
+                        let _up = up;
+                        served.await
+                    }
+                },
+            ));
+        }
+        Ok(async move { while links.join_next().await.is_some() {} })
     }
 
     /// Writes what `queue` holds to a new uni stream on `conn`, each message tapped as sent

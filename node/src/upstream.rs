@@ -1,10 +1,14 @@
-//! Upstream: takes sealed cells from clients and forwards them, unchanged, to the central.
-//! It knows the client's address and nothing else: every cell is sealed to the central.
+//! Upstream: takes sealed cells from clients and forwards them, unchanged, to the central
+//! each client stream is routed to (its first message names it). It knows the client's
+//! address and which central it uses, nothing else: every cell is sealed to that central.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use braid_net::{read_frame, ClientAuth, PinSet};
+use braid_proto::envelope::Route;
 use tokio::sync::mpsc;
 use tracing::info;
 
@@ -19,11 +23,19 @@ pub async fn run(ctx: NodeContext, listen: SocketAddr) -> anyhow::Result<()> {
     let ep =
         braid_net::server_endpoint(listen, &ctx.identity, PinSet::new(), ClientAuth::Optional)?;
     info!(node = %ctx.id, %listen, "upstream listening");
-    let (cell_tx, cell_rx) = mpsc::channel::<Vec<u8>>(1024);
-    let link = tokio::spawn(central_link(&ctx, ep.clone(), cell_rx)?);
+    // One queue per central, drained by the link to it.
+    let mut queues = HashMap::new();
+    let mut receivers = HashMap::new();
+    for central in ctx.directory.centrals() {
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(1024);
+        queues.insert(central.id.clone(), tx);
+        receivers.insert(central.id.clone(), Arc::new(tokio::sync::Mutex::new(rx)));
+    }
+    let queues = Arc::new(queues);
+    let link = tokio::spawn(central_links(&ctx, ep.clone(), receivers)?);
     let c = ctx.clone();
     ctx.accept_until_drain(&ep, move |conn| {
-        let (ctx, cell_tx) = (c.clone(), cell_tx.clone());
+        let (ctx, queues) = (c.clone(), queues.clone());
         async move {
             if let Some(k) = braid_net::peer_tls_key(&conn) {
                 // A node with a certificate has no business here unless it is listed.
@@ -33,7 +45,7 @@ pub async fn run(ctx: NodeContext, listen: SocketAddr) -> anyhow::Result<()> {
                     return;
                 }
             }
-            serve_client(ctx, conn, cell_tx).await;
+            serve_client(ctx, conn, queues).await;
         }
     })
     .await;
@@ -44,7 +56,9 @@ pub async fn run(ctx: NodeContext, listen: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve_client(ctx: NodeContext, conn: quinn::Connection, cell_tx: mpsc::Sender<Vec<u8>>) {
+type CentralQueues = Arc<HashMap<String, mpsc::Sender<Vec<u8>>>>;
+
+async fn serve_client(ctx: NodeContext, conn: quinn::Connection, queues: CentralQueues) {
     let cell_size = ctx.cell_size();
     loop {
         let mut recv = tokio::select! {
@@ -52,9 +66,21 @@ async fn serve_client(ctx: NodeContext, conn: quinn::Connection, cell_tx: mpsc::
             s = conn.accept_uni() => match s { Ok(s) => s, Err(_) => return },
         };
         let ctx = ctx.clone();
-        let cell_tx = cell_tx.clone();
+        let queues = queues.clone();
         tokio::spawn(async move {
+            // The stream's first message routes its cells to one central.
             let mut buf = Vec::with_capacity(cell_size);
+            let cell_tx = match read_frame(&mut recv, Route::MAX_LEN, &mut buf).await {
+                Ok(true) => match Route::parse(&buf).ok().and_then(|r| queues.get(r.central)) {
+                    Some(tx) => tx.clone(),
+                    None => {
+                        Metrics::inc(&ctx.metrics.cells_dropped);
+                        let _ = recv.stop(1u32.into());
+                        return;
+                    }
+                },
+                Ok(false) | Err(_) => return,
+            };
             loop {
                 match read_frame(&mut recv, cell_size, &mut buf).await {
                     Ok(true) if buf.len() == cell_size => {
@@ -72,19 +98,20 @@ async fn serve_client(ctx: NodeContext, conn: quinn::Connection, cell_tx: mpsc::
     }
 }
 
-/// Forwards the clients' cells to the central, redialing it while the node runs.
-fn central_link(
+/// Forwards the clients' cells to their centrals, redialing each while the node runs.
+fn central_links(
     ctx: &NodeContext,
     ep: quinn::Endpoint,
-    cell_rx: mpsc::Receiver<Vec<u8>>,
+    receivers: HashMap<String, Arc<tokio::sync::Mutex<mpsc::Receiver<Vec<u8>>>>>,
 ) -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
-    let rx = std::sync::Arc::new(tokio::sync::Mutex::new(cell_rx));
+    let receivers = Arc::new(receivers);
     let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let c = ctx.clone();
-    ctx.central_link(ep, backoff, move |conn| {
-        let rx = rx.clone();
+    ctx.central_links(ep, backoff, move |central, conn| {
+        let rx = receivers.get(&central.id).cloned();
         let ctx = c.clone();
         async move {
+            let Some(rx) = rx else { return };
             let mut rx = rx.lock().await;
             ctx.forward_queue(&conn, &mut rx).await;
         }

@@ -4,7 +4,12 @@
 //! central → downstream (envelope):  relay_len u8 | relay id (1..=MAX_NODE_ID_LEN) | mailbox [16] | cell
 //! downstream → relay   (delivery):  mailbox [16] | cell
 //! client → relay   (registration):  mailbox [16]        (once, on the bi stream it reads cells from)
+//! client → upstream       (route):  central_len u8 | central id   (once, first on each uni stream of cells)
 //! ```
+//!
+//! A network may have several centrals; the route tells an upstream which one the cells of
+//! that stream are sealed to. It names a node the upstream forwards to, nothing about the
+//! user's streams.
 //!
 //! Each is one message of the transport's length-prefixed framing, so every parser here takes
 //! exactly one whole message and refuses trailing or missing bytes. The cell is opaque
@@ -24,16 +29,18 @@ use crate::wire::{Reader, WireError};
 pub enum EnvelopeError {
     #[error("truncated: the message ends inside its header")]
     Truncated,
-    #[error("empty relay id")]
-    EmptyRelay,
-    #[error("relay id of {0} bytes is longer than {MAX_NODE_ID_LEN}")]
-    RelayTooLong(usize),
-    #[error("relay id is not UTF-8")]
-    RelayNotUtf8,
+    #[error("empty node id")]
+    EmptyNodeId,
+    #[error("node id of {0} bytes is longer than {MAX_NODE_ID_LEN}")]
+    NodeIdTooLong(usize),
+    #[error("node id is not UTF-8")]
+    NodeIdNotUtf8,
     #[error("cell of {got} bytes, the cell size is {want}")]
     WrongCellSize { got: usize, want: usize },
     #[error("registration of {0} bytes, a mailbox id is {MAILBOX_ID_LEN}")]
     WrongRegistrationLen(usize),
+    #[error("route of {got} bytes names a central of {named} bytes")]
+    WrongRouteLen { got: usize, named: usize },
 }
 
 impl From<WireError> for EnvelopeError {
@@ -56,9 +63,14 @@ pub const fn delivery_len(cell_size: usize) -> usize {
 
 /// Checks a relay id for the envelope: 1 to [`MAX_NODE_ID_LEN`] bytes.
 fn check_relay(relay: &str) -> Result<u8, EnvelopeError> {
-    match relay.len() {
-        0 => Err(EnvelopeError::EmptyRelay),
-        n if n > MAX_NODE_ID_LEN => Err(EnvelopeError::RelayTooLong(n)),
+    check_id_len(relay.len())
+}
+
+/// A node id's length on the wire: 1 to [`MAX_NODE_ID_LEN`] bytes, as its `u8` prefix.
+fn check_id_len(len: usize) -> Result<u8, EnvelopeError> {
+    match len {
+        0 => Err(EnvelopeError::EmptyNodeId),
+        n if n > MAX_NODE_ID_LEN => Err(EnvelopeError::NodeIdTooLong(n)),
         // MAX_NODE_ID_LEN < 256.
         n => Ok(n as u8),
     }
@@ -113,12 +125,12 @@ impl<'a> Envelope<'a> {
         let mut r = Reader::new(buf);
         let len = usize::from(r.u8()?);
         if len == 0 {
-            return Err(EnvelopeError::EmptyRelay);
+            return Err(EnvelopeError::EmptyNodeId);
         }
         if len > MAX_NODE_ID_LEN {
-            return Err(EnvelopeError::RelayTooLong(len));
+            return Err(EnvelopeError::NodeIdTooLong(len));
         }
-        let relay = std::str::from_utf8(r.bytes(len)?).map_err(|_| EnvelopeError::RelayNotUtf8)?;
+        let relay = std::str::from_utf8(r.bytes(len)?).map_err(|_| EnvelopeError::NodeIdNotUtf8)?;
         // The rest is exactly the delivery the downstream forwards.
         let Delivery { mailbox, cell } = Delivery::parse(r.rest(), cell_size)?;
         Ok(Envelope {
@@ -231,10 +243,74 @@ impl From<&Mailbox> for Registration {
     }
 }
 
+/// The first message of a client's uni stream to an upstream: the central its cells go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route<'a> {
+    pub central: &'a str,
+}
+
+impl<'a> Route<'a> {
+    /// The longest route message (the upstream's frame limit for it).
+    pub const MAX_LEN: usize = 1 + MAX_NODE_ID_LEN;
+
+    /// Parses one whole route message.
+    pub fn parse(buf: &'a [u8]) -> Result<Self, EnvelopeError> {
+        let (&len, id) = buf.split_first().ok_or(EnvelopeError::Truncated)?;
+        if id.len() != usize::from(len) {
+            return Err(EnvelopeError::WrongRouteLen {
+                got: buf.len(),
+                named: usize::from(len),
+            });
+        }
+        check_id_len(id.len())?;
+        let central = std::str::from_utf8(id).map_err(|_| EnvelopeError::NodeIdNotUtf8)?;
+        Ok(Route { central })
+    }
+
+    /// The route message; fails if the id is empty or too long.
+    pub fn encode(&self) -> Result<Vec<u8>, EnvelopeError> {
+        let len = check_relay(self.central)?;
+        let mut out = Vec::with_capacity(1 + self.central.len());
+        out.push(len);
+        out.extend_from_slice(self.central.as_bytes());
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn route_round_trips_and_refuses_bad_lengths() {
+        let r = Route {
+            central: "central-2",
+        };
+        let bytes = r.encode().unwrap();
+        assert_eq!(bytes[0], 9);
+        assert_eq!(Route::parse(&bytes), Ok(r));
+        assert_eq!(Route::parse(&[]), Err(EnvelopeError::Truncated));
+        assert_eq!(Route::parse(&[0]), Err(EnvelopeError::EmptyNodeId));
+        assert!(matches!(
+            Route::parse(&bytes[..5]),
+            Err(EnvelopeError::WrongRouteLen { .. })
+        ));
+        assert_eq!(
+            Route::parse(&[2, 0xff, 0xfe]),
+            Err(EnvelopeError::NodeIdNotUtf8)
+        );
+        assert!(Route { central: "" }.encode().is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn route_parse_never_panics_and_round_trips(buf in proptest::collection::vec(any::<u8>(), 0..80)) {
+            if let Ok(r) = Route::parse(&buf) {
+                prop_assert_eq!(r.encode().unwrap(), buf);
+            }
+        }
+    }
 
     const ID: MailboxId = [7; MAILBOX_ID_LEN];
 
@@ -321,16 +397,16 @@ mod tests {
             Envelope::parse(&[&good[..], &[0]].concat(), 8),
             Err(WrongCellSize { got: 9, want: 8 })
         );
-        assert_eq!(Envelope::parse(&[0; 64], 8), Err(EmptyRelay));
-        assert_eq!(Envelope::parse(&[33; 64], 8), Err(RelayTooLong(33)));
-        assert_eq!(Envelope::parse(&[255], 8), Err(RelayTooLong(255)));
+        assert_eq!(Envelope::parse(&[0; 64], 8), Err(EmptyNodeId));
+        assert_eq!(Envelope::parse(&[33; 64], 8), Err(NodeIdTooLong(33)));
+        assert_eq!(Envelope::parse(&[255], 8), Err(NodeIdTooLong(255)));
         let mut bad = good.clone();
         bad[1] = 0xC3;
         bad[2] = 0x28;
-        assert_eq!(Envelope::parse(&bad, 8), Err(RelayNotUtf8));
+        assert_eq!(Envelope::parse(&bad, 8), Err(NodeIdNotUtf8));
         // Errors display something readable.
         assert_eq!(
-            RelayTooLong(33).to_string(),
+            NodeIdTooLong(33).to_string(),
             "relay id of 33 bytes is longer than 32"
         );
     }
@@ -339,8 +415,8 @@ mod tests {
     fn encoders_refuse_bad_relay_ids_and_write_nothing() {
         let long = "x".repeat(MAX_NODE_ID_LEN + 1);
         for (relay, err) in [
-            ("", EnvelopeError::EmptyRelay),
-            (long.as_str(), EnvelopeError::RelayTooLong(33)),
+            ("", EnvelopeError::EmptyNodeId),
+            (long.as_str(), EnvelopeError::NodeIdTooLong(33)),
         ] {
             let mut out = vec![9];
             assert_eq!(
@@ -362,7 +438,7 @@ mod tests {
         let wide = "€".repeat(11);
         assert_eq!(
             encode_envelope_prefix(&mailbox(&wide)),
-            Err(EnvelopeError::RelayTooLong(33))
+            Err(EnvelopeError::NodeIdTooLong(33))
         );
     }
 

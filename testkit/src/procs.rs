@@ -172,14 +172,15 @@ impl ProcOverlay {
             socks: SocketAddr::new(ip(1), 0),
             client: None,
         };
-        // Ready: every admin port answers, and every dialing node has linked to the central.
+        // Ready: every admin port answers, and every dialing node has linked to every central.
         let deadline = Instant::now() + Duration::from_secs(30);
+        let centrals = ov.directory.centrals().count() as u64;
         for i in 0..ov.nodes.len() {
             loop {
                 let n = &ov.nodes[i];
                 let ok = match n.role {
                     Role::Upstream | Role::Downstream | Role::Gateway => {
-                        ov.metric(&n.id, "braid_links_up") >= 1
+                        ov.metric(&n.id, "braid_links_up") >= centrals
                     }
                     _ => {
                         http_get(n.admin, "/health").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
