@@ -98,6 +98,12 @@ async fn new_streams_move_to_the_other_central_within_2_s_of_a_kill() {
 async fn rtt_choice_asks_every_central_and_keeps_the_first() {
     let origin = start_origin([127, 0, 0, 1]).await;
     let ov = two_centrals("central_choice = \"rtt\"\n");
+    let log = ov.log("client");
+    assert_eq!(
+        log.matches("session open with a central").count(),
+        1,
+        "{log}"
+    );
     for c in ["central-1", "central-2"] {
         assert_eq!(
             ov.metric(c, "braid_sessions_opened_total"),
