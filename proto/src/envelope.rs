@@ -407,7 +407,7 @@ mod tests {
         // Errors display something readable.
         assert_eq!(
             NodeIdTooLong(33).to_string(),
-            "relay id of 33 bytes is longer than 32"
+            "node id of 33 bytes is longer than 32"
         );
     }
 
