@@ -51,6 +51,9 @@ pub struct DemoOptions {
     pub keepalive: Duration,
     pub peer_timeout: Duration,
     pub session_wait: Duration,
+    /// How long a stream whose central died may resume (the client's and the gateway's
+    /// `resume_grace_ms`).
+    pub resume_grace: Duration,
     /// The central's idle timeout (`idle_timeout_secs`).
     pub central_idle_timeout: Duration,
     /// The one gateway the client may use (`braid run`'s `gateway`); any when `None`.
@@ -76,6 +79,7 @@ impl Default for DemoOptions {
             keepalive: client_defaults.keepalive(),
             peer_timeout: client_defaults.peer_timeout(),
             session_wait: client_defaults.session_wait(),
+            resume_grace: client_defaults.resume_grace(),
             central_idle_timeout: Duration::from_secs(60),
             gateway: None,
         }
@@ -176,6 +180,7 @@ impl Demo {
                     c.hosts = opts.hosts.clone();
                     c.reconnect_min_ms = 50;
                     c.reconnect_max_ms = 2000;
+                    c.resume_grace_ms = opts.resume_grace.as_millis() as u64;
                     NodeConfig::Gateway(c)
                 }
             };
@@ -219,6 +224,8 @@ impl Demo {
             keepalive: opts.keepalive,
             peer_timeout: opts.peer_timeout,
             session_wait: opts.session_wait,
+            resume_grace: opts.resume_grace,
+            resume_buffer: ClientConfig::with_directory("<demo>").resume_buffer(),
             shutdown: shutdown.child_token(),
         })
         .await?;

@@ -157,6 +157,8 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         keepalive: cfg.keepalive(),
         peer_timeout: cfg.peer_timeout(),
         session_wait: cfg.session_wait(),
+        resume_grace: cfg.resume_grace(),
+        resume_buffer: cfg.resume_buffer(),
         shutdown: shutdown.clone(),
     })
     .await?;

@@ -45,6 +45,10 @@ pub struct ClientParams {
     pub peer_timeout: Duration,
     /// How long a new stream waits for a session while none is open.
     pub session_wait: Duration,
+    /// How long a stream whose carrier died keeps trying to resume.
+    pub resume_grace: Duration,
+    /// Sealed bytes a stream keeps until the gateway acknowledges them.
+    pub resume_buffer: usize,
     pub shutdown: CancellationToken,
 }
 
@@ -60,6 +64,10 @@ pub struct ClientHandle {
     /// The central of the open session; None while the next one is handshaken.
     session_central: watch::Receiver<Option<String>>,
     session_wait: Duration,
+    /// How long a stream whose carrier died keeps trying to resume.
+    pub resume_grace: Duration,
+    /// Sealed bytes a stream keeps until the gateway acknowledges them.
+    pub resume_buffer: usize,
 }
 
 impl ClientHandle {
@@ -196,6 +204,8 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
         tap: p.tap.clone(),
         session_central: up_rx,
         session_wait: p.session_wait,
+        resume_grace: p.resume_grace,
+        resume_buffer: p.resume_buffer,
     };
     tokio::spawn(supervise(Supervisor {
         next_stream,

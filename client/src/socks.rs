@@ -399,7 +399,7 @@ async fn handle_conn(
         Ok(stream) => {
             tcp.write_all(&socks5::reply(ReplyCode::SUCCEEDED, None))
                 .await?;
-            stream.relay(tcp).await;
+            stream.relay(&h, tcp).await;
             Ok(())
         }
         Err(e) => {

@@ -94,6 +94,15 @@ pub struct ClientConfig {
     /// SOCKS5 request is answered with a failure (default 10000 ms).
     #[serde(default = "default_session_wait_ms")]
     pub session_wait_ms: u64,
+    /// How long a stream whose central died keeps trying to resume through another
+    /// (default 30000 ms; the gateway's own `resume_grace_ms` bounds it too).
+    #[serde(default = "crate::check::default_resume_grace_ms")]
+    pub resume_grace_ms: u64,
+    /// Sealed bytes each stream keeps until the gateway acknowledges them, to send again
+    /// after a resume (default 2048 KiB; at least 512). Past it the stream stops reading
+    /// its application until acknowledgements free room.
+    #[serde(default = "crate::check::default_resume_buffer_kib")]
+    pub resume_buffer_kib: u64,
     /// RFC 1929 username/password the SOCKS5 port requires; none (default) means no
     /// authentication. Not overridable from the environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -178,6 +187,8 @@ impl ClientConfig {
             keepalive_ms: default_keepalive_ms(),
             peer_timeout_ms: default_peer_timeout_ms(),
             session_wait_ms: default_session_wait_ms(),
+            resume_grace_ms: crate::check::default_resume_grace_ms(),
+            resume_buffer_kib: crate::check::default_resume_buffer_kib(),
             auth: None,
         }
     }
@@ -195,6 +206,16 @@ impl ClientConfig {
     /// [`peer_timeout_ms`](Self::peer_timeout_ms) as a duration.
     pub fn peer_timeout(&self) -> Duration {
         Duration::from_millis(self.peer_timeout_ms)
+    }
+
+    /// [`resume_grace_ms`](Self::resume_grace_ms) as a duration.
+    pub fn resume_grace(&self) -> Duration {
+        Duration::from_millis(self.resume_grace_ms)
+    }
+
+    /// [`resume_buffer_kib`](Self::resume_buffer_kib) in bytes.
+    pub fn resume_buffer(&self) -> usize {
+        usize::try_from(self.resume_buffer_kib.saturating_mul(1024)).unwrap_or(usize::MAX)
     }
 
     /// [`session_wait_ms`](Self::session_wait_ms) as a duration.
@@ -277,6 +298,7 @@ impl ConfigFile for ClientConfig {
             ("keepalive_ms", self.keepalive_ms),
             ("peer_timeout_ms", self.peer_timeout_ms),
             ("session_wait_ms", self.session_wait_ms),
+            ("resume_grace_ms", self.resume_grace_ms),
         ] {
             if !(1..=86_400_000).contains(&ms) {
                 return Err(invalid(
@@ -285,6 +307,7 @@ impl ConfigFile for ClientConfig {
                 ));
             }
         }
+        check::resume_buffer(file, self.resume_buffer_kib)?;
         if let Some(auth) = &self.auth {
             // RFC 1929 carries each in a one-byte length field, and 0 is refused.
             for (key, value) in [

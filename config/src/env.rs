@@ -71,6 +71,8 @@ pub(crate) const GATEWAY_KEYS: &[(&str, Kind)] = &[
     ("hosts", Kind::Table),
     ("reconnect_min_ms", Kind::Scalar),
     ("reconnect_max_ms", Kind::Scalar),
+    ("resume_grace_ms", Kind::Scalar),
+    ("resume_buffer_kib", Kind::Scalar),
 ];
 
 /// Overridable keys of the client config.
@@ -88,6 +90,8 @@ pub(crate) const CLIENT_KEYS: &[(&str, Kind)] = &[
     ("keepalive_ms", Kind::Scalar),
     ("peer_timeout_ms", Kind::Scalar),
     ("session_wait_ms", Kind::Scalar),
+    ("resume_grace_ms", Kind::Scalar),
+    ("resume_buffer_kib", Kind::Scalar),
 ];
 
 /// The environment variable for a dotted key path: `exit.allow_loopback` →

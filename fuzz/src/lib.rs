@@ -273,12 +273,12 @@ pub fn record_pair() -> (RecordSealer, RecordOpener, RecordSealer, RecordOpener)
     let (g, got) = inner::gateway_accept(&gw, &bytes[2..]).expect("honest gateway_accept");
     assert_eq!(got, req);
     let mut out = Vec::new();
-    let (gs, go) = g
+    let g = g
         .reply(&mut FuzzRng::new(301), OpenStatus::OK, &mut out)
         .expect("honest reply");
-    let (st, reason, cs, co) = c.finish(&out[2..]).expect("honest finish");
+    let (st, reason, c) = c.finish(&out[2..]).expect("honest finish");
     assert_eq!((st, reason.as_str()), (OpenStatus::OK, ""));
-    (cs, co, gs, go)
+    (c.sealer, c.opener, g.sealer, g.opener)
 }
 
 #[cfg(test)]
