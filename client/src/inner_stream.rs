@@ -181,12 +181,16 @@ type Carrier = (StreamSender, StreamReceiver, MessageDecoder);
 
 /// Moves `stream` to a new carrier through whatever session is open (waiting for one),
 /// retrying until `h.resume_grace` has passed or the gateway says it no longer holds it.
+/// While the central says it has no link to the gateway, it retries at most the shorter of
+/// `session_wait` and the grace: a gateway that is alive links to every central within its
+/// redial backoff, and a stream on a dead one must not hang.
 async fn resume(
     h: &ClientHandle,
     gateway: &Gateway,
     stream: &SharedStream,
 ) -> Result<Carrier, OpenFailure> {
     let deadline = Instant::now() + h.resume_grace;
+    let mut unlinked_since = None;
     let mut pause = Duration::from_millis(20);
     loop {
         let e = match resume_once(h, gateway, stream).await {
@@ -200,7 +204,10 @@ async fn resume(
             e,
             OpenFailure::BadAnswer(InnerError::ResumeRefused | InnerError::ResumeAuth)
         );
-        if refused || Instant::now() + pause >= deadline {
+        let unlinked = matches!(e, OpenFailure::Reset(r) if r == Reason::NO_GATEWAY)
+            && unlinked_since.get_or_insert_with(Instant::now).elapsed()
+                >= h.session_wait().min(h.resume_grace);
+        if refused || unlinked || Instant::now() + pause >= deadline {
             return Err(e);
         }
         debug!(gateway = %gateway.id, error = %e, "resume attempt failed; trying again");
@@ -243,11 +250,22 @@ async fn resume_once(
     }
 }
 
+/// How an app connection's stream ended, and so how the connection must end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// Finished, or the app itself failed: close it as usual.
+    Closed,
+    /// The stream was cut (the gateway failed it, or it could not resume): the connection
+    /// has been set to reset on drop, so the app cannot take a cut stream for a finished
+    /// one. Drop it without a FIN.
+    Reset,
+}
+
 impl OpenedStream {
     /// Relays `tcp` over the stream until both directions are done, then leaves the stream
     /// cleanly, or resets it if the gateway's side failed. When the carrier dies, resumes
     /// the stream on a new one (see [`resume`]).
-    pub async fn relay(self, h: &ClientHandle, tcp: &mut TcpStream) {
+    pub async fn relay(self, h: &ClientHandle, tcp: &mut TcpStream) -> RelayEnd {
         let OpenedStream {
             mut tx,
             mut rx,
@@ -271,15 +289,23 @@ impl OpenedStream {
             )
             .await;
             match end {
-                LegEnd::Done => return tx.forget().await,
-                LegEnd::Aborted => return tx.reset(Reason::GENERAL_FAILURE).await,
+                LegEnd::Done => {
+                    tx.forget().await;
+                    return RelayEnd::Closed;
+                }
+                LegEnd::Aborted => {
+                    let _ = tcp_w.as_ref().set_zero_linger();
+                    tx.reset(Reason::GENERAL_FAILURE).await;
+                    return RelayEnd::Reset;
+                }
                 LegEnd::AppFailed => {
                     // Tell the gateway, so it closes the target now rather than after its
                     // grace period; the carrier may be gone, so not for long.
                     if let Some(e) = stream.seal_error(Reason::APP_CLOSED) {
                         let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(e)).await;
                     }
-                    return tx.reset(Reason::APP_CLOSED).await;
+                    tx.reset(Reason::APP_CLOSED).await;
+                    return RelayEnd::Closed;
                 }
                 LegEnd::CarrierLost => {
                     let old = tx.id();
@@ -291,7 +317,10 @@ impl OpenedStream {
                         }
                         Err(e) => {
                             info!(stream = old, gateway = %gateway.id, error = %e, "stream lost with its carrier");
-                            return;
+                            // A reset, not a clean close: the app must not take a cut
+                            // stream for a finished one.
+                            let _ = tcp_w.as_ref().set_zero_linger();
+                            return RelayEnd::Reset;
                         }
                     }
                 }

@@ -84,6 +84,11 @@ impl ClientHandle {
         self.session_central.borrow().clone()
     }
 
+    /// How long a new stream waits for a session.
+    pub fn session_wait(&self) -> Duration {
+        self.session_wait
+    }
+
     pub fn next_stream_id(&self) -> u32 {
         self.next_stream.fetch_add(1, Ordering::Relaxed)
     }

@@ -53,7 +53,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::inner_stream::{self, OpenFailure};
+use crate::inner_stream::{self, OpenFailure, RelayEnd};
 use crate::overlay::ClientHandle;
 
 /// Default for [`SocksLimits::handshake_deadline`] (slowloris guard).
@@ -307,11 +307,12 @@ async fn serve_conn(mut tcp: TcpStream, peer: SocketAddr, h: ClientHandle, limit
         // Closed without a reply; see the module documentation.
         Err(_) => debug!(%peer, "SOCKS5 handshake deadline passed"),
         Ok(Err(e)) => debug!(%peer, error = %e, "SOCKS5 handshake failed"),
-        Ok(Ok((req, early))) => {
-            if let Err(e) = handle_conn(&mut tcp, h, req, early).await {
-                debug!(%peer, error = %e, "socks connection ended");
-            }
-        }
+        Ok(Ok((req, early))) => match handle_conn(&mut tcp, h, req, early).await {
+            // Set to reset on drop: no FIN first.
+            Ok(RelayEnd::Reset) => return,
+            Ok(RelayEnd::Closed) => {}
+            Err(e) => debug!(%peer, error = %e, "socks connection ended"),
+        },
     }
     close(tcp).await;
 }
@@ -389,25 +390,24 @@ async fn handle_conn(
     h: ClientHandle,
     req: socks5::Request,
     early: Vec<u8>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<RelayEnd> {
     if req.command != Command::CONNECT {
         tcp.write_all(&socks5::reply(ReplyCode::COMMAND_NOT_SUPPORTED, None))
             .await?;
-        return Ok(());
+        return Ok(RelayEnd::Closed);
     }
     match inner_stream::open(&h, &req.target, early).await {
         Ok(stream) => {
             tcp.write_all(&socks5::reply(ReplyCode::SUCCEEDED, None))
                 .await?;
-            stream.relay(&h, tcp).await;
-            Ok(())
+            Ok(stream.relay(&h, tcp).await)
         }
         Err(e) => {
             tcp.write_all(&socks5::reply(e.reason().socks5_reply(), None))
                 .await?;
             match e {
                 OpenFailure::BadAnswer(_) => Err(e.into()),
-                _ => Ok(()),
+                _ => Ok(RelayEnd::Closed),
             }
         }
     }

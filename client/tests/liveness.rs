@@ -3,7 +3,6 @@
 //! are shortened by config so that the tests take seconds.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use braid_client::demo::{Demo, DemoOptions};

@@ -22,6 +22,8 @@ pub struct ProcOptions {
     pub node_extra: String,
     /// Extra TOML lines for the client's config (keepalive, timeouts).
     pub client_extra: String,
+    /// Extra top-level TOML lines for every gateway's config (grace, buffers).
+    pub gateway_extra: String,
 }
 
 impl Default for ProcOptions {
@@ -32,6 +34,7 @@ impl Default for ProcOptions {
             central_extra: String::new(),
             node_extra: String::new(),
             client_extra: String::new(),
+            gateway_extra: String::new(),
         }
     }
 }
@@ -132,7 +135,7 @@ impl ProcOverlay {
             match role {
                 Role::Upstream | Role::Relay => cfg += &format!("listen = \"{addr}\"\n"),
                 Role::Central => cfg += &format!("listen = \"{addr}\"\n{}\n", o.central_extra),
-                Role::Gateway => {}
+                Role::Gateway => cfg += &format!("{}\n", o.gateway_extra),
                 Role::Downstream => {}
             }
             cfg += &o.node_extra;
@@ -310,6 +313,17 @@ impl ProcOverlay {
             assert!(Instant::now() < deadline, "{id} did not come back");
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// kill -9 of the client process.
+    pub fn kill9_client(&mut self) {
+        let c = self.client.as_mut().unwrap();
+        let st = Command::new("kill")
+            .args(["-KILL", &c.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let _ = c.wait();
     }
 
     /// kill -9: the node vanishes without a goodbye.
