@@ -93,7 +93,9 @@ pub async fn open(
             return Err(OpenFailure::Reset(Reason::NO_GATEWAY));
         };
         match open_via(h, &gateway, &req).await {
-            Err(OpenFailure::Reset(r)) if r == Reason::NO_GATEWAY => {
+            // Unlinked, or its link died before it answered (as Tor retries a stream whose
+            // circuit closed before it was connected).
+            Err(OpenFailure::Reset(r)) if r == Reason::NO_GATEWAY || r == Reason::GATEWAY_LOST => {
                 info!(gateway = %gateway.id, "the central has no link to this gateway; trying another");
                 h.gateways.mark_down(&gateway.id);
                 tried.push(gateway.id);
@@ -204,7 +206,7 @@ async fn resume(
             e,
             OpenFailure::BadAnswer(InnerError::ResumeRefused | InnerError::ResumeAuth)
         );
-        let unlinked = matches!(e, OpenFailure::Reset(r) if r == Reason::NO_GATEWAY)
+        let unlinked = matches!(e, OpenFailure::Reset(r) if r == Reason::NO_GATEWAY || r == Reason::GATEWAY_LOST)
             && unlinked_since.get_or_insert_with(Instant::now).elapsed()
                 >= h.session_wait().min(h.resume_grace);
         if refused || unlinked || Instant::now() + pause >= deadline {
