@@ -234,7 +234,13 @@ fn malformed_cases() -> Vec<Hostile> {
             cat(&[&[5, 0], &v4(1, 1)]),
             vec![5, 0xFF],
         ),
-        h("only user/pass offered", vec![5, 1, 2], vec![5, 0xFF]),
+        // Without [auth], user/pass is taken with any credentials (a gateway pin), but an
+        // empty username is still malformed.
+        h(
+            "only user/pass offered, ULEN 0",
+            vec![5, 1, 2, 1, 0, 1, b'p'],
+            vec![5, 2, 1, 1],
+        ),
         h("only GSSAPI offered", vec![5, 1, 1], vec![5, 0xFF]),
         h("two unacceptable", vec![5, 2, 1, 0x80], vec![5, 0xFF]),
         h(
