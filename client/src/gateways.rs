@@ -345,7 +345,13 @@ mod tests {
         }
         // Tried (the central could not reach it): another, not the stuck one.
         let other = g
-            .pick_at(now, &mut rng, &host("example.com"), None, &[moved.clone()])
+            .pick_at(
+                now,
+                &mut rng,
+                &host("example.com"),
+                None,
+                std::slice::from_ref(&moved),
+            )
             .unwrap()
             .id;
         assert!(other != moved && other != first, "{other}");
