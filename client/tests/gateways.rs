@@ -178,3 +178,38 @@ async fn a_socks_username_naming_a_gateway_pins_the_stream_to_it() {
     assert!(get(&demo, &format!("http://{origin}/echo/unpinned")).await);
     demo.shutdown().await;
 }
+
+/// `gateway_choice = "sticky"`: every stream to one host exits through one gateway, while
+/// different hosts still spread over both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_choice_keeps_a_host_on_one_gateway() {
+    let origin = start_origin([127, 0, 0, 1]).await;
+    let mut opts = two_gateways(None);
+    opts.gateway_choice.choice = braid_config::GatewayChoice::Sticky;
+    let hosts: Vec<String> = (0..16).map(|i| format!("site-{i}.braid.test")).collect();
+    for h in &hosts {
+        opts.hosts.insert(h.clone(), origin.ip());
+    }
+    let demo = Demo::start(opts).await.unwrap();
+    let count = |demo: &Demo| {
+        (
+            streams_opened(demo, "gateway-1"),
+            streams_opened(demo, "gateway-2"),
+        )
+    };
+    let url = |h: &str| format!("http://{h}:{}/echo/sticky", origin.port());
+    for _ in 0..10 {
+        assert!(get(&demo, &url(&hosts[0])).await);
+    }
+    let (a, b) = count(&demo);
+    assert!(
+        (a, b) == (10, 0) || (a, b) == (0, 10),
+        "one host, one gateway: {a} / {b}"
+    );
+    for h in &hosts[1..] {
+        assert!(get(&demo, &url(h)).await);
+    }
+    let (a2, b2) = count(&demo);
+    assert!(a2 > a && b2 > b, "hosts spread: {a2} / {b2}");
+    demo.shutdown().await;
+}
