@@ -212,4 +212,64 @@ async fn sticky_choice_keeps_a_host_on_one_gateway() {
     let (a2, b2) = count(&demo);
     assert!(a2 > a && b2 > b, "hosts spread: {a2} / {b2}");
     demo.shutdown().await;
+
+/// Over separate processes, `kill -9` of one of two gateways (no goodbye: its links just go
+/// silent). Its links are noticed dead within `link_idle_timeout_ms` (500 ms here); new
+/// streams use the other gateway within 1 s, every one of them; a stream that was open on
+/// the dead gateway is reset, not left hanging; nothing reaches a gateway not named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_gateway_new_streams_use_the_other_within_1_s() {
+    use support::procs::{ProcOptions, ProcOverlay};
+    use support::socks::{echo, socks_connect, start_counting_echo};
+    use tokio::io::AsyncReadExt;
+
+    let origin = start_origin([127, 0, 0, 1]).await;
+    let (echo_addr, _) = start_counting_echo().await;
+    let mut ov = ProcOverlay::start(ProcOptions {
+        layout: Layout {
+            gateways: 2,
+            ..Layout::default()
+        },
+        gateway_extra: "link_idle_timeout_ms = 500\n".into(),
+        client_extra: "session_wait_ms = 1000\n".into(),
+        ..ProcOptions::default()
+    });
+    // Interactive streams until one runs through gateway-1.
+    let mut on_dead = None;
+    for _ in 0..20 {
+        let before = ov.metric("gateway-1", "braid_streams_opened_total");
+        let mut s = socks_connect(ov.socks, echo_addr).await;
+        echo(&mut s, b"hi").await;
+        if ov.metric("gateway-1", "braid_streams_opened_total") > before {
+            on_dead = Some(s);
+            break;
+        }
+    }
+    let mut on_dead = on_dead.expect("a stream through gateway-1");
+    ov.kill9("gateway-1");
+    let killed = Instant::now();
+    // New streams: the first success and the next 20, all through gateway-2.
+    let url = format!("http://{origin}/echo/after");
+    let mut first = None;
+    while killed.elapsed() < Duration::from_secs(10) {
+        let (ok, body) = curl(ov.socks, &["--max-time", "3", &url]).await;
+        if ok && body == b"after" {
+            first = Some(killed.elapsed());
+            break;
+        }
+    }
+    let first = first.expect("a new stream within 10 s");
+    for i in 0..20 {
+        let (ok, body) = curl(ov.socks, &["--max-time", "3", &url]).await;
+        assert!(ok && body == b"after", "stream {i} after the kill");
+    }
+    let mut buf = [0u8; 8];
+    let end = tokio::time::timeout(Duration::from_secs(10), on_dead.read(&mut buf))
+        .await
+        .expect("the stream on the dead gateway ended instead of hanging");
+    let ended = killed.elapsed();
+    eprintln!("kill -9 of gateway-1: first new stream after {first:?}; its open stream ended after {ended:?} ({end:?})");
+    assert!(first < Duration::from_secs(1), "first new stream after {first:?}");
+    assert!(end.is_err(), "a reset, not a clean close: {end:?}");
+    ov.assert_no_panics();
 }
