@@ -27,6 +27,12 @@ pub struct GatewayConfig {
     /// Largest delay between redials (default 30000 ms).
     #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+    /// Most proxied streams open at once, over all centrals (default 16384). Each holds a
+    /// target socket, so it should fit under the process's open-file limit; it is also how
+    /// many QUIC streams a central may open on its link to this gateway. Past it a stream is
+    /// refused (`resource_limit`, SOCKS reply 01).
+    #[serde(default = "default_max_streams")]
+    pub max_streams: u32,
     /// Exit policy switches.
     #[serde(default)]
     pub exit: ExitConfig,
@@ -39,6 +45,10 @@ pub struct GatewayConfig {
 
 fn default_connect_timeout_secs() -> u64 {
     10
+}
+
+fn default_max_streams() -> u32 {
+    16_384
 }
 
 fn default_reconnect_min_ms() -> u64 {
@@ -56,6 +66,7 @@ impl GatewayConfig {
             connect_timeout_secs: default_connect_timeout_secs(),
             reconnect_min_ms: default_reconnect_min_ms(),
             reconnect_max_ms: default_reconnect_max_ms(),
+            max_streams: default_max_streams(),
             exit: ExitConfig::default(),
             hosts: BTreeMap::new(),
             node,
@@ -85,6 +96,7 @@ impl GatewayConfig {
             &[
                 ("connect_timeout_secs", self.connect_timeout_secs),
                 ("reconnect_min_ms", self.reconnect_min_ms),
+                ("max_streams", u64::from(self.max_streams)),
             ],
         )?;
         check::not_below(
@@ -116,6 +128,14 @@ mod tests {
             NodeConfig::Gateway(g) => Ok(g),
             other => panic!("not a gateway: {other:?}"),
         }
+    }
+
+    #[test]
+    fn max_streams_defaults_and_is_positive() {
+        assert_eq!(gateway("").unwrap().max_streams, 16_384);
+        assert_eq!(gateway("max_streams = 20000\n").unwrap().max_streams, 20_000);
+        let e = gateway("max_streams = 0\n").unwrap_err().to_string();
+        assert!(e.contains("max_streams"), "{e}");
     }
 
     #[test]
