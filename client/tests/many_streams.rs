@@ -125,15 +125,22 @@ async fn open(socks: SocksAddr, target: SocketAddr) -> std::io::Result<TcpStream
 struct SocksAddr(SocketAddr);
 
 /// Writes the stream's pattern and reads it back whole, at the same time.
-async fn echo(s: TcpStream, i: usize) -> Result<(), String> {
+/// `progress` counts the bytes written, then (from `ECHO_BYTES` on) read back.
+async fn echo(s: TcpStream, i: usize, progress: &AtomicUsize) -> Result<(), String> {
     let want = pattern(i);
     let (mut r, mut w) = s.into_split();
     let out = want.clone();
     let writer = tokio::spawn(async move { w.write_all(&out).await.map(|()| w) });
     let mut got = vec![0u8; ECHO_BYTES];
-    r.read_exact(&mut got)
-        .await
-        .map_err(|e| format!("stream {i}: reading the echo: {e}"))?;
+    let mut at = 0;
+    while at < ECHO_BYTES {
+        match r.read(&mut got[at..]).await {
+            Ok(0) => return Err(format!("stream {i}: the echo ended after {at} bytes")),
+            Ok(k) => at += k,
+            Err(e) => return Err(format!("stream {i}: reading the echo: {e}")),
+        }
+        progress.store(at, Ordering::Relaxed);
+    }
     let _w = writer
         .await
         .map_err(|e| e.to_string())?
@@ -177,7 +184,7 @@ async fn ten_thousand_streams_echo_through_one_gateway() {
     }
     // One stream first, so the session is up before the clock starts.
     let first = open(SocksAddr(ov.socks), target.addr).await.unwrap();
-    echo(first, usize::MAX).await.unwrap();
+    echo(first, usize::MAX, &AtomicUsize::new(0)).await.unwrap();
     let before = (rss(&ov, "client"), rss(&ov, &gateway));
 
     // Open them all; every one stays open until all are.
@@ -215,11 +222,12 @@ async fn ten_thousand_streams_echo_through_one_gateway() {
     // All open at once: now each echoes 64 KiB, all at the same time.
     let echo_start = Instant::now();
     let echoed = Arc::new(AtomicUsize::new(0));
+    let progress: Arc<Vec<AtomicUsize>> = Arc::new((0..n).map(|_| AtomicUsize::new(0)).collect());
     let mut echoes = tokio::task::JoinSet::new();
     for (i, s) in streams {
-        let echoed = echoed.clone();
+        let (echoed, progress) = (echoed.clone(), progress.clone());
         echoes.spawn(async move {
-            echo(s, i).await?;
+            echo(s, i, &progress[i]).await?;
             echoed.fetch_add(1, Ordering::SeqCst);
             Ok::<_, String>(())
         });
@@ -230,9 +238,18 @@ async fn ten_thousand_streams_echo_through_one_gateway() {
         let next = tokio::time::timeout(deadline, echoes.join_next())
             .await
             .unwrap_or_else(|_| {
+                let stuck: Vec<(usize, usize)> = progress
+                    .iter()
+                    .map(|p| p.load(Ordering::Relaxed))
+                    .enumerate()
+                    .filter(|(_, p)| *p < ECHO_BYTES)
+                    .take(20)
+                    .collect();
                 panic!(
-                    "{} of {n} streams echoed in {deadline:?}",
-                    echoed.load(Ordering::SeqCst)
+                    "{} of {n} streams echoed in {deadline:?}; (stream, bytes back) of some \
+                     that did not: {stuck:?}\n{}",
+                    echoed.load(Ordering::SeqCst),
+                    metrics(&ov)
                 )
             });
         let Some(r) = next else { break };
@@ -267,6 +284,18 @@ async fn ten_thousand_streams_echo_through_one_gateway() {
     ov.assert_no_panics();
     drop(target);
     eprintln!("the test took {:.1?} in all", t0.elapsed());
+}
+
+/// The stream and link counters of the central and the gateway.
+fn metrics(ov: &ProcOverlay) -> String {
+    let mut out = String::new();
+    for n in ov.nodes.iter().filter(|n| n.id.starts_with("central") || n.id.starts_with("gateway")) {
+        let body = support::procs::http_get(n.admin, "/metrics").unwrap_or_default();
+        for l in body.lines().filter(|l| !l.starts_with('#')) {
+            out += &format!("{} {l}\n", n.id);
+        }
+    }
+    out
 }
 
 /// The ends of every process's log.
