@@ -472,7 +472,11 @@ mod tests {
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         let lo6: IpAddr = "::1".parse().unwrap();
         let remote: IpAddr = "192.0.2.7".parse().unwrap();
-        let held = [g.admit(lo).unwrap(), g.admit(lo).unwrap(), g.admit(lo6).unwrap()];
+        let held = [
+            g.admit(lo).unwrap(),
+            g.admit(lo).unwrap(),
+            g.admit(lo6).unwrap(),
+        ];
         let r = g.admit(remote).unwrap();
         assert_eq!(g.admit(lo).err(), Some(Over::Total));
         drop(r);

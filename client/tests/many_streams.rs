@@ -101,7 +101,11 @@ impl Drop for EchoProcess {
 /// The bytes stream `i` sends (and must get back).
 fn pattern(i: usize) -> Vec<u8> {
     (0..ECHO_BYTES)
-        .map(|j| (j as u64).wrapping_mul(2654435761).wrapping_add((i as u64).wrapping_mul(7919)) as u8)
+        .map(|j| {
+            (j as u64)
+                .wrapping_mul(2654435761)
+                .wrapping_add((i as u64).wrapping_mul(7919)) as u8
+        })
         .map(|b| b ^ (i >> 3) as u8)
         .collect()
 }
@@ -116,7 +120,9 @@ async fn open(socks: SocksAddr, target: SocketAddr) -> std::io::Result<TcpStream
     let mut reply = [0u8; 12];
     s.read_exact(&mut reply).await?;
     if reply[..4] != [5, 0, 5, 0] {
-        return Err(std::io::Error::other(format!("SOCKS5 replies {reply:02x?}")));
+        return Err(std::io::Error::other(format!(
+            "SOCKS5 replies {reply:02x?}"
+        )));
     }
     Ok(s)
 }
@@ -180,7 +186,10 @@ async fn ten_thousand_streams_echo_through_one_gateway() {
         .clone();
     for id in ["client", gateway.as_str()] {
         let log = ov.log(id);
-        assert!(log.contains("open-file limit"), "{id} logs its limit:\n{log}");
+        assert!(
+            log.contains("open-file limit"),
+            "{id} logs its limit:\n{log}"
+        );
     }
     // One stream first, so the session is up before the clock starts.
     let first = open(SocksAddr(ov.socks), target.addr).await.unwrap();
@@ -193,13 +202,20 @@ async fn ten_thousand_streams_echo_through_one_gateway() {
     let opened = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
-        let (slots, opened, socks, target) =
-            (slots.clone(), opened.clone(), SocksAddr(ov.socks), target.addr);
+        let (slots, opened, socks, target) = (
+            slots.clone(),
+            opened.clone(),
+            SocksAddr(ov.socks),
+            target.addr,
+        );
         tasks.spawn(async move {
             let _slot = slots.acquire_owned().await.unwrap();
-            let s = open(socks, target)
-                .await
-                .map_err(|e| format!("stream {i} (after {} opened): {e}", opened.load(Ordering::SeqCst)))?;
+            let s = open(socks, target).await.map_err(|e| {
+                format!(
+                    "stream {i} (after {} opened): {e}",
+                    opened.load(Ordering::SeqCst)
+                )
+            })?;
             opened.fetch_add(1, Ordering::SeqCst);
             Ok::<_, String>((i, s))
         });
@@ -208,7 +224,12 @@ async fn ten_thousand_streams_echo_through_one_gateway() {
     let deadline = Duration::from_secs(60);
     while let Some(r) = tokio::time::timeout(deadline, tasks.join_next())
         .await
-        .unwrap_or_else(|_| panic!("{} of {n} streams opened in {deadline:?}", opened.load(Ordering::SeqCst)))
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} of {n} streams opened in {deadline:?}",
+                opened.load(Ordering::SeqCst)
+            )
+        })
     {
         streams.push(r.unwrap().unwrap_or_else(|e| panic!("{e}\n{}", logs(&ov))));
     }
@@ -271,8 +292,22 @@ async fn ten_thousand_streams_echo_through_one_gateway() {
         (n * ECHO_BYTES) as f64 / (1 << 20) as f64 / echo_time.as_secs_f64()
     );
     for (who, b, o, p, e, h) in [
-        ("client", before.0, after_open.0, peak.0, after_echo.0, hwm.0),
-        ("gateway", before.1, after_open.1, peak.1, after_echo.1, hwm.1),
+        (
+            "client",
+            before.0,
+            after_open.0,
+            peak.0,
+            after_echo.0,
+            hwm.0,
+        ),
+        (
+            "gateway",
+            before.1,
+            after_open.1,
+            peak.1,
+            after_echo.1,
+            hwm.1,
+        ),
     ] {
         eprintln!(
             "{who}: VmRSS {b} KiB before, {o} KiB with all open ({:.1} KiB/stream), \
@@ -289,7 +324,11 @@ async fn ten_thousand_streams_echo_through_one_gateway() {
 /// The stream and link counters of the central and the gateway.
 fn metrics(ov: &ProcOverlay) -> String {
     let mut out = String::new();
-    for n in ov.nodes.iter().filter(|n| n.id.starts_with("central") || n.id.starts_with("gateway")) {
+    for n in ov
+        .nodes
+        .iter()
+        .filter(|n| n.id.starts_with("central") || n.id.starts_with("gateway"))
+    {
         let body = support::procs::http_get(n.admin, "/metrics").unwrap_or_default();
         for l in body.lines().filter(|l| !l.starts_with('#')) {
             out += &format!("{} {l}\n", n.id);
@@ -311,8 +350,16 @@ fn tail(log: &str) -> String {
     // What went wrong, if said; else the end.
     let bad: Vec<&str> = log
         .lines()
-        .filter(|l| !l.contains(" INFO ") && !l.contains("DEBUG") || l.contains("reset") || l.contains("ended"))
+        .filter(|l| {
+            !l.contains(" INFO ") && !l.contains("DEBUG")
+                || l.contains("reset")
+                || l.contains("ended")
+        })
         .collect();
-    let lines: Vec<&str> = if bad.is_empty() { log.lines().collect() } else { bad };
+    let lines: Vec<&str> = if bad.is_empty() {
+        log.lines().collect()
+    } else {
+        bad
+    };
     lines[lines.len().saturating_sub(30)..].join("\n")
 }

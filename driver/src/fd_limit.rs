@@ -48,7 +48,12 @@ pub fn raise() -> FdLimit {
 /// this process holds open at once, one socket each) does not fit under the limit.
 pub fn raise_for(what: &str, streams: u64) -> FdLimit {
     let l = raise();
-    info!(soft_was = l.was, soft = l.now, hard = l.hard, "open-file limit");
+    info!(
+        soft_was = l.was,
+        soft = l.now,
+        hard = l.hard,
+        "open-file limit"
+    );
     if streams > l.streams() {
         warn!(
             key = what,

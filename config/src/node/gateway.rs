@@ -133,7 +133,10 @@ mod tests {
     #[test]
     fn max_streams_defaults_and_is_positive() {
         assert_eq!(gateway("").unwrap().max_streams, 16_384);
-        assert_eq!(gateway("max_streams = 20000\n").unwrap().max_streams, 20_000);
+        assert_eq!(
+            gateway("max_streams = 20000\n").unwrap().max_streams,
+            20_000
+        );
         let e = gateway("max_streams = 0\n").unwrap_err().to_string();
         assert!(e.contains("max_streams"), "{e}");
     }
