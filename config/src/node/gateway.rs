@@ -132,12 +132,16 @@ mod tests {
 
     #[test]
     fn max_streams_defaults_and_is_positive() {
+        let top = |line: &str| {
+            let text = format!("{line}\n{GATEWAY}");
+            crate::parse_node_config(&text, Path::new("/x/g.toml"), &crate::no_env)
+        };
         assert_eq!(gateway("").unwrap().max_streams, 16_384);
-        assert_eq!(
-            gateway("max_streams = 20000\n").unwrap().max_streams,
-            20_000
-        );
-        let e = gateway("max_streams = 0\n").unwrap_err().to_string();
+        match top("max_streams = 20000").unwrap() {
+            NodeConfig::Gateway(g) => assert_eq!(g.max_streams, 20_000),
+            other => panic!("not a gateway: {other:?}"),
+        }
+        let e = top("max_streams = 0").unwrap_err().to_string();
         assert!(e.contains("max_streams"), "{e}");
     }
 
