@@ -22,6 +22,7 @@ use rand::Rng;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::gateways::ChoicePolicy;
 use crate::overlay::{self, ClientHandle, ClientParams};
 use crate::socks::SocksLimits;
 
@@ -51,10 +52,18 @@ pub struct DemoOptions {
     pub keepalive: Duration,
     pub peer_timeout: Duration,
     pub session_wait: Duration,
+    /// How long a stream whose central died may resume (the client's and the gateway's
+    /// `resume_grace_ms`).
+    pub resume_grace: Duration,
     /// The central's idle timeout (`idle_timeout_secs`).
     pub central_idle_timeout: Duration,
     /// The one gateway the client may use (`braid run`'s `gateway`); any when `None`.
     pub gateway: Option<String>,
+    /// How streams' gateways are chosen (`gateway_choice`, `sticky_secs`,
+    /// `gateway_rest_ms`).
+    pub gateway_choice: ChoicePolicy,
+    /// How long a silent central is skipped (`central_rest_ms`).
+    pub central_rest: Duration,
 }
 
 impl Default for DemoOptions {
@@ -76,8 +85,15 @@ impl Default for DemoOptions {
             keepalive: client_defaults.keepalive(),
             peer_timeout: client_defaults.peer_timeout(),
             session_wait: client_defaults.session_wait(),
+            resume_grace: client_defaults.resume_grace(),
             central_idle_timeout: Duration::from_secs(60),
             gateway: None,
+            gateway_choice: ChoicePolicy {
+                choice: client_defaults.gateway_choice,
+                sticky: client_defaults.sticky(),
+                rest: client_defaults.gateway_rest(),
+            },
+            central_rest: client_defaults.central_rest(),
         }
     }
 }
@@ -176,6 +192,7 @@ impl Demo {
                     c.hosts = opts.hosts.clone();
                     c.reconnect_min_ms = 50;
                     c.reconnect_max_ms = 2000;
+                    c.resume_grace_ms = opts.resume_grace.as_millis() as u64;
                     NodeConfig::Gateway(c)
                 }
             };
@@ -219,6 +236,10 @@ impl Demo {
             keepalive: opts.keepalive,
             peer_timeout: opts.peer_timeout,
             session_wait: opts.session_wait,
+            resume_grace: opts.resume_grace,
+            resume_buffer: ClientConfig::with_directory("<demo>").resume_buffer(),
+            gateway_choice: opts.gateway_choice,
+            central_rest: opts.central_rest,
             shutdown: shutdown.child_token(),
         })
         .await?;

@@ -1,19 +1,23 @@
 //! An app connection's journey through the overlay, whatever front end accepted it: open an
 //! inner stream to the gateway (Noise NK, the open request and early data in message 1),
 //! wait for the gateway's sealed answer, then relay sealed records both ways with the
-//! driver's pump.
+//! driver's pump. When the carrier dies (the central went), the stream resumes through the
+//! next session: same gateway, same target connection, nothing lost.
 
 use std::time::Duration;
 
-use braid_driver::pump::{self, Inbound};
+use braid_driver::pump::{self, LegEnd, SharedStream};
 use braid_driver::session_task::StreamEvent;
 use braid_driver::stream::{self, StreamReceiver, StreamSender};
-use braid_proto::inner::{self, MessageDecoder, OpenRequest, RecordOpener, RecordSealer};
+use braid_driver::Metrics;
+use braid_proto::inner::{self, InnerError, MessageDecoder, OpenRequest, ReliableStream};
 use braid_proto::{Reason, TargetAddr};
 use tokio::net::TcpStream;
-use tracing::info;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
 
-use crate::gateways::Gateway;
+use crate::gateways::{Gateway, NoGateway};
 use crate::overlay::ClientHandle;
 
 /// How long the gateway may take to answer an open.
@@ -36,6 +40,8 @@ pub enum OpenFailure {
     SessionGone,
     #[error("no session with the central (one is being opened)")]
     NoSession,
+    #[error("no gateway for the stream: {0}")]
+    NoGateway(#[from] NoGateway),
 }
 
 impl OpenFailure {
@@ -49,25 +55,31 @@ impl OpenFailure {
             OpenFailure::TimedOut(_) => Reason::TIMED_OUT,
             OpenFailure::BadAnswer(_) => Reason::PROTOCOL_ERROR,
             OpenFailure::SessionGone | OpenFailure::NoSession => Reason::SESSION_CLOSED,
+            OpenFailure::NoGateway(e) => e.reason(),
         }
     }
 }
 
-/// An inner stream the gateway accepted: its halves and its record keys.
+/// How long one resume attempt waits for the gateway's answer.
+const RESUME_ANSWER_DEADLINE: Duration = Duration::from_secs(5);
+
+/// An inner stream the gateway accepted: its halves, its state and its gateway.
 pub struct OpenedStream {
     tx: StreamSender,
     rx: StreamReceiver,
     /// Bytes after the gateway's answer that arrived with it.
     dec: MessageDecoder,
-    sealer: RecordSealer,
-    opener: RecordOpener,
+    stream: SharedStream,
+    gateway: Gateway,
 }
 
-/// Opens an inner stream to the client's gateway for `target`, `early_data` riding in the
-/// first handshake message.
+/// Opens an inner stream for `target` through a gateway chosen by the client's gateway
+/// choice (`crate::gateways`), or through `pinned` only (the app named it), `early_data`
+/// riding in the first handshake message.
 pub async fn open(
     h: &ClientHandle,
     target: &TargetAddr,
+    pinned: Option<&str>,
     early_data: Vec<u8>,
 ) -> Result<OpenedStream, OpenFailure> {
     // While a new session is being opened, wait for it (a bounded time).
@@ -82,12 +94,19 @@ pub async fn open(
     };
     let mut tried = Vec::new();
     loop {
-        let Some(gateway) = h.gateways.pick(&tried) else {
-            return Err(OpenFailure::Reset(Reason::NO_GATEWAY));
-        };
+        let gateway = h.gateways.pick(target, pinned, &tried).inspect_err(|e| {
+            // No destination here: the log must not link a stream's target to anything.
+            info!(error = %e, "no gateway for a stream");
+        })?;
         match open_via(h, &gateway, &req).await {
-            Err(OpenFailure::Reset(r)) if r == Reason::NO_GATEWAY => {
-                info!(gateway = %gateway.id, "the central has no link to this gateway; trying another");
+            // Unlinked, or its link died before it answered (as Tor retries a stream whose
+            // circuit closed before it was connected). A pinned stream is not moved.
+            Err(OpenFailure::Reset(r)) if r == Reason::NO_GATEWAY || r == Reason::GATEWAY_LOST => {
+                if pinned.is_some() {
+                    info!(gateway = %gateway.id, "the central has no link to the pinned gateway; the stream fails");
+                } else {
+                    info!(gateway = %gateway.id, "the central has no link to this gateway; trying another");
+                }
                 h.gateways.mark_down(&gateway.id);
                 tried.push(gateway.id);
             }
@@ -109,12 +128,12 @@ async fn open_via(
         .await
         .map_err(|_| OpenFailure::SessionGone)?;
     match answer(&tx, &mut rx, open, first).await {
-        Ok((dec, sealer, opener)) => Ok(OpenedStream {
+        Ok((dec, keys)) => Ok(OpenedStream {
             tx,
             rx,
             dec,
-            sealer,
-            opener,
+            stream: SharedStream::new(ReliableStream::new(keys, h.resume_buffer)),
+            gateway: gateway.clone(),
         }),
         Err(e) => {
             if let OpenFailure::Refused { status, reason } = &e {
@@ -126,17 +145,14 @@ async fn open_via(
     }
 }
 
-/// Sends the first handshake message and waits for the gateway's sealed answer: the
-/// stream's record keys, and whatever arrived after the answer.
-async fn answer(
-    tx: &StreamSender,
+/// Waits for the gateway's first message on a carrier (the open's answer or the resume's),
+/// at most `deadline`.
+async fn first_answer(
     rx: &mut StreamReceiver,
-    open: inner::ClientOpen,
-    first: Vec<u8>,
-) -> Result<(MessageDecoder, RecordSealer, RecordOpener), OpenFailure> {
-    tx.send(first).await.map_err(|_| OpenFailure::SessionGone)?;
-    let mut dec = MessageDecoder::default();
-    let msg2 = tokio::time::timeout(OPEN_DEADLINE, async {
+    dec: &mut MessageDecoder,
+    deadline: Duration,
+) -> Result<Vec<u8>, OpenFailure> {
+    tokio::time::timeout(deadline, async {
         loop {
             match dec.next_message() {
                 Ok(Some(m)) => return Ok(m),
@@ -151,34 +167,176 @@ async fn answer(
         }
     })
     .await
-    .map_err(|_| OpenFailure::TimedOut(OPEN_DEADLINE))??;
-    let (status, reason, sealer, opener) = open.finish(&msg2).map_err(OpenFailure::BadAnswer)?;
+    .map_err(|_| OpenFailure::TimedOut(deadline))?
+}
+
+/// Sends the first handshake message and waits for the gateway's sealed answer: the
+/// stream's keys, and whatever arrived after the answer.
+async fn answer(
+    tx: &StreamSender,
+    rx: &mut StreamReceiver,
+    open: inner::ClientOpen,
+    first: Vec<u8>,
+) -> Result<(MessageDecoder, inner::StreamKeys), OpenFailure> {
+    tx.send(first).await.map_err(|_| OpenFailure::SessionGone)?;
+    let mut dec = MessageDecoder::default();
+    let msg2 = first_answer(rx, &mut dec, OPEN_DEADLINE).await?;
+    let (status, reason, keys) = open.finish(&msg2).map_err(OpenFailure::BadAnswer)?;
     if !status.is_ok() {
         return Err(OpenFailure::Refused { status, reason });
     }
-    Ok((dec, sealer, opener))
+    Ok((dec, keys))
+}
+
+/// One carrier of a stream: its halves and what arrived after the gateway's answer.
+type Carrier = (StreamSender, StreamReceiver, MessageDecoder);
+
+/// Moves `stream` to a new carrier through whatever session is open (waiting for one),
+/// retrying until `h.resume_grace` has passed or the gateway says it no longer holds it.
+/// While the central says it has no link to the gateway, it retries at most the shorter of
+/// `session_wait` and the grace: a gateway that is alive links to every central within its
+/// redial backoff, and a stream on a dead one must not hang.
+async fn resume(
+    h: &ClientHandle,
+    gateway: &Gateway,
+    stream: &SharedStream,
+) -> Result<Carrier, OpenFailure> {
+    let deadline = Instant::now() + h.resume_grace;
+    let mut unlinked_since = None;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let e = match resume_once(h, gateway, stream).await {
+            Ok(c) => {
+                Metrics::inc(&h.metrics.streams_resumed);
+                return Ok(c);
+            }
+            Err(e) => e,
+        };
+        let refused = matches!(
+            e,
+            OpenFailure::BadAnswer(InnerError::ResumeRefused | InnerError::ResumeAuth)
+        );
+        let unlinked = matches!(e, OpenFailure::Reset(r) if r == Reason::NO_GATEWAY || r == Reason::GATEWAY_LOST)
+            && unlinked_since.get_or_insert_with(Instant::now).elapsed()
+                >= h.session_wait().min(h.resume_grace);
+        if refused || unlinked || Instant::now() + pause >= deadline {
+            return Err(e);
+        }
+        debug!(gateway = %gateway.id, error = %e, "resume attempt failed; trying again");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+async fn resume_once(
+    h: &ClientHandle,
+    gateway: &Gateway,
+    stream: &SharedStream,
+) -> Result<Carrier, OpenFailure> {
+    if !h.wait_for_session().await {
+        return Err(OpenFailure::NoSession);
+    }
+    let (tx, mut rx) = stream::open(&h.cmd, h.next_stream_id(), &gateway.id)
+        .await
+        .map_err(|_| OpenFailure::SessionGone)?;
+    let attempt = async {
+        let req = stream.lock().resume_request();
+        tx.send(req).await.map_err(|_| OpenFailure::SessionGone)?;
+        let mut dec = MessageDecoder::default();
+        let msg = first_answer(&mut rx, &mut dec, RESUME_ANSWER_DEADLINE).await?;
+        stream
+            .lock()
+            .finish_resume(&msg)
+            .map_err(OpenFailure::BadAnswer)?;
+        for r in stream.resend() {
+            tx.send(r).await.map_err(|_| OpenFailure::SessionGone)?;
+        }
+        Ok::<_, OpenFailure>(dec)
+    };
+    match attempt.await {
+        Ok(dec) => Ok((tx, rx, dec)),
+        Err(e) => {
+            tx.reset(e.reason()).await;
+            Err(e)
+        }
+    }
+}
+
+/// How an app connection's stream ended, and so how the connection must end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// Finished, or the app itself failed: close it as usual.
+    Closed,
+    /// The stream was cut (the gateway failed it, or it could not resume): the connection
+    /// has been set to reset on drop, so the app cannot take a cut stream for a finished
+    /// one. Drop it without a FIN.
+    Reset,
 }
 
 impl OpenedStream {
     /// Relays `tcp` over the stream until both directions are done, then leaves the stream
-    /// cleanly, or resets it if the gateway's side did not end with its sealed close.
-    pub async fn relay(self, tcp: &mut TcpStream) {
+    /// cleanly, or resets it if the gateway's side failed. When the carrier dies, resumes
+    /// the stream on a new one (see [`resume`]).
+    pub async fn relay(self, h: &ClientHandle, tcp: &mut TcpStream) -> RelayEnd {
         let OpenedStream {
             mut tx,
             mut rx,
             mut dec,
-            mut sealer,
-            mut opener,
+            stream,
+            gateway,
         } = self;
-        let leave = tx.clone();
         let (mut tcp_r, mut tcp_w) = tcp.split();
-        let up = pump::app_to_overlay(&mut tcp_r, &mut sealer, &mut tx, |_| {});
-        let down = pump::overlay_to_app(&mut rx, &mut dec, &mut opener, &mut tcp_w, |_| {});
-        let (_, inbound) = tokio::join!(up, down);
-        match inbound {
-            Inbound::Finished => leave.forget().await,
-            Inbound::Aborted => leave.reset(Reason::GENERAL_FAILURE).await,
-            Inbound::AppFailed => leave.reset(Reason::APP_CLOSED).await,
+        let stop = CancellationToken::new();
+        loop {
+            let end = pump::run_leg(
+                &mut tcp_r,
+                &mut tcp_w,
+                &stream,
+                &mut tx,
+                &mut rx,
+                &mut dec,
+                &stop,
+                |_| {},
+                |_| {},
+            )
+            .await;
+            match end {
+                LegEnd::Done => {
+                    tx.forget().await;
+                    return RelayEnd::Closed;
+                }
+                LegEnd::Aborted => {
+                    let _ = tcp_w.as_ref().set_zero_linger();
+                    tx.reset(Reason::GENERAL_FAILURE).await;
+                    return RelayEnd::Reset;
+                }
+                LegEnd::AppFailed => {
+                    // Tell the gateway, so it closes the target now rather than after its
+                    // grace period; the carrier may be gone, so not for long.
+                    if let Some(e) = stream.seal_error(Reason::APP_CLOSED) {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(e)).await;
+                    }
+                    tx.reset(Reason::APP_CLOSED).await;
+                    return RelayEnd::Closed;
+                }
+                LegEnd::CarrierLost => {
+                    let old = tx.id();
+                    tx.reset(Reason::SESSION_CLOSED).await;
+                    match resume(h, &gateway, &stream).await {
+                        Ok(c) => {
+                            info!(stream = old, now = c.0.id(), gateway = %gateway.id, "stream resumed on a new carrier");
+                            (tx, rx, dec) = c;
+                        }
+                        Err(e) => {
+                            info!(stream = old, gateway = %gateway.id, error = %e, "stream lost with its carrier");
+                            // A reset, not a clean close: the app must not take a cut
+                            // stream for a finished one.
+                            let _ = tcp_w.as_ref().set_zero_linger();
+                            return RelayEnd::Reset;
+                        }
+                    }
+                }
+            }
         }
     }
 }

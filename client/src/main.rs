@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 #[cfg(feature = "demo")]
 use braid_client::demo::{Demo, DemoOptions};
+use braid_client::gateways::ChoicePolicy;
 use braid_client::overlay::{self, ClientParams};
 use braid_client::socks::{SocksAuth, SocksLimits};
 #[cfg(feature = "demo")]
@@ -160,6 +161,14 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         keepalive: cfg.keepalive(),
         peer_timeout: cfg.peer_timeout(),
         session_wait: cfg.session_wait(),
+        resume_grace: cfg.resume_grace(),
+        resume_buffer: cfg.resume_buffer(),
+        gateway_choice: ChoicePolicy {
+            choice: cfg.gateway_choice,
+            sticky: cfg.sticky(),
+            rest: cfg.gateway_rest(),
+        },
+        central_rest: cfg.central_rest(),
         shutdown: shutdown.clone(),
     })
     .await?;

@@ -2,6 +2,16 @@
 //! open an inner stream to the gateway, answer with the gateway's status, then pump sealed
 //! records both ways.
 //!
+//! # Pinning a stream to a gateway
+//!
+//! Without `[auth]`, the port also takes RFC 1929 username/password with any credentials
+//! ([`AuthPolicy::AnyUserPass`]; clients that send none get method 00 as before). A username
+//! that names a gateway in the directory pins the stream to it
+//! (`curl --proxy socks5h://gateway-2:x@127.0.0.1:1080 ...`): it exits there or fails —
+//! reply 03 when the central cannot reach that gateway, 02 when the config's `gateway`
+//! allows another — and never goes elsewhere. Other usernames pin nothing. With `[auth]`,
+//! the username is the login and pins nothing.
+//!
 //! # Defences against hostile local peers
 //!
 //! [`SocksLimits`] bounds what a peer can hold, and every refusal is a proper SOCKS5 answer
@@ -54,7 +64,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::inner_stream::{self, OpenFailure};
+use crate::inner_stream::{self, OpenFailure, RelayEnd};
 use crate::overlay::ClientHandle;
 
 /// Default for [`SocksLimits::handshake_deadline`] (slowloris guard).
@@ -161,9 +171,12 @@ impl Default for SocksLimits {
 }
 
 impl SocksLimits {
+    /// Without `auth`, any RFC 1929 credentials are taken (or none): the username may
+    /// name a gateway to pin the stream to. With `auth`, the pair is checked and the
+    /// username is only a login.
     fn policy(&self) -> AuthPolicy {
         match &self.auth {
-            None => AuthPolicy::NoAuth,
+            None => AuthPolicy::AnyUserPass,
             Some(a) => a.policy(),
         }
     }
@@ -319,9 +332,17 @@ async fn serve_conn(mut tcp: TcpStream, peer: SocketAddr, h: ClientHandle, limit
         // Closed without a reply; see the module documentation.
         Err(_) => debug!(%peer, "SOCKS5 handshake deadline passed"),
         Ok(Err(e)) => debug!(%peer, error = %e, "SOCKS5 handshake failed"),
-        Ok(Ok((req, early))) => {
-            if let Err(e) = handle_conn(&mut tcp, h, req, early).await {
-                debug!(%peer, error = %e, "socks connection ended");
+        Ok(Ok((req, early, username))) => {
+            // A username pins the stream only where it is not a login.
+            let pinned = match (&limits.auth, username) {
+                (None, Some(u)) => h.gateways.pin_by_username(&u),
+                _ => None,
+            };
+            match handle_conn(&mut tcp, h, req, pinned, early).await {
+                // Set to reset on drop: no FIN first.
+                Ok(RelayEnd::Reset) => return,
+                Ok(RelayEnd::Closed) => {}
+                Err(e) => debug!(%peer, error = %e, "socks connection ended"),
             }
         }
     }
@@ -358,10 +379,11 @@ async fn close(mut tcp: TcpStream) {
 }
 
 /// Runs the SOCKS5 handshake; any error reply is written before the error is returned.
+/// Returns the request, the early data and the RFC 1929 username, if one was given.
 async fn handshake(
     tcp: &mut TcpStream,
     policy: AuthPolicy,
-) -> anyhow::Result<(socks5::Request, Vec<u8>)> {
+) -> anyhow::Result<(socks5::Request, Vec<u8>, Option<Vec<u8>>)> {
     let mut hs = Socks5Handshake::new(policy);
     // `NeedMore` only while less than one whole message is buffered, so this stays below
     // MAX_MESSAGE_LEN + one read.
@@ -384,7 +406,7 @@ async fn handshake(
                 consumed, request, ..
             }) => {
                 let early = buf.get(consumed..).unwrap_or_default().to_vec();
-                return Ok((request, early));
+                return Ok((request, early, hs.username().map(<[u8]>::to_vec)));
             }
             Err(e) => {
                 if let Some(r) = e.reply() {
@@ -400,26 +422,26 @@ async fn handle_conn(
     tcp: &mut TcpStream,
     h: ClientHandle,
     req: socks5::Request,
+    pinned: Option<String>,
     early: Vec<u8>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<RelayEnd> {
     if req.command != Command::CONNECT {
         tcp.write_all(&socks5::reply(ReplyCode::COMMAND_NOT_SUPPORTED, None))
             .await?;
-        return Ok(());
+        return Ok(RelayEnd::Closed);
     }
-    match inner_stream::open(&h, &req.target, early).await {
+    match inner_stream::open(&h, &req.target, pinned.as_deref(), early).await {
         Ok(stream) => {
             tcp.write_all(&socks5::reply(ReplyCode::SUCCEEDED, None))
                 .await?;
-            stream.relay(tcp).await;
-            Ok(())
+            Ok(stream.relay(&h, tcp).await)
         }
         Err(e) => {
             tcp.write_all(&socks5::reply(e.reason().socks5_reply(), None))
                 .await?;
             match e {
                 OpenFailure::BadAnswer(_) => Err(e.into()),
-                _ => Ok(()),
+                _ => Ok(RelayEnd::Closed),
             }
         }
     }

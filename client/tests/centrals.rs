@@ -1,14 +1,21 @@
 //! Several centrals: every dialing node links to each, the client runs its session through
-//! one and moves to another when it dies, and `central_choice = "rtt"` takes the first to
-//! answer. Over separate processes, so a central can be killed with -9.
+//! one and moves to another when it dies, its open streams resume through the other with
+//! nothing lost, and `central_choice = "rtt"` takes the first to answer. Over separate
+//! processes, so a central can be killed with -9.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use braid_config::Layout;
 use braid_testkit as support;
 use support::procs::{ProcOptions, ProcOverlay};
+use support::socks::{echo, socks_connect, start_counting_echo};
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 fn two_centrals(client_extra: &str) -> ProcOverlay {
     ProcOverlay::start(ProcOptions {
@@ -122,5 +129,161 @@ async fn rtt_choice_asks_every_central_and_keeps_the_first() {
         idle,
         "{other} carries nothing"
     );
+    ov.assert_no_panics();
+}
+
+/// A TCP server on 127.0.0.1 that sends `n` bytes of the origin's body pattern to each
+/// connection and closes it; and how many connections it has accepted.
+async fn start_counting_bulk(n: u64) -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut i = 0u64;
+                while i < n {
+                    let k = (n - i).min(buf.len() as u64) as usize;
+                    for (j, b) in buf[..k].iter_mut().enumerate() {
+                        *b = body_byte(i + j as u64);
+                    }
+                    if s.write_all(&buf[..k]).await.is_err() {
+                        return;
+                    }
+                    i += k as u64;
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Two centrals, and `kill -9` of the one in use while a 256 MiB download and an
+/// interactive echo stream run through it. Both streams resume through the other central:
+/// the download completes byte-identical, the echo keeps echoing after a gap, new streams
+/// work within 2 s, and the targets saw one connection each (the gateway kept its sockets:
+/// resumed, not reopened).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_outlive_a_killed_central() {
+    const BULK: u64 = 256 << 20;
+    let (bulk_addr, bulk_accepts) = start_counting_bulk(BULK).await;
+    let (echo_addr, echo_accepts) = start_counting_echo().await;
+    let origin = start_origin([127, 0, 0, 1]).await;
+    let mut ov =
+        two_centrals("keepalive_ms = 200\npeer_timeout_ms = 500\nsession_wait_ms = 10000\n");
+
+    let mut interactive = socks_connect(ov.socks, echo_addr).await;
+    echo(&mut interactive, b"before").await;
+    let mut bulk = socks_connect(ov.socks, bulk_addr).await;
+    let got = Arc::new(AtomicU64::new(0));
+    let download = tokio::spawn({
+        let got = got.clone();
+        async move {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = bulk.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                got.fetch_add(n as u64, Ordering::SeqCst);
+            }
+            hex::encode(h.finalize())
+        }
+    });
+    // Kill the central mid-download.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.load(Ordering::SeqCst) < BULK / 8 {
+        assert!(
+            Instant::now() < deadline && !download.is_finished(),
+            "the download stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (used, other) = central_in_use(&ov);
+    let at_kill = got.load(Ordering::SeqCst);
+    ov.kill9(used);
+    let killed = Instant::now();
+
+    // The interactive stream: one echo every 20 ms; the gap is the longest round trip.
+    let ticking = tokio::spawn(async move {
+        let mut gap = Duration::ZERO;
+        let mut k = 0;
+        while killed.elapsed() < Duration::from_secs(3) || k < 20 {
+            let t = Instant::now();
+            let text = format!("tick-{k}");
+            let echoed = echo(&mut interactive, text.as_bytes());
+            if tokio::time::timeout(Duration::from_secs(30), echoed)
+                .await
+                .is_err()
+            {
+                return Err(format!("no echo of {text} within 30 s"));
+            }
+            gap = gap.max(t.elapsed());
+            k += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok((gap, interactive))
+    });
+
+    // New streams work within 2 s of the kill.
+    let url = format!("http://{origin}/echo/after");
+    let mut served = None;
+    while killed.elapsed() < Duration::from_secs(10) {
+        let (ok, body) = curl(ov.socks, &["--max-time", "1", &url]).await;
+        if ok && body == b"after" {
+            served = Some(killed.elapsed());
+            break;
+        }
+    }
+
+    let sha = tokio::time::timeout(Duration::from_secs(120), download)
+        .await
+        .expect("the download finished")
+        .unwrap();
+    let total = got.load(Ordering::SeqCst);
+    let (gap, mut interactive) = ticking
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\n--- client:\n{}", ov.log("client")));
+    eprintln!(
+        "kill -9 of {used} at {} MiB of {} MiB: download {} MiB, sha256 {}; interactive gap {gap:?}; new streams after {served:?}",
+        at_kill >> 20,
+        BULK >> 20,
+        total >> 20,
+        if sha == expected_sha256(BULK) { "identical" } else { "DIFFERENT" },
+    );
+    assert_eq!(total, BULK, "every byte arrived");
+    assert_eq!(sha, expected_sha256(BULK), "byte-identical");
+    assert!(at_kill < BULK, "the kill came mid-download");
+    echo(&mut interactive, b"still there").await;
+    let took = served.expect("a new stream within 10 s");
+    assert!(took < Duration::from_secs(2), "new streams after {took:?}");
+    // Resumed, not reopened: each target saw one connection, and the gateway counts both
+    // resumes.
+    assert_eq!(
+        bulk_accepts.load(Ordering::SeqCst),
+        1,
+        "bulk target connections"
+    );
+    assert_eq!(
+        echo_accepts.load(Ordering::SeqCst),
+        1,
+        "echo target connections"
+    );
+    assert!(ov.metric("gateway-1", "braid_streams_resumed_total") >= 2);
+    let log = ov.log("client");
+    assert!(
+        log.matches("stream resumed on a new carrier").count() >= 2,
+        "{log}"
+    );
+    assert!(!log.contains("stream lost with its carrier"), "{log}");
+    let _ = other;
     ov.assert_no_panics();
 }

@@ -3,55 +3,15 @@
 //! are shortened by config so that the tests take seconds.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use braid_client::demo::{Demo, DemoOptions};
 use braid_testkit as support;
 use support::procs::{ProcOptions, ProcOverlay};
-use support::socks::{connect_ipv4, GREET_NO_AUTH};
+use support::socks::{connect_ipv4, echo, socks_connect, start_echo, GREET_NO_AUTH};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// A TCP echo server on 127.0.0.1.
-async fn start_echo() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
-
-/// A SOCKS5 CONNECT by hand; the stream after a successful reply.
-async fn socks_connect(proxy: SocketAddr, to: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(GREET_NO_AUTH).await.unwrap();
-    let mut m = [0u8; 2];
-    s.read_exact(&mut m).await.unwrap();
-    assert_eq!(m, [5, 0]);
-    s.write_all(&connect_ipv4(to)).await.unwrap();
-    let mut reply = [0u8; 10];
-    s.read_exact(&mut reply).await.unwrap();
-    assert_eq!(reply[1], 0, "SOCKS5 reply");
-    s
-}
-
-async fn echo(s: &mut TcpStream, text: &[u8]) {
-    s.write_all(text).await.unwrap();
-    let mut back = vec![0u8; text.len()];
-    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back))
-        .await
-        .expect("the echo came back")
-        .unwrap();
-    assert_eq!(back, text);
-}
+use tokio::net::TcpStream;
 
 /// The central's idle timeout (1 s) passes twice while nothing is sent: the client's
 /// keepalives keep the session, so a new stream works at once and an interactive stream

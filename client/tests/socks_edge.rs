@@ -234,7 +234,13 @@ fn malformed_cases() -> Vec<Hostile> {
             cat(&[&[5, 0], &v4(1, 1)]),
             vec![5, 0xFF],
         ),
-        h("only user/pass offered", vec![5, 1, 2], vec![5, 0xFF]),
+        // Without [auth], user/pass is taken with any credentials (a gateway pin), but an
+        // empty username is still malformed.
+        h(
+            "only user/pass offered, ULEN 0",
+            vec![5, 1, 2, 1, 0, 1, b'p'],
+            vec![5, 2, 1, 1],
+        ),
         h("only GSSAPI offered", vec![5, 1, 1], vec![5, 0xFF]),
         h("two unacceptable", vec![5, 2, 1, 0x80], vec![5, 0xFF]),
         h(
@@ -312,7 +318,9 @@ fn truncated_cases(origin: SocketAddr) -> Vec<Hostile> {
         ("IPv4", cat(&[&[5, 1, 0], &connect_ipv4(origin)])),
         (
             "domain",
-            cat(&[&[5, 2, 2, 0], &connect_domain(b"localhost", origin.port())]),
+            // GSSAPI and no-auth offered. (Not user/pass: without [auth] it is taken when
+            // offered, for the username's gateway pin.)
+            cat(&[&[5, 2, 1, 0], &connect_domain(b"localhost", origin.port())]),
         ),
     ] {
         let greeting_len = usize::from(full[1]) + 2;

@@ -39,3 +39,27 @@ pub(crate) fn not_below(
         format!("{value} is smaller than {min_key} ({min}){why}"),
     ))
 }
+
+/// How long a stream waits for (gateway) or keeps trying (client) a resume, by default.
+pub(crate) fn default_resume_grace_ms() -> u64 {
+    30_000
+}
+
+/// Sealed bytes a stream keeps for resending, by default.
+pub(crate) fn default_resume_buffer_kib() -> u64 {
+    2048
+}
+
+/// A resend buffer holds at least two acknowledgement intervals of the largest records
+/// (`braid_proto::inner::reliable::MIN_BUFFER`, about 260 KiB), and at most 1 GiB.
+pub(crate) fn resume_buffer(file: &Path, kib: u64) -> Result<(), ConfigError> {
+    if (512..=1024 * 1024).contains(&kib) {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            file,
+            "resume_buffer_kib",
+            format!("{kib} is outside 512..=1048576 KiB"),
+        ))
+    }
+}

@@ -43,6 +43,19 @@ pub enum CentralChoice {
     Rtt,
 }
 
+/// How the client picks the gateway of a new stream (when the app did not pin one by its
+/// SOCKS5 username and the config names none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayChoice {
+    /// One at random among the gateways not known to be unreachable, per stream.
+    #[default]
+    Random,
+    /// The same destination host exits through the same gateway for `sticky_secs`, as long
+    /// as that gateway is not known to be unreachable (sites see one exit address).
+    Sticky,
+}
+
 /// The client's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +68,22 @@ pub struct ClientConfig {
     /// Gateway node id to exit through; `None` (default) means any gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
+    /// How a stream's gateway is picked: `"random"` (default) per stream, or `"sticky"`:
+    /// one destination host, one gateway, for `sticky_secs`.
+    #[serde(default)]
+    pub gateway_choice: GatewayChoice,
+    /// With `gateway_choice = "sticky"`, how long a destination host stays on its gateway
+    /// (default 600 s).
+    #[serde(default = "default_sticky_secs")]
+    pub sticky_secs: u64,
+    /// How long a gateway the central said it cannot reach is skipped by new streams
+    /// (default 5000 ms).
+    #[serde(default = "default_gateway_rest_ms")]
+    pub gateway_rest_ms: u64,
+    /// How long a central that went silent is skipped when a new session picks its central
+    /// (default 30000 ms; when every central rests, all are tried).
+    #[serde(default = "default_central_rest_ms")]
+    pub central_rest_ms: u64,
     /// How cells are spread over the upstreams: `"round-robin"` (default, the even
     /// spread) or `"rtt"` (lowest expected delivery time).
     #[serde(default, with = "scheduler_name")]
@@ -102,6 +131,15 @@ pub struct ClientConfig {
     /// SOCKS5 request is answered with a failure (default 10000 ms).
     #[serde(default = "default_session_wait_ms")]
     pub session_wait_ms: u64,
+    /// How long a stream whose central died keeps trying to resume through another
+    /// (default 30000 ms; the gateway's own `resume_grace_ms` bounds it too).
+    #[serde(default = "crate::check::default_resume_grace_ms")]
+    pub resume_grace_ms: u64,
+    /// Sealed bytes each stream keeps until the gateway acknowledges them, to send again
+    /// after a resume (default 2048 KiB; at least 512). Past it the stream stops reading
+    /// its application until acknowledgements free room.
+    #[serde(default = "crate::check::default_resume_buffer_kib")]
+    pub resume_buffer_kib: u64,
     /// RFC 1929 username/password the SOCKS5 port requires; none (default) means no
     /// authentication. Not overridable from the environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -153,6 +191,18 @@ fn default_socks_listen() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 1080))
 }
 
+fn default_sticky_secs() -> u64 {
+    600
+}
+
+fn default_gateway_rest_ms() -> u64 {
+    5_000
+}
+
+fn default_central_rest_ms() -> u64 {
+    30_000
+}
+
 fn default_window_cells() -> u32 {
     1024
 }
@@ -176,6 +226,10 @@ impl ClientConfig {
             directory: directory.into(),
             socks_listen: default_socks_listen(),
             gateway: None,
+            gateway_choice: GatewayChoice::default(),
+            sticky_secs: default_sticky_secs(),
+            gateway_rest_ms: default_gateway_rest_ms(),
+            central_rest_ms: default_central_rest_ms(),
             scheduler: PathScheduler::default(),
             central_choice: CentralChoice::default(),
             window_cells: default_window_cells(),
@@ -187,6 +241,8 @@ impl ClientConfig {
             keepalive_ms: default_keepalive_ms(),
             peer_timeout_ms: default_peer_timeout_ms(),
             session_wait_ms: default_session_wait_ms(),
+            resume_grace_ms: crate::check::default_resume_grace_ms(),
+            resume_buffer_kib: crate::check::default_resume_buffer_kib(),
             auth: None,
         }
     }
@@ -204,6 +260,31 @@ impl ClientConfig {
     /// [`peer_timeout_ms`](Self::peer_timeout_ms) as a duration.
     pub fn peer_timeout(&self) -> Duration {
         Duration::from_millis(self.peer_timeout_ms)
+    }
+
+    /// [`resume_grace_ms`](Self::resume_grace_ms) as a duration.
+    pub fn resume_grace(&self) -> Duration {
+        Duration::from_millis(self.resume_grace_ms)
+    }
+
+    /// [`resume_buffer_kib`](Self::resume_buffer_kib) in bytes.
+    pub fn resume_buffer(&self) -> usize {
+        usize::try_from(self.resume_buffer_kib.saturating_mul(1024)).unwrap_or(usize::MAX)
+    }
+
+    /// [`sticky_secs`](Self::sticky_secs) as a duration.
+    pub fn sticky(&self) -> Duration {
+        Duration::from_secs(self.sticky_secs)
+    }
+
+    /// [`gateway_rest_ms`](Self::gateway_rest_ms) as a duration.
+    pub fn gateway_rest(&self) -> Duration {
+        Duration::from_millis(self.gateway_rest_ms)
+    }
+
+    /// [`central_rest_ms`](Self::central_rest_ms) as a duration.
+    pub fn central_rest(&self) -> Duration {
+        Duration::from_millis(self.central_rest_ms)
     }
 
     /// [`session_wait_ms`](Self::session_wait_ms) as a duration.
@@ -286,6 +367,9 @@ impl ConfigFile for ClientConfig {
             ("keepalive_ms", self.keepalive_ms),
             ("peer_timeout_ms", self.peer_timeout_ms),
             ("session_wait_ms", self.session_wait_ms),
+            ("resume_grace_ms", self.resume_grace_ms),
+            ("gateway_rest_ms", self.gateway_rest_ms),
+            ("central_rest_ms", self.central_rest_ms),
         ] {
             if !(1..=86_400_000).contains(&ms) {
                 return Err(invalid(
@@ -293,6 +377,13 @@ impl ConfigFile for ClientConfig {
                     "must be within 1..=86400000 ms (a day)".into(),
                 ));
             }
+        }
+        check::resume_buffer(file, self.resume_buffer_kib)?;
+        if !(1..=86_400).contains(&self.sticky_secs) {
+            return Err(invalid(
+                "sticky_secs",
+                "must be within 1..=86400 seconds".into(),
+            ));
         }
         if let Some(auth) = &self.auth {
             // RFC 1929 carries each in a one-byte length field, and 0 is refused.
@@ -371,6 +462,50 @@ mod tests {
         // It round-trips through TOML (the effective config is the operator's to print).
         let back = parse(&cfg.to_toml_string().unwrap()).unwrap();
         assert_eq!(back.auth, cfg.auth);
+    }
+
+    #[test]
+    fn gateway_choice_and_rests_default_parse_and_validate() {
+        use super::GatewayChoice;
+        let cfg = parse("directory = \"d\"\n").unwrap();
+        assert_eq!(cfg.gateway_choice, GatewayChoice::Random);
+        assert_eq!(cfg.sticky().as_secs(), 600);
+        assert_eq!(cfg.gateway_rest().as_millis(), 5_000);
+        assert_eq!(cfg.central_rest().as_millis(), 30_000);
+        let cfg = parse(
+            "directory = \"d\"\ngateway_choice = \"sticky\"\nsticky_secs = 60\n\
+             gateway_rest_ms = 250\ncentral_rest_ms = 1500\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.gateway_choice, GatewayChoice::Sticky);
+        assert_eq!(cfg.sticky().as_secs(), 60);
+        assert_eq!((cfg.gateway_rest_ms, cfg.central_rest_ms), (250, 1500));
+        assert_eq!(parse(&cfg.to_toml_string().unwrap()).unwrap(), cfg);
+        for (extra, key) in [
+            ("gateway_choice = \"rtt\"\n", "gateway_choice"),
+            ("sticky_secs = 0\n", "`sticky_secs`"),
+            ("gateway_rest_ms = 0\n", "`gateway_rest_ms`"),
+            ("central_rest_ms = 0\n", "`central_rest_ms`"),
+        ] {
+            let msg = parse(&format!("directory = \"d\"\n{extra}"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(key) && msg.contains(FILE), "{extra}: {msg}");
+        }
+        // From the environment, like every other key.
+        let env = |k: &str| match k {
+            "BRAID_GATEWAY_CHOICE" => Some("sticky".to_string()),
+            "BRAID_STICKY_SECS" => Some("30".to_string()),
+            "BRAID_GATEWAY_REST_MS" => Some("100".to_string()),
+            "BRAID_CENTRAL_REST_MS" => Some("200".to_string()),
+            _ => None,
+        };
+        let cfg = parse_client_config("directory = \"d\"\n", Path::new(FILE), &env).unwrap();
+        assert_eq!(cfg.gateway_choice, GatewayChoice::Sticky);
+        assert_eq!(
+            (cfg.sticky_secs, cfg.gateway_rest_ms, cfg.central_rest_ms),
+            (30, 100, 200)
+        );
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub(crate) const GATEWAY_KEYS: &[(&str, Kind)] = &[
     ("hosts", Kind::Table),
     ("reconnect_min_ms", Kind::Scalar),
     ("reconnect_max_ms", Kind::Scalar),
+    ("resume_grace_ms", Kind::Scalar),
+    ("resume_buffer_kib", Kind::Scalar),
 ];
 
 /// Overridable keys of the client config.
@@ -79,6 +81,10 @@ pub(crate) const CLIENT_KEYS: &[(&str, Kind)] = &[
     ("directory", Kind::Str),
     ("socks_listen", Kind::Str),
     ("gateway", Kind::Str),
+    ("gateway_choice", Kind::Str),
+    ("sticky_secs", Kind::Scalar),
+    ("gateway_rest_ms", Kind::Scalar),
+    ("central_rest_ms", Kind::Scalar),
     ("scheduler", Kind::Str),
     ("central_choice", Kind::Str),
     ("window_cells", Kind::Scalar),
@@ -90,6 +96,8 @@ pub(crate) const CLIENT_KEYS: &[(&str, Kind)] = &[
     ("keepalive_ms", Kind::Scalar),
     ("peer_timeout_ms", Kind::Scalar),
     ("session_wait_ms", Kind::Scalar),
+    ("resume_grace_ms", Kind::Scalar),
+    ("resume_buffer_kib", Kind::Scalar),
 ];
 
 /// The environment variable for a dotted key path: `exit.allow_loopback` →

@@ -31,6 +31,10 @@ pub struct Metrics {
     pub cells_rejected: AtomicU64,
     /// Sessions torn down to keep reassembly memory under the global cap or the timeout.
     pub sessions_evicted: AtomicU64,
+    /// Inner streams moved to a new carrier (a resume accepted).
+    pub streams_resumed: AtomicU64,
+    /// Inner streams waiting for a resume now (a gauge).
+    pub streams_detached: AtomicU64,
 }
 
 /// Counts one link in a gauge while it lives: dropping it (also when the task serving the
@@ -99,7 +103,17 @@ impl Metrics {
 
     /// Prometheus text exposition format.
     pub fn render(&self, node: &str, role: &str) -> String {
-        let rows: [(&str, &AtomicU64, &str); 18] = [
+        let rows: [(&str, &AtomicU64, &str); 20] = [
+            (
+                "braid_streams_resumed_total",
+                &self.streams_resumed,
+                "inner streams moved to a new carrier",
+            ),
+            (
+                "braid_streams_detached",
+                &self.streams_detached,
+                "inner streams waiting for a resume",
+            ),
             (
                 "braid_cells_duplicate_total",
                 &self.cells_duplicate,

@@ -2,16 +2,24 @@
 //! socket at the client's front ends and at the gateway's exit) and an inner stream's
 //! sealed records (`braid_proto::inner`), whatever carries those records: the outer session
 //! (client side, [`StreamSender`] / [`StreamReceiver`]) or a QUIC stream (gateway side).
+//!
+//! The stream's state ([`ReliableStream`]: resend buffer, counts, acks) outlives a carrier:
+//! [`run_leg`] pumps over one carrier until the stream is done, fails, or the carrier goes;
+//! then the owner may move the stream to a new carrier ([`SharedStream::resend`]) and run
+//! the next leg with the same application socket.
 
 use std::future::Future;
 use std::io;
-
-use braid_proto::inner::{self, MessageDecoder, Record, RecordOpener, RecordSealer};
-use braid_proto::Reason;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::session_task::StreamEvent;
 use crate::stream::{StreamReceiver, StreamSender};
+use braid_proto::inner::reliable::Delivery;
+use braid_proto::inner::{self, MessageDecoder, Record, ReliableStream};
+use braid_proto::Reason;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// Where sealed records go.
 pub trait SealedSink: Send {
@@ -28,109 +36,251 @@ pub trait SealedSource: Send {
     fn read_into(&mut self, dec: &mut MessageDecoder) -> impl Future<Output = bool> + Send;
 }
 
-/// How the application → overlay direction ended.
+/// How a leg ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outbound {
-    /// The application closed its side; the sealed half-close went out.
-    Finished,
-    /// Reading the application failed; a sealed error record went out.
-    AppFailed,
-    /// The carrier refused a record (or sealing failed): the stream is gone.
-    CarrierFailed,
-}
-
-/// How the overlay → application direction ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Inbound {
-    /// The peer's sealed half-close (or close) arrived; the application's write side is
-    /// shut down.
-    Finished,
-    /// An error record, a record that failed to open, or a carrier that ended without the
-    /// sealed close (which is treated as an abort, so nobody between can truncate).
+pub enum LegEnd {
+    /// Both directions are over and the peer has everything: the stream is finished.
+    Done,
+    /// The peer failed the stream (a sealed error record), or a record did not open: the
+    /// stream is over, nothing can resume it.
     Aborted,
-    /// Writing to the application failed.
+    /// Reading or writing the application failed; the stream is over.
     AppFailed,
+    /// The carrier ended or failed, or the leg was stopped from outside: the stream may
+    /// resume on another carrier.
+    CarrierLost,
 }
 
-/// Reads the application and sends each read as one sealed data record; its end as a
-/// half-close (then `finish`), a read error as an error record. `seen` is shown each
-/// plaintext chunk read (counters, the test tap).
-pub async fn app_to_overlay<R, S>(
-    app: &mut R,
-    sealer: &mut RecordSealer,
-    sink: &mut S,
-    mut seen: impl FnMut(&[u8]),
-) -> Outbound
+/// An inner stream's state, shared by the two directions of a leg and kept across legs.
+pub struct SharedStream {
+    state: Mutex<ReliableStream>,
+    /// Wakes the outbound direction: an ack is owed, the buffer has room, or the stream is
+    /// done.
+    wake_out: Notify,
+}
+
+impl SharedStream {
+    pub fn new(stream: ReliableStream) -> Self {
+        SharedStream {
+            state: Mutex::new(stream),
+            wake_out: Notify::new(),
+        }
+    }
+
+    /// The state, for a moment (never held across an await).
+    pub fn lock(&self) -> MutexGuard<'_, ReliableStream> {
+        // The state stays consistent whatever panicked while holding it.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The sealed records the peer has not acknowledged, to send first on a new carrier.
+    pub fn resend(&self) -> Vec<Vec<u8>> {
+        self.lock().resend().map(<[u8]>::to_vec).collect()
+    }
+
+    /// A sealed error record telling the peer the stream failed for `reason`.
+    pub fn seal_error(&self, reason: Reason) -> Option<Vec<u8>> {
+        self.lock().seal(&Record::Error(reason.code())).ok()
+    }
+}
+
+/// What one direction of a leg came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Half {
+    End(LegEnd),
+    /// The other direction (or the owner) ended the leg.
+    Stopped,
+}
+
+/// Pumps one leg: the application's bytes out as sealed records over `sink`, the records
+/// from `source` (after whatever `dec` holds) into the application, acknowledgements both
+/// ways. Ends when the stream is done or fails, when the carrier goes, or when `stop` is
+/// cancelled (then the record being written to the application is finished first: what is
+/// counted as received has reached the application). `seen_out` / `seen_in` are shown each
+/// plaintext chunk (counters, the test tap).
+#[allow(clippy::too_many_arguments)]
+pub async fn run_leg<R, W, K, S>(
+    app_r: &mut R,
+    app_w: &mut W,
+    stream: &SharedStream,
+    sink: &mut K,
+    source: &mut S,
+    dec: &mut MessageDecoder,
+    stop: &CancellationToken,
+    seen_out: impl FnMut(&[u8]),
+    seen_in: impl FnMut(&[u8]),
+) -> LegEnd
 where
     R: AsyncRead + Unpin,
-    S: SealedSink,
+    W: AsyncWrite + Unpin,
+    K: SealedSink,
+    S: SealedSource,
+{
+    let leg_over = stop.child_token();
+    let out = async {
+        let r = outbound(app_r, stream, sink, &leg_over, seen_out).await;
+        leg_over.cancel();
+        r
+    };
+    let inb = async {
+        let r = inbound(source, dec, stream, app_w, &leg_over, seen_in).await;
+        if r != Half::End(LegEnd::Done) {
+            leg_over.cancel();
+        }
+        r
+    };
+    let (o, i) = tokio::join!(out, inb);
+    let ends = [o, i];
+    for worst in [LegEnd::AppFailed, LegEnd::Aborted] {
+        if ends.contains(&Half::End(worst)) {
+            return worst;
+        }
+    }
+    if o == Half::End(LegEnd::Done) {
+        LegEnd::Done
+    } else {
+        LegEnd::CarrierLost
+    }
+}
+
+/// Sends `sealed` unless the leg ends first; false if the carrier refused it.
+async fn send<K: SealedSink>(
+    sink: &mut K,
+    sealed: &mut Vec<u8>,
+    leg_over: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        r = sink.write_sealed(sealed) => r.is_ok(),
+        // The record stays in the resend buffer; the next carrier takes it.
+        _ = leg_over.cancelled() => false,
+    }
+}
+
+async fn outbound<R, K>(
+    app: &mut R,
+    stream: &SharedStream,
+    sink: &mut K,
+    leg_over: &CancellationToken,
+    mut seen: impl FnMut(&[u8]),
+) -> Half
+where
+    R: AsyncRead + Unpin,
+    K: SealedSink,
 {
     let mut buf = vec![0u8; inner::MAX_RECORD_DATA];
-    let mut out = Vec::with_capacity(inner::MAX_RECORD_DATA + 64);
     loop {
-        let rec = match app.read(&mut buf).await {
-            Ok(0) => Record::HalfClose,
-            Ok(n) => {
-                let data = buf.get(..n).unwrap_or_default();
-                seen(data);
-                Record::Data(data.to_vec())
-            }
-            Err(_) => Record::Error(Reason::GENERAL_FAILURE.code()),
-        };
-        let last = !matches!(rec, Record::Data(_));
-        out.clear();
-        if sealer.seal(&rec, &mut out).is_err() || sink.write_sealed(&mut out).await.is_err() {
-            return Outbound::CarrierFailed;
-        }
-        if last {
-            if sink.finish().await.is_err() {
-                return Outbound::CarrierFailed;
-            }
-            return match rec {
-                Record::HalfClose => Outbound::Finished,
-                _ => Outbound::AppFailed,
+        let (ack, done, can_read) = {
+            let mut st = stream.lock();
+            let ack = if st.ack_due() || st.ack_urgent() {
+                match st.seal_ack() {
+                    Ok(a) => a,
+                    Err(_) => return Half::End(LegEnd::Aborted),
+                }
+            } else {
+                None
             };
+            (ack, st.is_done(), st.can_take_data())
+        };
+        if let Some(mut ack) = ack {
+            if !send(sink, &mut ack, leg_over).await {
+                return lost_or_stopped(leg_over);
+            }
+        }
+        if done {
+            let _ = sink.finish().await;
+            return Half::End(LegEnd::Done);
+        }
+        tokio::select! {
+            biased;
+            _ = leg_over.cancelled() => return Half::Stopped,
+            _ = stream.wake_out.notified() => continue,
+            r = app.read(&mut buf), if can_read => {
+                let rec = match r {
+                    Ok(0) => Record::HalfClose,
+                    Ok(n) => {
+                        let data = buf.get(..n).unwrap_or_default();
+                        seen(data);
+                        Record::Data(data.to_vec())
+                    }
+                    Err(_) => Record::Error(Reason::GENERAL_FAILURE.code()),
+                };
+                let Ok(mut sealed) = stream.lock().seal(&rec) else {
+                    return Half::End(LegEnd::Aborted);
+                };
+                if !send(sink, &mut sealed, leg_over).await {
+                    return lost_or_stopped(leg_over);
+                }
+                if matches!(rec, Record::Error(_)) {
+                    return Half::End(LegEnd::AppFailed);
+                }
+            }
         }
     }
 }
 
-/// Opens the sealed records from `source` (after whatever `dec` already holds) and writes
-/// their data to the application; on the sealed half-close shuts the application's write
-/// side. `seen` is shown each plaintext chunk written.
-pub async fn overlay_to_app<W, S>(
+fn lost_or_stopped(leg_over: &CancellationToken) -> Half {
+    if leg_over.is_cancelled() {
+        Half::Stopped
+    } else {
+        Half::End(LegEnd::CarrierLost)
+    }
+}
+
+async fn inbound<S, W>(
     source: &mut S,
     dec: &mut MessageDecoder,
-    opener: &mut RecordOpener,
+    stream: &SharedStream,
     app: &mut W,
+    leg_over: &CancellationToken,
     mut seen: impl FnMut(&[u8]),
-) -> Inbound
+) -> Half
 where
-    W: AsyncWrite + Unpin,
     S: SealedSource,
+    W: AsyncWrite + Unpin,
 {
     loop {
         loop {
             let msg = match dec.next_message() {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
-                Err(_) => return Inbound::Aborted,
+                Err(_) => return Half::End(LegEnd::Aborted),
             };
-            match opener.open(&msg) {
-                Ok(Record::Data(d)) => {
+            let delivery = {
+                let mut st = stream.lock();
+                match st.open(&msg) {
+                    Ok(d) => {
+                        if st.ack_due() || st.ack_urgent() || st.is_done() || d == Delivery::Nothing
+                        {
+                            stream.wake_out.notify_one();
+                        }
+                        d
+                    }
+                    Err(_) => return Half::End(LegEnd::Aborted),
+                }
+            };
+            match delivery {
+                Delivery::Data(d) => {
                     if app.write_all(&d).await.is_err() {
-                        return Inbound::AppFailed;
+                        return Half::End(LegEnd::AppFailed);
                     }
                     seen(&d);
                 }
-                Ok(Record::HalfClose) | Ok(Record::Close) => {
+                Delivery::HalfClose => {
                     let _ = app.shutdown().await;
-                    return Inbound::Finished;
                 }
-                Ok(Record::Error(_)) | Err(_) => return Inbound::Aborted,
+                Delivery::Error(_) => return Half::End(LegEnd::Aborted),
+                Delivery::Nothing => {}
             }
         }
-        if !source.read_into(dec).await {
-            return Inbound::Aborted;
+        if stream.lock().is_done() {
+            return Half::End(LegEnd::Done);
+        }
+        tokio::select! {
+            biased;
+            _ = leg_over.cancelled() => return Half::Stopped,
+            more = source.read_into(dec) => if !more {
+                return Half::End(LegEnd::CarrierLost);
+            },
         }
     }
 }
@@ -154,7 +304,7 @@ impl SealedSource for StreamReceiver {
                 dec.push(&d);
                 true
             }
-            // The session ended the stream without the gateway's sealed close: abort.
+            // The session ended the stream: the carrier is gone.
             _ => false,
         }
     }

@@ -1,43 +1,49 @@
 //! The sealed-record pump between an application socket and an inner stream, with the
-//! carrier in memory: what goes through, and what counts as an abort.
+//! carrier in memory: what goes through, what counts as an abort, and a stream that moves
+//! to a new carrier after its first one is cut.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::VecDeque;
 use std::io;
 
-use braid_driver::pump::{self, Inbound, Outbound, SealedSink, SealedSource};
+use braid_driver::pump::{run_leg, LegEnd, SealedSink, SealedSource, SharedStream};
 use braid_proto::inner::{
-    self, MessageDecoder, OpenRequest, OpenStatus, Record, RecordOpener, RecordSealer,
+    self, FirstMessage, MessageDecoder, OpenRequest, OpenStatus, Record, ReliableStream,
 };
 use braid_proto::noise::StaticKeypair;
 use braid_proto::TargetAddr;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-/// Sealed records written, and whether `finish` was called.
-#[derive(Default)]
-struct VecSink {
-    records: Vec<Vec<u8>>,
-    finished: bool,
+/// One direction of an in-memory carrier; it fails after `budget` records.
+struct ChanSink {
+    tx: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    budget: usize,
 }
 
-impl SealedSink for VecSink {
+impl SealedSink for ChanSink {
     async fn write_sealed(&mut self, sealed: &mut Vec<u8>) -> io::Result<()> {
-        self.records.push(std::mem::take(sealed));
-        Ok(())
+        if self.budget == 0 {
+            self.tx = None;
+        }
+        self.budget = self.budget.saturating_sub(1);
+        match &self.tx {
+            Some(tx) => tx.send(std::mem::take(sealed)).map_err(io::Error::other),
+            None => Err(io::Error::other("cut")),
+        }
     }
 
     async fn finish(&mut self) -> io::Result<()> {
-        self.finished = true;
+        self.tx = None;
         Ok(())
     }
 }
 
-/// Hands out the given chunks, then ends.
-struct VecSource(VecDeque<Vec<u8>>);
+struct ChanSource(mpsc::UnboundedReceiver<Vec<u8>>);
 
-impl SealedSource for VecSource {
+impl SealedSource for ChanSource {
     async fn read_into(&mut self, dec: &mut MessageDecoder) -> bool {
-        match self.0.pop_front() {
+        match self.0.recv().await {
             Some(c) => {
                 dec.push(&c);
                 true
@@ -47,9 +53,27 @@ impl SealedSource for VecSource {
     }
 }
 
-/// The two ends of one inner stream: (client sealer, client opener, gateway sealer, gateway
-/// opener).
-fn keys() -> (RecordSealer, RecordOpener, RecordSealer, RecordOpener) {
+/// A carrier both ways: (client's sink, gateway's source, gateway's sink, client's source),
+/// the client's sink cut after `cut_up` records, the gateway's after `cut_down`.
+fn carrier(cut_up: usize, cut_down: usize) -> (ChanSink, ChanSource, ChanSink, ChanSource) {
+    let (a, b) = mpsc::unbounded_channel();
+    let (c, d) = mpsc::unbounded_channel();
+    (
+        ChanSink {
+            tx: Some(a),
+            budget: cut_up,
+        },
+        ChanSource(b),
+        ChanSink {
+            tx: Some(c),
+            budget: cut_down,
+        },
+        ChanSource(d),
+    )
+}
+
+/// The two ends of one inner stream after an honest open: (client, gateway).
+fn ends() -> (SharedStream, SharedStream) {
     let mut rng = rand::rng();
     let gateway = StaticKeypair::generate(&mut rng);
     let req = OpenRequest {
@@ -57,125 +81,199 @@ fn keys() -> (RecordSealer, RecordOpener, RecordSealer, RecordOpener) {
         early_data: Vec::new(),
     };
     let (open, first) = inner::client_open(&mut rng, &gateway.public(), &req).unwrap();
-    let mut dec = MessageDecoder::default();
-    dec.push(&first);
-    let msg1 = dec.next_message().unwrap().unwrap();
-    let (accepted, _) = inner::gateway_accept(&gateway, &msg1).unwrap();
+    let (accepted, _) = inner::gateway_accept(&gateway, &first[2..]).unwrap();
     let mut reply = Vec::new();
-    let (g_sealer, g_opener) = accepted
+    let g = accepted
         .reply(&mut rng, OpenStatus::OK, &mut reply)
         .unwrap();
-    dec.push(&reply);
-    let msg2 = dec.next_message().unwrap().unwrap();
-    let (_, _, c_sealer, c_opener) = open.finish(&msg2).unwrap();
-    (c_sealer, c_opener, g_sealer, g_opener)
+    let (_, _, c) = open.finish(&reply[2..]).unwrap();
+    (
+        SharedStream::new(ReliableStream::new(c, 0)),
+        SharedStream::new(ReliableStream::new(g, 0)),
+    )
 }
 
-fn sealed(sealer: &mut RecordSealer, recs: &[Record]) -> Vec<Vec<u8>> {
-    recs.iter()
-        .map(|r| {
-            let mut out = Vec::new();
-            sealer.seal(r, &mut out).unwrap();
-            out
-        })
+/// Runs a leg at both ends over one carrier; returns how each ended.
+async fn both_legs(
+    c: &SharedStream,
+    g: &SharedStream,
+    c_app: &mut DuplexStream,
+    g_app: &mut DuplexStream,
+    (mut cs, mut gsrc, mut gs, mut csrc): (ChanSink, ChanSource, ChanSink, ChanSource),
+) -> (LegEnd, LegEnd) {
+    let (mut cr, mut cw) = tokio::io::split(c_app);
+    let (mut gr, mut gw) = tokio::io::split(g_app);
+    let stop = CancellationToken::new();
+    let (mut cdec, mut gdec) = (MessageDecoder::default(), MessageDecoder::default());
+    let client = run_leg(
+        &mut cr,
+        &mut cw,
+        c,
+        &mut cs,
+        &mut csrc,
+        &mut cdec,
+        &stop,
+        |_| {},
+        |_| {},
+    );
+    let gateway = run_leg(
+        &mut gr,
+        &mut gw,
+        g,
+        &mut gs,
+        &mut gsrc,
+        &mut gdec,
+        &stop,
+        |_| {},
+        |_| {},
+    );
+    // A leg whose carrier was cut on one side only sees it when the other side's leg ends
+    // and drops its half: run them together.
+    tokio::join!(client, gateway)
+}
+
+/// The bytes an application gets, and that it writes `data` then closes.
+fn app(data: Vec<u8>, mut end: DuplexStream) -> tokio::task::JoinHandle<Vec<u8>> {
+    tokio::spawn(async move {
+        let (mut r, mut w) = tokio::io::split(&mut end);
+        let write = async {
+            w.write_all(&data).await.unwrap();
+            w.shutdown().await.unwrap();
+        };
+        let mut got = Vec::new();
+        let read = r.read_to_end(&mut got);
+        let (_, n) = tokio::join!(write, read);
+        n.unwrap();
+        got
+    })
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
 }
 
 #[tokio::test]
-async fn app_bytes_leave_as_records_then_a_half_close() {
-    let (mut c_sealer, _, _, mut g_opener) = keys();
-    let (mut app, mut ours) = tokio::io::duplex(64 * 1024);
-    let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
-    let writer = tokio::spawn({
-        let data = data.clone();
-        async move { app.write_all(&data).await.unwrap() }
-    });
-    let mut sink = VecSink::default();
-    let out = pump::app_to_overlay(&mut ours, &mut c_sealer, &mut sink, |_| {}).await;
-    writer.await.unwrap();
-    assert_eq!(out, Outbound::Finished);
-    assert!(sink.finished);
-    let mut got = Vec::new();
-    let mut dec = MessageDecoder::default();
-    for r in &sink.records {
-        dec.push(r);
-    }
-    let mut last = None;
-    while let Some(m) = dec.next_message().unwrap() {
-        match g_opener.open(&m).unwrap() {
-            Record::Data(d) => got.extend_from_slice(&d),
-            other => last = Some(other),
-        }
-    }
-    assert_eq!(got, data);
-    assert_eq!(last, Some(Record::HalfClose));
+async fn a_leg_carries_both_ways_and_finishes() {
+    let (c, g) = ends();
+    let (c_user, mut c_app) = tokio::io::duplex(64 * 1024);
+    let (g_target, mut g_app) = tokio::io::duplex(64 * 1024);
+    let up = pattern(300_000, 1);
+    let down = pattern(500_000, 2);
+    let user = app(up.clone(), c_user);
+    let target = app(down.clone(), g_target);
+    let ends = both_legs(
+        &c,
+        &g,
+        &mut c_app,
+        &mut g_app,
+        carrier(usize::MAX, usize::MAX),
+    )
+    .await;
+    assert_eq!(ends, (LegEnd::Done, LegEnd::Done));
+    assert_eq!(target.await.unwrap(), up);
+    assert_eq!(user.await.unwrap(), down);
+    // Done means the peer had everything: nothing is kept but the last acknowledgement.
+    assert!(c.lock().buffered() < 100, "{}", c.lock().buffered());
+    assert!(g.lock().buffered() < 100, "{}", g.lock().buffered());
 }
 
-/// Pumps `chunks` with `opener` into an application that is not read; how it ended.
-async fn pump_to_app(chunks: Vec<Vec<u8>>, opener: &mut RecordOpener) -> Inbound {
-    let (_app, mut ours) = tokio::io::duplex(64 * 1024);
+/// The carrier is cut mid-transfer, both ways; a resume on a new carrier finishes the
+/// stream with every byte once, in order.
+#[tokio::test]
+async fn a_cut_carrier_resumes_without_loss() {
+    let (c, g) = ends();
+    let (c_user, mut c_app) = tokio::io::duplex(64 * 1024);
+    let (g_target, mut g_app) = tokio::io::duplex(64 * 1024);
+    let up = pattern(400_000, 3);
+    let down = pattern(900_000, 4);
+    let user = app(up.clone(), c_user);
+    let target = app(down.clone(), g_target);
+    let ends = both_legs(&c, &g, &mut c_app, &mut g_app, carrier(7, 20)).await;
+    assert_eq!(ends, (LegEnd::CarrierLost, LegEnd::CarrierLost));
+    // The exchange a new carrier starts with.
+    let req = c.lock().resume_request();
+    let FirstMessage::Resume(req) = inner::first_message(&req[2..]).unwrap() else {
+        panic!("not a resume")
+    };
+    let reply = g.lock().accept_resume(&req).unwrap();
+    c.lock().finish_resume(&reply[2..]).unwrap();
+    let (cs, gsrc, gs, csrc) = carrier(usize::MAX, usize::MAX);
+    for r in c.resend() {
+        cs.tx.as_ref().unwrap().send(r).unwrap();
+    }
+    for r in g.resend() {
+        gs.tx.as_ref().unwrap().send(r).unwrap();
+    }
+    let ends = both_legs(&c, &g, &mut c_app, &mut g_app, (cs, gsrc, gs, csrc)).await;
+    assert_eq!(ends, (LegEnd::Done, LegEnd::Done));
+    assert_eq!(target.await.unwrap(), up);
+    assert_eq!(user.await.unwrap(), down);
+}
+
+/// Records arriving at the client only, with its app never read: how the leg ends.
+async fn client_leg_on(records: Vec<Vec<u8>>, c: &SharedStream) -> LegEnd {
+    let (_user, mut c_app) = tokio::io::duplex(64 * 1024);
+    let (mut r, mut w) = tokio::io::split(&mut c_app);
+    let (tx, rx) = mpsc::unbounded_channel();
+    for rec in records {
+        tx.send(rec).unwrap();
+    }
+    drop(tx);
+    let (stx, _srx) = mpsc::unbounded_channel();
+    let mut sink = ChanSink {
+        tx: Some(stx),
+        budget: usize::MAX,
+    };
     let mut dec = MessageDecoder::default();
-    pump::overlay_to_app(
-        &mut VecSource(chunks.into()),
+    run_leg(
+        &mut r,
+        &mut w,
+        c,
+        &mut sink,
+        &mut ChanSource(rx),
         &mut dec,
-        opener,
-        &mut ours,
+        &CancellationToken::new(),
+        |_| {},
         |_| {},
     )
     .await
 }
 
+/// A carrier that ends without the sealed close is a lost carrier (the stream may resume),
+/// never a clean end: nobody between the ends can cut a stream short unnoticed.
 #[tokio::test]
-async fn records_then_the_sealed_half_close_reach_the_app_and_finish() {
-    let (_, mut c_opener, mut g_sealer, _) = keys();
-    let chunks = sealed(
-        &mut g_sealer,
-        &[
-            Record::Data(b"hello ".to_vec()),
-            Record::Data(b"world".to_vec()),
-            Record::HalfClose,
-        ],
-    );
-    let (mut app, mut ours) = tokio::io::duplex(64 * 1024);
-    let mut src = VecSource(chunks.into());
-    let mut dec = MessageDecoder::default();
-    let r = pump::overlay_to_app(&mut src, &mut dec, &mut c_opener, &mut ours, |_| {}).await;
-    assert_eq!(r, Inbound::Finished);
-    let mut got = Vec::new();
-    app.read_to_end(&mut got).await.unwrap();
-    assert_eq!(got, b"hello world");
-}
-
-/// A carrier that ends without the sealed half-close is an abort, so that nobody between
-/// the ends can cut a stream short unnoticed.
-#[tokio::test]
-async fn a_stream_cut_before_its_sealed_close_is_an_abort() {
-    let (_, mut c_opener, mut g_sealer, _) = keys();
-    let chunks = sealed(&mut g_sealer, &[Record::Data(b"partial".to_vec())]);
-    assert_eq!(pump_to_app(chunks, &mut c_opener).await, Inbound::Aborted);
+async fn a_stream_cut_before_its_sealed_close_is_not_finished() {
+    let (c, g) = ends();
+    let one = g.lock().seal(&Record::Data(b"partial".to_vec())).unwrap();
+    assert_eq!(client_leg_on(vec![one], &c).await, LegEnd::CarrierLost);
 }
 
 #[tokio::test]
-async fn a_tampered_or_replayed_record_is_an_abort() {
-    let (_, mut c_opener, mut g_sealer, _) = keys();
-    let mut chunks = sealed(
-        &mut g_sealer,
-        &[Record::Data(b"one".to_vec()), Record::HalfClose],
-    );
-    let last = chunks.len() - 1;
-    chunks[last][6] ^= 1;
+async fn a_tampered_replayed_or_failed_stream_is_an_abort() {
+    let (c, g) = ends();
+    let mut bad = g.lock().seal(&Record::Data(b"one".to_vec())).unwrap();
+    bad[6] ^= 1;
     assert_eq!(
-        pump_to_app(chunks, &mut c_opener).await,
-        Inbound::Aborted,
+        client_leg_on(vec![bad], &c).await,
+        LegEnd::Aborted,
         "tampered"
     );
 
-    let (_, mut c_opener, mut g_sealer, _) = keys();
-    let one = sealed(&mut g_sealer, &[Record::Data(b"one".to_vec())]);
-    let replayed = vec![one[0].clone(), one[0].clone()];
+    let (c, g) = ends();
+    let one = g.lock().seal(&Record::Data(b"one".to_vec())).unwrap();
     assert_eq!(
-        pump_to_app(replayed, &mut c_opener).await,
-        Inbound::Aborted,
+        client_leg_on(vec![one.clone(), one], &c).await,
+        LegEnd::Aborted,
         "replayed"
+    );
+
+    let (c, g) = ends();
+    let err = g.lock().seal(&Record::Error(5)).unwrap();
+    assert_eq!(
+        client_leg_on(vec![err], &c).await,
+        LegEnd::Aborted,
+        "sealed error"
     );
 }

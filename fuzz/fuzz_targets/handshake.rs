@@ -407,7 +407,7 @@ fn open(o: Open) {
         .expect("reply");
     let len = usize::from(u16::from_be_bytes([out[0], out[1]]));
     assert_eq!(len + 2, out.len());
-    let (status, why, _, _) = client.finish(&out[2..]).expect("finish");
+    let (status, why, _) = client.finish(&out[2..]).expect("finish");
     assert_eq!(status, OpenStatus(o.status));
     // The reason: control characters replaced, then cut to MAX_REASON bytes on a
     // character boundary (Finding 2, README.md, fixed: it used to be cut first).

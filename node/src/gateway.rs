@@ -2,20 +2,29 @@
 //! one QUIC stream per proxied stream, completes the inner Noise handshake, applies the
 //! exit policy to every resolved address, connects, and pumps sealed records both ways.
 //! It sees destinations and payloads, never who the client is.
+//!
+//! A stream outlives its carrier: when the QUIC stream (or the whole link to a central) goes,
+//! the target connection is kept for `resume_grace`, filed under the id of the stream's next
+//! resume. A QUIC stream through any central whose first message is that resume takes the
+//! stream over (also while the old carrier still looks alive: the client knows better).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use braid_driver::pump::{self, Inbound, QuicSource, SealedSource};
-use braid_proto::inner::{self, MessageDecoder, OpenStatus};
+use braid_driver::pump::{self, LegEnd, QuicSource, SealedSink, SealedSource, SharedStream};
+use braid_proto::inner::reliable::{self, ID_LEN};
+use braid_proto::inner::ResumeRequest;
+use braid_proto::inner::{self, FirstMessage, MessageDecoder, OpenStatus, ReliableStream};
 use braid_proto::noise::StaticKeypair;
 use braid_proto::target::TargetAddr;
 use braid_proto::Reason;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::exit::{Checked, ExitPolicy, Refusal};
@@ -38,6 +47,10 @@ pub struct GatewayParams {
     /// Most proxied streams open at once over all centrals (each holds a target socket);
     /// also the QUIC streams each central may open on its link.
     pub max_streams: u32,
+    /// How long a stream whose carrier died keeps its target connection for a resume.
+    pub resume_grace: Duration,
+    /// Sealed bytes a stream keeps until the client acknowledges them.
+    pub resume_buffer: usize,
 }
 
 pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
@@ -53,11 +66,13 @@ pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
     let c = ctx.clone();
     let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let live_streams = live.clone();
+    let resumable = Resumable::default();
     let link = ctx.central_links(ep.clone(), backoff, move |central, conn| {
         let ctx = c.clone();
         let p = p.clone();
         let policy = policy.clone();
         let live = live.clone();
+        let resumable = resumable.clone();
         async move {
             info!(node = %ctx.id, central = %central.id, "gateway linked to a central");
             while let Ok((mut send, recv)) = conn.accept_bi().await {
@@ -73,9 +88,10 @@ pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
                     continue;
                 }
                 let (ctx, p, policy, live) = (ctx.clone(), p.clone(), policy.clone(), live.clone());
+                let resumable = resumable.clone();
                 live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
-                    serve_stream(ctx, p, policy, send, recv).await;
+                    serve_stream(ctx, p, policy, resumable, send, recv).await;
                     live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 });
             }
@@ -207,19 +223,61 @@ async fn connect_checked(timeout: Duration, addrs: &[Checked]) -> Result<TcpStre
     Err(last)
 }
 
+/// A new carrier for a stream: the QUIC stream that brought its resume.
+struct Carrier {
+    send: quinn::SendStream,
+    source: TapSource,
+    /// What arrived after the resume.
+    dec: MessageDecoder,
+    req: ResumeRequest,
+}
+
+/// Every stream the gateway holds, by the id of its next resume: where to hand the carrier
+/// that brings it.
+#[derive(Clone, Default)]
+struct Resumable(Arc<Mutex<HashMap<[u8; ID_LEN], mpsc::Sender<Carrier>>>>);
+
+impl Resumable {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; ID_LEN], mpsc::Sender<Carrier>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A stream filed under one resume id; dropping it takes the id back out.
+struct Filed {
+    resumable: Resumable,
+    id: [u8; ID_LEN],
+}
+
+impl Drop for Filed {
+    fn drop(&mut self) {
+        self.resumable.map().remove(&self.id);
+    }
+}
+
+/// The gateway's carriers read through the tap.
+type TapSource = QuicSource<Box<dyn FnMut(&[u8]) + Send>>;
+
+fn tap_source(ctx: &NodeContext, recv: quinn::RecvStream) -> TapSource {
+    let (t, id) = (ctx.tap.clone(), ctx.id.clone());
+    QuicSource::new(
+        recv,
+        Box::new(move |chunk: &[u8]| tap(&t, &id, TapPoint::Received, chunk)),
+    )
+}
+
 async fn serve_stream(
     ctx: NodeContext,
     p: GatewayParams,
     policy: Arc<ExitPolicy>,
+    resumable: Resumable,
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) {
     let noise = StaticKeypair::from_secret(ctx.identity.noise_secret());
     let mut dec = MessageDecoder::default();
-    let mut source = QuicSource::new(recv, |chunk: &[u8]| {
-        tap(&ctx.tap, &ctx.id, TapPoint::Received, chunk)
-    });
-    // 1. The first message: the client's handshake with the open request.
+    let mut source = tap_source(&ctx, recv);
+    // 1. The first message: the client's handshake with the open request, or a resume.
     let msg1 = loop {
         match dec.next_message() {
             Ok(Some(m)) => break m,
@@ -230,6 +288,39 @@ async fn serve_stream(
             return;
         }
     };
+    match inner::first_message(&msg1) {
+        Ok(FirstMessage::Open) => {}
+        Ok(FirstMessage::Resume(req)) => {
+            let holder = resumable.map().get(&req.id).cloned();
+            let carrier = Carrier {
+                send,
+                source,
+                dec,
+                req,
+            };
+            match holder {
+                Some(h) => {
+                    if let Err(
+                        mpsc::error::TrySendError::Full(mut c)
+                        | mpsc::error::TrySendError::Closed(mut c),
+                    ) = h.try_send(carrier)
+                    {
+                        refuse_resume(&mut c.send).await;
+                    }
+                }
+                None => {
+                    let mut c = carrier;
+                    debug!(node = %ctx.id, "resume for a stream this gateway does not hold");
+                    refuse_resume(&mut c.send).await;
+                }
+            }
+            return;
+        }
+        Err(_) => {
+            Metrics::inc(&ctx.metrics.streams_refused);
+            return;
+        }
+    }
     let Ok((open, req)) = inner::gateway_accept(&noise, &msg1) else {
         Metrics::inc(&ctx.metrics.streams_refused);
         return;
@@ -247,9 +338,7 @@ async fn serve_stream(
         Err(f) => (f.status, f.reason.as_str()),
     };
     let mut out = Vec::new();
-    let Ok((mut sealer, mut opener)) =
-        open.reply_with_reason(&mut rand::rng(), status, reason, &mut out)
-    else {
+    let Ok(keys) = open.reply_with_reason(&mut rand::rng(), status, reason, &mut out) else {
         return;
     };
     if send.write_all(&out).await.is_err() {
@@ -273,22 +362,122 @@ async fn serve_stream(
         }
         Metrics::add(&ctx.metrics.bytes_to_targets, req.early_data.len() as u64);
     }
-    let up = async {
-        let to_target = pump::overlay_to_app(&mut source, &mut dec, &mut opener, &mut tcp_w, |d| {
-            tap(&ctx.tap, &ctx.id, TapPoint::Decrypted, d);
-            Metrics::add(&ctx.metrics.bytes_to_targets, d.len() as u64);
-        })
-        .await;
-        if to_target == Inbound::AppFailed {
-            let _ = source
-                .recv
-                .stop(u32::from(Reason::GENERAL_FAILURE.code()).into());
+    let stream = SharedStream::new(ReliableStream::new(keys, p.resume_buffer));
+    let (carriers_tx, mut carriers) = mpsc::channel::<Carrier>(1);
+    let mut leg = (send, source, dec);
+    loop {
+        let _filed = {
+            let id = stream.lock().next_resume_id();
+            resumable.map().insert(id, carriers_tx.clone());
+            Filed {
+                resumable: resumable.clone(),
+                id,
+            }
+        };
+        let (send, source, dec) = &mut leg;
+        let stop = CancellationToken::new();
+        let mut next = None;
+        let end = {
+            let run = pump::run_leg(
+                &mut tcp_r,
+                &mut tcp_w,
+                &stream,
+                send,
+                source,
+                dec,
+                &stop,
+                |d| Metrics::add(&ctx.metrics.bytes_from_targets, d.len() as u64),
+                |d| {
+                    tap(&ctx.tap, &ctx.id, TapPoint::Decrypted, d);
+                    Metrics::add(&ctx.metrics.bytes_to_targets, d.len() as u64);
+                },
+            );
+            tokio::pin!(run);
+            tokio::select! {
+                end = &mut run => end,
+                // The client moved the stream while this carrier still looked alive.
+                c = carriers.recv() => {
+                    stop.cancel();
+                    run.await;
+                    next = c;
+                    LegEnd::CarrierLost
+                }
+            }
+        };
+        match end {
+            LegEnd::Done => return,
+            LegEnd::Aborted => {
+                let _ = send.reset(u32::from(Reason::GENERAL_FAILURE.code()).into());
+                return;
+            }
+            LegEnd::AppFailed => {
+                if let Some(mut e) = stream.seal_error(Reason::GENERAL_FAILURE) {
+                    let _ = send.write_sealed(&mut e).await;
+                }
+                let _ = send.finish();
+                return;
+            }
+            LegEnd::CarrierLost => {
+                let _ = send.reset(u32::from(Reason::SESSION_CLOSED.code()).into());
+            }
         }
-    };
-    let down = pump::app_to_overlay(&mut tcp_r, &mut sealer, &mut send, |d| {
-        Metrics::add(&ctx.metrics.bytes_from_targets, d.len() as u64)
-    });
-    let _ = tokio::join!(up, down);
+        // Detached: wait for the client's resume, at most the grace period.
+        Metrics::inc(&ctx.metrics.streams_detached);
+        let resumed = resume(&stream, next, &mut carriers, p.resume_grace).await;
+        Metrics::dec(&ctx.metrics.streams_detached);
+        let Some(c) = resumed else {
+            debug!(node = %ctx.id, "no resume within the grace period; closing the target");
+            return;
+        };
+        Metrics::inc(&ctx.metrics.streams_resumed);
+        leg = (c.send, c.source, c.dec);
+    }
+}
+
+/// Waits for a carrier whose resume authenticates (the first may already be here), answers
+/// it and sends it what the client has not received; None when the grace period ends first.
+async fn resume(
+    stream: &SharedStream,
+    mut next: Option<Carrier>,
+    carriers: &mut mpsc::Receiver<Carrier>,
+    grace: Duration,
+) -> Option<Carrier> {
+    let deadline = tokio::time::Instant::now() + grace;
+    loop {
+        let mut c = match next.take() {
+            Some(c) => c,
+            None => tokio::time::timeout_at(deadline, carriers.recv())
+                .await
+                .ok()??,
+        };
+        let accepted = stream.lock().accept_resume(&c.req);
+        match accepted {
+            Ok(mut reply) => {
+                if c.send.write_all(&reply).await.is_err() {
+                    // The new carrier died at once; the client will try again with the same id.
+                    continue;
+                }
+                reply.clear();
+                let mut ok = true;
+                for mut r in stream.resend() {
+                    if c.send.write_sealed(&mut r).await.is_err() {
+                        ok = false;
+                        break;
+                    }
+                }
+                if ok {
+                    return Some(c);
+                }
+            }
+            Err(_) => refuse_resume(&mut c.send).await,
+        }
+    }
+}
+
+/// Tells a resume's sender this gateway does not hold the stream.
+async fn refuse_resume(send: &mut quinn::SendStream) {
+    let _ = send.write_all(&reliable::unknown_stream_reply()).await;
+    let _ = send.finish();
 }
 
 #[cfg(test)]
@@ -313,6 +502,8 @@ mod tests {
             reconnect_min: Duration::from_millis(10),
             reconnect_max: Duration::from_millis(100),
             max_streams: 16,
+            resume_grace: Duration::from_secs(1),
+            resume_buffer: 1 << 20,
         }
     }
 

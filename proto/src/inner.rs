@@ -3,14 +3,20 @@
 //!
 //! Byte stream, each message `len u16 | bytes`:
 //! ```text
-//! client → gateway:  NK msg1 { OpenRequest: target, early data }   then records
-//! gateway → client:  NK msg2 { OpenReply: status u8 | reason }      then records
+//! client → gateway:  first { 1 | NK msg1 { OpenRequest: target, early data } }  then records
+//!                 or first { 2 | Resume: id [16] | received u64 | mac [32] }    then records
+//! gateway → client:  NK msg2 { OpenReply: status u8 | reason }                 then records
+//!                 or Resumed: status u8 | received u64 | mac [32]             then records
 //! record = AEAD(stream key, nonce = counter, plaintext = type u8 | payload)
 //! ```
 //! Per-stream keys mean the gateway cannot link two streams of one user.
 //!
 //! The reply's reason is optional human-readable UTF-8 (why an open was refused, for the
 //! client's log); a reply of the status byte alone has an empty reason.
+//!
+//! Records are acknowledged (an `Ack` record carries how many records its sender has
+//! opened) and kept sealed until then, so a stream can move to a new carrier when its
+//! central dies: see [`reliable`].
 
 use rand_core::CryptoRng;
 
@@ -18,6 +24,9 @@ use crate::aead::{AeadAlgorithm, CellAead, RingAead, TAG_LEN};
 use crate::noise::{self, HandshakeError, NkInitiator, NkResponder, StaticKeypair};
 use crate::target::TargetAddr;
 use crate::wire::{Reader, WireError, Writer};
+
+pub mod reliable;
+pub use reliable::{ReliableStream, ResumeRequest};
 
 /// Largest record plaintext: keeps a message under the u16 length with room for overhead.
 pub const MAX_RECORD_DATA: usize = 16 * 1024;
@@ -39,6 +48,12 @@ pub enum InnerError {
     TooLong(usize),
     #[error("record counter exhausted")]
     Exhausted,
+    #[error("the peer acknowledged records it was never sent")]
+    BadAck,
+    #[error("the resume did not authenticate")]
+    ResumeAuth,
+    #[error("the gateway no longer knows the stream")]
+    ResumeRefused,
 }
 
 /// Status a gateway returns for an open: a [`Reason`](crate::reason::Reason), `OK` on
@@ -80,6 +95,8 @@ pub enum Record {
     Close,
     /// The far side failed; the code is a [`Reason`](crate::reason::Reason) value.
     Error(u8),
+    /// The sender has opened this many records of the other direction.
+    Ack(u64),
 }
 
 mod rt {
@@ -87,6 +104,32 @@ mod rt {
     pub const HALF_CLOSE: u8 = 2;
     pub const CLOSE: u8 = 3;
     pub const ERROR: u8 = 4;
+    pub const ACK: u8 = 5;
+}
+
+/// The first byte of a stream's first message: what the client asks of the gateway.
+mod first {
+    pub const OPEN: u8 = 1;
+    pub const RESUME: u8 = 2;
+}
+
+/// A gateway stream's first message, by kind.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FirstMessage {
+    /// A new stream: pass the whole message to [`gateway_accept`].
+    Open,
+    /// An existing stream moving to this carrier.
+    Resume(ResumeRequest),
+}
+
+/// Reads the kind of a stream's first message (its body, without the length prefix).
+pub fn first_message(msg: &[u8]) -> Result<FirstMessage, InnerError> {
+    let mut r = Reader::new(msg);
+    match r.u8()? {
+        first::OPEN => Ok(FirstMessage::Open),
+        first::RESUME => Ok(FirstMessage::Resume(ResumeRequest::decode(r.rest())?)),
+        _ => Err(WireError::Invalid("unknown first message").into()),
+    }
 }
 
 fn frame_message(body: &[u8], out: &mut Vec<u8>) -> Result<(), InnerError> {
@@ -131,6 +174,10 @@ impl RecordSealer {
             Record::HalfClose => plain.push(rt::HALF_CLOSE),
             Record::Close => plain.push(rt::CLOSE),
             Record::Error(c) => plain.extend_from_slice(&[rt::ERROR, *c]),
+            Record::Ack(n) => {
+                plain.push(rt::ACK);
+                plain.extend_from_slice(&n.to_be_bytes());
+            }
         }
         if self.counter == u64::MAX {
             return Err(InnerError::Exhausted);
@@ -162,23 +209,33 @@ impl RecordOpener {
             rt::HALF_CLOSE => Record::HalfClose,
             rt::CLOSE => Record::Close,
             rt::ERROR => Record::Error(r.u8()?),
+            rt::ACK => Record::Ack(r.u64()?),
             _ => return Err(WireError::Invalid("unknown record type").into()),
         })
     }
 }
 
-fn pair(send: &[u8; 32], recv: &[u8; 32]) -> (RecordSealer, RecordOpener) {
+/// What a finished inner handshake gives each end: its record keys, and the key that
+/// authorises moving the stream to another carrier.
+pub struct StreamKeys {
+    pub sealer: RecordSealer,
+    pub opener: RecordOpener,
+    pub resume_key: [u8; 32],
+}
+
+fn stream_keys(send: &[u8; 32], recv: &[u8; 32], handshake_hash: &[u8; 32]) -> StreamKeys {
     let alg = AeadAlgorithm::Aes256Gcm;
-    (
-        RecordSealer {
+    StreamKeys {
+        sealer: RecordSealer {
             aead: RingAead::new(alg, send),
             counter: 0,
         },
-        RecordOpener {
+        opener: RecordOpener {
             aead: RingAead::new(alg, recv),
             counter: 0,
         },
-    )
+        resume_key: noise::hmac256(handshake_hash, &[b"braid/1 inner resume key"]),
+    }
 }
 
 /// Splits an inner byte stream back into messages, holding at most one partial message.
@@ -229,25 +286,32 @@ pub fn client_open(
         return Err(InnerError::TooLong(req.early_data.len()));
     }
     let (init, msg1) = noise::initiate(rng, gateway_key, PROLOGUE, &req.encode()?)?;
-    let mut out = Vec::with_capacity(msg1.len() + 2);
-    frame_message(&msg1, &mut out)?;
+    let mut body = Vec::with_capacity(msg1.len() + 1);
+    body.push(first::OPEN);
+    body.extend_from_slice(&msg1);
+    let mut out = Vec::with_capacity(body.len() + 2);
+    frame_message(&body, &mut out)?;
     Ok((ClientOpen { init }, out))
 }
 
 impl ClientOpen {
     /// Reads the gateway's reply message: its status, its reason (empty if none; at most
     /// [`MAX_REASON`] bytes, control characters replaced, so it is safe to log) and the
-    /// stream's record keys.
-    pub fn finish(
-        self,
-        msg2: &[u8],
-    ) -> Result<(OpenStatus, String, RecordSealer, RecordOpener), InnerError> {
+    /// stream's keys.
+    pub fn finish(self, msg2: &[u8]) -> Result<(OpenStatus, String, StreamKeys), InnerError> {
         let (payload, keys) = self.init.finish(msg2)?;
         let mut r = Reader::new(&payload);
         let status = OpenStatus(r.u8()?);
         let reason = clean_reason(r.rest());
-        let (s, o) = pair(&keys.initiator_to_responder, &keys.responder_to_initiator);
-        Ok((status, reason, s, o))
+        Ok((
+            status,
+            reason,
+            stream_keys(
+                &keys.initiator_to_responder,
+                &keys.responder_to_initiator,
+                &keys.handshake_hash,
+            ),
+        ))
     }
 }
 
@@ -280,44 +344,50 @@ pub struct GatewayOpen {
     resp: NkResponder,
 }
 
+/// Reads an open (a first message of kind [`FirstMessage::Open`], its body without the
+/// length prefix).
 pub fn gateway_accept(
     key: &StaticKeypair,
     msg1: &[u8],
 ) -> Result<(GatewayOpen, OpenRequest), InnerError> {
+    let Some((&first::OPEN, msg1)) = msg1.split_first() else {
+        return Err(WireError::Invalid("not an open").into());
+    };
     let (resp, payload) = noise::respond(key, PROLOGUE, msg1)?;
     Ok((GatewayOpen { resp }, OpenRequest::decode(&payload)?))
 }
 
 impl GatewayOpen {
     /// Answers the open with no reason; appends the framed reply to `out` and returns the
-    /// record keys.
+    /// stream's keys.
     pub fn reply(
         self,
         rng: &mut impl CryptoRng,
         status: OpenStatus,
         out: &mut Vec<u8>,
-    ) -> Result<(RecordSealer, RecordOpener), InnerError> {
+    ) -> Result<StreamKeys, InnerError> {
         self.reply_with_reason(rng, status, "", out)
     }
 
     /// Answers the open with a human-readable reason (cut to [`MAX_REASON`] bytes);
-    /// appends the framed reply to `out` and returns the record keys.
+    /// appends the framed reply to `out` and returns the stream's keys.
     pub fn reply_with_reason(
         self,
         rng: &mut impl CryptoRng,
         status: OpenStatus,
         reason: &str,
         out: &mut Vec<u8>,
-    ) -> Result<(RecordSealer, RecordOpener), InnerError> {
+    ) -> Result<StreamKeys, InnerError> {
         let reason = cut_reason(reason);
         let mut payload = Vec::with_capacity(1 + reason.len());
         payload.push(status.0);
         payload.extend_from_slice(reason.as_bytes());
         let (msg2, keys) = self.resp.reply(rng, &payload)?;
         frame_message(&msg2, out)?;
-        Ok(pair(
+        Ok(stream_keys(
             &keys.responder_to_initiator,
             &keys.initiator_to_responder,
+            &keys.handshake_hash,
         ))
     }
 }
@@ -343,13 +413,17 @@ mod tests {
         let (g, got) = gateway_accept(&gw, &m1).unwrap();
         assert_eq!(got, req);
         let mut out = Vec::new();
-        let (gs, go) = g.reply(&mut rng, OpenStatus::OK, &mut out).unwrap();
+        let g = g.reply(&mut rng, OpenStatus::OK, &mut out).unwrap();
         dec.push(&out);
         let m2 = dec.next_message().unwrap().unwrap();
-        let (st, reason, cs, co) = c.finish(&m2).unwrap();
+        let (st, reason, c) = c.finish(&m2).unwrap();
         assert_eq!(st, OpenStatus::OK);
         assert_eq!(reason, "");
-        (cs, co, gs, go)
+        assert_eq!(
+            c.resume_key, g.resume_key,
+            "both ends derive one resume key"
+        );
+        (c.sealer, c.opener, g.sealer, g.opener)
     }
 
     /// Runs one open answered with `status` and `reason`; what the client reads.
@@ -365,7 +439,7 @@ mod tests {
         let mut out = Vec::new();
         g.reply_with_reason(&mut rng, status, reason, &mut out)
             .unwrap();
-        let (st, why, _, _) = c.finish(&out[2..]).unwrap();
+        let (st, why, _) = c.finish(&out[2..]).unwrap();
         (st, why)
     }
 
@@ -399,6 +473,7 @@ mod tests {
             Record::Data(b"abc".to_vec()),
             Record::HalfClose,
             Record::Error(5),
+            Record::Ack(7),
         ] {
             cs.seal(&r, &mut wire).unwrap();
         }
@@ -414,6 +489,9 @@ mod tests {
         assert_eq!(go.open(&m3), Err(InnerError::Auth));
         let mut go2 = go;
         assert_eq!(go2.open(&m).unwrap(), Record::HalfClose);
+        assert_eq!(go2.open(&m3).unwrap(), Record::Error(5));
+        let m4 = dec.next_message().unwrap().unwrap();
+        assert_eq!(go2.open(&m4).unwrap(), Record::Ack(7));
         let mut back = Vec::new();
         gs.seal(&Record::Close, &mut back).unwrap();
         assert_eq!(co.open(&back[2..]).unwrap(), Record::Close);

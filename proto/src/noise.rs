@@ -59,7 +59,7 @@ struct SymmetricState {
     n: u64,
 }
 
-fn hmac256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+pub(crate) fn hmac256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     let key = hmac::Key::new(hmac::HMAC_SHA256, key);
     let mut ctx = hmac::Context::with_key(&key);
     for p in parts {

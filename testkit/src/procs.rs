@@ -22,6 +22,8 @@ pub struct ProcOptions {
     pub node_extra: String,
     /// Extra TOML lines for the client's config (keepalive, timeouts).
     pub client_extra: String,
+    /// Extra top-level TOML lines for every gateway's config (grace, buffers).
+    pub gateway_extra: String,
 }
 
 impl Default for ProcOptions {
@@ -32,6 +34,7 @@ impl Default for ProcOptions {
             central_extra: String::new(),
             node_extra: String::new(),
             client_extra: String::new(),
+            gateway_extra: String::new(),
         }
     }
 }
@@ -132,7 +135,7 @@ impl ProcOverlay {
             match role {
                 Role::Upstream | Role::Relay => cfg += &format!("listen = \"{addr}\"\n"),
                 Role::Central => cfg += &format!("listen = \"{addr}\"\n{}\n", o.central_extra),
-                Role::Gateway => {}
+                Role::Gateway => cfg += &format!("{}\n", o.gateway_extra),
                 Role::Downstream => {}
             }
             cfg += &o.node_extra;
@@ -253,16 +256,17 @@ impl ProcOverlay {
 
     /// Resident set size (VmRSS) and its peak (VmHWM) of a node, in KiB.
     pub fn rss_kib(&self, id: &str) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid(id))).unwrap();
-        let field = |k: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(k))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        rss_of(self.pid(id))
+    }
+
+    /// The client process's current RSS in KiB.
+    pub fn client_rss_kib(&self) -> u64 {
+        rss_of(self.client.as_ref().unwrap().id()).0
+    }
+
+    /// The ids of the overlay's nodes, in directory order.
+    pub fn nodes(&self) -> impl Iterator<Item = &str> {
+        self.nodes.iter().map(|n| n.id.as_str())
     }
 
     fn signal(&self, id: &str, sig: &str) {
@@ -310,6 +314,17 @@ impl ProcOverlay {
             assert!(Instant::now() < deadline, "{id} did not come back");
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// kill -9 of the client process.
+    pub fn kill9_client(&mut self) {
+        let c = self.client.as_mut().unwrap();
+        let st = Command::new("kill")
+            .args(["-KILL", &c.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let _ = c.wait();
     }
 
     /// kill -9: the node vanishes without a goodbye.
@@ -381,4 +396,18 @@ impl Drop for ProcOverlay {
             let _ = c.wait();
         }
     }
+}
+
+/// (VmRSS, VmHWM) of process `pid`, in KiB.
+fn rss_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }

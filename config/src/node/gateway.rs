@@ -33,6 +33,15 @@ pub struct GatewayConfig {
     /// refused (`resource_limit`, SOCKS reply 01).
     #[serde(default = "default_max_streams")]
     pub max_streams: u32,
+    /// How long a stream whose carrier died (its central went) keeps its target connection
+    /// while waiting for the client to resume it through another central (default 30000 ms).
+    #[serde(default = "crate::check::default_resume_grace_ms")]
+    pub resume_grace_ms: u64,
+    /// Sealed bytes each stream keeps until the client acknowledges them, so that they can
+    /// be sent again after a resume (default 2048 KiB; at least 512). Past it the stream
+    /// stops reading its target until acknowledgements free room.
+    #[serde(default = "crate::check::default_resume_buffer_kib")]
+    pub resume_buffer_kib: u64,
     /// Exit policy switches.
     #[serde(default)]
     pub exit: ExitConfig,
@@ -67,6 +76,8 @@ impl GatewayConfig {
             reconnect_min_ms: default_reconnect_min_ms(),
             reconnect_max_ms: default_reconnect_max_ms(),
             max_streams: default_max_streams(),
+            resume_grace_ms: crate::check::default_resume_grace_ms(),
+            resume_buffer_kib: crate::check::default_resume_buffer_kib(),
             exit: ExitConfig::default(),
             hosts: BTreeMap::new(),
             node,
@@ -76,6 +87,16 @@ impl GatewayConfig {
     /// [`Self::connect_timeout_secs`] as a `Duration`.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    /// [`Self::resume_grace_ms`] as a `Duration`.
+    pub fn resume_grace(&self) -> Duration {
+        Duration::from_millis(self.resume_grace_ms)
+    }
+
+    /// [`Self::resume_buffer_kib`] in bytes.
+    pub fn resume_buffer(&self) -> usize {
+        usize::try_from(self.resume_buffer_kib.saturating_mul(1024)).unwrap_or(usize::MAX)
     }
 
     /// [`Self::reconnect_min_ms`] as a `Duration`.
@@ -97,8 +118,10 @@ impl GatewayConfig {
                 ("connect_timeout_secs", self.connect_timeout_secs),
                 ("reconnect_min_ms", self.reconnect_min_ms),
                 ("max_streams", u64::from(self.max_streams)),
+                ("resume_grace_ms", self.resume_grace_ms),
             ],
         )?;
+        check::resume_buffer(file, self.resume_buffer_kib)?;
         check::not_below(
             file,
             ("reconnect_max_ms", self.reconnect_max_ms),

@@ -188,10 +188,10 @@ impl Client {
                     st.decoder.push(&data);
                     while let Some(msg) = st.decoder.next_message().unwrap() {
                         if let Some(h) = st.handshake.take() {
-                            let (status, _reason, sealer, opener) = h.finish(&msg).unwrap();
+                            let (status, _reason, keys) = h.finish(&msg).unwrap();
                             st.status = Some(status);
-                            st.sealer = Some(sealer);
-                            st.opener = Some(opener);
+                            st.sealer = Some(keys.sealer);
+                            st.opener = Some(keys.opener);
                             continue;
                         }
                         match st.opener.as_mut().unwrap().open(&msg).unwrap() {

@@ -50,8 +50,8 @@ impl Gateway {
                         st.target = Some(req.target);
                         // The target answers at once: both directions flow together.
                         let mut reply = Vec::new();
-                        let (mut sealer, opener) =
-                            open.reply(rng, OpenStatus::OK, &mut reply).unwrap();
+                        let keys = open.reply(rng, OpenStatus::OK, &mut reply).unwrap();
+                        let (mut sealer, opener) = (keys.sealer, keys.opener);
                         for chunk in body.chunks(MAX_RECORD_DATA) {
                             sealer
                                 .seal(&Record::Data(chunk.to_vec()), &mut reply)
