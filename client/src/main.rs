@@ -133,10 +133,13 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     let cfg = braid_config::load_client_config(&path)?;
     // Logging starts once the config has said in which format.
     braid_driver::logs::init_logs(cfg.log);
+    // Each SOCKS5 connection is a socket (and a stream through the overlay).
+    braid_driver::fd_limit::raise_for("max_connections", u64::from(cfg.max_connections));
     let limits = SocksLimits {
         handshake_deadline: cfg.handshake_timeout(),
         max_connections: cfg.max_connections as usize,
         max_per_source: cfg.max_connections_per_source as usize,
+        limit_loopback: cfg.limit_loopback_sources,
         auth: match &cfg.auth {
             None => None,
             Some(a) => Some(
@@ -177,6 +180,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         handshake_timeout_secs = cfg.handshake_timeout_secs,
         max_connections = limits.max_connections,
         max_connections_per_source = limits.max_per_source,
+        limit_loopback_sources = limits.limit_loopback,
         "SOCKS5 proxy ready"
     );
     let serve = tokio::spawn(braid_client::socks::serve(

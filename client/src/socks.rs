@@ -29,7 +29,8 @@
 //!   would answer a request that never arrived whole. The peer sees EOF.
 //! - **Connection limits**: at most [`SocksLimits::max_connections`] connections in all and
 //!   [`SocksLimits::max_per_source`] from one source IP address (IPv4-mapped IPv6 counts as
-//!   IPv4). A connection over either limit is *refused as by a ruleset*: its handshake runs
+//!   IPv4; loopback sources count only with [`SocksLimits::limit_loopback`], since on a
+//!   laptop every application is 127.0.0.1). A connection over either limit is *refused as by a ruleset*: its handshake runs
 //!   as usual (same authentication policy, same replies to malformed input) within
 //!   [`REFUSAL_DEADLINE`] (or the handshake deadline if shorter), and a complete request is
 //!   answered `05 02 00 01 00 00 00 00 00 00` — "connection not allowed by ruleset" — instead
@@ -68,9 +69,11 @@ use crate::overlay::ClientHandle;
 
 /// Default for [`SocksLimits::handshake_deadline`] (slowloris guard).
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
-/// Default for [`SocksLimits::max_connections`].
-pub const MAX_CONNECTIONS: usize = 4096;
-/// Default for [`SocksLimits::max_per_source`].
+/// Default for [`SocksLimits::max_connections`] (the config's `max_connections`): a
+/// laptop's every application, under a 20,000-descriptor process limit.
+pub const MAX_CONNECTIONS: usize = 16_384;
+/// Default for [`SocksLimits::max_per_source`]; loopback sources are exempt unless
+/// [`SocksLimits::limit_loopback`] says otherwise.
 pub const MAX_CONNECTIONS_PER_SOURCE: usize = 256;
 /// Most over-limit connections being refused at once (each runs a short handshake to be
 /// answered `05 02`); beyond it they get `05 FF` without being read.
@@ -148,6 +151,9 @@ pub struct SocksLimits {
     pub max_connections: usize,
     /// Connections open at once from one source IP address.
     pub max_per_source: usize,
+    /// Whether `max_per_source` also counts loopback sources. Off by default: on a laptop
+    /// every application comes from 127.0.0.1, so only `max_connections` bounds them.
+    pub limit_loopback: bool,
     /// RFC 1929 username/password to require; `None` asks for no authentication.
     pub auth: Option<SocksAuth>,
 }
@@ -158,6 +164,7 @@ impl Default for SocksLimits {
             handshake_deadline: HANDSHAKE_DEADLINE,
             max_connections: MAX_CONNECTIONS,
             max_per_source: MAX_CONNECTIONS_PER_SOURCE,
+            limit_loopback: false,
             auth: None,
         }
     }
@@ -186,6 +193,8 @@ enum Over {
 struct Gate {
     max_total: usize,
     max_per_source: usize,
+    /// Whether loopback sources count per source (else only in all).
+    limit_loopback: bool,
     state: Mutex<GateState>,
 }
 
@@ -213,11 +222,13 @@ impl Gate {
         if st.total >= self.max_total {
             return Err(Over::Total);
         }
-        let n = st.per_source.entry(source).or_insert(0);
-        if *n >= self.max_per_source {
-            return Err(Over::PerSource);
+        if self.limit_loopback || !source.is_loopback() {
+            let n = st.per_source.entry(source).or_insert(0);
+            if *n >= self.max_per_source {
+                return Err(Over::PerSource);
+            }
+            *n += 1;
         }
-        *n += 1;
         st.total += 1;
         Ok(Ticket {
             gate: self.clone(),
@@ -265,6 +276,7 @@ pub async fn serve(
     let gate = Arc::new(Gate {
         max_total: limits.max_connections.max(1),
         max_per_source: limits.max_per_source.max(1),
+        limit_loopback: limits.limit_loopback,
         state: Mutex::new(GateState::default()),
     });
     let refusals = Arc::new(Semaphore::new(REFUSAL_SLOTS));
@@ -444,6 +456,7 @@ mod tests {
         Arc::new(Gate {
             max_total: total,
             max_per_source: per_source,
+            limit_loopback: true,
             state: Mutex::new(GateState::default()),
         })
     }
@@ -468,6 +481,35 @@ mod tests {
             st.per_source.is_empty(),
             "no entry outlives its connections"
         );
+    }
+
+    #[test]
+    fn loopback_sources_count_only_in_all_by_default() {
+        let g = Arc::new(Gate {
+            max_total: 4,
+            max_per_source: 1,
+            limit_loopback: false,
+            state: Mutex::new(GateState::default()),
+        });
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let lo6: IpAddr = "::1".parse().unwrap();
+        let remote: IpAddr = "192.0.2.7".parse().unwrap();
+        let held = [
+            g.admit(lo).unwrap(),
+            g.admit(lo).unwrap(),
+            g.admit(lo6).unwrap(),
+        ];
+        let r = g.admit(remote).unwrap();
+        assert_eq!(g.admit(lo).err(), Some(Over::Total));
+        drop(r);
+        g.admit(remote).map(drop).unwrap();
+        let r = g.admit(remote).unwrap();
+        drop(held);
+        assert_eq!(g.admit(remote).err(), Some(Over::PerSource));
+        drop(r);
+        let st = g.lock();
+        assert_eq!(st.total, 0);
+        assert!(st.per_source.is_empty());
     }
 
     #[test]

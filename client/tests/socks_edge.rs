@@ -730,7 +730,8 @@ async fn hold(socks: SocketAddr, n: u32, source: impl Fn(u32) -> IpAddr) -> Vec<
     v
 }
 
-/// max_per_source = 10: the 11th concurrent connection from one source is answered with
+/// max_per_source = 10, counting loopback sources (the tests' sources are 127.x): the 11th
+/// concurrent connection from one source is answered with
 /// the refusal at once (a silent one is closed within 2 s), while another source is still
 /// served; when the ten close, the source is served again.
 #[test]
@@ -739,6 +740,7 @@ fn per_source_limit_refuses_promptly() {
         let origin = start_origin([127, 0, 0, 1]).await;
         let demo = Demo::start(opts(SocksLimits {
             max_per_source: 10,
+            limit_loopback: true,
             ..SocksLimits::default()
         }))
         .await

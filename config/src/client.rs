@@ -102,13 +102,21 @@ pub struct ClientConfig {
     /// authentication and request) before it is closed (default 10; the slowloris guard).
     #[serde(default = "default_handshake_timeout_secs")]
     pub handshake_timeout_secs: u64,
-    /// Most SOCKS5 connections open at once (default 4096). Beyond it a connection is
-    /// refused with a proper SOCKS5 reply, never left hanging.
+    /// Most SOCKS5 connections open at once (default 16384). Beyond it a connection is
+    /// refused with a proper SOCKS5 reply, never left hanging. Each is a socket: keep it
+    /// under the open-file limit (`braid run` raises its soft limit to the hard one and
+    /// warns when this does not fit).
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
-    /// Most SOCKS5 connections open at once from one source IP address (default 256).
+    /// Most SOCKS5 connections open at once from one non-loopback source IP address
+    /// (default 256).
     #[serde(default = "default_max_connections_per_source")]
     pub max_connections_per_source: u32,
+    /// Whether `max_connections_per_source` also applies to loopback sources (default
+    /// false: on a laptop every application comes from 127.0.0.1, and only
+    /// `max_connections` bounds them).
+    #[serde(default)]
+    pub limit_loopback_sources: bool,
     /// With nothing in flight for this long, the session sends a keepalive cell (sealed and
     /// full-size like data), so the central's idle timeout never closes a quiet session
     /// (default 15000 ms; keep it well inside the central's `idle_timeout_secs`).
@@ -172,7 +180,7 @@ fn default_handshake_timeout_secs() -> u64 {
 }
 
 fn default_max_connections() -> u32 {
-    4096
+    16_384
 }
 
 fn default_max_connections_per_source() -> u32 {
@@ -229,6 +237,7 @@ impl ClientConfig {
             handshake_timeout_secs: default_handshake_timeout_secs(),
             max_connections: default_max_connections(),
             max_connections_per_source: default_max_connections_per_source(),
+            limit_loopback_sources: false,
             keepalive_ms: default_keepalive_ms(),
             peer_timeout_ms: default_peer_timeout_ms(),
             session_wait_ms: default_session_wait_ms(),
@@ -425,12 +434,13 @@ mod tests {
     fn socks_defences_default_and_parse() {
         let cfg = parse("directory = \"d\"\n").unwrap();
         assert_eq!(cfg.handshake_timeout().as_secs(), 10);
-        assert_eq!(cfg.max_connections, 4096);
+        assert_eq!(cfg.max_connections, 16_384);
+        assert!(!cfg.limit_loopback_sources);
         assert_eq!(cfg.max_connections_per_source, 256);
         assert_eq!(cfg.auth, None);
         let cfg = parse(
             "directory = \"d\"\nhandshake_timeout_secs = 3\nmax_connections = 9\n\
-             max_connections_per_source = 2\n[auth]\nusername = \"alice\"\npassword = \"hunter2\"\n",
+             max_connections_per_source = 2\nlimit_loopback_sources = true\n[auth]\nusername = \"alice\"\npassword = \"hunter2\"\n",
         )
         .unwrap();
         assert_eq!(cfg.handshake_timeout().as_secs(), 3);
@@ -438,6 +448,7 @@ mod tests {
             (cfg.max_connections, cfg.max_connections_per_source),
             (9, 2)
         );
+        assert!(cfg.limit_loopback_sources);
         let auth = cfg.auth.as_ref().unwrap();
         assert_eq!(
             (auth.username.as_str(), auth.password.as_str()),

@@ -65,6 +65,7 @@ pub(crate) const RELAY_KEYS: &[(&str, Kind)] = &[
 
 pub(crate) const GATEWAY_KEYS: &[(&str, Kind)] = &[
     ("connect_timeout_secs", Kind::Scalar),
+    ("max_streams", Kind::Scalar),
     ("exit", Kind::Table),
     ("exit.allow_loopback", Kind::Scalar),
     ("exit.allow_private", Kind::Scalar),
@@ -91,6 +92,7 @@ pub(crate) const CLIENT_KEYS: &[(&str, Kind)] = &[
     ("handshake_timeout_secs", Kind::Scalar),
     ("max_connections", Kind::Scalar),
     ("max_connections_per_source", Kind::Scalar),
+    ("limit_loopback_sources", Kind::Scalar),
     ("keepalive_ms", Kind::Scalar),
     ("peer_timeout_ms", Kind::Scalar),
     ("session_wait_ms", Kind::Scalar),

@@ -25,7 +25,9 @@ pub const STREAM_RECEIVE_WINDOW: u32 = 4 << 20;
 pub const CONNECTION_RECEIVE_WINDOW: u32 = 16 << 20;
 /// Bytes we buffer for sending on one connection before writes wait.
 pub const SEND_WINDOW: u64 = 16 << 20;
-/// Bidirectional streams a peer may have open at once (one per proxied stream).
+/// Bidirectional streams a peer may have open at once on links whose peer opens few of them
+/// (a client's relay mailboxes). The central → gateway link, which carries one per proxied
+/// stream, takes its limit from the gateway's `max_streams` ([`client_endpoint_with`]).
 pub const MAX_BIDI_STREAMS: u32 = 4096;
 /// Unidirectional streams a peer may have open at once.
 pub const MAX_UNI_STREAMS: u32 = 64;
@@ -51,11 +53,18 @@ pub enum ClientAuth {
 /// Transport parameters shared by every Braid link: bounded windows everywhere, so no
 /// buffer grows with what a peer sends.
 pub fn transport_config() -> TransportConfig {
+    transport_config_with(MAX_BIDI_STREAMS)
+}
+
+/// [`transport_config`], letting the peer hold `max_bidi_streams` bidirectional streams at
+/// once. A stream costs its state (a few hundred bytes) until it carries data; what it may
+/// buffer is bounded by the connection's receive window, not by the number of streams.
+pub fn transport_config_with(max_bidi_streams: u32) -> TransportConfig {
     let mut t = TransportConfig::default();
     t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
         .send_window(SEND_WINDOW)
-        .max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS))
+        .max_concurrent_bidi_streams(VarInt::from_u32(max_bidi_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS))
         .keep_alive_interval(Some(KEEP_ALIVE))
         .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(IDLE_TIMEOUT_MS))));
@@ -66,7 +75,10 @@ pub fn transport_config() -> TransportConfig {
 ///
 /// Resumption is off so that every connection re-checks the pin with a full handshake
 /// (links are long-lived, so this costs nothing that matters).
-fn client_config(id: Option<&NodeIdentity>) -> Result<quinn::ClientConfig, NetError> {
+fn client_config(
+    id: Option<&NodeIdentity>,
+    max_bidi_streams: u32,
+) -> Result<quinn::ClientConfig, NetError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -80,7 +92,7 @@ fn client_config(id: Option<&NodeIdentity>) -> Result<quinn::ClientConfig, NetEr
     tls.enable_sni = false;
     tls.resumption = rustls::client::Resumption::disabled();
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
-    config.transport_config(Arc::new(transport_config()));
+    config.transport_config(Arc::new(transport_config_with(max_bidi_streams)));
     Ok(config)
 }
 
@@ -168,7 +180,7 @@ pub fn server_endpoint(
     client_auth: ClientAuth,
 ) -> Result<quinn::Endpoint, NetError> {
     let mut ep = node_endpoint(bind, id, Some(server_config(id, pins, client_auth)?))?;
-    ep.set_default_client_config(client_config(Some(id))?);
+    ep.set_default_client_config(client_config(Some(id), MAX_BIDI_STREAMS)?);
     Ok(ep)
 }
 
@@ -180,11 +192,24 @@ pub fn client_endpoint(
     bind: SocketAddr,
     id: Option<&NodeIdentity>,
 ) -> Result<quinn::Endpoint, NetError> {
+    client_endpoint_with(bind, id, MAX_BIDI_STREAMS)
+}
+
+/// [`client_endpoint`] whose links let the dialed peer open `max_bidi_streams`
+/// bidirectional streams at once: the gateway's links, where the central opens one per
+/// proxied stream.
+///
+/// Must be called within a tokio runtime.
+pub fn client_endpoint_with(
+    bind: SocketAddr,
+    id: Option<&NodeIdentity>,
+    max_bidi_streams: u32,
+) -> Result<quinn::Endpoint, NetError> {
     let mut ep = match id {
         Some(id) => node_endpoint(bind, id, None)?,
         None => quinn::Endpoint::client(bind)?,
     };
-    ep.set_default_client_config(client_config(id)?);
+    ep.set_default_client_config(client_config(id, max_bidi_streams)?);
     Ok(ep)
 }
 

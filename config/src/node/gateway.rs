@@ -27,6 +27,12 @@ pub struct GatewayConfig {
     /// Largest delay between redials (default 30000 ms).
     #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+    /// Most proxied streams open at once, over all centrals (default 16384). Each holds a
+    /// target socket, so it should fit under the process's open-file limit; it is also how
+    /// many QUIC streams a central may open on its link to this gateway. Past it a stream is
+    /// refused (`resource_limit`, SOCKS reply 01).
+    #[serde(default = "default_max_streams")]
+    pub max_streams: u32,
     /// How long a stream whose carrier died (its central went) keeps its target connection
     /// while waiting for the client to resume it through another central (default 30000 ms).
     #[serde(default = "crate::check::default_resume_grace_ms")]
@@ -50,6 +56,10 @@ fn default_connect_timeout_secs() -> u64 {
     10
 }
 
+fn default_max_streams() -> u32 {
+    16_384
+}
+
 fn default_reconnect_min_ms() -> u64 {
     200
 }
@@ -65,6 +75,7 @@ impl GatewayConfig {
             connect_timeout_secs: default_connect_timeout_secs(),
             reconnect_min_ms: default_reconnect_min_ms(),
             reconnect_max_ms: default_reconnect_max_ms(),
+            max_streams: default_max_streams(),
             resume_grace_ms: crate::check::default_resume_grace_ms(),
             resume_buffer_kib: crate::check::default_resume_buffer_kib(),
             exit: ExitConfig::default(),
@@ -106,6 +117,7 @@ impl GatewayConfig {
             &[
                 ("connect_timeout_secs", self.connect_timeout_secs),
                 ("reconnect_min_ms", self.reconnect_min_ms),
+                ("max_streams", u64::from(self.max_streams)),
                 ("resume_grace_ms", self.resume_grace_ms),
             ],
         )?;
@@ -139,6 +151,21 @@ mod tests {
             NodeConfig::Gateway(g) => Ok(g),
             other => panic!("not a gateway: {other:?}"),
         }
+    }
+
+    #[test]
+    fn max_streams_defaults_and_is_positive() {
+        let top = |line: &str| {
+            let text = format!("{line}\n{GATEWAY}");
+            crate::parse_node_config(&text, Path::new("/x/g.toml"), &crate::no_env)
+        };
+        assert_eq!(gateway("").unwrap().max_streams, 16_384);
+        match top("max_streams = 20000").unwrap() {
+            NodeConfig::Gateway(g) => assert_eq!(g.max_streams, 20_000),
+            other => panic!("not a gateway: {other:?}"),
+        }
+        let e = top("max_streams = 0").unwrap_err().to_string();
+        assert!(e.contains("max_streams"), "{e}");
     }
 
     #[test]
