@@ -212,6 +212,7 @@ async fn sticky_choice_keeps_a_host_on_one_gateway() {
     let (a2, b2) = count(&demo);
     assert!(a2 > a && b2 > b, "hosts spread: {a2} / {b2}");
     demo.shutdown().await;
+}
 
 /// Over separate processes, `kill -9` of one of two gateways (no goodbye: its links just go
 /// silent). Its links are noticed dead within `link_idle_timeout_ms` (500 ms here); new
@@ -269,7 +270,10 @@ async fn kill_9_of_a_gateway_new_streams_use_the_other_within_1_s() {
         .expect("the stream on the dead gateway ended instead of hanging");
     let ended = killed.elapsed();
     eprintln!("kill -9 of gateway-1: first new stream after {first:?}; its open stream ended after {ended:?} ({end:?})");
-    assert!(first < Duration::from_secs(1), "first new stream after {first:?}");
+    assert!(
+        first < Duration::from_secs(1),
+        "first new stream after {first:?}"
+    );
     assert!(end.is_err(), "a reset, not a clean close: {end:?}");
     ov.assert_no_panics();
 }

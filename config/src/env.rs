@@ -66,6 +66,7 @@ pub(crate) const RELAY_KEYS: &[(&str, Kind)] = &[
 pub(crate) const GATEWAY_KEYS: &[(&str, Kind)] = &[
     ("connect_timeout_secs", Kind::Scalar),
     ("max_streams", Kind::Scalar),
+    ("link_idle_timeout_ms", Kind::Scalar),
     ("exit", Kind::Table),
     ("exit.allow_loopback", Kind::Scalar),
     ("exit.allow_private", Kind::Scalar),

@@ -53,21 +53,44 @@ pub enum ClientAuth {
 /// Transport parameters shared by every Braid link: bounded windows everywhere, so no
 /// buffer grows with what a peer sends.
 pub fn transport_config() -> TransportConfig {
-    transport_config_with(MAX_BIDI_STREAMS)
+    transport_config_with(LinkTuning::default())
+}
+
+/// What a dialing node may tune on its links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkTuning {
+    /// Bidirectional streams the dialed peer may hold open at once.
+    pub max_bidi_streams: u32,
+    /// A link silent this long is dead (QUIC takes the smaller of both ends' values); the
+    /// keep-alive goes out at a quarter of it, at most every [`KEEP_ALIVE`].
+    pub idle_timeout: Duration,
+}
+
+impl Default for LinkTuning {
+    fn default() -> Self {
+        LinkTuning {
+            max_bidi_streams: MAX_BIDI_STREAMS,
+            idle_timeout: Duration::from_millis(u64::from(IDLE_TIMEOUT_MS)),
+        }
+    }
 }
 
 /// [`transport_config`], letting the peer hold `max_bidi_streams` bidirectional streams at
 /// once. A stream costs its state (a few hundred bytes) until it carries data; what it may
 /// buffer is bounded by the connection's receive window, not by the number of streams.
-pub fn transport_config_with(max_bidi_streams: u32) -> TransportConfig {
+pub fn transport_config_with(tuning: LinkTuning) -> TransportConfig {
+    let idle_ms = u32::try_from(tuning.idle_timeout.as_millis())
+        .unwrap_or(IDLE_TIMEOUT_MS)
+        .max(100);
+    let keep_alive = KEEP_ALIVE.min(tuning.idle_timeout / 4);
     let mut t = TransportConfig::default();
     t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
         .send_window(SEND_WINDOW)
-        .max_concurrent_bidi_streams(VarInt::from_u32(max_bidi_streams))
+        .max_concurrent_bidi_streams(VarInt::from_u32(tuning.max_bidi_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS))
-        .keep_alive_interval(Some(KEEP_ALIVE))
-        .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(IDLE_TIMEOUT_MS))));
+        .keep_alive_interval(Some(keep_alive))
+        .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(idle_ms))));
     t
 }
 
@@ -77,7 +100,7 @@ pub fn transport_config_with(max_bidi_streams: u32) -> TransportConfig {
 /// (links are long-lived, so this costs nothing that matters).
 fn client_config(
     id: Option<&NodeIdentity>,
-    max_bidi_streams: u32,
+    tuning: LinkTuning,
 ) -> Result<quinn::ClientConfig, NetError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -92,7 +115,7 @@ fn client_config(
     tls.enable_sni = false;
     tls.resumption = rustls::client::Resumption::disabled();
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
-    config.transport_config(Arc::new(transport_config_with(max_bidi_streams)));
+    config.transport_config(Arc::new(transport_config_with(tuning)));
     Ok(config)
 }
 
@@ -180,7 +203,7 @@ pub fn server_endpoint(
     client_auth: ClientAuth,
 ) -> Result<quinn::Endpoint, NetError> {
     let mut ep = node_endpoint(bind, id, Some(server_config(id, pins, client_auth)?))?;
-    ep.set_default_client_config(client_config(Some(id), MAX_BIDI_STREAMS)?);
+    ep.set_default_client_config(client_config(Some(id), LinkTuning::default())?);
     Ok(ep)
 }
 
@@ -192,7 +215,7 @@ pub fn client_endpoint(
     bind: SocketAddr,
     id: Option<&NodeIdentity>,
 ) -> Result<quinn::Endpoint, NetError> {
-    client_endpoint_with(bind, id, MAX_BIDI_STREAMS)
+    client_endpoint_with(bind, id, LinkTuning::default())
 }
 
 /// [`client_endpoint`] whose links let the dialed peer open `max_bidi_streams`
@@ -203,13 +226,13 @@ pub fn client_endpoint(
 pub fn client_endpoint_with(
     bind: SocketAddr,
     id: Option<&NodeIdentity>,
-    max_bidi_streams: u32,
+    tuning: LinkTuning,
 ) -> Result<quinn::Endpoint, NetError> {
     let mut ep = match id {
         Some(id) => node_endpoint(bind, id, None)?,
         None => quinn::Endpoint::client(bind)?,
     };
-    ep.set_default_client_config(client_config(id, max_bidi_streams)?);
+    ep.set_default_client_config(client_config(id, tuning)?);
     Ok(ep)
 }
 

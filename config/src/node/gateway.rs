@@ -33,6 +33,11 @@ pub struct GatewayConfig {
     /// refused (`resource_limit`, SOCKS reply 01).
     #[serde(default = "default_max_streams")]
     pub max_streams: u32,
+    /// A link to a central silent this long is dead (default 30000 ms; keep-alives go out at
+    /// a quarter of it, at most every second). A gateway killed without a goodbye is noticed
+    /// by its centrals this fast, and they route around it.
+    #[serde(default = "default_link_idle_timeout_ms")]
+    pub link_idle_timeout_ms: u64,
     /// How long a stream whose carrier died (its central went) keeps its target connection
     /// while waiting for the client to resume it through another central (default 30000 ms).
     #[serde(default = "crate::check::default_resume_grace_ms")]
@@ -56,6 +61,10 @@ fn default_connect_timeout_secs() -> u64 {
     10
 }
 
+fn default_link_idle_timeout_ms() -> u64 {
+    30_000
+}
+
 fn default_max_streams() -> u32 {
     16_384
 }
@@ -76,6 +85,7 @@ impl GatewayConfig {
             reconnect_min_ms: default_reconnect_min_ms(),
             reconnect_max_ms: default_reconnect_max_ms(),
             max_streams: default_max_streams(),
+            link_idle_timeout_ms: default_link_idle_timeout_ms(),
             resume_grace_ms: crate::check::default_resume_grace_ms(),
             resume_buffer_kib: crate::check::default_resume_buffer_kib(),
             exit: ExitConfig::default(),
@@ -87,6 +97,11 @@ impl GatewayConfig {
     /// [`Self::connect_timeout_secs`] as a `Duration`.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    /// [`Self::link_idle_timeout_ms`] as a `Duration`.
+    pub fn link_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.link_idle_timeout_ms)
     }
 
     /// [`Self::resume_grace_ms`] as a `Duration`.
@@ -118,6 +133,7 @@ impl GatewayConfig {
                 ("connect_timeout_secs", self.connect_timeout_secs),
                 ("reconnect_min_ms", self.reconnect_min_ms),
                 ("max_streams", u64::from(self.max_streams)),
+                ("link_idle_timeout_ms", self.link_idle_timeout_ms),
                 ("resume_grace_ms", self.resume_grace_ms),
             ],
         )?;
