@@ -238,6 +238,7 @@ impl Demo {
             session_wait: opts.session_wait,
             resume_grace: opts.resume_grace,
             resume_buffer: ClientConfig::with_directory("<demo>").resume_buffer(),
+            resume_budget: ClientConfig::with_directory("<demo>").resume_budget(),
             gateway_choice: opts.gateway_choice,
             central_rest: opts.central_rest,
             shutdown: shutdown.child_token(),

@@ -132,7 +132,10 @@ async fn open_via(
             tx,
             rx,
             dec,
-            stream: SharedStream::new(ReliableStream::new(keys, h.resume_buffer)),
+            stream: SharedStream::new(
+                ReliableStream::new(keys, h.resume_buffer),
+                h.resend_budget.clone(),
+            ),
             gateway: gateway.clone(),
         }),
         Err(e) => {

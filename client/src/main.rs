@@ -163,6 +163,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         session_wait: cfg.session_wait(),
         resume_grace: cfg.resume_grace(),
         resume_buffer: cfg.resume_buffer(),
+        resume_budget: cfg.resume_budget(),
         gateway_choice: ChoicePolicy {
             choice: cfg.gateway_choice,
             sticky: cfg.sticky(),

@@ -49,6 +49,8 @@ pub struct ClientParams {
     pub resume_grace: Duration,
     /// Sealed bytes a stream keeps until the gateway acknowledges them.
     pub resume_buffer: usize,
+    /// Sealed bytes all streams together may keep for resending.
+    pub resume_budget: usize,
     /// How streams' gateways are chosen, and how long an unreachable one rests.
     pub gateway_choice: ChoicePolicy,
     /// How long a central that went silent is skipped by new sessions.
@@ -72,6 +74,8 @@ pub struct ClientHandle {
     pub resume_grace: Duration,
     /// Sealed bytes a stream keeps until the gateway acknowledges them.
     pub resume_buffer: usize,
+    /// What all streams together may keep.
+    pub resend_budget: Arc<braid_driver::pump::ResendBudget>,
 }
 
 impl ClientHandle {
@@ -219,6 +223,7 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
         session_wait: p.session_wait,
         resume_grace: p.resume_grace,
         resume_buffer: p.resume_buffer,
+        resend_budget: Arc::new(braid_driver::pump::ResendBudget::new(p.resume_budget)),
     };
     tokio::spawn(supervise(Supervisor {
         next_stream,

@@ -50,6 +50,24 @@ pub(crate) fn default_resume_buffer_kib() -> u64 {
     2048
 }
 
+/// The sealed bytes all streams of a process may keep for resending, by default.
+pub(crate) fn default_resume_budget_mib() -> u64 {
+    512
+}
+
+/// A process's resend budget: at least one stream's worth, at most 1 TiB.
+pub(crate) fn resume_budget(file: &Path, mib: u64) -> Result<(), ConfigError> {
+    if (1..=1024 * 1024).contains(&mib) {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            file,
+            "resume_budget_mib",
+            format!("{mib} is outside 1..=1048576 MiB"),
+        ))
+    }
+}
+
 /// A resend buffer holds at least two acknowledgement intervals of the largest records
 /// (`braid_proto::inner::reliable::MIN_BUFFER`, about 260 KiB), and at most 1 GiB.
 pub(crate) fn resume_buffer(file: &Path, kib: u64) -> Result<(), ConfigError> {

@@ -140,6 +140,11 @@ pub struct ClientConfig {
     /// its application until acknowledgements free room.
     #[serde(default = "crate::check::default_resume_buffer_kib")]
     pub resume_buffer_kib: u64,
+    /// Sealed bytes all streams together may keep for resending (default 512 MiB): past
+    /// it, streams stop reading their apps until acknowledgements free room, so memory stays
+    /// bounded however many streams are open.
+    #[serde(default = "crate::check::default_resume_budget_mib")]
+    pub resume_budget_mib: u64,
     /// RFC 1929 username/password the SOCKS5 port requires; none (default) means no
     /// authentication. Not overridable from the environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -243,6 +248,7 @@ impl ClientConfig {
             session_wait_ms: default_session_wait_ms(),
             resume_grace_ms: crate::check::default_resume_grace_ms(),
             resume_buffer_kib: crate::check::default_resume_buffer_kib(),
+            resume_budget_mib: crate::check::default_resume_budget_mib(),
             auth: None,
         }
     }
@@ -265,6 +271,11 @@ impl ClientConfig {
     /// [`resume_grace_ms`](Self::resume_grace_ms) as a duration.
     pub fn resume_grace(&self) -> Duration {
         Duration::from_millis(self.resume_grace_ms)
+    }
+
+    /// [`resume_budget_mib`](Self::resume_budget_mib) in bytes.
+    pub fn resume_budget(&self) -> usize {
+        usize::try_from(self.resume_budget_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
     }
 
     /// [`resume_buffer_kib`](Self::resume_buffer_kib) in bytes.
@@ -379,6 +390,7 @@ impl ConfigFile for ClientConfig {
             }
         }
         check::resume_buffer(file, self.resume_buffer_kib)?;
+        check::resume_budget(file, self.resume_budget_mib)?;
         if !(1..=86_400).contains(&self.sticky_secs) {
             return Err(invalid(
                 "sticky_secs",

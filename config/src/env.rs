@@ -75,6 +75,7 @@ pub(crate) const GATEWAY_KEYS: &[(&str, Kind)] = &[
     ("reconnect_max_ms", Kind::Scalar),
     ("resume_grace_ms", Kind::Scalar),
     ("resume_buffer_kib", Kind::Scalar),
+    ("resume_budget_mib", Kind::Scalar),
 ];
 
 /// Overridable keys of the client config.
@@ -99,6 +100,7 @@ pub(crate) const CLIENT_KEYS: &[(&str, Kind)] = &[
     ("session_wait_ms", Kind::Scalar),
     ("resume_grace_ms", Kind::Scalar),
     ("resume_buffer_kib", Kind::Scalar),
+    ("resume_budget_mib", Kind::Scalar),
 ];
 
 /// The environment variable for a dotted key path: `exit.allow_loopback` →

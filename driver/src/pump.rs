@@ -10,7 +10,9 @@
 
 use std::future::Future;
 use std::io;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use crate::session_task::StreamEvent;
 use crate::stream::{StreamReceiver, StreamSender};
@@ -51,26 +53,111 @@ pub enum LegEnd {
     CarrierLost,
 }
 
+/// The sealed bytes all of a process's streams may keep for resending, together: each
+/// stream has its own cap (`resume_buffer_kib`), and this bounds their sum
+/// (`resume_budget_mib`), so memory stays bounded however many streams are open. A stream
+/// over it stops reading its application until acknowledgements anywhere free room; acks,
+/// closes and errors are never held back, so the budget cannot deadlock the streams.
+#[derive(Debug)]
+pub struct ResendBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl ResendBudget {
+    pub fn new(limit: usize) -> Self {
+        ResendBudget {
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// Bytes kept now, over all streams.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn has_room(&self) -> bool {
+        self.used() < self.limit
+    }
+
+    fn adjust(&self, from: usize, to: usize) {
+        if to > from {
+            self.used.fetch_add(to - from, Ordering::Relaxed);
+        } else {
+            self.used.fetch_sub(from - to, Ordering::Relaxed);
+        }
+    }
+}
+
+struct State {
+    stream: ReliableStream,
+    /// What this stream has charged to the budget (its `buffered()` at the last sync).
+    charged: usize,
+}
+
 /// An inner stream's state, shared by the two directions of a leg and kept across legs.
 pub struct SharedStream {
-    state: Mutex<ReliableStream>,
+    state: Mutex<State>,
+    budget: Arc<ResendBudget>,
     /// Wakes the outbound direction: an ack is owed, the buffer has room, or the stream is
     /// done.
     wake_out: Notify,
 }
 
+/// The stream's state while locked; on release, what it keeps is charged to the budget.
+pub struct StreamGuard<'a> {
+    state: MutexGuard<'a, State>,
+    budget: &'a ResendBudget,
+}
+
+impl std::ops::Deref for StreamGuard<'_> {
+    type Target = ReliableStream;
+    fn deref(&self) -> &ReliableStream {
+        &self.state.stream
+    }
+}
+
+impl std::ops::DerefMut for StreamGuard<'_> {
+    fn deref_mut(&mut self) -> &mut ReliableStream {
+        &mut self.state.stream
+    }
+}
+
+impl Drop for StreamGuard<'_> {
+    fn drop(&mut self) {
+        let now = self.state.stream.buffered();
+        if now != self.state.charged {
+            self.budget.adjust(self.state.charged, now);
+            self.state.charged = now;
+        }
+    }
+}
+
+impl Drop for SharedStream {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        self.budget.adjust(st.charged, 0);
+    }
+}
+
 impl SharedStream {
-    pub fn new(stream: ReliableStream) -> Self {
+    /// A stream whose kept bytes count against `budget`.
+    pub fn new(stream: ReliableStream, budget: Arc<ResendBudget>) -> Self {
         SharedStream {
-            state: Mutex::new(stream),
+            state: Mutex::new(State { stream, charged: 0 }),
+            budget,
             wake_out: Notify::new(),
         }
     }
 
     /// The state, for a moment (never held across an await).
-    pub fn lock(&self) -> MutexGuard<'_, ReliableStream> {
-        // The state stays consistent whatever panicked while holding it.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    pub fn lock(&self) -> StreamGuard<'_> {
+        StreamGuard {
+            // The state stays consistent whatever panicked while holding it.
+            state: self.state.lock().unwrap_or_else(PoisonError::into_inner),
+            budget: &self.budget,
+        }
     }
 
     /// The sealed records the peer has not acknowledged, to send first on a new carrier.
@@ -83,6 +170,13 @@ impl SharedStream {
         self.lock().seal(&Record::Error(reason.code())).ok()
     }
 }
+
+/// Records opened but not yet acknowledged are acknowledged after this long, even fewer than
+/// an ack interval: the peer may be held back until they are.
+const ACK_DELAY: Duration = Duration::from_millis(5);
+
+/// How often a stream held back by the process's resend budget looks again.
+const BUDGET_RECHECK: Duration = Duration::from_millis(10);
 
 /// What one direction of a leg came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,10 +262,11 @@ where
     K: SealedSink,
 {
     let mut buf = vec![0u8; inner::MAX_RECORD_DATA];
+    let mut ack_late = false;
     loop {
-        let (ack, done, can_read) = {
+        let (ack, done, room_here, can_read, pending) = {
             let mut st = stream.lock();
-            let ack = if st.ack_due() || st.ack_urgent() {
+            let ack = if st.ack_due() || st.ack_urgent() || std::mem::take(&mut ack_late) {
                 match st.seal_ack() {
                     Ok(a) => a,
                     Err(_) => return Half::End(LegEnd::Aborted),
@@ -179,7 +274,9 @@ where
             } else {
                 None
             };
-            (ack, st.is_done(), st.can_take_data())
+            let mine = st.can_take_data();
+            let room = mine && stream.budget.has_room();
+            (ack, st.is_done(), mine, room, st.ack_pending())
         };
         if let Some(mut ack) = ack {
             if !send(sink, &mut ack, leg_over).await {
@@ -194,6 +291,9 @@ where
             biased;
             _ = leg_over.cancelled() => return Half::Stopped,
             _ = stream.wake_out.notified() => continue,
+            _ = tokio::time::sleep(ACK_DELAY), if pending => ack_late = true,
+            // Over the process's budget: look again when other streams may have freed room.
+            _ = tokio::time::sleep(BUDGET_RECHECK), if room_here && !can_read => continue,
             r = app.read(&mut buf), if can_read => {
                 let rec = match r {
                     Ok(0) => Record::HalfClose,
@@ -249,10 +349,9 @@ where
                 let mut st = stream.lock();
                 match st.open(&msg) {
                     Ok(d) => {
-                        if st.ack_due() || st.ack_urgent() || st.is_done() || d == Delivery::Nothing
-                        {
-                            stream.wake_out.notify_one();
-                        }
+                        // Every record may matter to the outbound side: an ack owed now or
+                        // later (its delay starts here), room freed, or the end.
+                        stream.wake_out.notify_one();
                         d
                     }
                     Err(_) => return Half::End(LegEnd::Aborted),

@@ -4,8 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io;
+use std::sync::Arc;
 
-use braid_driver::pump::{run_leg, LegEnd, SealedSink, SealedSource, SharedStream};
+use braid_driver::pump::{run_leg, LegEnd, ResendBudget, SealedSink, SealedSource, SharedStream};
 use braid_proto::inner::{
     self, FirstMessage, MessageDecoder, OpenRequest, OpenStatus, Record, ReliableStream,
 };
@@ -72,8 +73,14 @@ fn carrier(cut_up: usize, cut_down: usize) -> (ChanSink, ChanSource, ChanSink, C
     )
 }
 
-/// The two ends of one inner stream after an honest open: (client, gateway).
+/// The two ends of one inner stream after an honest open: (client, gateway), with a
+/// budget that never binds.
 fn ends() -> (SharedStream, SharedStream) {
+    ends_within(Arc::new(ResendBudget::new(usize::MAX)))
+}
+
+/// The two ends of one inner stream, both charging `budget`.
+fn ends_within(budget: Arc<ResendBudget>) -> (SharedStream, SharedStream) {
     let mut rng = rand::rng();
     let gateway = StaticKeypair::generate(&mut rng);
     let req = OpenRequest {
@@ -88,8 +95,8 @@ fn ends() -> (SharedStream, SharedStream) {
         .unwrap();
     let (_, _, c) = open.finish(&reply[2..]).unwrap();
     (
-        SharedStream::new(ReliableStream::new(c, 0)),
-        SharedStream::new(ReliableStream::new(g, 0)),
+        SharedStream::new(ReliableStream::new(c, 0), budget.clone()),
+        SharedStream::new(ReliableStream::new(g, 0), budget),
     )
 }
 
@@ -276,4 +283,50 @@ async fn a_tampered_replayed_or_failed_stream_is_an_abort() {
         LegEnd::Aborted,
         "sealed error"
     );
+}
+
+/// A budget far below what the transfer would keep unacknowledged: both directions still
+/// finish, every byte arrives, and what is kept never exceeds the budget by more than the
+/// one record each end may seal after its last look. Dropping the streams gives it all back.
+#[tokio::test]
+async fn a_shared_budget_bounds_what_streams_keep_and_they_still_finish() {
+    const LIMIT: usize = 64 * 1024;
+    let budget = Arc::new(ResendBudget::new(LIMIT));
+    let (c, g) = ends_within(budget.clone());
+    let (c_user, mut c_app) = tokio::io::duplex(64 * 1024);
+    let (g_target, mut g_app) = tokio::io::duplex(64 * 1024);
+    let up = pattern(2_000_000, 5);
+    let down = pattern(3_000_000, 6);
+    let user = app(up.clone(), c_user);
+    let target = app(down.clone(), g_target);
+    let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let watch = tokio::spawn({
+        let (budget, peak) = (budget.clone(), peak.clone());
+        async move {
+            loop {
+                peak.fetch_max(budget.used(), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+            }
+        }
+    });
+    let ends = both_legs(
+        &c,
+        &g,
+        &mut c_app,
+        &mut g_app,
+        carrier(usize::MAX, usize::MAX),
+    )
+    .await;
+    watch.abort();
+    assert_eq!(ends, (LegEnd::Done, LegEnd::Done));
+    assert_eq!(target.await.unwrap(), up);
+    assert_eq!(user.await.unwrap(), down);
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    let slack = 2 * (inner::MAX_MESSAGE + 2) + 1024;
+    assert!(
+        peak <= LIMIT + slack,
+        "kept {peak} bytes under a {LIMIT}-byte budget"
+    );
+    drop((c, g));
+    assert_eq!(budget.used(), 0);
 }

@@ -14,7 +14,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use braid_driver::pump::{self, LegEnd, QuicSource, SealedSink, SealedSource, SharedStream};
+use braid_driver::pump::{
+    self, LegEnd, QuicSource, ResendBudget, SealedSink, SealedSource, SharedStream,
+};
 use braid_proto::inner::reliable::{self, ID_LEN};
 use braid_proto::inner::ResumeRequest;
 use braid_proto::inner::{self, FirstMessage, MessageDecoder, OpenStatus, ReliableStream};
@@ -53,6 +55,8 @@ pub struct GatewayParams {
     pub resume_grace: Duration,
     /// Sealed bytes a stream keeps until the client acknowledges them.
     pub resume_buffer: usize,
+    /// Sealed bytes all streams together may keep.
+    pub resume_budget: usize,
 }
 
 pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
@@ -73,12 +77,14 @@ pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
     let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let live_streams = live.clone();
     let resumable = Resumable::default();
+    let budget = Arc::new(ResendBudget::new(p.resume_budget));
     let link = ctx.central_links(ep.clone(), backoff, move |central, conn| {
         let ctx = c.clone();
         let p = p.clone();
         let policy = policy.clone();
         let live = live.clone();
         let resumable = resumable.clone();
+        let budget = budget.clone();
         async move {
             info!(node = %ctx.id, central = %central.id, "gateway linked to a central");
             while let Ok((mut send, recv)) = conn.accept_bi().await {
@@ -95,9 +101,10 @@ pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
                 }
                 let (ctx, p, policy, live) = (ctx.clone(), p.clone(), policy.clone(), live.clone());
                 let resumable = resumable.clone();
+                let budget = budget.clone();
                 live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
-                    serve_stream(ctx, p, policy, resumable, send, recv).await;
+                    serve_stream(ctx, p, policy, resumable, budget, send, recv).await;
                     live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 });
             }
@@ -277,6 +284,7 @@ async fn serve_stream(
     p: GatewayParams,
     policy: Arc<ExitPolicy>,
     resumable: Resumable,
+    budget: Arc<ResendBudget>,
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) {
@@ -368,7 +376,7 @@ async fn serve_stream(
         }
         Metrics::add(&ctx.metrics.bytes_to_targets, req.early_data.len() as u64);
     }
-    let stream = SharedStream::new(ReliableStream::new(keys, p.resume_buffer));
+    let stream = SharedStream::new(ReliableStream::new(keys, p.resume_buffer), budget);
     let (carriers_tx, mut carriers) = mpsc::channel::<Carrier>(1);
     let mut leg = (send, source, dec);
     loop {
@@ -511,6 +519,7 @@ mod tests {
             link_idle_timeout: Duration::from_secs(30),
             resume_grace: Duration::from_secs(1),
             resume_buffer: 1 << 20,
+            resume_budget: 1 << 30,
         }
     }
 

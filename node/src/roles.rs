@@ -64,5 +64,6 @@ pub fn gateway_params(c: &GatewayConfig, bind: SocketAddr) -> gateway::GatewayPa
         link_idle_timeout: c.link_idle_timeout(),
         resume_grace: c.resume_grace(),
         resume_buffer: c.resume_buffer(),
+        resume_budget: c.resume_budget(),
     }
 }

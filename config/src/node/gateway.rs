@@ -47,6 +47,11 @@ pub struct GatewayConfig {
     /// stops reading its target until acknowledgements free room.
     #[serde(default = "crate::check::default_resume_buffer_kib")]
     pub resume_buffer_kib: u64,
+    /// Sealed bytes all streams together may keep for resending (default 512 MiB): past
+    /// it, streams stop reading their apps until acknowledgements free room, so memory stays
+    /// bounded however many streams are open.
+    #[serde(default = "crate::check::default_resume_budget_mib")]
+    pub resume_budget_mib: u64,
     /// Exit policy switches.
     #[serde(default)]
     pub exit: ExitConfig,
@@ -88,6 +93,7 @@ impl GatewayConfig {
             link_idle_timeout_ms: default_link_idle_timeout_ms(),
             resume_grace_ms: crate::check::default_resume_grace_ms(),
             resume_buffer_kib: crate::check::default_resume_buffer_kib(),
+            resume_budget_mib: crate::check::default_resume_budget_mib(),
             exit: ExitConfig::default(),
             hosts: BTreeMap::new(),
             node,
@@ -107,6 +113,11 @@ impl GatewayConfig {
     /// [`Self::resume_grace_ms`] as a `Duration`.
     pub fn resume_grace(&self) -> Duration {
         Duration::from_millis(self.resume_grace_ms)
+    }
+
+    /// [`Self::resume_budget_mib`] in bytes.
+    pub fn resume_budget(&self) -> usize {
+        usize::try_from(self.resume_budget_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
     }
 
     /// [`Self::resume_buffer_kib`] in bytes.
@@ -138,6 +149,7 @@ impl GatewayConfig {
             ],
         )?;
         check::resume_buffer(file, self.resume_buffer_kib)?;
+        check::resume_budget(file, self.resume_budget_mib)?;
         check::not_below(
             file,
             ("reconnect_max_ms", self.reconnect_max_ms),

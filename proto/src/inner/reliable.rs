@@ -118,6 +118,8 @@ pub struct ReliableStream {
     half_close_received: bool,
     /// The peer's half-close was opened and not yet acknowledged.
     ack_owed: bool,
+    /// A record other than an ack was opened since the last ack we sent.
+    unacked_content: bool,
     buffer_cap: usize,
 }
 
@@ -138,6 +140,7 @@ impl ReliableStream {
             half_close_at: None,
             half_close_received: false,
             ack_owed: false,
+            unacked_content: false,
             buffer_cap: buffer_cap.max(MIN_BUFFER),
         }
     }
@@ -176,6 +179,7 @@ impl ReliableStream {
         if let Record::Ack(n) = rec {
             self.told_peer = *n;
             self.ack_owed = false;
+            self.unacked_content = false;
         }
         self.unacked_bytes += out.len();
         self.unacked.push_back(out.clone());
@@ -193,6 +197,14 @@ impl ReliableStream {
     /// Whether an acknowledgement is owed: enough records opened since the last one.
     pub fn ack_due(&self) -> bool {
         self.received - self.told_peer >= ACK_EVERY
+    }
+
+    /// Whether a record other than an ack was opened and not acknowledged yet (an ack goes
+    /// out after a short delay even below [`ACK_EVERY`]: a peer held back by its buffer or
+    /// its process's budget may be waiting for it). Acks alone never call for one, so two
+    /// idle ends do not acknowledge each other's acks forever.
+    pub fn ack_pending(&self) -> bool {
+        self.unacked_content && self.received > self.told_peer
     }
 
     fn acked(&mut self, n: u64) -> Result<(), InnerError> {
@@ -213,6 +225,10 @@ impl ReliableStream {
     pub fn open(&mut self, msg: &[u8]) -> Result<Delivery, InnerError> {
         let rec = self.opener.open(msg)?;
         self.received += 1;
+        // Acks of acks would never end: only other records call for one by themselves.
+        if !matches!(rec, Record::Ack(_)) {
+            self.unacked_content = true;
+        }
         Ok(match rec {
             Record::Data(d) => Delivery::Data(d),
             Record::HalfClose | Record::Close => {
@@ -263,6 +279,7 @@ impl ReliableStream {
         body.extend_from_slice(&self.received.to_be_bytes());
         body.extend_from_slice(&mac(&self.resume_key, b"resume", &id, self.received));
         self.told_peer = self.received;
+        self.unacked_content = false;
         let mut out = Vec::with_capacity(body.len() + 2);
         // A fixed-size body cannot fail to frame.
         let _ = frame_message(&body, &mut out);
@@ -283,6 +300,7 @@ impl ReliableStream {
         self.acked(req.received)?;
         self.epoch += 1;
         self.told_peer = self.received;
+        self.unacked_content = false;
         let mut body = Vec::with_capacity(1 + 8 + TAG);
         body.push(resumed::OK);
         body.extend_from_slice(&self.received.to_be_bytes());
@@ -377,6 +395,18 @@ mod tests {
         assert_eq!(g.seal_ack().unwrap(), None, "nothing new to acknowledge");
         assert_eq!(deliver(&mut c, &ack), vec![Delivery::Nothing]);
         assert_eq!(c.buffered(), 0);
+    }
+
+    #[test]
+    fn data_calls_for_a_late_ack_and_acks_alone_do_not() {
+        let (mut c, mut g) = ends(9);
+        let one = c.seal(&data(b"x")).unwrap();
+        deliver(&mut g, &one);
+        assert!(g.ack_pending() && !g.ack_due());
+        let ack = g.seal_ack().unwrap().unwrap();
+        assert!(!g.ack_pending());
+        deliver(&mut c, &ack);
+        assert!(!c.ack_pending(), "an ack alone is not acknowledged");
     }
 
     #[test]
