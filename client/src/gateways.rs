@@ -58,6 +58,15 @@ impl Gateways {
     pub fn mark_down(&self, id: &str) {
         self.down.mark(id);
     }
+
+    /// Each gateway, and until when it rests if it does now (for `braid status`).
+    pub fn health(&self) -> Vec<(String, Option<std::time::Instant>)> {
+        let now = std::time::Instant::now();
+        self.list
+            .iter()
+            .map(|g| (g.id.clone(), self.down.resting_until(&g.id, now)))
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -79,6 +79,7 @@ pub(crate) const GATEWAY_KEYS: &[(&str, Kind)] = &[
 pub(crate) const CLIENT_KEYS: &[(&str, Kind)] = &[
     ("directory", Kind::Str),
     ("socks_listen", Kind::Str),
+    ("admin", Kind::Str),
     ("gateway", Kind::Str),
     ("scheduler", Kind::Str),
     ("central_choice", Kind::Str),

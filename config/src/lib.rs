@@ -27,7 +27,9 @@ mod load;
 mod node;
 mod parse;
 
-pub use client::{parse_client_config, CentralChoice, ClientConfig, SocksAuthConfig};
+pub use client::{
+    default_admin, parse_client_config, CentralChoice, ClientConfig, SocksAuthConfig,
+};
 pub use directory::{
     check_id, hex32, parse_directory, Directory, NodeEntry, Role, UnknownRole, MAX_CELL_SIZE,
     MIN_CELL_SIZE,

@@ -146,6 +146,7 @@ async fn pair(o: Opts) -> Pair {
         first_stream: 0,
         idle_timeout: Duration::from_secs(3600),
         reassembly_timeout: Duration::from_secs(60),
+        status: None,
         shutdown: shutdown.clone(),
     };
     let (central_cmd_tx, central_cmd_rx) = mpsc::channel(256);
@@ -172,6 +173,7 @@ async fn pair(o: Opts) -> Pair {
         }),
         idle_timeout: o.idle_timeout,
         reassembly_timeout: Duration::from_secs(60),
+        status: None,
         shutdown: shutdown.clone(),
     };
     let client = tokio::spawn(async move {

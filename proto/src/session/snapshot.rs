@@ -125,7 +125,10 @@ mod tests {
         assert_eq!(fresh.id, c.id());
         assert_eq!((fresh.srtt, fresh.in_flight), (None, 0));
         for p in &fresh.paths {
-            assert_eq!((p.state, p.counters), (PathState::InUse, Default::default()));
+            assert_eq!(
+                (p.state, p.counters),
+                (PathState::InUse, Default::default())
+            );
         }
         c.open_stream(1, "gw");
         let data = vec![5u8; 8 << 20];
@@ -151,12 +154,21 @@ mod tests {
         assert_eq!(live.state, PathState::InUse);
         assert!(live.srtt.is_some_and(|r| r >= Duration::from_millis(2)));
         assert!(live.counters.acked > 1000, "{live:?}");
-        assert!(live.counters.resent > 0, "the dead path's cells went here: {live:?}");
+        assert!(
+            live.counters.resent > 0,
+            "the dead path's cells went here: {live:?}"
+        );
         assert!(live.counters.sent >= live.counters.acked, "{live:?}");
         assert_ne!(dead.state, PathState::InUse, "{dead:?}");
         assert!(dead.counters.sent > dead.counters.acked, "{dead:?}");
-        assert_eq!(dead.counters.resent, 0, "resends avoid the path they were lost on");
-        assert_eq!((unknown.state, unknown.counters.sent), (PathState::InUse, 0));
+        assert_eq!(
+            dead.counters.resent, 0,
+            "resends avoid the path they were lost on"
+        );
+        assert_eq!(
+            (unknown.state, unknown.counters.sent),
+            (PathState::InUse, 0)
+        );
         let stats = c.stats();
         assert_eq!(snap.stats, *stats);
         let sent: u64 = snap.paths.iter().map(|p| p.counters.sent).sum();
