@@ -55,9 +55,9 @@ impl StatusPublisher {
         self.tx.send_replace(None);
     }
 
-    /// Resolves when a reader asks for a fresh view.
-    pub(crate) fn asked(&self) -> Arc<Notify> {
-        self.asked.clone()
+    /// Notified when a reader asks for a fresh view.
+    pub(crate) fn asked(&self) -> &Notify {
+        &self.asked
     }
 }
 
