@@ -227,3 +227,62 @@ async fn a_non_loopback_admin_address_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`admin`") && err.contains("loopback"), "{err}");
 }
+
+/// `braid run` serves its admin port too: over separate processes with two centrals,
+/// `braid status --json` names the central the session runs through (the one whose
+/// counters moved), and after `kill -9` of it, the other one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn braid_run_shows_the_central_in_use_and_the_next_after_a_kill() {
+    use braid_config::Layout;
+    use support::procs::{ProcOptions, ProcOverlay};
+
+    let origin = start_origin([127, 0, 0, 1]).await;
+    let mut ov = ProcOverlay::start(ProcOptions {
+        layout: Layout {
+            centrals: 2,
+            ..Layout::default()
+        },
+        client_extra: "keepalive_ms = 200\npeer_timeout_ms = 500\n".into(),
+        ..ProcOptions::default()
+    });
+    let url = format!("http://{origin}/echo/status");
+    let (ok, body) = curl(ov.socks, &[&url]).await;
+    assert!(ok && body == b"status");
+    let admin = ov.client_admin.to_string();
+    let central_now = || async {
+        let out = braid(&["status", "--admin", &admin, "--json"]).await;
+        assert!(out.status.success(), "{out:?}");
+        let s: Status = serde_json::from_slice(&out.stdout).unwrap();
+        s.session.map(|x| x.central)
+    };
+    let used = central_now().await.expect("a session is open");
+    let cells = |id: &str| ov.metric(id, "braid_cells_in_total");
+    let other = if used == "central-1" {
+        "central-2"
+    } else {
+        "central-1"
+    };
+    assert!(
+        cells(&used) > cells(other),
+        "{used} carries the session: {} / {}",
+        cells(&used),
+        cells(other)
+    );
+
+    ov.kill9(&used);
+    let killed = Instant::now();
+    loop {
+        // Traffic lets the client notice the dead central (or keepalives do).
+        let _ = curl(ov.socks, &["--max-time", "1", &url]).await;
+        if central_now().await.as_deref() == Some(other) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "status never named {other}\n--- client:\n{}",
+            ov.log("client")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ov.assert_no_panics();
+}
