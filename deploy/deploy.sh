@@ -4,7 +4,8 @@
 #   deploy/deploy.sh [options] INVENTORY
 #
 # INVENTORY: one node per line, `ROLE PUBLIC-ADDR [ssh-target]` (see gen-net.sh --help);
-# at least 2 upstreams, 1 central, 2 downstreams, 1 relay and 1 gateway.
+# at least 2 upstreams, 1 central (2 or more for high availability), 2 downstreams,
+# 1 relay and 1 gateway.
 #
 # Steps: build the static binaries (deploy/build-image.sh --no-docker), generate the
 # network (gen-net.sh --inventory: new identities, directory, configs), write one bundle
@@ -70,8 +71,7 @@ while IFS= read -r line || [ -n "$line" ]; do
     [ -n "${addr:-}" ] || die "$inventory:$lineno: '$role' has no PUBLIC-ADDR"
     count[$role]=$((count[$role] + 1))
 done <"$inventory"
-[ "${count[central]}" -ge 1 ] || die "$inventory: no central: the network needs exactly one"
-[ "${count[central]}" -eq 1 ] || die "$inventory: ${count[central]} centrals: the network needs exactly one"
+[ "${count[central]}" -ge 1 ] || die "$inventory: no central: the network needs at least one"
 [ "${count[gateway]}" -ge 1 ] || die "$inventory: no gateway: the network needs at least one exit"
 [ "${count[upstream]}" -ge 2 ] || die "$inventory: ${count[upstream]} upstream(s): at least 2 are needed (cells are spread over several)"
 [ "${count[downstream]}" -ge 2 ] || die "$inventory: ${count[downstream]} downstream(s): at least 2 are needed"

@@ -7,7 +7,7 @@
 # Address schemes (pick one):
 #   --compose PREFIX    a docker bridge network PREFIX.0/24 (e.g. 172.30.0): the bridge's
 #                       host side is PREFIX.1, nodes get PREFIX.2, .3, ... in the order
-#                       upstreams, central, downstreams, relays, gateways. Also writes
+#                       upstreams, centrals, downstreams, relays, gateways. Also writes
 #                       DIR/docker-compose.yml (image braid:dev).
 #   --inventory FILE    real hosts, one node per line: `ROLE PUBLIC-ADDR [ssh-target]`
 #                       (ROLE: upstream|central|downstream|relay|gateway; PUBLIC-ADDR is
@@ -15,8 +15,11 @@
 #                       The counts come from the file. Also writes DIR/hosts.tsv.
 #
 # Options:
-#   --upstreams N --downstreams N --relays N --gateways N
-#                       counts for --compose (defaults 2, 2, 1, 1; one central always)
+#   --upstreams N --centrals N --downstreams N --relays N --gateways N
+#                       counts for --compose (defaults 2, 1, 2, 1, 1); with --inventory
+#                       they must match the file. Every upstream, downstream and gateway
+#                       links to every central; the client picks one per session and
+#                       moves to another when it dies (high availability: --centrals 2)
 #   --bin PATH          the braid-node binary used for keygen (default: the static build,
 #                       else target/release, else target/debug)
 #   --bind any|public   inventory only: listen on 0.0.0.0:PORT (any, default: works behind
@@ -42,7 +45,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 
 out="" compose="" inventory="" bin="" bind=any force=0
-n_up=2 n_down=2 n_relay=1 n_gw=1 counts_given=0
+n_up=2 n_central=1 n_down=2 n_relay=1 n_gw=1 counts_given=0
 cell_size=8192 mix_ms=25.0 drain_secs=30 socks=127.0.0.1:1080
 
 need() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"; }
@@ -52,6 +55,7 @@ while [ $# -gt 0 ]; do
         --compose) need "$@"; compose=$2; shift ;;
         --inventory) need "$@"; inventory=$2; shift ;;
         --upstreams) need "$@"; n_up=$2; counts_given=1; shift ;;
+        --centrals) need "$@"; n_central=$2; counts_given=1; shift ;;
         --downstreams) need "$@"; n_down=$2; counts_given=1; shift ;;
         --relays) need "$@"; n_relay=$2; counts_given=1; shift ;;
         --gateways) need "$@"; n_gw=$2; counts_given=1; shift ;;
@@ -62,7 +66,7 @@ while [ $# -gt 0 ]; do
         --drain-secs) need "$@"; drain_secs=$2; shift ;;
         --socks) need "$@"; socks=$2; shift ;;
         --force) force=1 ;;
-        -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
     shift
@@ -72,7 +76,7 @@ done
 if [ -n "$compose" ] && [ -n "$inventory" ]; then die "give either --compose or --inventory, not both"; fi
 [ -n "$compose" ] || [ -n "$inventory" ] || die "give an address scheme: --compose PREFIX or --inventory FILE"
 case "$bind" in any|public) ;; *) die "--bind must be any or public, not '$bind'" ;; esac
-for v in "$n_up" "$n_down" "$n_relay" "$n_gw" "$cell_size" "$drain_secs"; do
+for v in "$n_up" "$n_central" "$n_down" "$n_relay" "$n_gw" "$cell_size" "$drain_secs"; do
     case "$v" in ''|*[!0-9]*) die "counts, --cell-size and --drain-secs must be whole numbers, got '$v'" ;; esac
 done
 
@@ -112,13 +116,13 @@ if [ -n "$compose" ]; then
         *.*.*) ;;
         *) die "--compose wants a /24 prefix of three numbers such as 172.30.0, got '$compose'" ;;
     esac
-    [ "$n_up" -ge 1 ] && [ "$n_down" -ge 1 ] && [ "$n_relay" -ge 1 ] && [ "$n_gw" -ge 1 ] \
-        || die "every role needs at least one node"
-    total=$((n_up + 1 + n_down + n_relay + n_gw))
+    [ "$n_up" -ge 1 ] && [ "$n_central" -ge 1 ] && [ "$n_down" -ge 1 ] && [ "$n_relay" -ge 1 ] \
+        && [ "$n_gw" -ge 1 ] || die "every role needs at least one node"
+    total=$((n_up + n_central + n_down + n_relay + n_gw))
     [ "$total" -le 250 ] || die "$total nodes do not fit in a /24"
     ip=2
     for _ in $(seq "$n_up"); do add_node upstream "$compose.$ip" 7100 ""; ip=$((ip + 1)); done
-    add_node central "$compose.$ip" 7400 ""; ip=$((ip + 1))
+    for _ in $(seq "$n_central"); do add_node central "$compose.$ip" 7400 ""; ip=$((ip + 1)); done
     for _ in $(seq "$n_down"); do add_node downstream "$compose.$ip" "" ""; ip=$((ip + 1)); done
     for _ in $(seq "$n_relay"); do add_node relay "$compose.$ip" 7600 ""; ip=$((ip + 1)); done
     for _ in $(seq "$n_gw"); do add_node gateway "$compose.$ip" "" ""; ip=$((ip + 1)); done
@@ -151,15 +155,14 @@ else
         add_node "$role" "$host" "$port" "${sshv:-$host}"
     done <"$inventory"
     count() { local r=$1 c=0 x; for x in "${roles[@]+"${roles[@]}"}"; do [ "$x" = "$r" ] && c=$((c + 1)); done; echo "$c"; }
-    n_central=$(count central)
-    [ "$n_central" = 1 ] || die "$inventory: needs exactly one central, found $n_central"
-    for r in upstream downstream relay gateway; do
+    for r in upstream central downstream relay gateway; do
         [ "$(count $r)" -ge 1 ] || die "$inventory: needs at least one $r, found none"
     done
     if [ "$counts_given" = 1 ]; then
-        [ "$(count upstream)" = "$n_up" ] && [ "$(count downstream)" = "$n_down" ] &&
+        [ "$(count upstream)" = "$n_up" ] && [ "$(count central)" = "$n_central" ] &&
+            [ "$(count downstream)" = "$n_down" ] &&
             [ "$(count relay)" = "$n_relay" ] && [ "$(count gateway)" = "$n_gw" ] ||
-            die "$inventory: counts differ from --upstreams/--downstreams/--relays/--gateways"
+            die "$inventory: counts differ from --upstreams/--centrals/--downstreams/--relays/--gateways"
     fi
 fi
 

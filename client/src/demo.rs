@@ -22,6 +22,7 @@ use rand::Rng;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::gateways::ChoicePolicy;
 use crate::overlay::{self, ClientHandle, ClientParams};
 use crate::socks::SocksLimits;
 
@@ -61,6 +62,11 @@ pub struct DemoOptions {
     pub central_idle_timeout: Duration,
     /// The one gateway the client may use (`braid run`'s `gateway`); any when `None`.
     pub gateway: Option<String>,
+    /// How streams' gateways are chosen (`gateway_choice`, `sticky_secs`,
+    /// `gateway_rest_ms`).
+    pub gateway_choice: ChoicePolicy,
+    /// How long a silent central is skipped (`central_rest_ms`).
+    pub central_rest: Duration,
 }
 
 impl Default for DemoOptions {
@@ -86,6 +92,12 @@ impl Default for DemoOptions {
             resume_grace: client_defaults.resume_grace(),
             central_idle_timeout: Duration::from_secs(60),
             gateway: None,
+            gateway_choice: ChoicePolicy {
+                choice: client_defaults.gateway_choice,
+                sticky: client_defaults.sticky(),
+                rest: client_defaults.gateway_rest(),
+            },
+            central_rest: client_defaults.central_rest(),
         }
     }
 }
@@ -237,6 +249,8 @@ impl Demo {
             session_wait: opts.session_wait,
             resume_grace: opts.resume_grace,
             resume_buffer: ClientConfig::with_directory("<demo>").resume_buffer(),
+            gateway_choice: opts.gateway_choice,
+            central_rest: opts.central_rest,
             shutdown: shutdown.child_token(),
         })
         .await?;

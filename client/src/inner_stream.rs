@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::gateways::Gateway;
+use crate::gateways::{Gateway, NoGateway};
 use crate::overlay::ClientHandle;
 
 /// How long the gateway may take to answer an open.
@@ -40,6 +40,8 @@ pub enum OpenFailure {
     SessionGone,
     #[error("no session with the central (one is being opened)")]
     NoSession,
+    #[error("no gateway for the stream: {0}")]
+    NoGateway(#[from] NoGateway),
 }
 
 impl OpenFailure {
@@ -53,6 +55,7 @@ impl OpenFailure {
             OpenFailure::TimedOut(_) => Reason::TIMED_OUT,
             OpenFailure::BadAnswer(_) => Reason::PROTOCOL_ERROR,
             OpenFailure::SessionGone | OpenFailure::NoSession => Reason::SESSION_CLOSED,
+            OpenFailure::NoGateway(e) => e.reason(),
         }
     }
 }
@@ -70,11 +73,13 @@ pub struct OpenedStream {
     gateway: Gateway,
 }
 
-/// Opens an inner stream to the client's gateway for `target`, `early_data` riding in the
-/// first handshake message.
+/// Opens an inner stream for `target` through a gateway chosen by the client's gateway
+/// choice (`crate::gateways`), or through `pinned` only (the app named it), `early_data`
+/// riding in the first handshake message.
 pub async fn open(
     h: &ClientHandle,
     target: &TargetAddr,
+    pinned: Option<&str>,
     early_data: Vec<u8>,
 ) -> Result<OpenedStream, OpenFailure> {
     // While a new session is being opened, wait for it (a bounded time).
@@ -89,12 +94,19 @@ pub async fn open(
     };
     let mut tried = Vec::new();
     loop {
-        let Some(gateway) = h.gateways.pick(&tried) else {
-            return Err(OpenFailure::Reset(Reason::NO_GATEWAY));
-        };
+        let gateway = h.gateways.pick(target, pinned, &tried).inspect_err(|e| {
+            // No destination here: the log must not link a stream's target to anything.
+            info!(error = %e, "no gateway for a stream");
+        })?;
         match open_via(h, &gateway, &req).await {
-            Err(OpenFailure::Reset(r)) if r == Reason::NO_GATEWAY => {
-                info!(gateway = %gateway.id, "the central has no link to this gateway; trying another");
+            // Unlinked, or its link died before it answered (as Tor retries a stream whose
+            // circuit closed before it was connected). A pinned stream is not moved.
+            Err(OpenFailure::Reset(r)) if r == Reason::NO_GATEWAY || r == Reason::GATEWAY_LOST => {
+                if pinned.is_some() {
+                    info!(gateway = %gateway.id, "the central has no link to the pinned gateway; the stream fails");
+                } else {
+                    info!(gateway = %gateway.id, "the central has no link to this gateway; trying another");
+                }
                 h.gateways.mark_down(&gateway.id);
                 tried.push(gateway.id);
             }
@@ -204,7 +216,7 @@ async fn resume(
             e,
             OpenFailure::BadAnswer(InnerError::ResumeRefused | InnerError::ResumeAuth)
         );
-        let unlinked = matches!(e, OpenFailure::Reset(r) if r == Reason::NO_GATEWAY)
+        let unlinked = matches!(e, OpenFailure::Reset(r) if r == Reason::NO_GATEWAY || r == Reason::GATEWAY_LOST)
             && unlinked_since.get_or_insert_with(Instant::now).elapsed()
                 >= h.session_wait().min(h.resume_grace);
         if refused || unlinked || Instant::now() + pause >= deadline {

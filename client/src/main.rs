@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 #[cfg(feature = "demo")]
 use braid_client::demo::{Demo, DemoOptions};
+use braid_client::gateways::ChoicePolicy;
 use braid_client::overlay::{self, ClientParams};
 use braid_client::socks::{SocksAuth, SocksLimits};
 #[cfg(feature = "demo")]
@@ -152,10 +153,13 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     let cfg = braid_config::load_client_config(&path)?;
     // Logging starts once the config has said in which format.
     braid_driver::logs::init_logs(cfg.log);
+    // Each SOCKS5 connection is a socket (and a stream through the overlay).
+    braid_driver::fd_limit::raise_for("max_connections", u64::from(cfg.max_connections));
     let limits = SocksLimits {
         handshake_deadline: cfg.handshake_timeout(),
         max_connections: cfg.max_connections as usize,
         max_per_source: cfg.max_connections_per_source as usize,
+        limit_loopback: cfg.limit_loopback_sources,
         auth: match &cfg.auth {
             None => None,
             Some(a) => Some(
@@ -181,6 +185,12 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         session_wait: cfg.session_wait(),
         resume_grace: cfg.resume_grace(),
         resume_buffer: cfg.resume_buffer(),
+        gateway_choice: ChoicePolicy {
+            choice: cfg.gateway_choice,
+            sticky: cfg.sticky(),
+            rest: cfg.gateway_rest(),
+        },
+        central_rest: cfg.central_rest(),
         shutdown: shutdown.clone(),
     })
     .await?;
@@ -192,6 +202,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         handshake_timeout_secs = cfg.handshake_timeout_secs,
         max_connections = limits.max_connections,
         max_connections_per_source = limits.max_per_source,
+        limit_loopback_sources = limits.limit_loopback,
         admin = %cfg.admin,
         "SOCKS5 proxy ready"
     );

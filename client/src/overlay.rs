@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::gateways::{Gateway, Gateways};
+use crate::gateways::{ChoicePolicy, Gateway, Gateways};
 use crate::resting::Resting;
 
 pub struct ClientParams {
@@ -52,6 +52,10 @@ pub struct ClientParams {
     pub resume_grace: Duration,
     /// Sealed bytes a stream keeps until the gateway acknowledges them.
     pub resume_buffer: usize,
+    /// How streams' gateways are chosen, and how long an unreachable one rests.
+    pub gateway_choice: ChoicePolicy,
+    /// How long a central that went silent is skipped by new sessions.
+    pub central_rest: Duration,
     pub shutdown: CancellationToken,
 }
 
@@ -121,6 +125,10 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
     })
     .collect();
     anyhow::ensure!(!gateways.is_empty(), "the directory names no gateway");
+    let named: Vec<String> = dir
+        .nodes_with_role(Role::Gateway)
+        .map(|n| n.id.clone())
+        .collect();
     let ep = braid_net::client_endpoint(p.bind, None)?;
     let metrics = Arc::new(Metrics::default());
     let node = "client".to_string();
@@ -192,7 +200,7 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
         cfg,
         centrals: paths,
         choice: p.central_choice,
-        down: Resting::new(CENTRAL_REST),
+        down: Resting::new(p.central_rest),
         mailboxes: boxes,
         live_boxes,
     };
@@ -210,7 +218,7 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
     let handle = ClientHandle {
         cmd: cmd_tx.clone(),
         next_stream: next_stream.clone(),
-        gateways: Arc::new(Gateways::new(gateways, GATEWAY_REST)),
+        gateways: Arc::new(Gateways::new(gateways, named, p.gateway_choice)),
         metrics: metrics.clone(),
         tap: p.tap.clone(),
         session_central: up_rx,
@@ -236,11 +244,6 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
     Ok(handle)
 }
 
-/// How long a gateway the central could not reach is skipped for new streams.
-const GATEWAY_REST: Duration = Duration::from_secs(5);
-/// How long a central that went silent (or let Hellos go unanswered) is skipped when
-/// a new session picks its central; when every central rests, all are tried.
-const CENTRAL_REST: Duration = Duration::from_secs(30);
 /// After this many unanswered Hellos (250 + 500 + 1000 ms) the next go to another central.
 const UNANSWERED_HELLOS: usize = 3;
 /// How long the first session may take to open.

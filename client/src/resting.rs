@@ -45,7 +45,16 @@ impl Resting {
         from: &[&'a T],
         id: impl Fn(&'a T) -> &'a str,
     ) -> Vec<&'a T> {
-        let now = Instant::now();
+        self.prefer_healthy_at(Instant::now(), from, id)
+    }
+
+    /// [`prefer_healthy`](Self::prefer_healthy) at `now`.
+    pub fn prefer_healthy_at<'a, T>(
+        &self,
+        now: Instant,
+        from: &[&'a T],
+        id: impl Fn(&'a T) -> &'a str,
+    ) -> Vec<&'a T> {
         let healthy: Vec<&T> = from
             .iter()
             .copied()

@@ -2,6 +2,16 @@
 //! open an inner stream to the gateway, answer with the gateway's status, then pump sealed
 //! records both ways.
 //!
+//! # Pinning a stream to a gateway
+//!
+//! Without `[auth]`, the port also takes RFC 1929 username/password with any credentials
+//! ([`AuthPolicy::AnyUserPass`]; clients that send none get method 00 as before). A username
+//! that names a gateway in the directory pins the stream to it
+//! (`curl --proxy socks5h://gateway-2:x@127.0.0.1:1080 ...`): it exits there or fails —
+//! reply 03 when the central cannot reach that gateway, 02 when the config's `gateway`
+//! allows another — and never goes elsewhere. Other usernames pin nothing. With `[auth]`,
+//! the username is the login and pins nothing.
+//!
 //! # Defences against hostile local peers
 //!
 //! [`SocksLimits`] bounds what a peer can hold, and every refusal is a proper SOCKS5 answer
@@ -19,7 +29,8 @@
 //!   would answer a request that never arrived whole. The peer sees EOF.
 //! - **Connection limits**: at most [`SocksLimits::max_connections`] connections in all and
 //!   [`SocksLimits::max_per_source`] from one source IP address (IPv4-mapped IPv6 counts as
-//!   IPv4). A connection over either limit is *refused as by a ruleset*: its handshake runs
+//!   IPv4; loopback sources count only with [`SocksLimits::limit_loopback`], since on a
+//!   laptop every application is 127.0.0.1). A connection over either limit is *refused as by a ruleset*: its handshake runs
 //!   as usual (same authentication policy, same replies to malformed input) within
 //!   [`REFUSAL_DEADLINE`] (or the handshake deadline if shorter), and a complete request is
 //!   answered `05 02 00 01 00 00 00 00 00 00` — "connection not allowed by ruleset" — instead
@@ -58,9 +69,11 @@ use crate::overlay::ClientHandle;
 
 /// Default for [`SocksLimits::handshake_deadline`] (slowloris guard).
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
-/// Default for [`SocksLimits::max_connections`].
-pub const MAX_CONNECTIONS: usize = 4096;
-/// Default for [`SocksLimits::max_per_source`].
+/// Default for [`SocksLimits::max_connections`] (the config's `max_connections`): a
+/// laptop's every application, under a 20,000-descriptor process limit.
+pub const MAX_CONNECTIONS: usize = 16_384;
+/// Default for [`SocksLimits::max_per_source`]; loopback sources are exempt unless
+/// [`SocksLimits::limit_loopback`] says otherwise.
 pub const MAX_CONNECTIONS_PER_SOURCE: usize = 256;
 /// Most over-limit connections being refused at once (each runs a short handshake to be
 /// answered `05 02`); beyond it they get `05 FF` without being read.
@@ -138,6 +151,9 @@ pub struct SocksLimits {
     pub max_connections: usize,
     /// Connections open at once from one source IP address.
     pub max_per_source: usize,
+    /// Whether `max_per_source` also counts loopback sources. Off by default: on a laptop
+    /// every application comes from 127.0.0.1, so only `max_connections` bounds them.
+    pub limit_loopback: bool,
     /// RFC 1929 username/password to require; `None` asks for no authentication.
     pub auth: Option<SocksAuth>,
 }
@@ -148,15 +164,19 @@ impl Default for SocksLimits {
             handshake_deadline: HANDSHAKE_DEADLINE,
             max_connections: MAX_CONNECTIONS,
             max_per_source: MAX_CONNECTIONS_PER_SOURCE,
+            limit_loopback: false,
             auth: None,
         }
     }
 }
 
 impl SocksLimits {
+    /// Without `auth`, any RFC 1929 credentials are taken (or none): the username may
+    /// name a gateway to pin the stream to. With `auth`, the pair is checked and the
+    /// username is only a login.
     fn policy(&self) -> AuthPolicy {
         match &self.auth {
-            None => AuthPolicy::NoAuth,
+            None => AuthPolicy::AnyUserPass,
             Some(a) => a.policy(),
         }
     }
@@ -173,6 +193,8 @@ enum Over {
 struct Gate {
     max_total: usize,
     max_per_source: usize,
+    /// Whether loopback sources count per source (else only in all).
+    limit_loopback: bool,
     state: Mutex<GateState>,
 }
 
@@ -200,11 +222,13 @@ impl Gate {
         if st.total >= self.max_total {
             return Err(Over::Total);
         }
-        let n = st.per_source.entry(source).or_insert(0);
-        if *n >= self.max_per_source {
-            return Err(Over::PerSource);
+        if self.limit_loopback || !source.is_loopback() {
+            let n = st.per_source.entry(source).or_insert(0);
+            if *n >= self.max_per_source {
+                return Err(Over::PerSource);
+            }
+            *n += 1;
         }
-        *n += 1;
         st.total += 1;
         Ok(Ticket {
             gate: self.clone(),
@@ -252,6 +276,7 @@ pub async fn serve(
     let gate = Arc::new(Gate {
         max_total: limits.max_connections.max(1),
         max_per_source: limits.max_per_source.max(1),
+        limit_loopback: limits.limit_loopback,
         state: Mutex::new(GateState::default()),
     });
     let refusals = Arc::new(Semaphore::new(REFUSAL_SLOTS));
@@ -307,12 +332,19 @@ async fn serve_conn(mut tcp: TcpStream, peer: SocketAddr, h: ClientHandle, limit
         // Closed without a reply; see the module documentation.
         Err(_) => debug!(%peer, "SOCKS5 handshake deadline passed"),
         Ok(Err(e)) => debug!(%peer, error = %e, "SOCKS5 handshake failed"),
-        Ok(Ok((req, early))) => match handle_conn(&mut tcp, h, req, early).await {
-            // Set to reset on drop: no FIN first.
-            Ok(RelayEnd::Reset) => return,
-            Ok(RelayEnd::Closed) => {}
-            Err(e) => debug!(%peer, error = %e, "socks connection ended"),
-        },
+        Ok(Ok((req, early, username))) => {
+            // A username pins the stream only where it is not a login.
+            let pinned = match (&limits.auth, username) {
+                (None, Some(u)) => h.gateways.pin_by_username(&u),
+                _ => None,
+            };
+            match handle_conn(&mut tcp, h, req, pinned, early).await {
+                // Set to reset on drop: no FIN first.
+                Ok(RelayEnd::Reset) => return,
+                Ok(RelayEnd::Closed) => {}
+                Err(e) => debug!(%peer, error = %e, "socks connection ended"),
+            }
+        }
     }
     close(tcp).await;
 }
@@ -347,10 +379,11 @@ async fn close(mut tcp: TcpStream) {
 }
 
 /// Runs the SOCKS5 handshake; any error reply is written before the error is returned.
+/// Returns the request, the early data and the RFC 1929 username, if one was given.
 async fn handshake(
     tcp: &mut TcpStream,
     policy: AuthPolicy,
-) -> anyhow::Result<(socks5::Request, Vec<u8>)> {
+) -> anyhow::Result<(socks5::Request, Vec<u8>, Option<Vec<u8>>)> {
     let mut hs = Socks5Handshake::new(policy);
     // `NeedMore` only while less than one whole message is buffered, so this stays below
     // MAX_MESSAGE_LEN + one read.
@@ -373,7 +406,7 @@ async fn handshake(
                 consumed, request, ..
             }) => {
                 let early = buf.get(consumed..).unwrap_or_default().to_vec();
-                return Ok((request, early));
+                return Ok((request, early, hs.username().map(<[u8]>::to_vec)));
             }
             Err(e) => {
                 if let Some(r) = e.reply() {
@@ -389,6 +422,7 @@ async fn handle_conn(
     tcp: &mut TcpStream,
     h: ClientHandle,
     req: socks5::Request,
+    pinned: Option<String>,
     early: Vec<u8>,
 ) -> anyhow::Result<RelayEnd> {
     if req.command != Command::CONNECT {
@@ -396,7 +430,7 @@ async fn handle_conn(
             .await?;
         return Ok(RelayEnd::Closed);
     }
-    match inner_stream::open(&h, &req.target, early).await {
+    match inner_stream::open(&h, &req.target, pinned.as_deref(), early).await {
         Ok(stream) => {
             tcp.write_all(&socks5::reply(ReplyCode::SUCCEEDED, None))
                 .await?;
@@ -422,6 +456,7 @@ mod tests {
         Arc::new(Gate {
             max_total: total,
             max_per_source: per_source,
+            limit_loopback: true,
             state: Mutex::new(GateState::default()),
         })
     }
@@ -446,6 +481,35 @@ mod tests {
             st.per_source.is_empty(),
             "no entry outlives its connections"
         );
+    }
+
+    #[test]
+    fn loopback_sources_count_only_in_all_by_default() {
+        let g = Arc::new(Gate {
+            max_total: 4,
+            max_per_source: 1,
+            limit_loopback: false,
+            state: Mutex::new(GateState::default()),
+        });
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let lo6: IpAddr = "::1".parse().unwrap();
+        let remote: IpAddr = "192.0.2.7".parse().unwrap();
+        let held = [
+            g.admit(lo).unwrap(),
+            g.admit(lo).unwrap(),
+            g.admit(lo6).unwrap(),
+        ];
+        let r = g.admit(remote).unwrap();
+        assert_eq!(g.admit(lo).err(), Some(Over::Total));
+        drop(r);
+        g.admit(remote).map(drop).unwrap();
+        let r = g.admit(remote).unwrap();
+        drop(held);
+        assert_eq!(g.admit(remote).err(), Some(Over::PerSource));
+        drop(r);
+        let st = g.lock();
+        assert_eq!(st.total, 0);
+        assert!(st.per_source.is_empty());
     }
 
     #[test]

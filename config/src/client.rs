@@ -43,6 +43,19 @@ pub enum CentralChoice {
     Rtt,
 }
 
+/// How the client picks the gateway of a new stream (when the app did not pin one by its
+/// SOCKS5 username and the config names none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayChoice {
+    /// One at random among the gateways not known to be unreachable, per stream.
+    #[default]
+    Random,
+    /// The same destination host exits through the same gateway for `sticky_secs`, as long
+    /// as that gateway is not known to be unreachable (sites see one exit address).
+    Sticky,
+}
+
 /// The client's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +72,22 @@ pub struct ClientConfig {
     /// Gateway node id to exit through; `None` (default) means any gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
+    /// How a stream's gateway is picked: `"random"` (default) per stream, or `"sticky"`:
+    /// one destination host, one gateway, for `sticky_secs`.
+    #[serde(default)]
+    pub gateway_choice: GatewayChoice,
+    /// With `gateway_choice = "sticky"`, how long a destination host stays on its gateway
+    /// (default 600 s).
+    #[serde(default = "default_sticky_secs")]
+    pub sticky_secs: u64,
+    /// How long a gateway the central said it cannot reach is skipped by new streams
+    /// (default 5000 ms).
+    #[serde(default = "default_gateway_rest_ms")]
+    pub gateway_rest_ms: u64,
+    /// How long a central that went silent is skipped when a new session picks its central
+    /// (default 30000 ms; when every central rests, all are tried).
+    #[serde(default = "default_central_rest_ms")]
+    pub central_rest_ms: u64,
     /// How cells are spread over the upstreams: `"round-robin"` (default, the even
     /// spread) or `"rtt"` (lowest expected delivery time).
     #[serde(default, with = "scheduler_name")]
@@ -77,13 +106,21 @@ pub struct ClientConfig {
     /// authentication and request) before it is closed (default 10; the slowloris guard).
     #[serde(default = "default_handshake_timeout_secs")]
     pub handshake_timeout_secs: u64,
-    /// Most SOCKS5 connections open at once (default 4096). Beyond it a connection is
-    /// refused with a proper SOCKS5 reply, never left hanging.
+    /// Most SOCKS5 connections open at once (default 16384). Beyond it a connection is
+    /// refused with a proper SOCKS5 reply, never left hanging. Each is a socket: keep it
+    /// under the open-file limit (`braid run` raises its soft limit to the hard one and
+    /// warns when this does not fit).
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
-    /// Most SOCKS5 connections open at once from one source IP address (default 256).
+    /// Most SOCKS5 connections open at once from one non-loopback source IP address
+    /// (default 256).
     #[serde(default = "default_max_connections_per_source")]
     pub max_connections_per_source: u32,
+    /// Whether `max_connections_per_source` also applies to loopback sources (default
+    /// false: on a laptop every application comes from 127.0.0.1, and only
+    /// `max_connections` bounds them).
+    #[serde(default)]
+    pub limit_loopback_sources: bool,
     /// With nothing in flight for this long, the session sends a keepalive cell (sealed and
     /// full-size like data), so the central's idle timeout never closes a quiet session
     /// (default 15000 ms; keep it well inside the central's `idle_timeout_secs`).
@@ -147,7 +184,7 @@ fn default_handshake_timeout_secs() -> u64 {
 }
 
 fn default_max_connections() -> u32 {
-    4096
+    16_384
 }
 
 fn default_max_connections_per_source() -> u32 {
@@ -161,6 +198,18 @@ fn default_socks_listen() -> SocketAddr {
 /// Where `braid run` serves its admin port and `braid status` looks for it.
 pub fn default_admin() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 1081))
+}
+
+fn default_sticky_secs() -> u64 {
+    600
+}
+
+fn default_gateway_rest_ms() -> u64 {
+    5_000
+}
+
+fn default_central_rest_ms() -> u64 {
+    30_000
 }
 
 fn default_window_cells() -> u32 {
@@ -187,6 +236,10 @@ impl ClientConfig {
             socks_listen: default_socks_listen(),
             admin: default_admin(),
             gateway: None,
+            gateway_choice: GatewayChoice::default(),
+            sticky_secs: default_sticky_secs(),
+            gateway_rest_ms: default_gateway_rest_ms(),
+            central_rest_ms: default_central_rest_ms(),
             scheduler: PathScheduler::default(),
             central_choice: CentralChoice::default(),
             window_cells: default_window_cells(),
@@ -194,6 +247,7 @@ impl ClientConfig {
             handshake_timeout_secs: default_handshake_timeout_secs(),
             max_connections: default_max_connections(),
             max_connections_per_source: default_max_connections_per_source(),
+            limit_loopback_sources: false,
             keepalive_ms: default_keepalive_ms(),
             peer_timeout_ms: default_peer_timeout_ms(),
             session_wait_ms: default_session_wait_ms(),
@@ -226,6 +280,21 @@ impl ClientConfig {
     /// [`resume_buffer_kib`](Self::resume_buffer_kib) in bytes.
     pub fn resume_buffer(&self) -> usize {
         usize::try_from(self.resume_buffer_kib.saturating_mul(1024)).unwrap_or(usize::MAX)
+    }
+
+    /// [`sticky_secs`](Self::sticky_secs) as a duration.
+    pub fn sticky(&self) -> Duration {
+        Duration::from_secs(self.sticky_secs)
+    }
+
+    /// [`gateway_rest_ms`](Self::gateway_rest_ms) as a duration.
+    pub fn gateway_rest(&self) -> Duration {
+        Duration::from_millis(self.gateway_rest_ms)
+    }
+
+    /// [`central_rest_ms`](Self::central_rest_ms) as a duration.
+    pub fn central_rest(&self) -> Duration {
+        Duration::from_millis(self.central_rest_ms)
     }
 
     /// [`session_wait_ms`](Self::session_wait_ms) as a duration.
@@ -319,6 +388,8 @@ impl ConfigFile for ClientConfig {
             ("peer_timeout_ms", self.peer_timeout_ms),
             ("session_wait_ms", self.session_wait_ms),
             ("resume_grace_ms", self.resume_grace_ms),
+            ("gateway_rest_ms", self.gateway_rest_ms),
+            ("central_rest_ms", self.central_rest_ms),
         ] {
             if !(1..=86_400_000).contains(&ms) {
                 return Err(invalid(
@@ -328,6 +399,12 @@ impl ConfigFile for ClientConfig {
             }
         }
         check::resume_buffer(file, self.resume_buffer_kib)?;
+        if !(1..=86_400).contains(&self.sticky_secs) {
+            return Err(invalid(
+                "sticky_secs",
+                "must be within 1..=86400 seconds".into(),
+            ));
+        }
         if let Some(auth) = &self.auth {
             // RFC 1929 carries each in a one-byte length field, and 0 is refused.
             for (key, value) in [
@@ -378,12 +455,13 @@ mod tests {
         let cfg = parse("directory = \"d\"\n").unwrap();
         assert_eq!(cfg.admin, "127.0.0.1:1081".parse().unwrap());
         assert_eq!(cfg.handshake_timeout().as_secs(), 10);
-        assert_eq!(cfg.max_connections, 4096);
+        assert_eq!(cfg.max_connections, 16_384);
+        assert!(!cfg.limit_loopback_sources);
         assert_eq!(cfg.max_connections_per_source, 256);
         assert_eq!(cfg.auth, None);
         let cfg = parse(
             "directory = \"d\"\nhandshake_timeout_secs = 3\nmax_connections = 9\n\
-             max_connections_per_source = 2\n[auth]\nusername = \"alice\"\npassword = \"hunter2\"\n",
+             max_connections_per_source = 2\nlimit_loopback_sources = true\n[auth]\nusername = \"alice\"\npassword = \"hunter2\"\n",
         )
         .unwrap();
         assert_eq!(cfg.handshake_timeout().as_secs(), 3);
@@ -391,6 +469,7 @@ mod tests {
             (cfg.max_connections, cfg.max_connections_per_source),
             (9, 2)
         );
+        assert!(cfg.limit_loopback_sources);
         let auth = cfg.auth.as_ref().unwrap();
         assert_eq!(
             (auth.username.as_str(), auth.password.as_str()),
@@ -404,6 +483,50 @@ mod tests {
         // It round-trips through TOML (the effective config is the operator's to print).
         let back = parse(&cfg.to_toml_string().unwrap()).unwrap();
         assert_eq!(back.auth, cfg.auth);
+    }
+
+    #[test]
+    fn gateway_choice_and_rests_default_parse_and_validate() {
+        use super::GatewayChoice;
+        let cfg = parse("directory = \"d\"\n").unwrap();
+        assert_eq!(cfg.gateway_choice, GatewayChoice::Random);
+        assert_eq!(cfg.sticky().as_secs(), 600);
+        assert_eq!(cfg.gateway_rest().as_millis(), 5_000);
+        assert_eq!(cfg.central_rest().as_millis(), 30_000);
+        let cfg = parse(
+            "directory = \"d\"\ngateway_choice = \"sticky\"\nsticky_secs = 60\n\
+             gateway_rest_ms = 250\ncentral_rest_ms = 1500\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.gateway_choice, GatewayChoice::Sticky);
+        assert_eq!(cfg.sticky().as_secs(), 60);
+        assert_eq!((cfg.gateway_rest_ms, cfg.central_rest_ms), (250, 1500));
+        assert_eq!(parse(&cfg.to_toml_string().unwrap()).unwrap(), cfg);
+        for (extra, key) in [
+            ("gateway_choice = \"rtt\"\n", "gateway_choice"),
+            ("sticky_secs = 0\n", "`sticky_secs`"),
+            ("gateway_rest_ms = 0\n", "`gateway_rest_ms`"),
+            ("central_rest_ms = 0\n", "`central_rest_ms`"),
+        ] {
+            let msg = parse(&format!("directory = \"d\"\n{extra}"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(key) && msg.contains(FILE), "{extra}: {msg}");
+        }
+        // From the environment, like every other key.
+        let env = |k: &str| match k {
+            "BRAID_GATEWAY_CHOICE" => Some("sticky".to_string()),
+            "BRAID_STICKY_SECS" => Some("30".to_string()),
+            "BRAID_GATEWAY_REST_MS" => Some("100".to_string()),
+            "BRAID_CENTRAL_REST_MS" => Some("200".to_string()),
+            _ => None,
+        };
+        let cfg = parse_client_config("directory = \"d\"\n", Path::new(FILE), &env).unwrap();
+        assert_eq!(cfg.gateway_choice, GatewayChoice::Sticky);
+        assert_eq!(
+            (cfg.sticky_secs, cfg.gateway_rest_ms, cfg.central_rest_ms),
+            (30, 100, 200)
+        );
     }
 
     #[test]

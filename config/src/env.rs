@@ -65,6 +65,8 @@ pub(crate) const RELAY_KEYS: &[(&str, Kind)] = &[
 
 pub(crate) const GATEWAY_KEYS: &[(&str, Kind)] = &[
     ("connect_timeout_secs", Kind::Scalar),
+    ("max_streams", Kind::Scalar),
+    ("link_idle_timeout_ms", Kind::Scalar),
     ("exit", Kind::Table),
     ("exit.allow_loopback", Kind::Scalar),
     ("exit.allow_private", Kind::Scalar),
@@ -81,6 +83,10 @@ pub(crate) const CLIENT_KEYS: &[(&str, Kind)] = &[
     ("socks_listen", Kind::Str),
     ("admin", Kind::Str),
     ("gateway", Kind::Str),
+    ("gateway_choice", Kind::Str),
+    ("sticky_secs", Kind::Scalar),
+    ("gateway_rest_ms", Kind::Scalar),
+    ("central_rest_ms", Kind::Scalar),
     ("scheduler", Kind::Str),
     ("central_choice", Kind::Str),
     ("window_cells", Kind::Scalar),
@@ -88,6 +94,7 @@ pub(crate) const CLIENT_KEYS: &[(&str, Kind)] = &[
     ("handshake_timeout_secs", Kind::Scalar),
     ("max_connections", Kind::Scalar),
     ("max_connections_per_source", Kind::Scalar),
+    ("limit_loopback_sources", Kind::Scalar),
     ("keepalive_ms", Kind::Scalar),
     ("peer_timeout_ms", Kind::Scalar),
     ("session_wait_ms", Kind::Scalar),

@@ -2,7 +2,7 @@
 //! the state machine, this task feeds it cells, commands and time, and moves what it
 //! produces). The client runs one; the central runs one per client session.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,6 +70,12 @@ pub type StreamOpener = Box<dyn FnMut(String, StreamSender, StreamReceiver) -> b
 /// Delivered bytes a session holds for streams whose owners are slow, across all its
 /// streams; past it the session stops taking events (and so stops granting cell credit).
 pub const MAX_PENDING_STREAM_BYTES: usize = 16 << 20;
+
+/// How often the session looks over all its streams for owners that left without a word
+/// (dropped their receiver without `Forget` or `Reset`). Only then: a pass over every
+/// stream on every cell would cost O(streams) per cell, which 10,000 streams make the
+/// session's main cost.
+pub const OWNER_SWEEP: Duration = Duration::from_millis(100);
 
 /// One stream as the session task sees it.
 struct StreamSlot {
@@ -270,6 +276,9 @@ impl SessionTask {
         let links = self.links.borrow_and_update().clone();
         rebuild(&mut table, &links, self.role.mailboxes());
         let mut streams: HashMap<StreamId, StreamSlot> = HashMap::new();
+        // The streams with events parked for a slow owner: the only ones step 1 visits.
+        let mut backlog: HashSet<StreamId> = HashSet::new();
+        let mut swept = Instant::now();
         // Bytes parked in the streams' pending queues, and the wake-up for queues with room.
         let mut pending_bytes = 0usize;
         let room = Arc::new(Notify::new());
@@ -284,8 +293,28 @@ impl SessionTask {
             // 1. Deliver events: each stream in its own order, a slow owner holding up only
             //    its own stream (per-stream credit bounds what it can pile up).
             let mut gone = Vec::new();
-            for (stream, slot) in streams.iter_mut() {
-                pending_bytes -= flush(*stream, slot, &mut self.session, &mut gone);
+            for stream in std::mem::take(&mut backlog) {
+                let Some(slot) = streams.get_mut(&stream) else {
+                    continue;
+                };
+                pending_bytes -= flush(stream, slot, &mut self.session, &mut gone);
+                if slot.pending.is_empty() {
+                    // The queue took everything: a waiter still out is not needed.
+                    slot.waiting = false;
+                } else {
+                    backlog.insert(stream);
+                }
+            }
+            // An owner that left without a word is found when an event meets its closed
+            // queue (in `flush`), or here.
+            if !streams.is_empty() && swept.elapsed() >= OWNER_SWEEP {
+                swept = Instant::now();
+                gone.extend(
+                    streams
+                        .iter()
+                        .filter(|(_, slot)| slot.tx.is_closed())
+                        .map(|(id, _)| *id),
+                );
             }
             while pending_bytes < MAX_PENDING_STREAM_BYTES {
                 let Some(ev) = self.session.poll_event() else {
@@ -306,17 +335,25 @@ impl SessionTask {
                 pending_bytes += event_bytes(&ev);
                 slot.pending.push_back(ev);
                 pending_bytes -= flush(stream, slot, &mut self.session, &mut gone);
+                if !slot.pending.is_empty() {
+                    backlog.insert(stream);
+                }
             }
             for stream in gone {
+                // `gone` may name a stream twice (flush and sweep); it is closed once.
                 if let Some(slot) = streams.remove(&stream) {
                     pending_bytes -= slot.pending.iter().map(event_bytes).sum::<usize>();
+                    backlog.remove(&stream);
+                    self.session.stream_closed(stream);
                 }
-                self.session.stream_closed(stream);
             }
-            for slot in streams
-                .values_mut()
-                .filter(|s| !s.pending.is_empty() && !s.waiting)
-            {
+            for id in &backlog {
+                let Some(slot) = streams.get_mut(id) else {
+                    continue;
+                };
+                if slot.pending.is_empty() || slot.waiting {
+                    continue;
+                }
                 slot.waiting = true;
                 let (tx, room) = (slot.tx.clone(), room.clone());
                 tokio::spawn(async move {
@@ -394,7 +431,11 @@ impl SessionTask {
                     ) + Duration::from_millis(1)
                 })
             };
-            let wake = [timeout, retry, stall_check].into_iter().flatten().min();
+            let sweep = (!streams.is_empty()).then(|| swept + OWNER_SWEEP);
+            let wake = [timeout, retry, stall_check, sweep]
+                .into_iter()
+                .flatten()
+                .min();
             let idle_deadline = far(
                 Instant::from_std(self.session.last_activity()),
                 self.idle_timeout,
@@ -409,8 +450,10 @@ impl SessionTask {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break EndReason::Shutdown,
                 _ = room.notified() => {
-                    for slot in streams.values_mut() {
-                        slot.waiting = false;
+                    for id in &backlog {
+                        if let Some(slot) = streams.get_mut(id) {
+                            slot.waiting = false;
+                        }
                     }
                 }
                 _ = async { match drain_signal { Some(d) => d.cancelled_owned().await, None => std::future::pending().await } }, if !draining => {

@@ -209,12 +209,14 @@ enum ArbRecord {
     HalfClose,
     Close,
     Error(u8),
+    Ack(u64),
 }
 
 impl ArbRecord {
     fn record(&self) -> Record {
         match self {
             ArbRecord::Data(d) => Record::Data(d.clone()),
+            ArbRecord::Ack(n) => Record::Ack(*n),
             ArbRecord::Big(n, b) => {
                 Record::Data(vec![*b; usize::from(*n) * 97 % (MAX_RECORD_DATA + 64)])
             }
@@ -253,6 +255,7 @@ fn seal(s: SealInput) {
                     Record::Data(d) => 1 + d.len(),
                     Record::HalfClose | Record::Close => 1,
                     Record::Error(_) => 2,
+                    Record::Ack(_) => 9,
                 };
                 assert_eq!(wire.len() - before, 2 + body + 16);
                 sent.push(rec);

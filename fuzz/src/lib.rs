@@ -266,6 +266,12 @@ pub fn known_open_msgs() -> &'static [Vec<u8>] {
 /// The record keys of one fixed stream: (client sealer, client opener, gateway sealer,
 /// gateway opener). Deterministic, so seeds sealed with it stay valid.
 pub fn record_pair() -> (RecordSealer, RecordOpener, RecordSealer, RecordOpener) {
+    let (c, g) = stream_keys_pair();
+    (c.sealer, c.opener, g.sealer, g.opener)
+}
+
+/// Both ends' keys of one fixed stream: (client, gateway). Deterministic.
+pub fn stream_keys_pair() -> (inner::StreamKeys, inner::StreamKeys) {
     let gw = gateway_key();
     let req = known_open_request(0);
     let (c, bytes) =
@@ -278,7 +284,7 @@ pub fn record_pair() -> (RecordSealer, RecordOpener, RecordSealer, RecordOpener)
         .expect("honest reply");
     let (st, reason, c) = c.finish(&out[2..]).expect("honest finish");
     assert_eq!((st, reason.as_str()), (OpenStatus::OK, ""));
-    (c.sealer, c.opener, g.sealer, g.opener)
+    (c, g)
 }
 
 #[cfg(test)]

@@ -25,7 +25,9 @@ pub const STREAM_RECEIVE_WINDOW: u32 = 4 << 20;
 pub const CONNECTION_RECEIVE_WINDOW: u32 = 16 << 20;
 /// Bytes we buffer for sending on one connection before writes wait.
 pub const SEND_WINDOW: u64 = 16 << 20;
-/// Bidirectional streams a peer may have open at once (one per proxied stream).
+/// Bidirectional streams a peer may have open at once on links whose peer opens few of them
+/// (a client's relay mailboxes). The central → gateway link, which carries one per proxied
+/// stream, takes its limit from the gateway's `max_streams` ([`client_endpoint_with`]).
 pub const MAX_BIDI_STREAMS: u32 = 4096;
 /// Unidirectional streams a peer may have open at once.
 pub const MAX_UNI_STREAMS: u32 = 64;
@@ -51,14 +53,44 @@ pub enum ClientAuth {
 /// Transport parameters shared by every Braid link: bounded windows everywhere, so no
 /// buffer grows with what a peer sends.
 pub fn transport_config() -> TransportConfig {
+    transport_config_with(LinkTuning::default())
+}
+
+/// What a dialing node may tune on its links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkTuning {
+    /// Bidirectional streams the dialed peer may hold open at once.
+    pub max_bidi_streams: u32,
+    /// A link silent this long is dead (QUIC takes the smaller of both ends' values); the
+    /// keep-alive goes out at a quarter of it, at most every [`KEEP_ALIVE`].
+    pub idle_timeout: Duration,
+}
+
+impl Default for LinkTuning {
+    fn default() -> Self {
+        LinkTuning {
+            max_bidi_streams: MAX_BIDI_STREAMS,
+            idle_timeout: Duration::from_millis(u64::from(IDLE_TIMEOUT_MS)),
+        }
+    }
+}
+
+/// [`transport_config`], letting the peer hold `max_bidi_streams` bidirectional streams at
+/// once. A stream costs its state (a few hundred bytes) until it carries data; what it may
+/// buffer is bounded by the connection's receive window, not by the number of streams.
+pub fn transport_config_with(tuning: LinkTuning) -> TransportConfig {
+    let idle_ms = u32::try_from(tuning.idle_timeout.as_millis())
+        .unwrap_or(IDLE_TIMEOUT_MS)
+        .max(100);
+    let keep_alive = KEEP_ALIVE.min(tuning.idle_timeout / 4);
     let mut t = TransportConfig::default();
     t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
         .send_window(SEND_WINDOW)
-        .max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS))
+        .max_concurrent_bidi_streams(VarInt::from_u32(tuning.max_bidi_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS))
-        .keep_alive_interval(Some(KEEP_ALIVE))
-        .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(IDLE_TIMEOUT_MS))));
+        .keep_alive_interval(Some(keep_alive))
+        .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(idle_ms))));
     t
 }
 
@@ -66,7 +98,10 @@ pub fn transport_config() -> TransportConfig {
 ///
 /// Resumption is off so that every connection re-checks the pin with a full handshake
 /// (links are long-lived, so this costs nothing that matters).
-fn client_config(id: Option<&NodeIdentity>) -> Result<quinn::ClientConfig, NetError> {
+fn client_config(
+    id: Option<&NodeIdentity>,
+    tuning: LinkTuning,
+) -> Result<quinn::ClientConfig, NetError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -80,7 +115,7 @@ fn client_config(id: Option<&NodeIdentity>) -> Result<quinn::ClientConfig, NetEr
     tls.enable_sni = false;
     tls.resumption = rustls::client::Resumption::disabled();
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
-    config.transport_config(Arc::new(transport_config()));
+    config.transport_config(Arc::new(transport_config_with(tuning)));
     Ok(config)
 }
 
@@ -168,7 +203,7 @@ pub fn server_endpoint(
     client_auth: ClientAuth,
 ) -> Result<quinn::Endpoint, NetError> {
     let mut ep = node_endpoint(bind, id, Some(server_config(id, pins, client_auth)?))?;
-    ep.set_default_client_config(client_config(Some(id))?);
+    ep.set_default_client_config(client_config(Some(id), LinkTuning::default())?);
     Ok(ep)
 }
 
@@ -180,11 +215,24 @@ pub fn client_endpoint(
     bind: SocketAddr,
     id: Option<&NodeIdentity>,
 ) -> Result<quinn::Endpoint, NetError> {
+    client_endpoint_with(bind, id, LinkTuning::default())
+}
+
+/// [`client_endpoint`] whose links let the dialed peer open `max_bidi_streams`
+/// bidirectional streams at once: the gateway's links, where the central opens one per
+/// proxied stream.
+///
+/// Must be called within a tokio runtime.
+pub fn client_endpoint_with(
+    bind: SocketAddr,
+    id: Option<&NodeIdentity>,
+    tuning: LinkTuning,
+) -> Result<quinn::Endpoint, NetError> {
     let mut ep = match id {
         Some(id) => node_endpoint(bind, id, None)?,
         None => quinn::Endpoint::client(bind)?,
     };
-    ep.set_default_client_config(client_config(id)?);
+    ep.set_default_client_config(client_config(id, tuning)?);
     Ok(ep)
 }
 

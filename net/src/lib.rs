@@ -16,7 +16,8 @@ pub mod identity;
 pub mod tls;
 
 pub use endpoint::{
-    client_endpoint, connect, peer_tls_key, server_endpoint, transport_config, ClientAuth,
+    client_endpoint, client_endpoint_with, connect, peer_tls_key, server_endpoint,
+    transport_config, transport_config_with, ClientAuth, LinkTuning,
 };
 pub use frame::{read_frame, write_frame};
 pub use identity::{parse_key_hex, IdentityError, NodeIdentity, PublicIdentity};

@@ -44,6 +44,11 @@ pub struct GatewayParams {
     pub hosts: BTreeMap<String, IpAddr>,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// Most proxied streams open at once over all centrals (each holds a target socket);
+    /// also the QUIC streams each central may open on its link.
+    pub max_streams: u32,
+    /// A link to a central silent this long is dead.
+    pub link_idle_timeout: Duration,
     /// How long a stream whose carrier died keeps its target connection for a resume.
     pub resume_grace: Duration,
     /// Sealed bytes a stream keeps until the client acknowledges them.
@@ -57,7 +62,11 @@ pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
         policy.node_addrs.insert(p.bind.ip());
     }
     let policy = Arc::new(policy);
-    let ep = braid_net::client_endpoint(p.bind, Some(&ctx.identity))?;
+    let tuning = braid_net::LinkTuning {
+        max_bidi_streams: p.max_streams,
+        idle_timeout: p.link_idle_timeout,
+    };
+    let ep = braid_net::client_endpoint_with(p.bind, Some(&ctx.identity), tuning)?;
     info!(node = %ctx.id, "gateway dialing the centrals");
     let backoff = Backoff::new(p.reconnect_min, p.reconnect_max);
     let c = ctx.clone();
@@ -76,6 +85,12 @@ pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
                 if ctx.drain.is_cancelled() {
                     // Draining: no new streams.
                     let _ = send.reset(u32::from(Reason::DRAINING.code()).into());
+                    continue;
+                }
+                // Each central may hold `max_streams` (QUIC's limit); together they may not.
+                if live.load(std::sync::atomic::Ordering::SeqCst) >= p.max_streams as usize {
+                    debug!(node = %ctx.id, max_streams = p.max_streams, "stream over the cap: refused");
+                    let _ = send.reset(u32::from(Reason::RESOURCE_LIMIT.code()).into());
                     continue;
                 }
                 let (ctx, p, policy, live) = (ctx.clone(), p.clone(), policy.clone(), live.clone());
@@ -492,6 +507,8 @@ mod tests {
                 .collect(),
             reconnect_min: Duration::from_millis(10),
             reconnect_max: Duration::from_millis(100),
+            max_streams: 16,
+            link_idle_timeout: Duration::from_secs(30),
             resume_grace: Duration::from_secs(1),
             resume_buffer: 1 << 20,
         }

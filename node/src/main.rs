@@ -63,6 +63,12 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     let cfg = load_node_config(&path)?;
     let common = cfg.common().clone();
     braid_driver::logs::init_logs(common.log);
+    // A gateway holds a target socket per stream; the other roles hold a few sockets.
+    let streams = match &cfg {
+        braid_config::NodeConfig::Gateway(g) => u64::from(g.max_streams),
+        _ => 0,
+    };
+    braid_driver::fd_limit::raise_for("max_streams", streams);
     let directory = Arc::new(load_directory(&common.directory)?);
     cfg.directory_entry(&directory)?;
     let identity = NodeIdentity::load(&common.identity)?;

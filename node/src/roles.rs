@@ -60,6 +60,8 @@ pub fn gateway_params(c: &GatewayConfig, bind: SocketAddr) -> gateway::GatewayPa
         hosts: c.hosts.clone(),
         reconnect_min: c.reconnect_min(),
         reconnect_max: c.reconnect_max(),
+        max_streams: c.max_streams,
+        link_idle_timeout: c.link_idle_timeout(),
         resume_grace: c.resume_grace(),
         resume_buffer: c.resume_buffer(),
     }

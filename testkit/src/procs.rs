@@ -263,16 +263,17 @@ impl ProcOverlay {
 
     /// Resident set size (VmRSS) and its peak (VmHWM) of a node, in KiB.
     pub fn rss_kib(&self, id: &str) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid(id))).unwrap();
-        let field = |k: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(k))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        rss_of(self.pid(id))
+    }
+
+    /// The client process's current RSS in KiB.
+    pub fn client_rss_kib(&self) -> u64 {
+        rss_of(self.client.as_ref().unwrap().id()).0
+    }
+
+    /// The ids of the overlay's nodes, in directory order.
+    pub fn nodes(&self) -> impl Iterator<Item = &str> {
+        self.nodes.iter().map(|n| n.id.as_str())
     }
 
     fn signal(&self, id: &str, sig: &str) {
@@ -402,4 +403,18 @@ impl Drop for ProcOverlay {
             let _ = c.wait();
         }
     }
+}
+
+/// (VmRSS, VmHWM) of process `pid`, in KiB.
+fn rss_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }

@@ -93,16 +93,30 @@ pub async fn start_counting_echo() -> (SocketAddr, Arc<AtomicUsize>) {
 
 /// A SOCKS5 CONNECT by hand (no authentication); the stream after a successful reply.
 pub async fn socks_connect(proxy: SocketAddr, to: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(GREET_NO_AUTH).await.unwrap();
+    try_socks_connect(proxy, to).await.unwrap()
+}
+
+/// A SOCKS5 CONNECT by hand (no authentication): the stream after a successful reply, or
+/// what went wrong (the reply code, or the I/O error).
+pub async fn try_socks_connect(proxy: SocketAddr, to: SocketAddr) -> Result<TcpStream, String> {
+    let mut s = TcpStream::connect(proxy).await.map_err(|e| e.to_string())?;
+    s.write_all(GREET_NO_AUTH)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut m = [0u8; 2];
-    s.read_exact(&mut m).await.unwrap();
-    assert_eq!(m, [5, 0]);
-    s.write_all(&connect_ipv4(to)).await.unwrap();
+    s.read_exact(&mut m).await.map_err(|e| e.to_string())?;
+    if m != [5, 0] {
+        return Err(format!("method answer {m:?}"));
+    }
+    s.write_all(&connect_ipv4(to))
+        .await
+        .map_err(|e| e.to_string())?;
     let mut reply = [0u8; 10];
-    s.read_exact(&mut reply).await.unwrap();
-    assert_eq!(reply[1], 0, "SOCKS5 reply");
-    s
+    s.read_exact(&mut reply).await.map_err(|e| e.to_string())?;
+    if reply[1] != 0 {
+        return Err(format!("SOCKS5 reply {}", reply[1]));
+    }
+    Ok(s)
 }
 
 /// Writes `text` and reads it back (within 10 s).

@@ -27,6 +27,17 @@ pub struct GatewayConfig {
     /// Largest delay between redials (default 30000 ms).
     #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+    /// Most proxied streams open at once, over all centrals (default 16384). Each holds a
+    /// target socket, so it should fit under the process's open-file limit; it is also how
+    /// many QUIC streams a central may open on its link to this gateway. Past it a stream is
+    /// refused (`resource_limit`, SOCKS reply 01).
+    #[serde(default = "default_max_streams")]
+    pub max_streams: u32,
+    /// A link to a central silent this long is dead (default 30000 ms; keep-alives go out at
+    /// a quarter of it, at most every second). A gateway killed without a goodbye is noticed
+    /// by its centrals this fast, and they route around it.
+    #[serde(default = "default_link_idle_timeout_ms")]
+    pub link_idle_timeout_ms: u64,
     /// How long a stream whose carrier died (its central went) keeps its target connection
     /// while waiting for the client to resume it through another central (default 30000 ms).
     #[serde(default = "crate::check::default_resume_grace_ms")]
@@ -50,6 +61,14 @@ fn default_connect_timeout_secs() -> u64 {
     10
 }
 
+fn default_link_idle_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_max_streams() -> u32 {
+    16_384
+}
+
 fn default_reconnect_min_ms() -> u64 {
     200
 }
@@ -65,6 +84,8 @@ impl GatewayConfig {
             connect_timeout_secs: default_connect_timeout_secs(),
             reconnect_min_ms: default_reconnect_min_ms(),
             reconnect_max_ms: default_reconnect_max_ms(),
+            max_streams: default_max_streams(),
+            link_idle_timeout_ms: default_link_idle_timeout_ms(),
             resume_grace_ms: crate::check::default_resume_grace_ms(),
             resume_buffer_kib: crate::check::default_resume_buffer_kib(),
             exit: ExitConfig::default(),
@@ -76,6 +97,11 @@ impl GatewayConfig {
     /// [`Self::connect_timeout_secs`] as a `Duration`.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    /// [`Self::link_idle_timeout_ms`] as a `Duration`.
+    pub fn link_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.link_idle_timeout_ms)
     }
 
     /// [`Self::resume_grace_ms`] as a `Duration`.
@@ -106,6 +132,8 @@ impl GatewayConfig {
             &[
                 ("connect_timeout_secs", self.connect_timeout_secs),
                 ("reconnect_min_ms", self.reconnect_min_ms),
+                ("max_streams", u64::from(self.max_streams)),
+                ("link_idle_timeout_ms", self.link_idle_timeout_ms),
                 ("resume_grace_ms", self.resume_grace_ms),
             ],
         )?;
@@ -139,6 +167,21 @@ mod tests {
             NodeConfig::Gateway(g) => Ok(g),
             other => panic!("not a gateway: {other:?}"),
         }
+    }
+
+    #[test]
+    fn max_streams_defaults_and_is_positive() {
+        let top = |line: &str| {
+            let text = format!("{line}\n{GATEWAY}");
+            crate::parse_node_config(&text, Path::new("/x/g.toml"), &crate::no_env)
+        };
+        assert_eq!(gateway("").unwrap().max_streams, 16_384);
+        match top("max_streams = 20000").unwrap() {
+            NodeConfig::Gateway(g) => assert_eq!(g.max_streams, 20_000),
+            other => panic!("not a gateway: {other:?}"),
+        }
+        let e = top("max_streams = 0").unwrap_err().to_string();
+        assert!(e.contains("max_streams"), "{e}");
     }
 
     #[test]

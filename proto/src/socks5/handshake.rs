@@ -20,6 +20,11 @@ pub enum AuthPolicy {
     /// Method 02: RFC 1929 username/password, accepted when the function returns true.
     /// Clients must offer it; offering only 00 is refused.
     UserPass(CredentialCheck),
+    /// Method 02 when the client offers it, accepting any credentials (an empty password
+    /// too): the username is only a label the caller reads back with
+    /// [`Socks5Handshake::username`] (the client uses it to pin a stream to a gateway).
+    /// Otherwise method 00, so clients that send no credentials work as with `NoAuth`.
+    AnyUserPass,
 }
 
 impl AuthPolicy {
@@ -32,11 +37,15 @@ impl AuthPolicy {
         }))
     }
 
-    fn method(&self) -> u8 {
-        match self {
-            AuthPolicy::NoAuth => METHOD_NO_AUTH,
-            AuthPolicy::UserPass(_) => METHOD_USER_PASS,
-        }
+    /// The method chosen among those the client offers, if one is acceptable.
+    fn select(&self, offered: &[u8]) -> Option<u8> {
+        let wanted: &[u8] = match self {
+            AuthPolicy::NoAuth => &[METHOD_NO_AUTH],
+            AuthPolicy::UserPass(_) => &[METHOD_USER_PASS],
+            // Username/password first: a client that offers it has a username to tell.
+            AuthPolicy::AnyUserPass => &[METHOD_USER_PASS, METHOD_NO_AUTH],
+        };
+        wanted.iter().copied().find(|m| offered.contains(m))
     }
 }
 
@@ -45,6 +54,7 @@ impl fmt::Debug for AuthPolicy {
         match self {
             AuthPolicy::NoAuth => f.write_str("NoAuth"),
             AuthPolicy::UserPass(_) => f.write_str("UserPass(..)"),
+            AuthPolicy::AnyUserPass => f.write_str("AnyUserPass"),
         }
     }
 }
@@ -92,6 +102,8 @@ pub struct Socks5Handshake {
     /// Bit `n` set: command `n` is served.
     allowed: [u64; 4],
     state: State,
+    /// The RFC 1929 username, once accepted.
+    username: Option<Vec<u8>>,
 }
 
 /// Why parsing one message stopped short.
@@ -120,6 +132,7 @@ impl Socks5Handshake {
             auth,
             allowed: [0; 4],
             state: State::Greeting,
+            username: None,
         }
         .allow_command(Command::CONNECT)
     }
@@ -134,6 +147,11 @@ impl Socks5Handshake {
     /// Whether requests with this command are accepted.
     pub fn allows(&self, command: Command) -> bool {
         self.allowed[usize::from(command.0 >> 6)] & (1 << (command.0 & 63)) != 0
+    }
+
+    /// The username of an accepted RFC 1929 sub-negotiation; `None` under method 00.
+    pub fn username(&self) -> Option<&[u8]> {
+        self.username.as_deref()
     }
 
     /// Whether `feed` returned `Done` or an error; any further `feed` is refused.
@@ -181,29 +199,34 @@ impl Socks5Handshake {
     fn greeting(&self, r: &mut Reader<'_>) -> Result<Step, Halt> {
         version(r, VERSION, Socks5Error::BadVersion)?;
         let methods = non_empty(r, Socks5Error::NoMethods)?;
-        let wanted = self.auth.method();
-        if !methods.contains(&wanted) {
-            return Err(Socks5Error::NoAcceptableMethod.into());
+        match self.auth.select(methods) {
+            Some(METHOD_USER_PASS) => Ok(Step::Reply(State::Auth, &SELECT_USER_PASS)),
+            Some(_) => Ok(Step::Reply(State::Request, &SELECT_NO_AUTH)),
+            None => Err(Socks5Error::NoAcceptableMethod.into()),
         }
-        Ok(match self.auth {
-            AuthPolicy::NoAuth => Step::Reply(State::Request, &SELECT_NO_AUTH),
-            AuthPolicy::UserPass(_) => Step::Reply(State::Auth, &SELECT_USER_PASS),
-        })
     }
 
     /// RFC 1929: `VER ULEN UNAME PLEN PASSWD`
-    fn auth(&self, r: &mut Reader<'_>) -> Result<Step, Halt> {
+    fn auth(&mut self, r: &mut Reader<'_>) -> Result<Step, Halt> {
         version(r, AUTH_VERSION, Socks5Error::BadAuthVersion)?;
         let username = non_empty(r, Socks5Error::EmptyUsername)?;
-        let password = non_empty(r, Socks5Error::EmptyPassword)?;
         let accepted = match &self.auth {
-            AuthPolicy::UserPass(check) => check(username, password),
-            // Unreachable: the greeting only moves to `Auth` under `UserPass`.
+            AuthPolicy::UserPass(check) => {
+                check(username, non_empty(r, Socks5Error::EmptyPassword)?)
+            }
+            // The password means nothing here; curl sends an empty one for `user@proxy`.
+            AuthPolicy::AnyUserPass => {
+                let len = r.u8()?;
+                r.bytes(usize::from(len))?;
+                true
+            }
+            // Unreachable: the greeting only moves to `Auth` under the user/pass policies.
             AuthPolicy::NoAuth => false,
         };
         if !accepted {
             return Err(Socks5Error::BadCredentials.into());
         }
+        self.username = Some(username.to_vec());
         Ok(Step::Reply(State::Request, &AUTH_OK))
     }
 

@@ -57,7 +57,7 @@
 //! | greeting | policy's method (00/02) not offered     | `NoAcceptableMethod`      | `05 FF`     |
 //! | auth     | sub-negotiation `VER` ≠ 1               | `BadAuthVersion`          | `01 01`     |
 //! | auth     | `ULEN` = 0                              | `EmptyUsername`           | `01 01`     |
-//! | auth     | `PLEN` = 0                              | `EmptyPassword`           | `01 01`     |
+//! | auth     | `PLEN` = 0 (not under `AnyUserPass`)    | `EmptyPassword`           | `01 01`     |
 //! | auth     | the verifier rejects the credentials    | `BadCredentials`          | `01 01`     |
 //! | request  | `VER` ≠ 5                               | `BadRequestVersion`       | `05 01 ...` |
 //! | request  | `CMD` unknown, or known but not allowed | `CommandNotSupported`     | `05 07 ...` |
@@ -86,6 +86,10 @@
 //!   consulting the verifier. Lengths of 255 and domains of 255 bytes are accepted.
 //! - With [`AuthPolicy::UserPass`], a client offering only "no authentication" is refused:
 //!   requiring a password means no-auth is not acceptable.
+//! - With [`AuthPolicy::AnyUserPass`] (a label, not a check), username/password is chosen
+//!   whenever the client offers it, before "no authentication": a client that offers it has
+//!   a username to tell, which [`Socks5Handshake::username`] returns. Any password is
+//!   accepted, an empty one too (curl sends one for `socks5h://user@proxy`).
 //! - A domain is returned exactly as sent, even if it spells an IP literal: resolving names is
 //!   the gateway's job.
 

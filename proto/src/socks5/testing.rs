@@ -38,6 +38,11 @@ pub fn user_pass() -> Socks5Handshake {
     Socks5Handshake::new(AuthPolicy::single("user", "pass"))
 }
 
+/// Username/password when offered, any credentials, else no authentication; CONNECT only.
+pub fn any_user_pass() -> Socks5Handshake {
+    Socks5Handshake::new(AuthPolicy::AnyUserPass)
+}
+
 /// No authentication; CONNECT, BIND and UDP ASSOCIATE.
 pub fn all_commands() -> Socks5Handshake {
     no_auth()
@@ -46,7 +51,9 @@ pub fn all_commands() -> Socks5Handshake {
 }
 
 /// The policies the property tests and the fuzz target run every input through.
-pub const POLICIES: [fn() -> Socks5Handshake; 3] = [no_auth, user_pass, all_commands];
+/// (The fuzz target picks among the first three.)
+pub const POLICIES: [fn() -> Socks5Handshake; 4] =
+    [no_auth, user_pass, all_commands, any_user_pass];
 
 /// How a driven handshake ended.
 #[derive(Debug, PartialEq, Eq)]

@@ -93,6 +93,92 @@ fn user_pass_happy_path() {
     assert!(matches!(outcome, Outcome::Done(..)));
 }
 
+/// `AnyUserPass`: method 02 when offered (any credentials, an empty password too, and the
+/// username kept), else 00; anything else offered alone is refused as usual.
+#[test]
+fn any_user_pass_keeps_the_username_and_falls_back_to_no_auth() {
+    for greet in [GREET_USER_PASS, GREET_ONLY_USER_PASS, &[5, 3, 0x80, 0, 2]] {
+        let mut hs = any_user_pass();
+        let mut written = Vec::new();
+        let mut buf = cat(&[greet, b"\x01\x09gateway-2\x00", REQ_V4]);
+        loop {
+            match hs.feed(&buf).unwrap() {
+                Progress::Reply { consumed, bytes } => {
+                    written.extend_from_slice(bytes);
+                    buf.drain(..consumed);
+                }
+                Progress::Done { request, .. } => {
+                    assert_eq!(request, connect("10.0.0.1:443"));
+                    break;
+                }
+                Progress::NeedMore => panic!("all was there"),
+            }
+        }
+        assert_eq!(written, [5, 2, 1, 0], "{greet:?}");
+        assert_eq!(hs.username(), Some(&b"gateway-2"[..]));
+    }
+    // Any password: the same handshake as `user_pass` but with other credentials.
+    let (written, outcome) = drive_all(
+        any_user_pass,
+        &cat(&[GREET_USER_PASS, b"\x01\x01x\x01y", REQ_V4]),
+    );
+    assert_eq!(
+        (written, outcome),
+        (
+            vec![5, 2, 1, 0],
+            Outcome::Done(connect("10.0.0.1:443"), vec![])
+        )
+    );
+    // No credentials offered: method 00 and no username.
+    let mut hs = any_user_pass();
+    assert_eq!(
+        hs.feed(GREET_NO_AUTH),
+        Ok(Progress::Reply {
+            consumed: 3,
+            bytes: &[5, 0]
+        })
+    );
+    assert!(matches!(hs.feed(REQ_DOMAIN), Ok(Progress::Done { .. })));
+    assert_eq!(hs.username(), None);
+    // Still refused: nothing acceptable offered, an empty username, a bad sub-version.
+    let (written, outcome) = drive_all(any_user_pass, &[5, 1, 1]);
+    assert_eq!(
+        (written, outcome),
+        (
+            vec![5, 0xFF],
+            Outcome::Failed(Socks5Error::NoAcceptableMethod)
+        )
+    );
+    let (written, outcome) = drive_all(
+        any_user_pass,
+        &cat(&[GREET_ONLY_USER_PASS, &[1, 0, 1, b'p']]),
+    );
+    assert_eq!(
+        (written, outcome),
+        (
+            vec![5, 2, 1, 1],
+            Outcome::Failed(Socks5Error::EmptyUsername)
+        )
+    );
+    let (written, outcome) = drive_all(
+        any_user_pass,
+        &cat(&[GREET_ONLY_USER_PASS, &[2, 1, b'u', 1, b'p']]),
+    );
+    assert_eq!(
+        (written, outcome),
+        (
+            vec![5, 2, 1, 1],
+            Outcome::Failed(Socks5Error::BadAuthVersion(2))
+        )
+    );
+    // The checked policy keeps the username too; `NoAuth` never has one.
+    let mut hs = user_pass();
+    hs.feed(GREET_USER_PASS).unwrap();
+    hs.feed(AUTH).unwrap();
+    assert_eq!(hs.username(), Some(&b"user"[..]));
+    assert_eq!(format!("{:?}", AuthPolicy::AnyUserPass), "AnyUserPass");
+}
+
 #[test]
 fn no_auth_chosen_among_several_methods() {
     let (written, outcome) = drive_all(no_auth, &cat(&[&[5, 3, 0x80, 2, 0], REQ_V4]));
