@@ -29,6 +29,9 @@ use crate::socks::SocksLimits;
 #[derive(Clone)]
 pub struct DemoOptions {
     pub socks: SocketAddr,
+    /// The client's admin port (`braid status`), loopback only; none by default (tests
+    /// start many demos at once).
+    pub admin: Option<SocketAddr>,
     /// How many nodes of each role.
     pub layout: Layout,
     pub cell_size: usize,
@@ -71,6 +74,7 @@ impl Default for DemoOptions {
         let client_defaults = ClientConfig::with_directory("<demo>");
         DemoOptions {
             socks: SocketAddr::from(([127, 0, 0, 1], 1080)),
+            admin: None,
             layout: Layout::default(),
             cell_size: 8192,
             mix_delay: Duration::ZERO,
@@ -109,6 +113,8 @@ pub struct DemoNode {
 
 pub struct Demo {
     pub socks: SocketAddr,
+    /// Where the admin port listens, if the options asked for one.
+    pub admin: Option<SocketAddr>,
     pub directory: Arc<Directory>,
     pub nodes: Vec<DemoNode>,
     pub client: ClientHandle,
@@ -124,6 +130,11 @@ fn base_net() -> [u8; 3] {
 
 impl Demo {
     pub async fn start(opts: DemoOptions) -> anyhow::Result<Demo> {
+        // Bound first: a refused or busy admin address stops the demo before it starts.
+        let admin_listener = match opts.admin {
+            Some(a) => Some(crate::status::bind(a).await?),
+            None => None,
+        };
         let net = base_net();
         let ip = |host: u8| IpAddr::V4(Ipv4Addr::new(net[0], net[1], net[2], host));
         // Free UDP ports are found by binding and releasing on each node's own address.
@@ -253,8 +264,17 @@ impl Demo {
             opts.socks_limits.clone(),
             shutdown.clone(),
         ));
+        let admin = match admin_listener {
+            Some(l) => {
+                let addr = l.local_addr()?;
+                tokio::spawn(crate::status::serve(l, client.clone(), shutdown.clone()));
+                Some(addr)
+            }
+            None => None,
+        };
         Ok(Demo {
             socks,
+            admin,
             directory,
             nodes,
             client,

@@ -184,6 +184,15 @@ impl Gateways {
         self.down.mark(id);
     }
 
+    /// Each gateway, and until when it rests if it does now (for `braid status`).
+    pub fn health(&self) -> Vec<(String, Option<std::time::Instant>)> {
+        let now = std::time::Instant::now();
+        self.list
+            .iter()
+            .map(|g| (g.id.clone(), self.down.resting_until(&g.id, now)))
+            .collect()
+    }
+
     /// How many destinations the sticky choice remembers now.
     pub fn sticky_len(&self) -> usize {
         self.sticky.lock().map(|m| m.entries.len()).unwrap_or(0)

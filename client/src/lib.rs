@@ -8,5 +8,6 @@ pub mod inner_stream;
 pub mod overlay;
 pub mod resting;
 pub mod socks;
+pub mod status;
 
 pub use overlay::{ClientHandle, ClientParams};

@@ -1,5 +1,6 @@
 //! `braid run --config FILE`: the local SOCKS5 proxy. `braid demo`: a whole overlay on
-//! loopback with a SOCKS5 port in front.
+//! loopback with a SOCKS5 port in front. `braid status`: what a running client's admin port
+//! says of its session, paths, gateways and streams.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +41,16 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Show a running client's session and its central, paths, gateways and streams (read
+    /// from its admin port).
+    Status {
+        /// The client's admin port (its config's `admin`; `braid demo --admin`).
+        #[arg(long, default_value_t = braid_config::default_admin())]
+        admin: SocketAddr,
+        /// JSON for scripts instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     #[cfg(feature = "demo")]
     /// Start a whole overlay on loopback (upstreams, central, downstreams, relays, gateway)
     /// with a SOCKS5 port in front.
@@ -47,6 +58,9 @@ enum Cmd {
         /// Where the SOCKS5 port listens.
         #[arg(long, default_value = "127.0.0.1:1080")]
         socks: SocketAddr,
+        /// Where the admin port (`braid status`) listens; loopback only.
+        #[arg(long, default_value_t = braid_config::default_admin())]
+        admin: SocketAddr,
         #[arg(long, default_value_t = 2)]
         upstreams: usize,
         #[arg(long, default_value_t = 2)]
@@ -72,9 +86,11 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         match cli.cmd {
             Cmd::Run { config } => run(config).await,
+            Cmd::Status { admin, json } => status(admin, json).await,
             #[cfg(feature = "demo")]
             Cmd::Demo {
                 socks,
+                admin,
                 upstreams,
                 downstreams,
                 relays,
@@ -94,6 +110,7 @@ fn main() -> anyhow::Result<()> {
                 braid_driver::logs::init_logs(LogFormat::Text);
                 demo(DemoOptions {
                     socks,
+                    admin: Some(admin),
                     layout: Layout {
                         upstreams,
                         downstreams,
@@ -118,6 +135,9 @@ async fn demo(opts: DemoOptions) -> anyhow::Result<()> {
     print!("{}", demo.topology());
     println!("NOTE: the demo gateway's exit policy admits loopback targets so that it can be tried on one machine.");
     println!("SOCKS5 listening on {}", demo.socks);
+    if let Some(admin) = demo.admin {
+        println!("admin port on {admin}: braid status --admin {admin}");
+    }
     println!(
         "try:  curl --proxy socks5h://{} http://example.com/",
         demo.socks
@@ -149,6 +169,8 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         },
     };
     let directory = Arc::new(braid_config::load_directory(&cfg.directory)?);
+    // Bound first: a port in use stops the client before it dials anything.
+    let admin = braid_client::status::bind(cfg.admin).await?;
     let shutdown = CancellationToken::new();
     let handle = overlay::connect(ClientParams {
         directory,
@@ -182,8 +204,14 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         max_connections = limits.max_connections,
         max_connections_per_source = limits.max_per_source,
         limit_loopback_sources = limits.limit_loopback,
+        admin = %cfg.admin,
         "SOCKS5 proxy ready"
     );
+    let admin = tokio::spawn(braid_client::status::serve(
+        admin,
+        handle.clone(),
+        shutdown.clone(),
+    ));
     let serve = tokio::spawn(braid_client::socks::serve(
         listener,
         handle,
@@ -193,5 +221,17 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     braid_driver::wait_for_signal().await;
     shutdown.cancel();
     let _ = serve.await;
+    let _ = admin.await;
+    Ok(())
+}
+
+/// `braid status`: asks the client's admin port and prints tables, or the JSON.
+async fn status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
+    let status = braid_client::status::fetch(admin).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", braid_client::status::render(&status));
+    }
     Ok(())
 }

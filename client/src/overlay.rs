@@ -12,7 +12,10 @@ use anyhow::{bail, Context};
 use braid_config::{CentralChoice, Directory, NodeEntry, Role};
 use braid_driver::session_task::{EndReason, SessionCmd, SessionRole, SessionTask};
 use braid_driver::tap::Tap;
-use braid_driver::{keep_dialing, publish_link, Backoff, Link, Metrics};
+use braid_driver::{
+    keep_dialing, publish_link, status_channel, Backoff, Link, Metrics, StatusPublisher,
+    StatusReader,
+};
 use braid_net::{read_frame, write_frame};
 use braid_proto::cell::{CellHeader, CellKind};
 use braid_proto::envelope::{Registration, Route};
@@ -76,6 +79,8 @@ pub struct ClientHandle {
     pub resume_buffer: usize,
     /// What all streams together may keep.
     pub resend_budget: Arc<braid_driver::pump::ResendBudget>,
+    /// Asks the session task for a snapshot (the admin port, `braid status`).
+    pub status: StatusReader,
 }
 
 impl ClientHandle {
@@ -213,6 +218,7 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
         })??;
     let (up_tx, up_rx) = watch::channel(Some(opener.centrals[session.1].entry.id.clone()));
     let next_stream = Arc::new(AtomicU32::new(1));
+    let (status, status_reader) = status_channel();
     let handle = ClientHandle {
         cmd: cmd_tx.clone(),
         next_stream: next_stream.clone(),
@@ -224,6 +230,7 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
         resume_grace: p.resume_grace,
         resume_buffer: p.resume_buffer,
         resend_budget: Arc::new(braid_driver::pump::ResendBudget::new(p.resume_budget)),
+        status: status_reader,
     };
     tokio::spawn(supervise(Supervisor {
         next_stream,
@@ -236,6 +243,7 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
         cmd_tx,
         cmd_rx,
         up: up_tx,
+        status,
         shutdown: p.shutdown,
     }));
     Ok(handle)
@@ -394,6 +402,8 @@ struct Supervisor {
     cmd_rx: mpsc::Receiver<SessionCmd>,
     /// The open session's central, for the front ends.
     up: watch::Sender<Option<String>>,
+    /// Where the open session publishes its snapshots.
+    status: StatusPublisher,
     shutdown: CancellationToken,
 }
 
@@ -409,6 +419,7 @@ async fn supervise(s: Supervisor) {
         cmd_tx,
         mut cmd_rx,
         up,
+        status,
         shutdown,
     } = s;
     let (mut session, mut central) = first;
@@ -440,11 +451,13 @@ async fn supervise(s: Supervisor) {
             // dead central is noticed by the peer timeout.
             idle_timeout: Duration::from_secs(365 * 24 * 3600),
             reassembly_timeout: Duration::from_secs(60),
+            status: Some(status.clone()),
             shutdown: shutdown.clone(),
         }
         .run()
         .await;
         let _ = up.send(None);
+        status.clear();
         (cells_rx, cmd_rx) = (ended.cells_rx, ended.cmd_rx);
         if shutdown.is_cancelled() || ended.reason == EndReason::Shutdown {
             return;

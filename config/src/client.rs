@@ -65,6 +65,10 @@ pub struct ClientConfig {
     /// Local SOCKS5 listen address (default 127.0.0.1:1080).
     #[serde(default = "default_socks_listen")]
     pub socks_listen: SocketAddr,
+    /// The admin port `braid status` reads (default 127.0.0.1:1081). Loopback only: it
+    /// shows the session's central, paths and streams to whoever connects.
+    #[serde(default = "default_admin")]
+    pub admin: SocketAddr,
     /// Gateway node id to exit through; `None` (default) means any gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
@@ -196,6 +200,11 @@ fn default_socks_listen() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 1080))
 }
 
+/// Where `braid run` serves its admin port and `braid status` looks for it.
+pub fn default_admin() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, 1081))
+}
+
 fn default_sticky_secs() -> u64 {
     600
 }
@@ -230,6 +239,7 @@ impl ClientConfig {
         ClientConfig {
             directory: directory.into(),
             socks_listen: default_socks_listen(),
+            admin: default_admin(),
             gateway: None,
             gateway_choice: GatewayChoice::default(),
             sticky_secs: default_sticky_secs(),
@@ -354,6 +364,16 @@ impl ConfigFile for ClientConfig {
             message,
         };
         check::non_empty(file, &[("directory", &self.directory)])?;
+        if !self.admin.ip().is_loopback() {
+            return Err(invalid(
+                "admin",
+                format!(
+                    "must be a loopback address (127.0.0.0/8 or ::1), not {}: the admin port \
+                     shows the session's central, paths and streams to whoever connects",
+                    self.admin
+                ),
+            ));
+        }
         if let Some(id) = &self.gateway {
             check_id(id).map_err(|m| invalid("gateway", m))?;
         }
@@ -445,6 +465,7 @@ mod tests {
     #[test]
     fn socks_defences_default_and_parse() {
         let cfg = parse("directory = \"d\"\n").unwrap();
+        assert_eq!(cfg.admin, "127.0.0.1:1081".parse().unwrap());
         assert_eq!(cfg.handshake_timeout().as_secs(), 10);
         assert_eq!(cfg.max_connections, 16_384);
         assert!(!cfg.limit_loopback_sources);

@@ -82,6 +82,7 @@ pub(crate) const GATEWAY_KEYS: &[(&str, Kind)] = &[
 pub(crate) const CLIENT_KEYS: &[(&str, Kind)] = &[
     ("directory", Kind::Str),
     ("socks_listen", Kind::Str),
+    ("admin", Kind::Str),
     ("gateway", Kind::Str),
     ("gateway_choice", Kind::Str),
     ("sticky_secs", Kind::Scalar),

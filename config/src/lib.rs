@@ -28,7 +28,7 @@ mod node;
 mod parse;
 
 pub use client::{
-    parse_client_config, CentralChoice, ClientConfig, GatewayChoice, SocksAuthConfig,
+    default_admin, parse_client_config, CentralChoice, ClientConfig, GatewayChoice, SocksAuthConfig,
 };
 pub use directory::{
     check_id, hex32, parse_directory, Directory, NodeEntry, Role, UnknownRole, MAX_CELL_SIZE,

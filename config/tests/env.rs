@@ -207,6 +207,7 @@ fn directory_and_client_overrides() {
         Path::new("/home/u/.config/braid/client.toml"),
         &env_of(&[
             ("BRAID_SOCKS_LISTEN", "127.0.0.1:9050"),
+            ("BRAID_ADMIN", "127.0.0.1:9051"),
             ("BRAID_SCHEDULER", "rtt"),
             ("BRAID_WINDOW_CELLS", "64"),
             ("BRAID_GATEWAY", "gateway-2"),
@@ -216,6 +217,7 @@ fn directory_and_client_overrides() {
     )
     .unwrap();
     assert_eq!(cfg.socks_listen.port(), 9050);
+    assert_eq!(cfg.admin.port(), 9051);
     assert_eq!(cfg.scheduler, PathScheduler::LowestDelay);
     assert_eq!(cfg.window_cells, 64);
     assert_eq!(cfg.gateway.as_deref(), Some("gateway-2"));

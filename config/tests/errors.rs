@@ -515,6 +515,22 @@ fn client_rules() {
     );
 }
 
+/// The client's admin port shows its session to whoever connects: loopback only.
+#[test]
+fn client_admin_must_be_loopback() {
+    for addr in ["0.0.0.0:1081", "192.168.1.2:1081", "[::]:1081"] {
+        client_fails(
+            &format!("directory = \"d\"\nadmin = \"{addr}\"\n"),
+            &["`admin`", "loopback", addr],
+        );
+    }
+    for addr in ["127.0.0.1:1081", "127.9.8.7:0", "[::1]:1081"] {
+        let text = format!("directory = \"d\"\nadmin = \"{addr}\"\n");
+        let cfg = parse_client_config(&text, Path::new(CLIENT_FILE), &no_env).unwrap();
+        assert_eq!(cfg.admin, addr.parse::<std::net::SocketAddr>().unwrap());
+    }
+}
+
 #[test]
 fn in_memory_directory_errors_say_so() {
     let dir = Directory::new(100, vec![]);

@@ -148,6 +148,7 @@ fn client_sample_parses_and_matches_the_directory() {
         cfg.socks_listen,
         "127.0.0.1:1080".parse::<SocketAddr>().unwrap()
     );
+    assert_eq!(cfg.admin, "127.0.0.1:1081".parse::<SocketAddr>().unwrap());
     assert_eq!(cfg.gateway.as_deref(), Some("gateway-1"));
     assert_eq!(cfg.scheduler, PathScheduler::RoundRobin);
     assert_eq!(cfg.window_cells, 1024);

@@ -11,10 +11,12 @@ pub mod metrics;
 pub mod pump;
 pub mod session_task;
 pub mod signal;
+pub mod status;
 pub mod stream;
 pub mod tap;
 
 pub use link::{keep_dialing, publish_link, sleep_or_shutdown, Backoff, Link};
 pub use metrics::Metrics;
 pub use signal::wait_for_signal;
+pub use status::{status_channel, SessionView, StatusPublisher, StatusReader};
 pub use tap::{Tap, TapPoint};

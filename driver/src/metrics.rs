@@ -35,6 +35,10 @@ pub struct Metrics {
     pub streams_resumed: AtomicU64,
     /// Inner streams waiting for a resume now (a gauge).
     pub streams_detached: AtomicU64,
+    /// Stream bytes (sealed inner records) handed to sessions to send.
+    pub stream_bytes_sent: AtomicU64,
+    /// Stream bytes sessions delivered to their streams' owners.
+    pub stream_bytes_received: AtomicU64,
 }
 
 /// Counts one link in a gauge while it lives: dropping it (also when the task serving the
@@ -103,7 +107,7 @@ impl Metrics {
 
     /// Prometheus text exposition format.
     pub fn render(&self, node: &str, role: &str) -> String {
-        let rows: [(&str, &AtomicU64, &str); 20] = [
+        let rows: [(&str, &AtomicU64, &str); 22] = [
             (
                 "braid_streams_resumed_total",
                 &self.streams_resumed,
@@ -199,6 +203,16 @@ impl Metrics {
                 "braid_target_bytes_in_total",
                 &self.bytes_from_targets,
                 "bytes read from targets",
+            ),
+            (
+                "braid_stream_bytes_sent_total",
+                &self.stream_bytes_sent,
+                "stream bytes handed to sessions to send",
+            ),
+            (
+                "braid_stream_bytes_received_total",
+                &self.stream_bytes_received,
+                "stream bytes delivered by sessions",
             ),
         ];
         let mut out = String::new();

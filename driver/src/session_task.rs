@@ -20,6 +20,7 @@ use tracing::{debug, trace, warn};
 
 use crate::link::Link;
 use crate::metrics::Metrics;
+use crate::status::{SessionView, StatusPublisher};
 use crate::stream::{StreamReceiver, StreamSender};
 use crate::tap::{tap, Tap, TapPoint};
 
@@ -162,6 +163,8 @@ pub struct SessionTask {
     pub idle_timeout: Duration,
     /// Torn down when out-of-order cells have waited this long for a missing one.
     pub reassembly_timeout: Duration,
+    /// Where a view of the session goes when a reader asks (the client's admin port).
+    pub status: Option<StatusPublisher>,
     pub shutdown: CancellationToken,
 }
 
@@ -283,6 +286,7 @@ impl SessionTask {
         let mut reported = SessionStats::default();
         let mut send_welcome = self.role.central().is_some();
         debug!(node = %self.node, session = %id, "session running");
+        self.publish_status(&table, streams.len());
 
         let reason = 'session: loop {
             let now = Instant::now().into_std();
@@ -442,6 +446,7 @@ impl SessionTask {
                 break EndReason::Drained;
             }
             let drain_signal = self.role.central().map(|c| c.drain.clone());
+            let status_asked = self.status.as_ref().map(|s| s.asked());
             tokio::select! {
                 _ = self.shutdown.cancelled() => break EndReason::Shutdown,
                 _ = room.notified() => {
@@ -493,6 +498,9 @@ impl SessionTask {
                 _ = async { match wake { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
                     self.session.handle_timeout(Instant::now().into_std());
                 }
+                _ = async { match status_asked { Some(n) => n.notified().await, None => std::future::pending().await } } => {
+                    self.publish_status(&table, streams.len());
+                }
             }
             let st = self.session.stats().clone();
             Metrics::add(
@@ -539,6 +547,17 @@ impl SessionTask {
         }
     }
 
+    /// Publishes a view of the session, if anyone reads them.
+    fn publish_status(&self, table: &Paths, streams_open: usize) {
+        if let Some(status) = &self.status {
+            status.publish(SessionView {
+                snapshot: self.session.snapshot(table.ids()),
+                path_names: table.live().iter().map(|p| p.name.clone()).collect(),
+                streams_open,
+            });
+        }
+    }
+
     /// Turns a session event into a stream event, handling the session-level ones here.
     fn route_event(
         &mut self,
@@ -549,6 +568,7 @@ impl SessionTask {
         match ev {
             SessionEvent::StreamData { stream, data } => {
                 tap(&self.tap, &self.node, TapPoint::Decrypted, &data);
+                Metrics::add(&self.metrics.stream_bytes_received, data.len() as u64);
                 Some((stream, StreamEvent::Data(data)))
             }
             SessionEvent::StreamEnd { stream } => Some((stream, StreamEvent::End)),
@@ -651,10 +671,12 @@ impl SessionTask {
                 credit.add_permits(usize::try_from(window).unwrap_or(0));
                 streams.insert(stream, StreamSlot::new(events, credit, window));
                 self.session.open_stream(stream, &gateway);
+                Metrics::inc(&self.metrics.streams_opened);
             }
             SessionCmd::Data { stream, bytes } => {
                 // Capacity was checked before receiving; a command larger than what is left
                 // is still taken whole so that no byte is lost (the cap is soft by one chunk).
+                Metrics::add(&self.metrics.stream_bytes_sent, bytes.len() as u64);
                 self.session.send_all(stream, bytes);
             }
             SessionCmd::End { stream } => self.session.end_stream(stream),

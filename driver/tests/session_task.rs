@@ -15,7 +15,7 @@ use braid_driver::session_task::{
     StreamEvent,
 };
 use braid_driver::stream::{self, StreamReceiver, StreamSender};
-use braid_driver::Link;
+use braid_driver::{status_channel, Link, StatusReader};
 use braid_proto::envelope::Envelope;
 use braid_proto::frame::Mailbox;
 use braid_proto::noise::StaticKeypair;
@@ -39,6 +39,8 @@ struct Pair {
     shutdown: CancellationToken,
     /// Cells the upstream link dropped.
     dropped: Arc<AtomicUsize>,
+    /// Asks the client's session task for a view of its session.
+    status: StatusReader,
 }
 
 struct Opts {
@@ -133,6 +135,7 @@ async fn pair(o: Opts) -> Pair {
     let accepted: Accepted = Arc::default();
 
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
+    let (status, status_reader) = status_channel();
     let client = SessionTask {
         session: client_session,
         node: "client".into(),
@@ -146,6 +149,7 @@ async fn pair(o: Opts) -> Pair {
         first_stream: 0,
         idle_timeout: Duration::from_secs(3600),
         reassembly_timeout: Duration::from_secs(60),
+        status: Some(status),
         shutdown: shutdown.clone(),
     };
     let (central_cmd_tx, central_cmd_rx) = mpsc::channel(256);
@@ -172,6 +176,7 @@ async fn pair(o: Opts) -> Pair {
         }),
         idle_timeout: o.idle_timeout,
         reassembly_timeout: Duration::from_secs(60),
+        status: None,
         shutdown: shutdown.clone(),
     };
     let client = tokio::spawn(async move {
@@ -188,6 +193,7 @@ async fn pair(o: Opts) -> Pair {
         central_drain,
         shutdown,
         dropped,
+        status: status_reader,
     }
 }
 
@@ -227,6 +233,48 @@ async fn send_all(tx: &StreamSender, data: &[u8]) {
         tx.send(chunk.to_vec()).await.unwrap();
     }
     tx.end().await.unwrap();
+}
+
+/// A status reader gets a fresh view of the client's session when it asks: its path by
+/// link name, the open stream, the cells sent and acknowledged on the path.
+#[tokio::test]
+async fn a_status_reader_gets_a_view_of_the_session_when_it_asks() {
+    let mut p = pair(Opts::default()).await;
+    let (ctx, _crx) = stream::open(&p.client_cmd, 1, "gateway-1").await.unwrap();
+    let (_, _gtx, mut grx) = p.accepted(1).await.pop().unwrap();
+    let up = pattern(200_000, 3);
+    ctx.send(up.clone()).await.unwrap();
+    let mut got = 0;
+    while got < up.len() {
+        match grx.recv().await.unwrap() {
+            StreamEvent::Data(d) => got += d.len(),
+            e => panic!("{e:?}"),
+        }
+    }
+    let mut asked = 0;
+    let view = loop {
+        let view = p.status.fresh(Duration::from_secs(1)).await.unwrap();
+        asked += 1;
+        if view.snapshot.paths[0].counters.acked > 0 || asked > 100 {
+            break view;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(view.path_names, ["upstream-1"]);
+    assert_eq!(view.streams_open, 1);
+    let path = &view.snapshot.paths[0];
+    assert!(path.counters.acked > 0 && path.counters.sent >= path.counters.acked);
+    let stats = &view.snapshot.stats;
+    assert_eq!(
+        path.counters.sent,
+        stats.data_cells_sent + stats.retransmits
+    );
+    p.shutdown.cancel();
+    p.client.await.unwrap();
+    assert!(
+        p.status.fresh(Duration::from_millis(50)).await.is_some(),
+        "the last view stays until the supervisor clears it"
+    );
 }
 
 #[tokio::test]

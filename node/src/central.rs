@@ -245,6 +245,7 @@ fn dispatch(shared: &Arc<Shared>, cell: Vec<u8>) {
         }),
         idle_timeout: shared.params.idle_timeout,
         reassembly_timeout: shared.params.reassembly_timeout,
+        status: None,
         shutdown: stop,
     };
     let shared = shared.clone();

@@ -21,13 +21,15 @@ pub fn check(role: Role, metrics: &Metrics, draining: bool) -> Result<(), &'stat
     }
 }
 
-/// The `/health` answer: status line and JSON body.
+/// The `/health` answer: status line and JSON body, `{"ok":true}` or
+/// `{"ok":false,"reason":"no central linked"}`. (Reasons are the fixed strings above: no
+/// quote or backslash to escape.)
 pub fn response(result: Result<(), &'static str>) -> (&'static str, String) {
     match result {
-        Ok(()) => ("200 OK", "{\"status\":\"ok\"}\n".to_string()),
+        Ok(()) => ("200 OK", "{\"ok\":true}\n".to_string()),
         Err(why) => (
             "503 Service Unavailable",
-            format!("{{\"status\":\"unavailable\",\"reason\":\"{why}\"}}\n"),
+            format!("{{\"ok\":false,\"reason\":\"{why}\"}}\n"),
         ),
     }
 }
@@ -36,27 +38,70 @@ pub fn response(result: Result<(), &'static str>) -> (&'static str, String) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn each_role_needs_its_links_and_no_drain() {
+    /// A node whose role's links are all up and that is not draining.
+    fn linked() -> Metrics {
         let m = Metrics::default();
-        assert_eq!(check(Role::Relay, &m, false), Ok(()));
-        assert_eq!(check(Role::Relay, &m, true), Err("draining"));
-        for role in [Role::Upstream, Role::Downstream, Role::Gateway] {
-            assert_eq!(check(role, &m, false), Err("no central linked"));
-        }
         Metrics::inc(&m.links_up);
-        assert_eq!(check(Role::Gateway, &m, false), Ok(()));
-        assert_eq!(check(Role::Central, &m, false), Err("no downstream linked"));
         Metrics::inc(&m.downstreams_up);
-        assert_eq!(check(Role::Central, &m, false), Err("no gateway linked"));
         Metrics::inc(&m.gateways_up);
-        assert_eq!(check(Role::Central, &m, false), Ok(()));
-        assert_eq!(check(Role::Central, &m, true), Err("draining"));
-        let (status, body) = response(Err("no gateway linked"));
+        m
+    }
+
+    const ROLES: [Role; 5] = [
+        Role::Upstream,
+        Role::Central,
+        Role::Downstream,
+        Role::Relay,
+        Role::Gateway,
+    ];
+
+    #[test]
+    fn every_role_is_ok_when_linked_and_says_so_in_json() {
+        for role in ROLES {
+            assert_eq!(check(role, &linked(), false), Ok(()), "{role}");
+        }
+        // A relay dials nothing: it needs no link.
+        assert_eq!(check(Role::Relay, &Metrics::default(), false), Ok(()));
+        assert_eq!(response(Ok(())), ("200 OK", "{\"ok\":true}\n".to_string()));
+    }
+
+    #[test]
+    fn draining_is_unavailable_for_every_role() {
+        for role in ROLES {
+            assert_eq!(check(role, &linked(), true), Err("draining"), "{role}");
+        }
+    }
+
+    #[test]
+    fn a_dialing_role_without_a_central_is_unavailable() {
+        let m = Metrics::default();
+        Metrics::inc(&m.downstreams_up);
+        Metrics::inc(&m.gateways_up);
+        for role in [Role::Upstream, Role::Downstream, Role::Gateway] {
+            assert_eq!(check(role, &m, false), Err("no central linked"), "{role}");
+        }
+        let (status, body) = response(check(Role::Gateway, &m, false));
+        assert_eq!(status, "503 Service Unavailable");
+        assert_eq!(body, "{\"ok\":false,\"reason\":\"no central linked\"}\n");
+    }
+
+    #[test]
+    fn a_central_without_a_downstream_is_unavailable() {
+        let m = linked();
+        Metrics::dec(&m.downstreams_up);
+        assert_eq!(check(Role::Central, &m, false), Err("no downstream linked"));
+        let (status, body) = response(check(Role::Central, &m, false));
         assert!(status.starts_with("503"));
-        assert_eq!(
-            body,
-            "{\"status\":\"unavailable\",\"reason\":\"no gateway linked\"}\n"
-        );
+        assert_eq!(body, "{\"ok\":false,\"reason\":\"no downstream linked\"}\n");
+    }
+
+    #[test]
+    fn a_central_without_a_gateway_is_unavailable() {
+        let m = linked();
+        Metrics::dec(&m.gateways_up);
+        assert_eq!(check(Role::Central, &m, false), Err("no gateway linked"));
+        let (status, body) = response(check(Role::Central, &m, false));
+        assert!(status.starts_with("503"));
+        assert_eq!(body, "{\"ok\":false,\"reason\":\"no gateway linked\"}\n");
     }
 }

@@ -54,6 +54,8 @@ pub struct ProcOverlay {
     pub nodes: Vec<ProcNode>,
     pub directory: Directory,
     pub socks: SocketAddr,
+    /// The client's admin port (`braid status`).
+    pub client_admin: SocketAddr,
     client: Option<Child>,
 }
 
@@ -173,6 +175,7 @@ impl ProcOverlay {
             nodes,
             directory,
             socks: SocketAddr::new(ip(1), 0),
+            client_admin: SocketAddr::new(ip(1), 0),
             client: None,
         };
         // Ready: every admin port answers, and every dialing node has linked to every central.
@@ -208,7 +211,10 @@ impl ProcOverlay {
     fn start_client(&mut self, extra: &str) {
         let ip = IpAddr::V4(Ipv4Addr::new(self.net[0], self.net[1], self.net[2], 1));
         let socks = SocketAddr::new(ip, free_port(ip, false));
-        let cfg = format!("directory = \"directory.toml\"\nsocks_listen = \"{socks}\"\n{extra}\n");
+        let admin = SocketAddr::new(ip, free_port(ip, false));
+        let cfg = format!(
+            "directory = \"directory.toml\"\nsocks_listen = \"{socks}\"\nadmin = \"{admin}\"\n{extra}\n"
+        );
         let path = self.dir.path().join("client.toml");
         std::fs::write(&path, cfg).unwrap();
         let log = self.dir.path().join("client.log");
@@ -228,6 +234,7 @@ impl ProcOverlay {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.socks = socks;
+        self.client_admin = admin;
     }
 
     pub fn node(&self, id: &str) -> &ProcNode {

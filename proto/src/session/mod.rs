@@ -33,6 +33,7 @@ mod recovery;
 mod recv;
 mod reorder;
 mod send;
+mod snapshot;
 
 #[cfg(test)]
 mod path_rest_tests;
@@ -46,6 +47,7 @@ mod tests;
 pub use handshake::{accept, Accepted, PendingSession, SessionHello};
 pub use path_table::{LivePath, PathTable};
 pub use paths::{PathScheduler, UnknownPathScheduler};
+pub use snapshot::{PathCounters, PathSnapshot, PathState, SessionSnapshot};
 
 use paths::PathHealth;
 use recovery::{Inflight, RttEstimator};
@@ -220,6 +222,8 @@ pub struct Session {
     pending_bytes: usize,
     rr: usize,
     paths: HashMap<PathId, PathHealth>,
+    /// What each path carried, for [`Session::snapshot`] (kept when a path is lost).
+    path_counters: HashMap<PathId, PathCounters>,
 
     reorder: ReorderWindow,
     ack_replay: ReplayWindow,
@@ -280,6 +284,7 @@ impl Session {
             pending_bytes: 0,
             rr: 0,
             paths: HashMap::new(),
+            path_counters: HashMap::new(),
             reorder: ReorderWindow::new(window),
             ack_replay: ReplayWindow::default(),
             unacked_received: 0,

@@ -17,6 +17,8 @@ use crate::frame::Mailbox;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LivePath<L> {
     pub id: PathId,
+    /// The link's name (an upstream's id at the client, a downstream's at the central).
+    pub name: String,
     /// The link the path's cells leave on.
     pub link: L,
     /// The mailbox the cells are addressed to (central side); `None` on the client.
@@ -92,6 +94,7 @@ impl<L: Clone> PathTable<L> {
             });
         LivePath {
             id,
+            name: name.to_owned(),
             link: link.clone(),
             mailbox,
             prefix,
@@ -168,6 +171,7 @@ mod tests {
         );
         let a = t.get(PathId(1)).unwrap();
         assert_eq!((a.link, a.mailbox.as_ref(), a.prefix.len()), (8, None, 0));
+        assert_eq!(a.name, "a");
         assert_eq!(t.writable(|l| *l != 9), [PathId(3), PathId(1)]);
     }
 

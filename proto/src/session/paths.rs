@@ -48,7 +48,7 @@ impl FromStr for PathScheduler {
 /// an RTT of its probe; a dead one costs one delayed cell per probe, the probes backing off
 /// to one per `path_rest`.
 #[derive(Debug, Clone, Copy, Default)]
-enum Rest {
+pub(super) enum Rest {
     #[default]
     InUse,
     /// The next probe may go at `at`; `gap` is the current spacing.
@@ -60,11 +60,11 @@ enum Rest {
 #[derive(Default)]
 pub(super) struct PathHealth {
     timeouts: u32,
-    rest: Rest,
+    pub(super) rest: Rest,
     /// Smoothed RTT of cells sent on this path (for [`PathScheduler::LowestDelay`]).
-    srtt: Option<Duration>,
+    pub(super) srtt: Option<Duration>,
     /// Cells sent on this path and not yet acknowledged.
-    inflight: u32,
+    pub(super) inflight: u32,
 }
 
 impl Session {
@@ -143,6 +143,7 @@ impl Session {
 
     pub(super) fn note_sent(&mut self, path: PathId) {
         self.paths.entry(path).or_default().inflight += 1;
+        self.count_path(path).sent += 1;
     }
 
     pub(super) fn note_done(&mut self, path: PathId) {
@@ -162,6 +163,7 @@ impl Session {
 
     /// A copy sent on `path` was acknowledged: the path works, so it is back in use.
     pub(super) fn path_delivered(&mut self, path: PathId) {
+        self.count_path(path).acked += 1;
         if let Some(h) = self.paths.get_mut(&path) {
             h.timeouts = 0;
             h.rest = Rest::InUse;

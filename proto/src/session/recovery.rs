@@ -30,6 +30,10 @@ pub(super) struct RttEstimator {
 }
 
 impl RttEstimator {
+    pub(super) fn srtt(&self) -> Option<Duration> {
+        self.srtt
+    }
+
     fn sample(&mut self, rtt: Duration) {
         self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
         match self.srtt {
@@ -47,7 +51,7 @@ impl RttEstimator {
 }
 
 impl Session {
-    fn rto(&self) -> Duration {
+    pub(super) fn rto(&self) -> Duration {
         match self.rtt.srtt {
             None => self.cfg.initial_rto,
             Some(s) => (s + self.rtt.rttvar * 4).clamp(self.cfg.min_rto, self.cfg.max_rto),
@@ -69,6 +73,7 @@ impl Session {
             let path = self.pick_path(now, paths, Some(last));
             self.note_done(last);
             self.note_sent(path);
+            self.count_path(path).resent += 1;
             let Some(f) = self.inflight.get_mut(&seq) else {
                 continue;
             };
