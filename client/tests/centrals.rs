@@ -118,11 +118,21 @@ async fn rtt_choice_asks_every_central_and_keeps_the_first() {
             "{c} got a Hello"
         );
     }
-    let (used, other) = central_in_use(&ov);
-    let idle = ov.metric(other, "braid_cells_out_total");
+    let out = |ov: &ProcOverlay, c: &str| ov.metric(c, "braid_cells_out_total");
+    let before = [out(&ov, "central-1"), out(&ov, "central-2")];
     let url = format!("http://{origin}/bytes/2000000");
     let (ok, body) = curl(ov.socks, &[&url]).await;
     assert!(ok && body.len() == 2_000_000);
+    // The central in use is the one that carried the download.
+    let grew = [
+        out(&ov, "central-1") - before[0],
+        out(&ov, "central-2") - before[1],
+    ];
+    let (used, other, idle) = if grew[0] > grew[1] {
+        ("central-1", "central-2", before[1])
+    } else {
+        ("central-2", "central-1", before[0])
+    };
     assert!(ov.metric(used, "braid_cells_out_total") > 200);
     assert_eq!(
         ov.metric(other, "braid_cells_out_total"),
