@@ -55,13 +55,18 @@ pub enum LegEnd {
 
 /// The sealed bytes all of a process's streams may keep for resending, together: each
 /// stream has its own cap (`resume_buffer_kib`), and this bounds their sum
-/// (`resume_budget_mib`), so memory stays bounded however many streams are open. A stream
-/// over it stops reading its application until acknowledgements anywhere free room; acks,
-/// closes and errors are never held back, so the budget cannot deadlock the streams.
+/// (`resume_budget_mib`), so memory stays bounded however many streams are open. Over the
+/// budget, a stream still keeps up to its fair share (the budget over the streams keeping
+/// anything), so one peer that never acknowledges cannot stall every other stream; what
+/// is kept stays under twice the budget. A stream held back stops reading its application
+/// until acknowledgements free room; acks, closes and errors are never held back, so the
+/// budget cannot deadlock the streams.
 #[derive(Debug)]
 pub struct ResendBudget {
     limit: usize,
     used: AtomicUsize,
+    /// Streams keeping at least one byte.
+    holders: AtomicUsize,
 }
 
 impl ResendBudget {
@@ -69,6 +74,7 @@ impl ResendBudget {
         ResendBudget {
             limit,
             used: AtomicUsize::new(0),
+            holders: AtomicUsize::new(0),
         }
     }
 
@@ -77,8 +83,10 @@ impl ResendBudget {
         self.used.load(Ordering::Relaxed)
     }
 
-    fn has_room(&self) -> bool {
-        self.used() < self.limit
+    /// Whether a stream keeping `mine` bytes may seal more.
+    fn has_room(&self, mine: usize) -> bool {
+        let holders = self.holders.load(Ordering::Relaxed).max(1);
+        self.used() < self.limit || mine < self.limit / holders
     }
 
     fn adjust(&self, from: usize, to: usize) {
@@ -86,6 +94,15 @@ impl ResendBudget {
             self.used.fetch_add(to - from, Ordering::Relaxed);
         } else {
             self.used.fetch_sub(from - to, Ordering::Relaxed);
+        }
+        match (from, to) {
+            (0, t) if t > 0 => {
+                self.holders.fetch_add(1, Ordering::Relaxed);
+            }
+            (f, 0) if f > 0 => {
+                self.holders.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
         }
     }
 }
@@ -275,7 +292,7 @@ where
                 None
             };
             let mine = st.can_take_data();
-            let room = mine && stream.budget.has_room();
+            let room = mine && stream.budget.has_room(st.buffered());
             (ack, st.is_done(), mine, room, st.ack_pending())
         };
         if let Some(mut ack) = ack {

@@ -330,3 +330,62 @@ async fn a_shared_budget_bounds_what_streams_keep_and_they_still_finish() {
     drop((c, g));
     assert_eq!(budget.used(), 0);
 }
+
+/// One stream whose peer never acknowledges fills the whole budget; another stream sharing
+/// it still finishes: over the budget each stream keeps its fair share, so one peer cannot
+/// stall the others.
+#[tokio::test]
+async fn a_peer_that_never_acknowledges_cannot_stall_the_other_streams() {
+    const LIMIT: usize = 200 * 1024;
+    let budget = Arc::new(ResendBudget::new(LIMIT));
+    // Stream A: its client end sends into a carrier nobody reads, so nothing is acked.
+    let (a, _a_gateway) = ends_within(budget.clone());
+    let (a_user, mut a_app) = tokio::io::duplex(64 * 1024);
+    let _a_writer = app(pattern(4_000_000, 7), a_user);
+    let (mut a_sink, _a_unread, _a_gs, mut a_src) = carrier(usize::MAX, usize::MAX);
+    let hog = tokio::spawn(async move {
+        let (mut r, mut w) = tokio::io::split(&mut a_app);
+        let mut dec = MessageDecoder::default();
+        let stop = CancellationToken::new();
+        run_leg(
+            &mut r,
+            &mut w,
+            &a,
+            &mut a_sink,
+            &mut a_src,
+            &mut dec,
+            &stop,
+            |_| {},
+            |_| {},
+        )
+        .await
+    });
+    while budget.used() < LIMIT {
+        tokio::task::yield_now().await;
+    }
+    // Stream B shares the full budget and still carries everything both ways.
+    let (c, g) = ends_within(budget.clone());
+    let (c_user, mut c_app) = tokio::io::duplex(64 * 1024);
+    let (g_target, mut g_app) = tokio::io::duplex(64 * 1024);
+    let up = pattern(1_000_000, 8);
+    let down = pattern(1_500_000, 9);
+    let user = app(up.clone(), c_user);
+    let target = app(down.clone(), g_target);
+    let ends = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        both_legs(
+            &c,
+            &g,
+            &mut c_app,
+            &mut g_app,
+            carrier(usize::MAX, usize::MAX),
+        ),
+    )
+    .await
+    .expect("the other stream was not stalled");
+    assert_eq!(ends, (LegEnd::Done, LegEnd::Done));
+    assert_eq!(target.await.unwrap(), up);
+    assert_eq!(user.await.unwrap(), down);
+    assert!(budget.used() < 2 * LIMIT + 2 * (inner::MAX_MESSAGE + 2));
+    hog.abort();
+}
