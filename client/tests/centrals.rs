@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 use braid_config::Layout;
 use braid_testkit as support;
 use support::procs::{ProcOptions, ProcOverlay};
-use support::socks::{echo, socks_connect, start_counting_echo};
+use support::socks::{echo, socks_connect, start_counting_echo, start_counting_server};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 fn two_centrals(client_extra: &str) -> ProcOverlay {
     ProcOverlay::start(ProcOptions {
@@ -26,6 +25,19 @@ fn two_centrals(client_extra: &str) -> ProcOverlay {
         client_extra: client_extra.into(),
         ..ProcOptions::default()
     })
+}
+
+/// How long after `since` a new stream first fetched `url` (which answers "after"),
+/// trying for 10 s.
+async fn first_served(ov: &ProcOverlay, url: &str, since: Instant) -> Option<Duration> {
+    while since.elapsed() < Duration::from_secs(10) {
+        let (ok, body) = curl(ov.socks, &["--max-time", "1", url]).await;
+        if ok && body == b"after" {
+            return Some(since.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
 }
 
 /// The central the client's session runs through: the one that opened a session and
@@ -67,15 +79,7 @@ async fn new_streams_move_to_the_other_central_within_2_s_of_a_kill() {
     ov.kill9(used);
     let killed = Instant::now();
     let url = format!("http://{origin}/echo/after");
-    let mut served = None;
-    while killed.elapsed() < Duration::from_secs(10) {
-        let (ok, body) = curl(ov.socks, &["--max-time", "1", &url]).await;
-        if ok && body == b"after" {
-            served = Some(killed.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let served = first_served(&ov, &url, killed).await;
     let took = served.unwrap_or_else(|| {
         panic!(
             "no stream served within 10 s of the kill\n--- client:\n{}",
@@ -145,31 +149,12 @@ async fn rtt_choice_asks_every_central_and_keeps_the_first() {
 /// A TCP server on 127.0.0.1 that sends `n` bytes of the origin's body pattern to each
 /// connection and closes it; and how many connections it has accepted.
 async fn start_counting_bulk(n: u64) -> (SocketAddr, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                let mut i = 0u64;
-                while i < n {
-                    let k = (n - i).min(buf.len() as u64) as usize;
-                    for (j, b) in buf[..k].iter_mut().enumerate() {
-                        *b = body_byte(i + j as u64);
-                    }
-                    if s.write_all(&buf[..k]).await.is_err() {
-                        return;
-                    }
-                    i += k as u64;
-                }
-                let _ = s.shutdown().await;
-            });
+    start_counting_server(move |mut s: tokio::net::TcpStream| async move {
+        if write_body(&mut s, n).await.is_ok() {
+            let _ = s.shutdown().await;
         }
-    });
-    (addr, accepted)
+    })
+    .await
 }
 
 /// Two centrals, and `kill -9` of the one in use while a 256 MiB download and an
@@ -244,14 +229,7 @@ async fn open_streams_outlive_a_killed_central() {
 
     // New streams work within 2 s of the kill.
     let url = format!("http://{origin}/echo/after");
-    let mut served = None;
-    while killed.elapsed() < Duration::from_secs(10) {
-        let (ok, body) = curl(ov.socks, &["--max-time", "1", &url]).await;
-        if ok && body == b"after" {
-            served = Some(killed.elapsed());
-            break;
-        }
-    }
+    let served = first_served(&ov, &url, killed).await;
 
     let sha = tokio::time::timeout(Duration::from_secs(120), download)
         .await

@@ -81,3 +81,8 @@ pub(crate) fn resume_buffer(file: &Path, kib: u64) -> Result<(), ConfigError> {
         ))
     }
 }
+
+/// `value` units of `unit` bytes, saturating (a size key in KiB or MiB, as bytes).
+pub(crate) fn bytes(value: u64, unit: u64) -> usize {
+    usize::try_from(value.saturating_mul(unit)).unwrap_or(usize::MAX)
+}

@@ -46,6 +46,21 @@ pub async fn start_origin(ip: [u8; 4]) -> SocketAddr {
     addr
 }
 
+/// Writes the first `n` bytes of the body pattern ([`body_byte`]).
+pub async fn write_body(s: &mut TcpStream, n: u64) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut i = 0u64;
+    while i < n {
+        let k = ((n - i) as usize).min(buf.len());
+        for (j, b) in buf[..k].iter_mut().enumerate() {
+            *b = body_byte(i + j as u64);
+        }
+        s.write_all(&buf[..k]).await?;
+        i += k as u64;
+    }
+    Ok(())
+}
+
 async fn serve(mut s: TcpStream) -> std::io::Result<()> {
     s.set_nodelay(true)?;
     let mut head = Vec::new();
@@ -80,16 +95,7 @@ async fn serve(mut s: TcpStream) -> std::io::Result<()> {
                 .as_bytes(),
         )
         .await?;
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut i = 0u64;
-        while i < n {
-            let k = ((n - i) as usize).min(buf.len());
-            for (j, b) in buf[..k].iter_mut().enumerate() {
-                *b = body_byte(i + j as u64);
-            }
-            s.write_all(&buf[..k]).await?;
-            i += k as u64;
-        }
+        write_body(&mut s, n).await?;
     } else if let Some(t) = path.strip_prefix("/echo/") {
         s.write_all(
             format!(

@@ -75,17 +75,28 @@ pub async fn start_echo() -> SocketAddr {
 
 /// A TCP echo server on 127.0.0.1, and how many connections it has accepted.
 pub async fn start_counting_echo() -> (SocketAddr, Arc<AtomicUsize>) {
+    start_counting_server(|mut s: TcpStream| async move {
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+    .await
+}
+
+/// A TCP server on 127.0.0.1 that serves each connection with `serve`, and how many
+/// connections it has accepted (a test checks a stream was resumed, not reopened).
+pub async fn start_counting_server<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
+        while let Ok((s, _)) = l.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
+            tokio::spawn(serve(s));
         }
     });
     (addr, accepted)

@@ -117,12 +117,12 @@ impl GatewayConfig {
 
     /// [`Self::resume_budget_mib`] in bytes.
     pub fn resume_budget(&self) -> usize {
-        usize::try_from(self.resume_budget_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+        crate::check::bytes(self.resume_budget_mib, 1 << 20)
     }
 
     /// [`Self::resume_buffer_kib`] in bytes.
     pub fn resume_buffer(&self) -> usize {
-        usize::try_from(self.resume_buffer_kib.saturating_mul(1024)).unwrap_or(usize::MAX)
+        crate::check::bytes(self.resume_buffer_kib, 1024)
     }
 
     /// [`Self::reconnect_min_ms`] as a `Duration`.
