@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::procs::{ProcOptions, ProcOverlay};
-use support::socks::{socks_connect, start_counting_server, start_echo, try_socks_connect};
+use support::socks::{echo, socks_connect, start_counting_server, start_echo, try_socks_connect};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -108,11 +108,8 @@ async fn a_client_that_never_reads_cannot_stall_the_others() {
         attackers.push(tokio::spawn(async move {
             let mut held = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                match tokio::time::timeout(
-                    Duration::from_secs(5),
-                    try_socks_connect(hostile, bulk),
-                )
-                .await
+                match tokio::time::timeout(Duration::from_secs(5), try_socks_connect(hostile, bulk))
+                    .await
                 {
                     Ok(Ok(s)) => {
                         opened.fetch_add(1, Ordering::Relaxed);
@@ -164,5 +161,35 @@ async fn a_client_that_never_reads_cannot_stall_the_others() {
         assert!(ratio >= 0.3, "attacked rate {ratio:.2}x the calm one");
         assert!(attacked_p99 <= Duration::from_secs(1));
     }
+    ov.assert_no_panics();
+}
+
+/// The gateway closes a stream silent past `stream_idle_timeout_secs` (1 s here), and only
+/// a silent one: a stream that talks every 400 ms outlives the timeout several times over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_closes_a_stream_silent_past_its_idle_timeout() {
+    let ov = ProcOverlay::start(ProcOptions {
+        gateway_extra: "stream_idle_timeout_secs = 1".into(),
+        ..ProcOptions::default()
+    });
+    let echo_target = start_echo().await;
+    let mut s = socks_connect(ov.socks, echo_target).await;
+    for i in 0..8 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        echo(&mut s, b"still here").await;
+    }
+    let silent = Instant::now();
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("the silent stream was never closed");
+    assert!(matches!(r, Ok(0) | Err(_)), "closed, not data: {r:?}");
+    let after = silent.elapsed();
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(4),
+        "closed after {after:?}"
+    );
     ov.assert_no_panics();
 }

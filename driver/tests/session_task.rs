@@ -14,12 +14,12 @@ use braid_driver::session_task::{
     CentralSession, EndReason, SessionCmd, SessionEnd, SessionGauge, SessionRole, SessionTask,
     StreamEvent, StreamLimits,
 };
-use braid_proto::rate::TokenBucket;
 use braid_driver::stream::{self, StreamReceiver, StreamSender};
 use braid_driver::{status_channel, Link, StatusReader};
 use braid_proto::envelope::Envelope;
 use braid_proto::frame::Mailbox;
 use braid_proto::noise::StaticKeypair;
+use braid_proto::rate::TokenBucket;
 use braid_proto::session::{self, PendingSession, SessionConfig, SessionError, SessionHello};
 use braid_proto::Reason;
 use tokio::sync::{mpsc, watch};

@@ -239,7 +239,11 @@ pub fn server_endpoint_with(
     client_auth: ClientAuth,
     tuning: LinkTuning,
 ) -> Result<quinn::Endpoint, NetError> {
-    let mut ep = node_endpoint(bind, id, Some(server_config(id, pins, client_auth, tuning)?))?;
+    let mut ep = node_endpoint(
+        bind,
+        id,
+        Some(server_config(id, pins, client_auth, tuning)?),
+    )?;
     ep.set_default_client_config(client_config(Some(id), LinkTuning::default())?);
     Ok(ep)
 }

@@ -191,7 +191,10 @@ impl GatewayConfig {
                 ("max_streams", u64::from(self.max_streams)),
                 ("link_idle_timeout_ms", self.link_idle_timeout_ms),
                 ("resume_grace_ms", self.resume_grace_ms),
-                ("link_stream_window_kib", u64::from(self.link_stream_window_kib)),
+                (
+                    "link_stream_window_kib",
+                    u64::from(self.link_stream_window_kib),
+                ),
                 ("handshake_timeout_ms", self.handshake_timeout_ms),
                 ("stream_idle_timeout_secs", self.stream_idle_timeout_secs),
             ],
