@@ -28,10 +28,10 @@ use braid_proto::rate::TokenBucket;
 
 use crate::admission::{HelloQueues, Queued, QueuedHello, ReplayCache};
 use crate::stall::StallBudget;
-use braid_proto::session::HelloClock;
 use braid_driver::stream::{StreamError, StreamReceiver, StreamSender};
 use braid_driver::tap::{tap, TapPoint};
 use braid_driver::{publish_link, Link};
+use braid_proto::session::HelloClock;
 
 pub struct CentralParams {
     pub listen: SocketAddr,
@@ -280,7 +280,11 @@ fn dispatch(shared: &Arc<Shared>, link: u64, cell: Vec<u8>) {
         }
     };
     let now = std::time::Instant::now();
-    if shared.replay.lock().map_or(true, |mut r| r.seen(&ticket.id, now)) {
+    if shared
+        .replay
+        .lock()
+        .map_or(true, |mut r| r.seen(&ticket.id, now))
+    {
         Metrics::inc(&shared.ctx.metrics.hellos_refused);
         return;
     }

@@ -33,7 +33,12 @@ async fn start_central() -> Net {
 }
 
 async fn start_central_with(max_sessions: usize, idle_timeout: Duration) -> Net {
-    start_central_admitting(max_sessions, idle_timeout, central::AdmissionParams::default()).await
+    start_central_admitting(
+        max_sessions,
+        idle_timeout,
+        central::AdmissionParams::default(),
+    )
+    .await
 }
 
 async fn start_central_admitting(

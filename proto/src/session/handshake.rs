@@ -94,9 +94,7 @@ pub const MAX_EFFORT: u8 = 20;
 /// A nonce giving at least `effort` leading zero bits for `id`.
 fn solve_pow(id: SessionId, effort: u8) -> u64 {
     let effort = effort.min(MAX_EFFORT);
-    (0u64..)
-        .find(|n| pow_effort(id, *n) >= effort)
-        .unwrap_or(0)
+    (0u64..).find(|n| pow_effort(id, *n) >= effort).unwrap_or(0)
 }
 
 /// What a central learns from a Hello before any public-key operation: the session id it

@@ -31,7 +31,8 @@ pub(super) fn pair_with_mailboxes(
         window_cells: cfg.window_cells as u32,
         mailboxes,
     };
-    let pending = PendingSession::start(&mut rng, cfg.clone(), &central.public(), &hello, 0, 0).unwrap();
+    let pending =
+        PendingSession::start(&mut rng, cfg.clone(), &central.public(), &hello, 0, 0).unwrap();
     let acc = accept(
         &mut rng,
         cfg,
@@ -39,7 +40,8 @@ pub(super) fn pair_with_mailboxes(
         now,
         super::HelloClock::ANY,
         pending.hello_cell(),
-    ).unwrap();
+    )
+    .unwrap();
     assert_eq!(acc.hello, hello);
     let client = pending.finish(now, &acc.welcome_cell).unwrap();
     (client, acc.session, now)
