@@ -17,8 +17,9 @@
 //!    session id and handshake message are those of an honest Hello
 //!    ([`braid_fuzz::known_hello_cells`]), giving that Hello's contents.
 //! 4. structured session: `PendingSession::start` → (one bit flipped) → `accept` →
-//!    `finish`; an accepted Hello carries what the client sent, the Welcome finishes the
-//!    client's session under the same id, and a flipped bit in the Welcome's message fails.
+//!    `finish`; an accepted Hello carries what the client sent, a flipped bit anywhere but
+//!    the work nonce is refused, the Welcome finishes the client's session under the same
+//!    id, and a flipped bit anywhere in the Welcome fails.
 //! 5. an inner message 1 for `gateway_accept` with the fixed gateway key: accepted only if
 //!    it is an honest `client_open` message; or (when it starts with 0xFF) structured:
 //!    arbitrary open requests, statuses and reasons through client_open → gateway_accept →
@@ -27,7 +28,7 @@
 
 use arbitrary::Arbitrary;
 use braid_fuzz::*;
-use braid_proto::cell::{CellHeader, CellKind, HEADER_LEN};
+use braid_proto::cell::{CellHeader, CellKind};
 use braid_proto::frame::{Mailbox, MAX_NODE_ID_LEN};
 use braid_proto::inner::{self, OpenRequest, OpenStatus, MAX_REASON, MAX_RECORD_DATA};
 use braid_proto::noise::{self, HandshakeError, StaticKeypair, MAX_MESSAGE, MESSAGE_OVERHEAD};
@@ -272,8 +273,13 @@ fn sess(s: Sess) {
         Err(e) => {
             // Refused only for a name too long for the wire (u8 length) or a Hello that
             // does not fit the cell.
+            // (window, frame header, stream window, time, and the 8-byte work nonce after
+            // the message)
             let payload = 4
                 + 2
+                + 4
+                + 8
+                + 8
                 + hello
                     .mailboxes
                     .iter()
@@ -305,8 +311,10 @@ fn sess(s: Sess) {
         &cell,
     );
     let byte = bit / 8;
-    // Bytes the handshake binds: kind, version, session id (prologue), length and message.
-    let bound = byte < 18 || (HEADER_LEN..msg_end).contains(&byte);
+    // Every byte is bound but the proof-of-work nonce after the message (which only sets
+    // the effort): kind, version, the id (the hash of the ephemeral key), length and
+    // message; epoch, seq and padding must be zero.
+    let bound = !(msg_end..msg_end + 8).contains(&byte);
     let acc = match accepted {
         Ok(acc) => {
             assert!(
@@ -335,7 +343,9 @@ fn sess(s: Sess) {
         pending.hello_cell(),
         "start is deterministic"
     );
-    let wb = HEADER_LEN + usize::from(s.welcome_flip) % (wmsg_end - HEADER_LEN);
+    // Any byte of the Welcome: header, message and padding are all bound.
+    let _ = wmsg_end;
+    let wb = usize::from(s.welcome_flip) % size;
     let mut bad = welcome.clone();
     bad[wb] ^= 1;
     assert!(
