@@ -76,6 +76,8 @@ pub(crate) const GATEWAY_KEYS: &[(&str, Kind)] = &[
     ("resume_grace_ms", Kind::Scalar),
     ("resume_buffer_kib", Kind::Scalar),
     ("resume_budget_mib", Kind::Scalar),
+    ("open_replay_window_secs", Kind::Scalar),
+    ("open_replay_cache", Kind::Scalar),
 ];
 
 /// Overridable keys of the client config.

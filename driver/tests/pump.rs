@@ -87,7 +87,7 @@ fn ends_within(budget: Arc<ResendBudget>) -> (SharedStream, SharedStream) {
         target: TargetAddr::Domain("example.com".into(), 80),
         early_data: Vec::new(),
     };
-    let (open, first) = inner::client_open(&mut rng, &gateway.public(), &req).unwrap();
+    let (open, first) = inner::client_open(&mut rng, &gateway.public(), &req, 0).unwrap();
     let (accepted, _) = inner::gateway_accept(&gateway, &first[2..]).unwrap();
     let mut reply = Vec::new();
     let g = accepted
