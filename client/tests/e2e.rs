@@ -320,6 +320,14 @@ async fn the_central_sees_only_fixed_and_bucket_sizes() {
         "first messages of different lengths: {firsts:?}"
     );
     assert_eq!(firsts[0], OPEN_MESSAGE_LEN);
+    // The cost of padding on bulk data: records come out full (the pump fills a record with
+    // whatever is ready), so the upload's bytes on the wire are close to its payload.
+    let upload_wire: usize = streams[4].len();
+    eprintln!(
+        "upload: {upload_wire} bytes carried for {n} of payload ({:.3}x)",
+        upload_wire as f64 / n as f64
+    );
+    assert!(upload_wire < n as usize * 5 / 4, "padding overhead too high");
     // The client's view of what the central sent it, gateway → client.
     let down: Vec<u8> = events
         .iter()
@@ -337,6 +345,12 @@ async fn the_central_sees_only_fixed_and_bucket_sizes() {
         );
     }
     assert!(lens.len() > 20, "the download rode in records: {}", lens.len());
+    eprintln!(
+        "download: {} bytes carried for {n} of payload and four small answers ({:.3}x)",
+        down.len(),
+        down.len() as f64 / n as f64
+    );
+    assert!(down.len() < n as usize * 5 / 4, "padding overhead too high");
 }
 
 fn rand_u64() -> u64 {
