@@ -151,7 +151,9 @@ async fn open_via(
                 .lock()
                 .seal(&Record::Data(chunk.to_vec()))
                 .map_err(OpenFailure::BadAnswer)?;
-            tx.send(sealed).await.map_err(|_| OpenFailure::SessionGone)?;
+            tx.send(sealed)
+                .await
+                .map_err(|_| OpenFailure::SessionGone)?;
         }
         Ok((dec, stream))
     };

@@ -327,7 +327,10 @@ async fn the_central_sees_only_fixed_and_bucket_sizes() {
         "upload: {upload_wire} bytes carried for {n} of payload ({:.3}x)",
         upload_wire as f64 / n as f64
     );
-    assert!(upload_wire < n as usize * 5 / 4, "padding overhead too high");
+    assert!(
+        upload_wire < n as usize * 5 / 4,
+        "padding overhead too high"
+    );
     // The client's view of what the central sent it, gateway → client.
     let down: Vec<u8> = events
         .iter()
@@ -344,7 +347,11 @@ async fn the_central_sees_only_fixed_and_bucket_sizes() {
             "a message of {l} bytes"
         );
     }
-    assert!(lens.len() > 20, "the download rode in records: {}", lens.len());
+    assert!(
+        lens.len() > 20,
+        "the download rode in records: {}",
+        lens.len()
+    );
     eprintln!(
         "download: {} bytes carried for {n} of payload and four small answers ({:.3}x)",
         down.len(),

@@ -385,10 +385,11 @@ async fn serve_stream(
     };
     // A replayed open (or one from far off our clock) goes no further: no lookup, no
     // connection, and the same fixed-size refusal as any other.
-    let admitted = replay
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .admit(open.replay_key(), open.sent_at(), unix_now());
+    let admitted = replay.lock().unwrap_or_else(PoisonError::into_inner).admit(
+        open.replay_key(),
+        open.sent_at(),
+        unix_now(),
+    );
     if let Err(r) = admitted {
         Metrics::inc(&ctx.metrics.streams_refused);
         debug!(node = %ctx.id, refusal = %r, "open refused");

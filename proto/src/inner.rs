@@ -613,9 +613,18 @@ mod tests {
         let gw = StaticKeypair::generate(&mut rng);
         let opens = [
             (TargetAddr::Domain("a.io".into(), 80), Vec::new()),
-            (TargetAddr::Domain("b".repeat(255), 443), vec![7u8; MAX_EARLY_DATA]),
-            (TargetAddr::Ip("[2001:db8::1]:22".parse().unwrap()), b"SSH-2.0".to_vec()),
-            (TargetAddr::Ip("192.0.2.1:25".parse().unwrap()), vec![1u8; 300]),
+            (
+                TargetAddr::Domain("b".repeat(255), 443),
+                vec![7u8; MAX_EARLY_DATA],
+            ),
+            (
+                TargetAddr::Ip("[2001:db8::1]:22".parse().unwrap()),
+                b"SSH-2.0".to_vec(),
+            ),
+            (
+                TargetAddr::Ip("192.0.2.1:25".parse().unwrap()),
+                vec![1u8; 300],
+            ),
         ];
         for (target, early_data) in opens {
             let req = OpenRequest { target, early_data };
@@ -624,7 +633,11 @@ mod tests {
             let (g, got) = gateway_accept(&gw, &bytes[2..]).unwrap();
             assert_eq!(got, req);
             assert_eq!(g.sent_at(), 77);
-            assert_eq!(&g.replay_key()[..], &bytes[3..35], "the client's ephemeral key");
+            assert_eq!(
+                &g.replay_key()[..],
+                &bytes[3..35],
+                "the client's ephemeral key"
+            );
         }
         // Over the early-data budget: the caller sends the rest as records.
         let req = OpenRequest {
@@ -648,7 +661,10 @@ mod tests {
         };
         for (status, reason) in [
             (OpenStatus::OK, ""),
-            (OpenStatus::CONNECTION_REFUSED, "connecting to 192.0.2.1:22: refused"),
+            (
+                OpenStatus::CONNECTION_REFUSED,
+                "connecting to 192.0.2.1:22: refused",
+            ),
             (OpenStatus::NOT_ALLOWED, &*"x".repeat(2 * MAX_REASON)),
         ] {
             let (c, bytes) = client_open(&mut rng, &gw.public(), &req, 0).unwrap();
@@ -674,7 +690,19 @@ mod tests {
             Record::Error(3),
             Record::Ack(u64::MAX),
         ];
-        for n in [0, 1, 253, 254, 1000, 1021, 1022, 4093, 4094, 9000, MAX_RECORD_DATA] {
+        for n in [
+            0,
+            1,
+            253,
+            254,
+            1000,
+            1021,
+            1022,
+            4093,
+            4094,
+            9000,
+            MAX_RECORD_DATA,
+        ] {
             records.push(Record::Data(vec![0xa5; n]));
         }
         for r in records {

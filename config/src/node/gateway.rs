@@ -188,7 +188,11 @@ impl GatewayConfig {
                 self.open_replay_window_secs,
                 MAX_OPEN_REPLAY_WINDOW_SECS,
             ),
-            ("open_replay_cache", self.open_replay_cache, MAX_OPEN_REPLAY_CACHE),
+            (
+                "open_replay_cache",
+                self.open_replay_cache,
+                MAX_OPEN_REPLAY_CACHE,
+            ),
         ] {
             if value > max {
                 return Err(ConfigError::invalid(

@@ -21,7 +21,9 @@ use std::collections::HashSet;
 /// Why an open was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ReplayRefusal {
-    #[error("the open was sent at {sent_at}, more than {window} s from the gateway's clock ({now})")]
+    #[error(
+        "the open was sent at {sent_at}, more than {window} s from the gateway's clock ({now})"
+    )]
     Stale { sent_at: u64, now: u64, window: u64 },
     #[error("the open was seen before (a replay)")]
     Replayed,
@@ -74,7 +76,11 @@ impl ReplayCache {
         }
         // One step at a time: a key moved to `previous` now was inserted after the last
         // rotation, so it stays until the next one, 2 × window from now.
-        if now >= self.rotated_at.saturating_add(self.window.saturating_mul(2)) {
+        if now
+            >= self
+                .rotated_at
+                .saturating_add(self.window.saturating_mul(2))
+        {
             self.previous = std::mem::take(&mut self.current);
             self.rotated_at = now;
         }
@@ -138,7 +144,10 @@ mod tests {
                 }
             }
             // New opens from clients a window early, on time and a window late.
-            for (j, sent) in [now.saturating_sub(w), now, now + w].into_iter().enumerate() {
+            for (j, sent) in [now.saturating_sub(w), now, now + w]
+                .into_iter()
+                .enumerate()
+            {
                 let k = key((now * 3 + j as u64) as u32);
                 assert_eq!(c.admit(k, sent, now), Ok(()), "sent {sent} at {now}");
                 seen.push((k, sent));

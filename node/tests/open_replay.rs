@@ -185,7 +185,11 @@ async fn a_replayed_open_is_refused_and_the_target_sees_one_connection() {
         assert_eq!(again.len(), reply.len(), "a refusal looks like any reply");
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(conns.load(Ordering::SeqCst), 1, "the replays reached the target");
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "the replays reached the target"
+    );
     net.stop.cancel();
 }
 
