@@ -211,6 +211,17 @@ pub struct CentralSession {
     /// Once fired, new streams are refused and the session ends when its live streams are
     /// done and everything sent is acknowledged.
     pub drain: CancellationToken,
+    /// How many streams the client may hold and how fast it may open them.
+    pub limits: StreamLimits,
+}
+
+/// A session's stream limits at the central: past either, an open is refused
+/// (`resource_limit`), so one client cannot take the gateway links' streams from the others.
+pub struct StreamLimits {
+    /// Streams open at once.
+    pub max_streams: usize,
+    /// Opens per second, with bursts.
+    pub opens: braid_proto::rate::TokenBucket,
 }
 
 impl SessionRole {
@@ -595,6 +606,15 @@ impl SessionTask {
                 if self.role.draining() {
                     self.session.reset_stream(stream, Reason::DRAINING.code());
                     return None;
+                }
+                if let SessionRole::Central(c) = &mut self.role {
+                    let now = Instant::now().into_std();
+                    if streams.len() >= c.limits.max_streams || !c.limits.opens.try_take(now) {
+                        Metrics::inc(&self.metrics.streams_refused);
+                        self.session
+                            .reset_stream(stream, Reason::RESOURCE_LIMIT.code());
+                        return None;
+                    }
                 }
                 tap(
                     &self.tap,

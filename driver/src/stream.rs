@@ -49,6 +49,11 @@ impl StreamSender {
         self.id
     }
 
+    /// Whether `n` bytes of credit are there now (a send of them would not wait).
+    pub fn has_credit(&self, n: usize) -> bool {
+        self.credit.available_permits() >= n
+    }
+
     /// Waits for `bytes.len()` of the stream's credit, spends it, and hands the bytes over.
     pub async fn send(&self, bytes: Vec<u8>) -> Result<(), StreamError> {
         let n = u32::try_from(bytes.len()).map_err(|_| StreamError::TooLarge(bytes.len()))?;

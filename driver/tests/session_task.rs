@@ -12,13 +12,14 @@ use std::time::Duration;
 use braid_driver::metrics::Metrics;
 use braid_driver::session_task::{
     CentralSession, EndReason, SessionCmd, SessionEnd, SessionGauge, SessionRole, SessionTask,
-    StreamEvent,
+    StreamEvent, StreamLimits,
 };
 use braid_driver::stream::{self, StreamReceiver, StreamSender};
 use braid_driver::{status_channel, Link, StatusReader};
 use braid_proto::envelope::Envelope;
 use braid_proto::frame::Mailbox;
 use braid_proto::noise::StaticKeypair;
+use braid_proto::rate::TokenBucket;
 use braid_proto::session::{self, PendingSession, SessionConfig, SessionError, SessionHello};
 use braid_proto::Reason;
 use tokio::sync::{mpsc, watch};
@@ -50,6 +51,10 @@ struct Opts {
     /// The client's keepalive and peer timeout (none by default).
     keepalive: Option<Duration>,
     peer_timeout: Option<Duration>,
+    /// The central's stream limits for the session.
+    max_streams: usize,
+    open_rate: u32,
+    open_burst: u32,
 }
 
 impl Default for Opts {
@@ -59,6 +64,9 @@ impl Default for Opts {
             idle_timeout: Duration::from_secs(60),
             keepalive: None,
             peer_timeout: None,
+            max_streams: 4096,
+            open_rate: 100_000,
+            open_burst: 100_000,
         }
     }
 }
@@ -173,6 +181,10 @@ async fn pair(o: Opts) -> Pair {
             }),
             gauge: Arc::new(SessionGauge::default()),
             drain: central_drain.clone(),
+            limits: StreamLimits {
+                max_streams: o.max_streams,
+                opens: TokenBucket::new(o.open_rate, o.open_burst, std::time::Instant::now()),
+            },
         }),
         idle_timeout: o.idle_timeout,
         reassembly_timeout: Duration::from_secs(60),
@@ -491,5 +503,81 @@ async fn a_vanished_central_ends_the_client_session() {
         took < Duration::from_millis(1500),
         "noticed {took:?} after the central went"
     );
+    p.shutdown.cancel();
+}
+
+/// How a stream the client opened fared at the central: refused with `resource_limit`, or
+/// still open after a moment.
+async fn refused(rx: &mut StreamReceiver) -> bool {
+    match tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+        Ok(Some(StreamEvent::Reset(r))) => {
+            assert_eq!(r, Reason::RESOURCE_LIMIT);
+            true
+        }
+        Ok(other) => panic!("unexpected {other:?}"),
+        Err(_) => false,
+    }
+}
+
+/// A session holds at most `max_streams` streams at the central: more opens are refused
+/// (`resource_limit`) until one ends. Before the limit, a session could open streams
+/// without end, each a task and a QUIC stream on the gateway link all sessions share.
+#[tokio::test]
+async fn a_session_holds_at_most_its_stream_limit() {
+    let p = pair(Opts {
+        max_streams: 3,
+        ..Opts::default()
+    })
+    .await;
+    let mut rxs = Vec::new();
+    for id in 1..=5 {
+        let (tx, rx) = stream::open(&p.client_cmd, id, "g").await.unwrap();
+        let _ = tx.send(b"x".to_vec()).await;
+        rxs.push((tx, rx));
+    }
+    let mut outcome = Vec::new();
+    for (_, rx) in &mut rxs {
+        outcome.push(refused(rx).await);
+    }
+    assert_eq!(outcome, [false, false, false, true, true]);
+    let mut open = p.accepted(3).await;
+    // One ends: a new open fits again.
+    let (_, gtx, _grx) = open.pop().unwrap();
+    let (ctx, _) = &rxs[2];
+    ctx.reset(Reason::APP_CLOSED).await;
+    gtx.forget().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (tx, mut rx) = stream::open(&p.client_cmd, 6, "g").await.unwrap();
+    let _ = tx.send(b"x".to_vec()).await;
+    assert!(!refused(&mut rx).await, "room again after a stream ended");
+    p.shutdown.cancel();
+}
+
+/// Opens past the session's rate (bursts of `open_burst`, then `open_rate` a second) are
+/// refused; the bucket refills with time.
+#[tokio::test]
+async fn a_session_opens_streams_at_most_at_its_rate() {
+    let p = pair(Opts {
+        open_rate: 2,
+        open_burst: 3,
+        ..Opts::default()
+    })
+    .await;
+    let mut keep = Vec::new();
+    for id in 1..=6 {
+        let (tx, rx) = stream::open(&p.client_cmd, id, "g").await.unwrap();
+        let _ = tx.send(b"x".to_vec()).await;
+        keep.push((tx, rx));
+    }
+    let mut outcome = Vec::new();
+    for (_, rx) in &mut keep {
+        outcome.push(refused(rx).await);
+    }
+    // The burst of 3 opens at once; the rest, opened within milliseconds, are refused.
+    assert_eq!(outcome, [false, false, false, true, true, true]);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let (tx, mut rx) = stream::open(&p.client_cmd, 7, "g").await.unwrap();
+    let _ = tx.send(b"x".to_vec()).await;
+    assert!(!refused(&mut rx).await, "the bucket refilled");
     p.shutdown.cancel();
 }

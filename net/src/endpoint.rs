@@ -64,6 +64,27 @@ pub struct LinkTuning {
     /// A link silent this long is dead (QUIC takes the smaller of both ends' values); the
     /// keep-alive goes out at a quarter of it, at most every [`KEEP_ALIVE`].
     pub idle_timeout: Duration,
+    /// Flow-control credit for one stream the peer sends on.
+    pub stream_window: u32,
+    /// Flow-control credit for the whole connection. On links whose streams belong to
+    /// different users (central ⇄ gateway) it covers every stream's window at once
+    /// ([`LinkTuning::per_stream_credit`]), so a stream whose reader stopped holds only its
+    /// own window, never the connection's.
+    pub connection_window: u64,
+}
+
+impl LinkTuning {
+    /// A link carrying up to `streams` streams of different users at once, `stream_window`
+    /// bytes each: the connection window is their sum, so no stream can starve another.
+    /// What the link may buffer is then bounded by `streams × stream_window`.
+    pub fn per_stream_credit(streams: u32, stream_window: u32) -> Self {
+        LinkTuning {
+            max_bidi_streams: streams,
+            stream_window,
+            connection_window: u64::from(streams.max(1)) * u64::from(stream_window),
+            ..LinkTuning::default()
+        }
+    }
 }
 
 impl Default for LinkTuning {
@@ -71,6 +92,8 @@ impl Default for LinkTuning {
         LinkTuning {
             max_bidi_streams: MAX_BIDI_STREAMS,
             idle_timeout: Duration::from_millis(u64::from(IDLE_TIMEOUT_MS)),
+            stream_window: STREAM_RECEIVE_WINDOW,
+            connection_window: u64::from(CONNECTION_RECEIVE_WINDOW),
         }
     }
 }
@@ -83,9 +106,10 @@ pub fn transport_config_with(tuning: LinkTuning) -> TransportConfig {
         .unwrap_or(IDLE_TIMEOUT_MS)
         .max(100);
     let keep_alive = KEEP_ALIVE.min(tuning.idle_timeout / 4);
+    let connection_window = VarInt::from_u64(tuning.connection_window).unwrap_or(VarInt::MAX);
     let mut t = TransportConfig::default();
-    t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
-        .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
+    t.stream_receive_window(VarInt::from_u32(tuning.stream_window))
+        .receive_window(connection_window)
         .send_window(SEND_WINDOW)
         .max_concurrent_bidi_streams(VarInt::from_u32(tuning.max_bidi_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS))
@@ -123,6 +147,7 @@ fn server_config(
     id: &NodeIdentity,
     pins: PinSet,
     client_auth: ClientAuth,
+    tuning: LinkTuning,
 ) -> Result<quinn::ServerConfig, NetError> {
     let verifier = PinnedClientVerifier::new(pins, client_auth == ClientAuth::Required);
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
@@ -134,7 +159,7 @@ fn server_config(
     tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     tls.send_tls13_tickets = 0;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
-    config.transport_config(Arc::new(transport_config()));
+    config.transport_config(Arc::new(transport_config_with(tuning)));
     Ok(config)
 }
 
@@ -202,7 +227,23 @@ pub fn server_endpoint(
     pins: PinSet,
     client_auth: ClientAuth,
 ) -> Result<quinn::Endpoint, NetError> {
-    let mut ep = node_endpoint(bind, id, Some(server_config(id, pins, client_auth)?))?;
+    server_endpoint_with(bind, id, pins, client_auth, LinkTuning::default())
+}
+
+/// [`server_endpoint`] with its accepted links tuned: the central, whose links to the
+/// gateways carry one stream per proxied stream of every user.
+pub fn server_endpoint_with(
+    bind: SocketAddr,
+    id: &NodeIdentity,
+    pins: PinSet,
+    client_auth: ClientAuth,
+    tuning: LinkTuning,
+) -> Result<quinn::Endpoint, NetError> {
+    let mut ep = node_endpoint(
+        bind,
+        id,
+        Some(server_config(id, pins, client_auth, tuning)?),
+    )?;
     ep.set_default_client_config(client_config(Some(id), LinkTuning::default())?);
     Ok(ep)
 }

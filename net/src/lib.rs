@@ -17,7 +17,7 @@ pub mod tls;
 
 pub use endpoint::{
     client_endpoint, client_endpoint_with, connect, peer_tls_key, server_endpoint,
-    transport_config, transport_config_with, ClientAuth, LinkTuning,
+    server_endpoint_with, transport_config, transport_config_with, ClientAuth, LinkTuning,
 };
 pub use frame::{read_frame, write_frame};
 pub use identity::{parse_key_hex, IdentityError, NodeIdentity, PublicIdentity};

@@ -22,8 +22,11 @@ use tracing::{debug, info};
 use crate::NodeContext;
 use braid_driver::metrics::{LinkUpGuard, Metrics};
 use braid_driver::session_task::{
-    CentralSession, SessionGauge, SessionRole, SessionTask, StreamEvent,
+    CentralSession, SessionGauge, SessionRole, SessionTask, StreamEvent, StreamLimits,
 };
+use braid_proto::rate::TokenBucket;
+
+use crate::stall::StallBudget;
 use braid_driver::stream::{StreamError, StreamReceiver, StreamSender};
 use braid_driver::tap::{tap, TapPoint};
 use braid_driver::{publish_link, Link};
@@ -39,6 +42,16 @@ pub struct CentralParams {
     /// are evicted first.
     pub global_reorder_bytes: usize,
     pub max_sessions: usize,
+    /// Streams one session may hold open, and opens per second (with bursts).
+    pub max_streams_per_session: usize,
+    pub stream_open_rate: u32,
+    pub stream_open_burst: u32,
+    /// Tuning of the gateway links (accepted by this endpoint): each stream's window, and a
+    /// connection window covering them all.
+    pub gateway_link: braid_net::LinkTuning,
+    /// Stalled streams one session, and all sessions, may hold at once.
+    pub session_stalled_streams: usize,
+    pub global_stalled_streams: usize,
 }
 
 struct SessionEntry {
@@ -54,6 +67,8 @@ struct Shared {
     sessions: Mutex<HashMap<SessionId, SessionEntry>>,
     downstreams: watch::Sender<Vec<Link>>,
     gateways: Mutex<HashMap<String, quinn::Connection>>,
+    /// What stalled gateway streams hold over all sessions.
+    stalled: Arc<StallBudget>,
 }
 
 pub async fn run(ctx: NodeContext, params: CentralParams) -> anyhow::Result<()> {
@@ -64,15 +79,24 @@ pub async fn run(ctx: NodeContext, params: CentralParams) -> anyhow::Result<()> 
         .filter(|n| matches!(n.role, Role::Upstream | Role::Downstream | Role::Gateway))
         .map(|n| n.tls_key)
         .collect();
-    let ep = braid_net::server_endpoint(params.listen, &ctx.identity, pins, ClientAuth::Required)?;
+    // Peers of the central open only unidirectional streams (cells); the gateway streams
+    // are opened by the central, and the tuning sizes their windows.
+    let ep = braid_net::server_endpoint_with(
+        params.listen,
+        &ctx.identity,
+        pins,
+        ClientAuth::Required,
+        params.gateway_link,
+    )?;
     info!(node = %ctx.id, listen = %params.listen, "central listening");
     let shared = Arc::new(Shared {
         noise: StaticKeypair::from_secret(ctx.identity.noise_secret()),
         ctx: ctx.clone(),
-        params,
         sessions: Mutex::default(),
         downstreams: watch::channel(Vec::new()).0,
         gateways: Mutex::default(),
+        stalled: StallBudget::new(params.global_stalled_streams),
+        params,
     });
     tokio::spawn(evict_over_cap(shared.clone()));
     // Links keep being accepted while draining (a peer may reconnect to finish a transfer);
@@ -224,6 +248,7 @@ fn dispatch(shared: &Arc<Shared>, cell: Vec<u8>) {
     drop(sessions);
 
     let opener_shared = shared.clone();
+    let session_stalled = StallBudget::new(shared.params.session_stalled_streams);
     let task = SessionTask {
         session: accepted.session,
         node: shared.ctx.id.clone(),
@@ -238,10 +263,24 @@ fn dispatch(shared: &Arc<Shared>, cell: Vec<u8>) {
             mailboxes: accepted.hello.mailboxes,
             welcome: accepted.welcome_cell,
             opener: Box::new(move |gateway, sender, receiver| {
-                open_gateway_stream(&opener_shared, &gateway, sender, receiver)
+                open_gateway_stream(
+                    &opener_shared,
+                    &gateway,
+                    sender,
+                    receiver,
+                    [session_stalled.clone(), opener_shared.stalled.clone()],
+                )
             }),
             gauge,
             drain: shared.ctx.drain.clone(),
+            limits: StreamLimits {
+                max_streams: shared.params.max_streams_per_session,
+                opens: TokenBucket::new(
+                    shared.params.stream_open_rate,
+                    shared.params.stream_open_burst,
+                    now,
+                ),
+            },
         }),
         idle_timeout: shared.params.idle_timeout,
         reassembly_timeout: shared.params.reassembly_timeout,
@@ -276,6 +315,7 @@ fn open_gateway_stream(
     gateway: &str,
     sender: StreamSender,
     receiver: StreamReceiver,
+    budgets: [Arc<StallBudget>; 2],
 ) -> bool {
     let conn = {
         let Ok(g) = shared.gateways.lock() else {
@@ -290,12 +330,44 @@ fn open_gateway_stream(
         }
     };
     Metrics::inc(&shared.ctx.metrics.streams_opened);
-    tokio::spawn(gateway_stream(conn, sender, receiver));
+    tokio::spawn(gateway_stream(conn, sender, receiver, budgets));
     true
 }
 
+/// Hands `bytes` to the session once the client has room for them. While it has none the
+/// stream is stalled: it holds its gateway window, charged to the session's budget and the
+/// global one, and either may cut it (then the stream is reset).
+async fn send_when_credited(
+    tx: &StreamSender,
+    bytes: Vec<u8>,
+    budgets: &[Arc<StallBudget>; 2],
+) -> Result<(), Stalled> {
+    if tx.has_credit(bytes.len()) {
+        return tx.send(bytes).await.map_err(Stalled::Stream);
+    }
+    let [session, global] = budgets;
+    let (a, b) = (session.enter(), global.enter());
+    tokio::select! {
+        r = tx.send(bytes) => r.map_err(Stalled::Stream),
+        _ = a.cut.cancelled() => Err(Stalled::Cut),
+        _ = b.cut.cancelled() => Err(Stalled::Cut),
+    }
+}
+
+/// Why bytes from the gateway could not be handed to the session.
+enum Stalled {
+    Stream(StreamError),
+    /// Stalled over a budget.
+    Cut,
+}
+
 /// Bridges one proxied stream between the session and its QUIC stream to the gateway.
-async fn gateway_stream(conn: quinn::Connection, tx: StreamSender, mut rx: StreamReceiver) {
+async fn gateway_stream(
+    conn: quinn::Connection,
+    tx: StreamSender,
+    mut rx: StreamReceiver,
+    budgets: [Arc<StallBudget>; 2],
+) {
     let (mut send, mut recv) = match conn.open_bi().await {
         Ok(s) => s,
         Err(_) => {
@@ -332,14 +404,22 @@ async fn gateway_stream(conn: quinn::Connection, tx: StreamSender, mut rx: Strea
             n = recv.read(&mut buf), if !down_done => match n {
                 Ok(Some(n)) => {
                     // Waits for the client's room for these bytes (per-stream credit).
-                    match tx.send(buf.get(..n).unwrap_or_default().to_vec()).await {
+                    let bytes = buf.get(..n).unwrap_or_default().to_vec();
+                    match send_when_credited(&tx, bytes, &budgets).await {
                         Ok(()) => {}
-                        Err(StreamError::Reset) => {
+                        Err(Stalled::Stream(StreamError::Reset)) => {
                             let _ = send.reset(quic_code(Reason::GENERAL_FAILURE));
                             let _ = recv.stop(quic_code(Reason::GENERAL_FAILURE));
                             return;
                         }
-                        Err(_) => return,
+                        Err(Stalled::Cut) => {
+                            debug!("a stalled stream over its budget: reset");
+                            tx.reset(Reason::RESOURCE_LIMIT).await;
+                            let _ = send.reset(quic_code(Reason::RESOURCE_LIMIT));
+                            let _ = recv.stop(quic_code(Reason::RESOURCE_LIMIT));
+                            return;
+                        }
+                        Err(Stalled::Stream(_)) => return,
                     }
                 }
                 Ok(None) => {

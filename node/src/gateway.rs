@@ -58,6 +58,13 @@ pub struct GatewayParams {
     pub max_streams: u32,
     /// A link to a central silent this long is dead.
     pub link_idle_timeout: Duration,
+    /// Flow-control window of each stream on a central link (the connection window is
+    /// `max_streams` of them, so a stalled stream holds only its own).
+    pub link_stream_window: u32,
+    /// The first inner message must have arrived this long after the stream opened.
+    pub handshake_timeout: Duration,
+    /// A stream with nothing from the client's side for this long is closed.
+    pub stream_idle_timeout: Duration,
     /// How long a stream whose carrier died keeps its target connection for a resume.
     pub resume_grace: Duration,
     /// Sealed bytes a stream keeps until the client acknowledges them.
@@ -79,8 +86,8 @@ pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
     }
     let policy = Arc::new(policy);
     let tuning = braid_net::LinkTuning {
-        max_bidi_streams: p.max_streams,
         idle_timeout: p.link_idle_timeout,
+        ..braid_net::LinkTuning::per_stream_credit(p.max_streams, p.link_stream_window)
     };
     let ep = braid_net::client_endpoint_with(p.bind, Some(&ctx.identity), tuning)?;
     info!(node = %ctx.id, "gateway dialing the centrals");
@@ -265,6 +272,8 @@ async fn connect_checked(timeout: Duration, addrs: &[Checked]) -> Result<TcpStre
 struct Carrier {
     send: quinn::SendStream,
     source: TapSource,
+    /// When the client's side last sent on it.
+    heard: Heard,
     /// What arrived after the resume.
     dec: MessageDecoder,
     req: ResumeRequest,
@@ -296,12 +305,49 @@ impl Drop for Filed {
 /// The gateway's carriers read through the tap.
 type TapSource = QuicSource<Box<dyn FnMut(&[u8]) + Send>>;
 
-fn tap_source(ctx: &NodeContext, recv: quinn::RecvStream) -> TapSource {
+fn tap_source(ctx: &NodeContext, recv: quinn::RecvStream, heard: Heard) -> TapSource {
     let (t, id) = (ctx.tap.clone(), ctx.id.clone());
     QuicSource::new(
         recv,
-        Box::new(move |chunk: &[u8]| tap(&t, &id, TapPoint::Received, chunk)),
+        Box::new(move |chunk: &[u8]| {
+            heard.now();
+            tap(&t, &id, TapPoint::Received, chunk)
+        }),
     )
+}
+
+/// When a stream's carrier last brought bytes from the client's side, for the idle rule.
+#[derive(Clone)]
+struct Heard(Arc<std::sync::Mutex<tokio::time::Instant>>);
+
+impl Heard {
+    fn new() -> Self {
+        Heard(Arc::new(std::sync::Mutex::new(tokio::time::Instant::now())))
+    }
+
+    fn now(&self) {
+        if let Ok(mut t) = self.0.lock() {
+            *t = tokio::time::Instant::now();
+        }
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.0
+            .lock()
+            .map(|t| *t)
+            .unwrap_or_else(|_| tokio::time::Instant::now())
+    }
+
+    /// Returns once nothing was heard for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let due = self.last() + idle;
+            if tokio::time::Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due).await;
+        }
+    }
 }
 
 /// The clock in unix seconds, as opens carry it.
@@ -334,15 +380,30 @@ async fn serve_stream(
     } = shared;
     let noise = StaticKeypair::from_secret(ctx.identity.noise_secret());
     let mut dec = MessageDecoder::default();
-    let mut source = tap_source(&ctx, recv);
-    // 1. The first message: the client's handshake with the open request, or a resume.
-    let msg1 = loop {
-        match dec.next_message() {
-            Ok(Some(m)) => break m,
-            Ok(None) => {}
-            Err(_) => return,
+    let heard = Heard::new();
+    let mut source = tap_source(&ctx, recv, heard.clone());
+    // 1. The first message: the client's handshake with the open request, or a resume. A
+    // stream that never sends it all is reset at the deadline.
+    let first = tokio::time::timeout(p.handshake_timeout, async {
+        loop {
+            match dec.next_message() {
+                Ok(Some(m)) => return Some(m),
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+            if !source.read_into(&mut dec).await {
+                return None;
+            }
         }
-        if !source.read_into(&mut dec).await {
+    })
+    .await;
+    let msg1 = match first {
+        Ok(Some(m)) => m,
+        Ok(None) => return,
+        Err(_) => {
+            debug!(node = %ctx.id, "no first message within the handshake deadline");
+            Metrics::inc(&ctx.metrics.streams_refused);
+            let _ = send.reset(u32::from(Reason::TIMED_OUT.code()).into());
             return;
         }
     };
@@ -353,6 +414,7 @@ async fn serve_stream(
             let carrier = Carrier {
                 send,
                 source,
+                heard,
                 dec,
                 req,
             };
@@ -447,6 +509,7 @@ async fn serve_stream(
     let stream = SharedStream::new(ReliableStream::new(keys, p.resume_buffer), budget);
     let (carriers_tx, mut carriers) = mpsc::channel::<Carrier>(1);
     let mut leg = (send, source, dec);
+    let mut heard = heard;
     loop {
         let _filed = {
             let id = stream.lock().next_resume_id();
@@ -459,6 +522,7 @@ async fn serve_stream(
         let (send, source, dec) = &mut leg;
         let stop = CancellationToken::new();
         let mut next = None;
+        let mut idle = false;
         let end = {
             let run = pump::run_leg(
                 &mut tcp_r,
@@ -484,8 +548,19 @@ async fn serve_stream(
                     next = c;
                     LegEnd::CarrierLost
                 }
+                _ = heard.idle_for(p.stream_idle_timeout) => {
+                    stop.cancel();
+                    run.await;
+                    idle = true;
+                    LegEnd::Aborted
+                }
             }
         };
+        if idle {
+            debug!(node = %ctx.id, "stream idle past its timeout: closed");
+            let _ = send.reset(u32::from(Reason::TIMED_OUT.code()).into());
+            return;
+        }
         match end {
             LegEnd::Done => return,
             LegEnd::Aborted => {
@@ -512,6 +587,7 @@ async fn serve_stream(
             return;
         };
         Metrics::inc(&ctx.metrics.streams_resumed);
+        heard = c.heard;
         leg = (c.send, c.source, c.dec);
     }
 }
@@ -585,6 +661,9 @@ mod tests {
             reconnect_max: Duration::from_millis(100),
             max_streams: 16,
             link_idle_timeout: Duration::from_secs(30),
+            link_stream_window: 1 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            stream_idle_timeout: Duration::from_secs(3600),
             resume_grace: Duration::from_secs(1),
             resume_buffer: 1 << 20,
             resume_budget: 1 << 30,

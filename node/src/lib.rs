@@ -10,6 +10,7 @@ pub mod gateway;
 pub mod health;
 pub mod relay;
 pub mod roles;
+pub mod stall;
 pub mod upstream;
 
 use std::future::Future;

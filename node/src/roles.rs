@@ -35,7 +35,28 @@ pub fn central_params(c: &CentralConfig, ctx: &NodeContext) -> central::CentralP
         reassembly_timeout: c.reassembly_timeout(),
         global_reorder_bytes: usize::try_from(c.global_reorder_bytes).unwrap_or(usize::MAX),
         max_sessions: usize::try_from(c.max_sessions).unwrap_or(usize::MAX),
+        max_streams_per_session: c.max_streams_per_session as usize,
+        stream_open_rate: c.stream_open_rate,
+        stream_open_burst: c.stream_open_burst,
+        gateway_link: braid_net::LinkTuning {
+            // Peers open no bidirectional streams on the central.
+            max_bidi_streams: 0,
+            ..braid_net::LinkTuning::per_stream_credit(
+                c.gateway_link_streams,
+                c.gateway_stream_window(),
+            )
+        },
+        session_stalled_streams: stalled_streams(c.session_stalled_mib, c),
+        global_stalled_streams: stalled_streams(c.global_stalled_mib, c),
     }
+}
+
+/// How many stalled gateway streams `mib` holds (each holds its gateway window).
+fn stalled_streams(mib: u64, c: &CentralConfig) -> usize {
+    let window = u64::from(c.gateway_stream_window()).max(1);
+    usize::try_from(mib.saturating_mul(1 << 20) / window)
+        .unwrap_or(usize::MAX)
+        .max(1)
 }
 
 pub fn relay_params(c: &RelayConfig) -> relay::RelayParams {
@@ -61,6 +82,9 @@ pub fn gateway_params(c: &GatewayConfig, bind: SocketAddr) -> gateway::GatewayPa
         reconnect_min: c.reconnect_min(),
         reconnect_max: c.reconnect_max(),
         max_streams: c.max_streams,
+        link_stream_window: c.link_stream_window(),
+        handshake_timeout: c.handshake_timeout(),
+        stream_idle_timeout: c.stream_idle_timeout(),
         link_idle_timeout: c.link_idle_timeout(),
         resume_grace: c.resume_grace(),
         resume_buffer: c.resume_buffer(),

@@ -85,6 +85,12 @@ async fn start_central_with(max_sessions: usize, idle_timeout: Duration) -> Net 
             reassembly_timeout: Duration::from_secs(60),
             global_reorder_bytes: 256 << 20,
             max_sessions,
+            max_streams_per_session: 4096,
+            stream_open_rate: 200,
+            stream_open_burst: 1000,
+            gateway_link: braid_net::LinkTuning::per_stream_credit(1024, 1 << 20),
+            session_stalled_streams: 64,
+            global_stalled_streams: 1024,
         },
     ));
     // Wait for the central's socket.

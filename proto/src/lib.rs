@@ -10,6 +10,7 @@ pub mod inner;
 pub mod mix;
 pub mod noise;
 mod open_enum;
+pub mod rate;
 pub mod reason;
 pub mod session;
 #[cfg(feature = "test-util")]

@@ -57,6 +57,8 @@ pub struct ProcOverlay {
     /// The client's admin port (`braid status`).
     pub client_admin: SocketAddr,
     client: Option<Child>,
+    /// More client processes (`add_client`), killed with the overlay.
+    extra_clients: Vec<Child>,
 }
 
 /// A workspace binary (`braid-node`, `braid`): it sits beside the test binary's folder
@@ -177,6 +179,7 @@ impl ProcOverlay {
             socks: SocketAddr::new(ip(1), 0),
             client_admin: SocketAddr::new(ip(1), 0),
             client: None,
+            extra_clients: Vec::new(),
         };
         // Ready: every admin port answers, and every dialing node has linked to every central.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -209,32 +212,42 @@ impl ProcOverlay {
     }
 
     fn start_client(&mut self, extra: &str) {
+        let (child, socks, admin) = self.spawn_client("client", extra);
+        self.client = Some(child);
+        self.socks = socks;
+        self.client_admin = admin;
+    }
+
+    /// Starts one more `braid run` process (its log is `NAME.log`) beside the first, with
+    /// its own session; returns its SOCKS5 address.
+    pub fn add_client(&mut self, name: &str, extra: &str) -> SocketAddr {
+        let (child, socks, _) = self.spawn_client(name, extra);
+        self.extra_clients.push(child);
+        socks
+    }
+
+    fn spawn_client(&self, name: &str, extra: &str) -> (Child, SocketAddr, SocketAddr) {
         let ip = IpAddr::V4(Ipv4Addr::new(self.net[0], self.net[1], self.net[2], 1));
         let socks = SocketAddr::new(ip, free_port(ip, false));
         let admin = SocketAddr::new(ip, free_port(ip, false));
         let cfg = format!(
             "directory = \"directory.toml\"\nsocks_listen = \"{socks}\"\nadmin = \"{admin}\"\n{extra}\n"
         );
-        let path = self.dir.path().join("client.toml");
+        let path = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, cfg).unwrap();
-        let log = self.dir.path().join("client.log");
+        let log = self.dir.path().join(format!("{name}.log"));
         let bin = workspace_bin("braid");
-        self.client = Some(spawn(
-            &bin,
-            &["run", "--config", path.to_str().unwrap()],
-            &log,
-        ));
+        let child = spawn(&bin, &["run", "--config", path.to_str().unwrap()], &log);
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect_timeout(&socks, Duration::from_millis(200)).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "client never served SOCKS5:\n{}",
-                self.log("client")
+                "{name} never served SOCKS5:\n{}",
+                self.log(name)
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.socks = socks;
-        self.client_admin = admin;
+        (child, socks, admin)
     }
 
     pub fn node(&self, id: &str) -> &ProcNode {
@@ -398,6 +411,7 @@ impl Drop for ProcOverlay {
             .iter_mut()
             .filter_map(|n| n.child.as_mut())
             .chain(self.client.as_mut())
+            .chain(self.extra_clients.iter_mut())
         {
             let _ = c.kill();
             let _ = c.wait();

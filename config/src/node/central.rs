@@ -37,8 +37,64 @@ pub struct CentralConfig {
     /// Most sessions held at once (default 100000); a new session beyond it is refused.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: u32,
+    /// Most streams one session may have open at once (default 4096); past it an open is
+    /// refused (`resource_limit`).
+    #[serde(default = "default_max_streams_per_session")]
+    pub max_streams_per_session: u32,
+    /// Stream opens per second a session may make, on average (default 200), with bursts
+    /// of `stream_open_burst` (default 1000); past it an open is refused (`resource_limit`).
+    #[serde(default = "default_stream_open_rate")]
+    pub stream_open_rate: u32,
+    /// See `stream_open_rate`.
+    #[serde(default = "default_stream_open_burst")]
+    pub stream_open_burst: u32,
+    /// Flow-control window of each stream on a gateway link, in KiB (default 1024): what a
+    /// gateway may send on a stream the client is not reading. The link's connection window
+    /// is `gateway_link_streams` of these, so a stalled stream never holds another's credit.
+    #[serde(default = "default_gateway_stream_window_kib")]
+    pub gateway_stream_window_kib: u32,
+    /// Streams a gateway link is sized for (default 16384, the gateway's own default
+    /// `max_streams`).
+    #[serde(default = "default_gateway_link_streams")]
+    pub gateway_link_streams: u32,
+    /// What one session's stalled streams (the client gives no credit, the gateway has more)
+    /// may hold in their gateway windows, in MiB (default 64). Past it the stream stalled
+    /// longest is reset (`resource_limit`).
+    #[serde(default = "default_session_stalled_mib")]
+    pub session_stalled_mib: u64,
+    /// The same over all sessions, in MiB (default 1024).
+    #[serde(default = "default_global_stalled_mib")]
+    pub global_stalled_mib: u64,
     /// Common settings.
     pub node: NodeCommon,
+}
+
+fn default_max_streams_per_session() -> u32 {
+    4096
+}
+
+fn default_stream_open_rate() -> u32 {
+    200
+}
+
+fn default_stream_open_burst() -> u32 {
+    1000
+}
+
+fn default_gateway_stream_window_kib() -> u32 {
+    1024
+}
+
+fn default_gateway_link_streams() -> u32 {
+    16_384
+}
+
+fn default_session_stalled_mib() -> u64 {
+    64
+}
+
+fn default_global_stalled_mib() -> u64 {
+    1024
 }
 
 fn default_reorder_window_cells() -> u32 {
@@ -76,6 +132,13 @@ impl CentralConfig {
             reassembly_timeout_secs: default_reassembly_timeout_secs(),
             idle_timeout_secs: default_idle_timeout_secs(),
             max_sessions: default_max_sessions(),
+            max_streams_per_session: default_max_streams_per_session(),
+            stream_open_rate: default_stream_open_rate(),
+            stream_open_burst: default_stream_open_burst(),
+            gateway_stream_window_kib: default_gateway_stream_window_kib(),
+            gateway_link_streams: default_gateway_link_streams(),
+            session_stalled_mib: default_session_stalled_mib(),
+            global_stalled_mib: default_global_stalled_mib(),
             node,
         }
     }
@@ -83,6 +146,11 @@ impl CentralConfig {
     /// [`Self::reassembly_timeout_secs`] as a `Duration`.
     pub fn reassembly_timeout(&self) -> Duration {
         Duration::from_secs(self.reassembly_timeout_secs)
+    }
+
+    /// [`Self::gateway_stream_window_kib`] in bytes.
+    pub fn gateway_stream_window(&self) -> u32 {
+        self.gateway_stream_window_kib.saturating_mul(1024)
     }
 
     /// [`Self::idle_timeout_secs`] as a `Duration`.
@@ -101,7 +169,26 @@ impl CentralConfig {
                 ("reassembly_timeout_secs", self.reassembly_timeout_secs),
                 ("idle_timeout_secs", self.idle_timeout_secs),
                 ("max_sessions", u64::from(self.max_sessions)),
+                (
+                    "max_streams_per_session",
+                    u64::from(self.max_streams_per_session),
+                ),
+                ("stream_open_rate", u64::from(self.stream_open_rate)),
+                ("stream_open_burst", u64::from(self.stream_open_burst)),
+                (
+                    "gateway_stream_window_kib",
+                    u64::from(self.gateway_stream_window_kib),
+                ),
+                ("gateway_link_streams", u64::from(self.gateway_link_streams)),
+                ("session_stalled_mib", self.session_stalled_mib),
+                ("global_stalled_mib", self.global_stalled_mib),
             ],
+        )?;
+        check::not_below(
+            file,
+            ("global_stalled_mib", self.global_stalled_mib),
+            ("session_stalled_mib", self.session_stalled_mib),
+            Some("the global cap must hold at least one session's"),
         )?;
         check::not_below(
             file,

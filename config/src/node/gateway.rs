@@ -52,6 +52,21 @@ pub struct GatewayConfig {
     /// bounded however many streams are open.
     #[serde(default = "crate::check::default_resume_budget_mib")]
     pub resume_budget_mib: u64,
+    /// Flow-control window of each stream on a central link, in KiB (default 1024). The
+    /// link's connection window is `max_streams` of these, so a stream whose target stops
+    /// reading holds only its own window and never stalls another user's streams; what the
+    /// links may buffer is bounded by `max_streams × link_stream_window_kib`.
+    #[serde(default = "default_link_stream_window_kib")]
+    pub link_stream_window_kib: u32,
+    /// A stream whose first inner message (an open or a resume) has not fully arrived this
+    /// long after the central opened it is reset (default 10000 ms).
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// A stream with no bytes from the client's side for this long is closed, and its
+    /// target connection with it (default 3600 s). An active download is not idle: the
+    /// client acknowledges what it receives.
+    #[serde(default = "default_stream_idle_timeout_secs")]
+    pub stream_idle_timeout_secs: u64,
     /// An open (its 0-RTT first message) sent more than this from the gateway's clock is
     /// refused, and the gateway remembers every open's ephemeral key at least twice this
     /// long to refuse replays (default 120 s; at most 86400). Clients' clocks must be this
@@ -99,6 +114,18 @@ fn default_max_streams() -> u32 {
     16_384
 }
 
+fn default_link_stream_window_kib() -> u32 {
+    1024
+}
+
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_stream_idle_timeout_secs() -> u64 {
+    3600
+}
+
 fn default_reconnect_min_ms() -> u64 {
     200
 }
@@ -119,6 +146,9 @@ impl GatewayConfig {
             resume_grace_ms: crate::check::default_resume_grace_ms(),
             resume_buffer_kib: crate::check::default_resume_buffer_kib(),
             resume_budget_mib: crate::check::default_resume_budget_mib(),
+            link_stream_window_kib: default_link_stream_window_kib(),
+            handshake_timeout_ms: default_handshake_timeout_ms(),
+            stream_idle_timeout_secs: default_stream_idle_timeout_secs(),
             open_replay_window_secs: default_open_replay_window_secs(),
             open_replay_cache: default_open_replay_cache(),
             exit: ExitConfig::default(),
@@ -152,6 +182,21 @@ impl GatewayConfig {
         crate::check::bytes(self.resume_buffer_kib, 1024)
     }
 
+    /// [`Self::link_stream_window_kib`] in bytes (within QUIC's u32 stream windows).
+    pub fn link_stream_window(&self) -> u32 {
+        self.link_stream_window_kib.saturating_mul(1024)
+    }
+
+    /// [`Self::handshake_timeout_ms`] as a `Duration`.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// [`Self::stream_idle_timeout_secs`] as a `Duration`.
+    pub fn stream_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.stream_idle_timeout_secs)
+    }
+
     /// [`Self::open_replay_cache`] as a count.
     pub fn open_replay_cache(&self) -> usize {
         usize::try_from(self.open_replay_cache).unwrap_or(usize::MAX)
@@ -178,6 +223,12 @@ impl GatewayConfig {
                 ("max_streams", u64::from(self.max_streams)),
                 ("link_idle_timeout_ms", self.link_idle_timeout_ms),
                 ("resume_grace_ms", self.resume_grace_ms),
+                (
+                    "link_stream_window_kib",
+                    u64::from(self.link_stream_window_kib),
+                ),
+                ("handshake_timeout_ms", self.handshake_timeout_ms),
+                ("stream_idle_timeout_secs", self.stream_idle_timeout_secs),
                 ("open_replay_window_secs", self.open_replay_window_secs),
                 ("open_replay_cache", self.open_replay_cache),
             ],
