@@ -255,6 +255,20 @@ const UNANSWERED_HELLOS: usize = 3;
 const FIRST_SESSION_DEADLINE: Duration = Duration::from_secs(30);
 /// The longest wait between Hellos while the central does not answer.
 const MAX_HELLO_GAP: Duration = Duration::from_secs(1);
+/// Unanswered Hellos whose late Welcome is still taken.
+const MAX_PENDING_HELLOS: usize = 8;
+
+/// The proof-of-work effort of the `attempt`-th Hello: none at first, then more each time
+/// (2^8 hashes, 2^12, 2^16, then 2^18: under 0.1 s of one core).
+fn hello_effort(attempt: usize) -> u8 {
+    match attempt {
+        0 => 0,
+        1 => 8,
+        2 => 12,
+        3 => 16,
+        _ => 18,
+    }
+}
 
 /// A central and the upstream links whose streams are routed to it.
 struct CentralPaths {
@@ -310,7 +324,10 @@ impl Opener {
             window_cells: self.cfg.window_cells as u32,
             mailboxes: self.mailboxes.clone(),
         };
-        let mut pending: HashMap<usize, PendingSession> = HashMap::new();
+        // Every Hello is new (a central answers a Hello once; a copy is a replay), with more
+        // proof of work each time it goes unanswered (a central under a flood serves the
+        // most effort first). A late Welcome to an earlier Hello is still good.
+        let mut pending: Vec<(usize, PendingSession)> = Vec::new();
         let mut targets = self.targets();
         let mut unanswered = 0usize;
         let mut attempt = 0usize;
@@ -326,19 +343,29 @@ impl Opener {
                 if links.is_empty() {
                     continue;
                 }
-                let p = match pending.entry(i) {
-                    std::collections::hash_map::Entry::Occupied(p) => p.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        v.insert(PendingSession::start(
-                            &mut rand::rng(),
-                            self.cfg.clone(),
-                            &self.centrals[i].entry.noise_key,
-                            &hello,
-                        )?)
-                    }
-                };
+                let (cfg, key, hello) = (
+                    self.cfg.clone(),
+                    self.centrals[i].entry.noise_key,
+                    hello.clone(),
+                );
+                let effort = hello_effort(attempt);
+                let p = tokio::task::spawn_blocking(move || {
+                    PendingSession::start(
+                        &mut rand::rng(),
+                        cfg,
+                        &key,
+                        &hello,
+                        braid_driver::unix_now(),
+                        effort,
+                    )
+                })
+                .await??;
                 let link = &links[attempt % links.len()];
                 let _ = link.tx.send(p.hello_cell().to_vec()).await;
+                pending.push((i, p));
+                if pending.len() > MAX_PENDING_HELLOS {
+                    pending.remove(0);
+                }
                 sent = true;
             }
             if !sent {
@@ -360,10 +387,10 @@ impl Opener {
                         if h.kind != CellKind::WELCOME {
                             continue;
                         }
-                        let Some(i) = pending.iter().find(|(_, p)| p.id() == h.session).map(|(i, _)| *i) else {
+                        let Some(at) = pending.iter().position(|(_, p)| p.id() == h.session) else {
                             continue;
                         };
-                        let Some(p) = pending.remove(&i) else { continue };
+                        let (i, p) = pending.swap_remove(at);
                         let now = tokio::time::Instant::now().into_std();
                         let session = p.finish(now, &cell)?;
                         let central = &self.centrals[i].entry.id;

@@ -76,7 +76,15 @@ impl RawClient {
         };
         let mut pending: HashMap<_, PendingSession> = HashMap::new();
         for _ in 0..n {
-            let p = PendingSession::start(&mut rand::rng(), cfg.clone(), &central, &hello).unwrap();
+            let p = PendingSession::start(
+                &mut rand::rng(),
+                cfg.clone(),
+                &central,
+                &hello,
+                braid_driver::unix_now(),
+                0,
+            )
+            .unwrap();
             pending.insert(p.id(), p);
         }
         let mut done = Vec::new();

@@ -53,6 +53,19 @@ pub(crate) const CENTRAL_KEYS: &[(&str, Kind)] = &[
     ("reassembly_timeout_secs", Kind::Scalar),
     ("idle_timeout_secs", Kind::Scalar),
     ("max_sessions", Kind::Scalar),
+    ("max_streams_per_session", Kind::Scalar),
+    ("stream_open_rate", Kind::Scalar),
+    ("stream_open_burst", Kind::Scalar),
+    ("gateway_stream_window_kib", Kind::Scalar),
+    ("gateway_link_streams", Kind::Scalar),
+    ("session_stalled_mib", Kind::Scalar),
+    ("global_stalled_mib", Kind::Scalar),
+    ("hello_queue_per_link", Kind::Scalar),
+    ("admission_workers", Kind::Scalar),
+    ("hello_window_secs", Kind::Scalar),
+    ("hello_replay_cache", Kind::Scalar),
+    ("max_half_open", Kind::Scalar),
+    ("half_open_timeout_ms", Kind::Scalar),
 ];
 
 pub(crate) const DOWNSTREAM_KEYS: &[(&str, Kind)] = &[];
@@ -76,6 +89,9 @@ pub(crate) const GATEWAY_KEYS: &[(&str, Kind)] = &[
     ("resume_grace_ms", Kind::Scalar),
     ("resume_buffer_kib", Kind::Scalar),
     ("resume_budget_mib", Kind::Scalar),
+    ("link_stream_window_kib", Kind::Scalar),
+    ("handshake_timeout_ms", Kind::Scalar),
+    ("stream_idle_timeout_secs", Kind::Scalar),
     ("open_replay_window_secs", Kind::Scalar),
     ("open_replay_cache", Kind::Scalar),
 ];

@@ -20,3 +20,12 @@ pub use metrics::Metrics;
 pub use signal::wait_for_signal;
 pub use status::{status_channel, SessionView, StatusPublisher, StatusReader};
 pub use tap::{Tap, TapPoint};
+
+/// Seconds since the Unix epoch by the system clock (0 if it is set before 1970): the time
+/// a Hello carries.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

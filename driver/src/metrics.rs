@@ -31,6 +31,8 @@ pub struct Metrics {
     pub cells_rejected: AtomicU64,
     /// Sessions torn down to keep reassembly memory under the global cap or the timeout.
     pub sessions_evicted: AtomicU64,
+    /// Hellos refused: malformed, replayed, stale, over a queue or cap.
+    pub hellos_refused: AtomicU64,
     /// Inner streams moved to a new carrier (a resume accepted).
     pub streams_resumed: AtomicU64,
     /// Inner streams waiting for a resume now (a gauge).
@@ -107,7 +109,7 @@ impl Metrics {
 
     /// Prometheus text exposition format.
     pub fn render(&self, node: &str, role: &str) -> String {
-        let rows: [(&str, &AtomicU64, &str); 22] = [
+        let rows: [(&str, &AtomicU64, &str); 23] = [
             (
                 "braid_streams_resumed_total",
                 &self.streams_resumed,
@@ -132,6 +134,11 @@ impl Metrics {
                 "braid_sessions_evicted_total",
                 &self.sessions_evicted,
                 "sessions evicted for memory or timeout",
+            ),
+            (
+                "braid_hellos_refused_total",
+                &self.hellos_refused,
+                "hellos refused: malformed, replayed, stale, or over a queue or cap",
             ),
             ("braid_panics_total", &PANICS, "panics in this process"),
             (

@@ -202,7 +202,8 @@ pub enum SessionRole {
 pub struct CentralSession {
     /// Response paths are (downstream, mailbox) pairs: the client's live mailboxes.
     pub mailboxes: Vec<Mailbox>,
-    /// The Welcome cell, sent first and again whenever the Hello repeats.
+    /// The Welcome cell, sent once: a client that misses it starts a new Hello (a Hello
+    /// seen again is a replay, and answering replays would let anyone trigger sends).
     pub welcome: Vec<u8>,
     /// Takes the streams the client opens.
     pub opener: StreamOpener,
@@ -260,6 +261,8 @@ pub struct SessionGauge {
     pub reorder_bytes: std::sync::atomic::AtomicUsize,
     /// Milliseconds (on the central's clock) since which reassembly has been stalled; 0 = not.
     pub stalled_since_ms: std::sync::atomic::AtomicU64,
+    /// A sealed cell from the client has authenticated: the session is no longer half-open.
+    pub established: std::sync::atomic::AtomicBool,
 }
 
 /// The session's paths over the links now up: client side, one per upstream link; central
@@ -480,11 +483,14 @@ impl SessionTask {
                     // This cell, then whatever else is queued (at most the queue's bound).
                     let mut next = Some(cell);
                     while let Some(mut cell) = next {
-                        if self.role.central().is_some() && cell.first() == Some(&CellKind::HELLO.0) {
-                            // The client did not get our Welcome: send it again.
-                            send_welcome = true;
+                        if cell.first() == Some(&CellKind::HELLO.0) {
+                            // A copy of the Hello: answered once already.
                         } else if let Err(e) = self.session.handle_cell(now, &mut cell) {
                             trace!(node = %self.node, session = %id, error = %e, "cell dropped");
+                        } else if let Some(c) = self.role.central() {
+                            c.gauge
+                                .established
+                                .store(true, std::sync::atomic::Ordering::Relaxed);
                         }
                         next = self.cells_rx.try_recv().ok();
                     }

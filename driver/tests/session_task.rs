@@ -114,10 +114,18 @@ async fn pair(o: Opts) -> Pair {
     client_cfg.keepalive = o.keepalive;
     client_cfg.peer_timeout = o.peer_timeout;
     let pending =
-        PendingSession::start(&mut rng, client_cfg, &central_key.public(), &hello).unwrap();
+        PendingSession::start(&mut rng, client_cfg, &central_key.public(), &hello, 0, 0).unwrap();
     let now = tokio::time::Instant::now().into_std();
     let accepted_hs =
-        session::accept(&mut rng, config(), &central_key, now, pending.hello_cell()).unwrap();
+        session::accept(
+            &mut rng,
+            config(),
+            &central_key,
+            now,
+            session::HelloClock::ANY,
+            pending.hello_cell(),
+        )
+        .unwrap();
     let client_session = pending.finish(now, &accepted_hs.welcome_cell).unwrap();
 
     let (client_cells_tx, client_cells_rx) = mpsc::channel(4096);

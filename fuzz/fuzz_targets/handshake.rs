@@ -202,7 +202,14 @@ fn raw_hello(cell: &[u8]) {
     let cfg = SessionConfig::with_cell_size(SESSION_CELL_SIZE);
     let now = Instant::now();
     // Anything refused is fine; what is accepted must be honest.
-    if let Ok(acc) = session::accept(&mut FuzzRng::new(3), cfg, &central_key(), now, cell) {
+    if let Ok(acc) = session::accept(
+        &mut FuzzRng::new(3),
+        cfg,
+        &central_key(),
+        now,
+        session::HelloClock::ANY,
+        cell,
+    ) {
         let h = CellHeader::take_from(cell).expect("accepted cell has a header");
         let msg = braid_proto::cell::handshake_message(cell).expect("and a message");
         let i = known_hello_cells()
@@ -259,6 +266,8 @@ fn sess(s: Sess) {
         cfg.clone(),
         &central.public(),
         &hello,
+        0,
+        0,
     );
     let pending = match pending {
         Ok(p) => p,
@@ -294,6 +303,7 @@ fn sess(s: Sess) {
         cfg.clone(),
         &central,
         now,
+        session::HelloClock::ANY,
         &cell,
     );
     let byte = bit / 8;
@@ -320,7 +330,7 @@ fn sess(s: Sess) {
     assert_eq!(welcome.len(), size);
     let wmsg_end = handshake_msg_end(&welcome);
     // Tampering with the Welcome's message fails (into a second, identical client).
-    let twin = PendingSession::start(&mut FuzzRng::new(s.seed), cfg, &central.public(), &hello)
+    let twin = PendingSession::start(&mut FuzzRng::new(s.seed), cfg, &central.public(), &hello, 0, 0)
         .expect("start again");
     assert_eq!(
         twin.hello_cell(),

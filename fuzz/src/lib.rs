@@ -203,6 +203,8 @@ pub fn known_hello_cell(i: usize) -> Vec<u8> {
         session_cfg(),
         &central_key().public(),
         &known_session_hello(i),
+        0,
+        0,
     )
     .expect("honest start")
     .hello_cell()
@@ -337,6 +339,7 @@ mod tests {
                 session_cfg(),
                 &central_key(),
                 Instant::now(),
+                session::HelloClock::ANY,
                 &c,
             );
             match r {

@@ -26,7 +26,9 @@ use braid_driver::session_task::{
 };
 use braid_proto::rate::TokenBucket;
 
+use crate::admission::{HelloQueues, Queued, QueuedHello, ReplayCache};
 use crate::stall::StallBudget;
+use braid_proto::session::HelloClock;
 use braid_driver::stream::{StreamError, StreamReceiver, StreamSender};
 use braid_driver::tap::{tap, TapPoint};
 use braid_driver::{publish_link, Link};
@@ -52,6 +54,46 @@ pub struct CentralParams {
     /// Stalled streams one session, and all sessions, may hold at once.
     pub session_stalled_streams: usize,
     pub global_stalled_streams: usize,
+    pub admission: AdmissionParams,
+}
+
+/// How Hellos are admitted.
+#[derive(Debug, Clone)]
+pub struct AdmissionParams {
+    /// Hellos waiting per upstream link.
+    pub queue_per_link: usize,
+    /// Tasks doing handshakes.
+    pub workers: usize,
+    /// How far a Hello's time may be from the central's.
+    pub hello_window: Duration,
+    /// Hello ids remembered per generation (two generations of twice the window).
+    pub replay_cache: usize,
+    /// Sessions answered but not yet confirmed by a sealed cell from the client; over it,
+    /// the oldest are dropped.
+    pub max_half_open: usize,
+    /// A session not confirmed within this is dropped.
+    pub half_open_timeout: Duration,
+}
+
+impl Default for AdmissionParams {
+    fn default() -> Self {
+        AdmissionParams {
+            queue_per_link: 256,
+            workers: 1,
+            hello_window: Duration::from_secs(120),
+            replay_cache: 1 << 18,
+            max_half_open: 4096,
+            half_open_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A session answered and not yet confirmed, in order of answer.
+struct HalfOpen {
+    id: SessionId,
+    since: std::time::Instant,
+    gauge: Arc<SessionGauge>,
+    stop: tokio_util::sync::CancellationToken,
 }
 
 struct SessionEntry {
@@ -69,6 +111,10 @@ struct Shared {
     gateways: Mutex<HashMap<String, quinn::Connection>>,
     /// What stalled gateway streams hold over all sessions.
     stalled: Arc<StallBudget>,
+    hellos: Mutex<HelloQueues>,
+    hello_ready: tokio::sync::Notify,
+    replay: Mutex<ReplayCache>,
+    half_open: Mutex<std::collections::VecDeque<HalfOpen>>,
 }
 
 pub async fn run(ctx: NodeContext, params: CentralParams) -> anyhow::Result<()> {
@@ -96,9 +142,20 @@ pub async fn run(ctx: NodeContext, params: CentralParams) -> anyhow::Result<()> 
         downstreams: watch::channel(Vec::new()).0,
         gateways: Mutex::default(),
         stalled: StallBudget::new(params.global_stalled_streams),
+        hellos: Mutex::new(HelloQueues::new(params.admission.queue_per_link)),
+        hello_ready: tokio::sync::Notify::new(),
+        replay: Mutex::new(ReplayCache::new(
+            params.admission.replay_cache,
+            params.admission.hello_window * 2,
+            std::time::Instant::now(),
+        )),
+        half_open: Mutex::default(),
         params,
     });
     tokio::spawn(evict_over_cap(shared.clone()));
+    for _ in 0..shared.params.admission.workers.max(1) {
+        tokio::spawn(admit(shared.clone()));
+    }
     // Links keep being accepted while draining (a peer may reconnect to finish a transfer);
     // only new sessions and streams are refused.
     let drained = {
@@ -177,6 +234,7 @@ pub async fn run(ctx: NodeContext, params: CentralParams) -> anyhow::Result<()> 
 
 async fn from_upstream(shared: Arc<Shared>, conn: quinn::Connection) {
     let cell_size = shared.ctx.cell_size();
+    let link = conn.stable_id() as u64;
     while let Ok(mut recv) = conn.accept_uni().await {
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -188,53 +246,121 @@ async fn from_upstream(shared: Arc<Shared>, conn: quinn::Connection) {
                     Metrics::inc(&shared.ctx.metrics.cells_dropped);
                     continue;
                 }
-                dispatch(&shared, std::mem::take(&mut buf));
+                dispatch(&shared, link, std::mem::take(&mut buf));
             }
         });
     }
 }
 
-/// Routes a cell to its session's task, opening a session on a fresh Hello.
-fn dispatch(shared: &Arc<Shared>, cell: Vec<u8>) {
+/// Routes a cell to its session's task; a Hello that passes the cheap checks (id bound to
+/// its key, canonical, not seen before) waits in its link's admission queue.
+fn dispatch(shared: &Arc<Shared>, link: u64, cell: Vec<u8>) {
     let Ok(h) = CellHeader::take_from(&cell) else {
         Metrics::inc(&shared.ctx.metrics.cells_dropped);
         return;
     };
-    let Ok(mut sessions) = shared.sessions.lock() else {
-        return;
-    };
-    if let Some(s) = sessions.get(&h.session) {
-        if s.cells.try_send(cell).is_err() {
-            Metrics::inc(&shared.ctx.metrics.cells_dropped);
+    if let Ok(sessions) = shared.sessions.lock() {
+        if let Some(s) = sessions.get(&h.session) {
+            if s.cells.try_send(cell).is_err() {
+                Metrics::inc(&shared.ctx.metrics.cells_dropped);
+            }
+            return;
         }
-        return;
     }
-    if h.kind != CellKind::HELLO
-        || sessions.len() >= shared.params.max_sessions
-        || shared.ctx.drain.is_cancelled()
-    {
+    if h.kind != CellKind::HELLO || shared.ctx.drain.is_cancelled() {
         Metrics::inc(&shared.ctx.metrics.cells_dropped);
         return;
     }
+    let ticket = match session::check_hello(&shared.params.session, &cell) {
+        Ok(t) => t,
+        Err(e) => {
+            debug!(error = %e, "hello refused");
+            Metrics::inc(&shared.ctx.metrics.hellos_refused);
+            return;
+        }
+    };
+    let now = std::time::Instant::now();
+    if shared.replay.lock().map_or(true, |mut r| r.seen(&ticket.id, now)) {
+        Metrics::inc(&shared.ctx.metrics.hellos_refused);
+        return;
+    }
+    let queued = match shared.hellos.lock() {
+        Ok(mut q) => q.push(link, QueuedHello { ticket, cell }),
+        Err(_) => return,
+    };
+    if queued != Queued::Waiting {
+        // A Hello was dropped: this one, or one of less effort it displaced.
+        Metrics::inc(&shared.ctx.metrics.hellos_refused);
+    }
+    if queued != Queued::Dropped {
+        shared.hello_ready.notify_one();
+    }
+}
+
+/// A handshake worker: serves the admission queues, doing the public-key work with no lock
+/// held.
+async fn admit(shared: Arc<Shared>) {
+    loop {
+        let next = shared.hellos.lock().ok().and_then(|mut q| q.pop());
+        match next {
+            Some(h) => {
+                admit_one(&shared, h);
+                // Let the links' readers and the sessions run between handshakes.
+                tokio::task::yield_now().await;
+            }
+            None => tokio::select! {
+                _ = shared.ctx.shutdown.cancelled() => return,
+                _ = shared.hello_ready.notified() => {}
+            },
+        }
+    }
+}
+
+fn admit_one(shared: &Arc<Shared>, hello: QueuedHello) {
+    let id = hello.ticket.id;
     let now = tokio::time::Instant::now().into_std();
+    let clock = HelloClock {
+        unix_secs: braid_driver::unix_now(),
+        window_secs: shared.params.admission.hello_window.as_secs(),
+    };
     let accepted = match session::accept(
         &mut rand::rng(),
         shared.params.session.clone(),
         &shared.noise,
         now,
-        &cell,
+        clock,
+        &hello.cell,
     ) {
         Ok(a) => a,
         Err(e) => {
             debug!(error = %e, "hello refused");
-            Metrics::inc(&shared.ctx.metrics.cells_dropped);
+            Metrics::inc(&shared.ctx.metrics.hellos_refused);
             return;
         }
     };
+    // Only an authenticated Hello is remembered: a forged one with a copied key must not
+    // block the real client's.
+    if !shared
+        .replay
+        .lock()
+        .is_ok_and(|mut r| r.insert(id, std::time::Instant::now()))
+    {
+        Metrics::inc(&shared.ctx.metrics.hellos_refused);
+        return;
+    }
+    let Ok(mut sessions) = shared.sessions.lock() else {
+        return;
+    };
+    if sessions.len() >= shared.params.max_sessions
+        || sessions.contains_key(&id)
+        || shared.ctx.drain.is_cancelled()
+    {
+        Metrics::inc(&shared.ctx.metrics.hellos_refused);
+        return;
+    }
     Metrics::inc(&shared.ctx.metrics.sessions_opened);
     let (cells_tx, cells_rx) = mpsc::channel(4096);
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
-    let id = h.session;
     let gauge = Arc::new(SessionGauge::default());
     let stop = shared.ctx.shutdown.child_token();
     sessions.insert(
@@ -246,6 +372,27 @@ fn dispatch(shared: &Arc<Shared>, cell: Vec<u8>) {
         },
     );
     drop(sessions);
+    if let Ok(mut half) = shared.half_open.lock() {
+        half.push_back(HalfOpen {
+            id,
+            since: now,
+            gauge: gauge.clone(),
+            stop: stop.clone(),
+        });
+        // Over the cap, the oldest go at once (not only at the next sweep).
+        while half.len() > shared.params.admission.max_half_open {
+            if let Some(old) = half.pop_front() {
+                if !old
+                    .gauge
+                    .established
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    old.stop.cancel();
+                    Metrics::inc(&shared.ctx.metrics.sessions_evicted);
+                }
+            }
+        }
+    }
 
     let opener_shared = shared.clone();
     let session_stalled = StallBudget::new(shared.params.session_stalled_streams);
@@ -468,6 +615,7 @@ async fn evict_over_cap(shared: Arc<Shared>) {
             _ = shared.ctx.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        close_half_open(&shared);
         let Ok(sessions) = shared.sessions.lock() else {
             return;
         };
@@ -507,5 +655,28 @@ async fn evict_over_cap(shared: Arc<Shared>) {
                 "sessions evicted to keep reassembly memory under the global cap"
             );
         }
+    }
+}
+
+/// Drops the sessions answered but not confirmed in time, and the oldest of them while
+/// there are more than the cap: a Hello flood costs at most `max_half_open` sessions, each
+/// for at most `half_open_timeout`, and an honest client confirms within a round trip.
+fn close_half_open(shared: &Shared) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let a = &shared.params.admission;
+    let Ok(mut half) = shared.half_open.lock() else {
+        return;
+    };
+    half.retain(|h| !h.gauge.established.load(Relaxed) && !h.stop.is_cancelled());
+    let now = std::time::Instant::now();
+    while let Some(h) = half.front() {
+        let expired = now.saturating_duration_since(h.since) >= a.half_open_timeout;
+        if !expired && half.len() <= a.max_half_open {
+            break;
+        }
+        debug!(session = %h.id, "half-open session dropped");
+        h.stop.cancel();
+        Metrics::inc(&shared.ctx.metrics.sessions_evicted);
+        half.pop_front();
     }
 }

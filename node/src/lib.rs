@@ -3,6 +3,7 @@
 //! serves until the context's shutdown token fires, and returns.
 
 pub mod admin;
+pub mod admission;
 pub mod central;
 pub mod downstream;
 pub mod exit;

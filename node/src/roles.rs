@@ -48,6 +48,14 @@ pub fn central_params(c: &CentralConfig, ctx: &NodeContext) -> central::CentralP
         },
         session_stalled_streams: stalled_streams(c.session_stalled_mib, c),
         global_stalled_streams: stalled_streams(c.global_stalled_mib, c),
+        admission: central::AdmissionParams {
+            queue_per_link: c.hello_queue_per_link as usize,
+            workers: c.admission_workers as usize,
+            hello_window: std::time::Duration::from_secs(c.hello_window_secs),
+            replay_cache: c.hello_replay_cache as usize,
+            max_half_open: c.max_half_open as usize,
+            half_open_timeout: std::time::Duration::from_millis(c.half_open_timeout_ms),
+        },
     }
 }
 

@@ -33,6 +33,14 @@ async fn start_central() -> Net {
 }
 
 async fn start_central_with(max_sessions: usize, idle_timeout: Duration) -> Net {
+    start_central_admitting(max_sessions, idle_timeout, central::AdmissionParams::default()).await
+}
+
+async fn start_central_admitting(
+    max_sessions: usize,
+    idle_timeout: Duration,
+    admission: central::AdmissionParams,
+) -> Net {
     let mut rng = rand::rng();
     let ids: Vec<NodeIdentity> = (0..5)
         .map(|_| NodeIdentity::generate(&mut rng).unwrap())
@@ -91,6 +99,7 @@ async fn start_central_with(max_sessions: usize, idle_timeout: Duration) -> Net 
             gateway_link: braid_net::LinkTuning::per_stream_credit(1024, 1 << 20),
             session_stalled_streams: 64,
             global_stalled_streams: 1024,
+            admission,
         },
     ));
     // Wait for the central's socket.
@@ -160,33 +169,47 @@ async fn a_client_refuses_a_central_with_another_key() {
     net.stop.cancel();
 }
 
-/// Hands the central `n` Hello cells of `n` new sessions, as an upstream would.
-async fn send_hellos(net: &Net, n: usize) {
+/// A new session's Hello cell, sent at `unix_secs`.
+fn hello_cell(net: &Net, unix_secs: u64) -> Vec<u8> {
+    let hello = SessionHello {
+        window_cells: 64,
+        mailboxes: Vec::new(),
+    };
+    PendingSession::start(
+        &mut rand::rng(),
+        SessionConfig::with_cell_size(4096),
+        &net.central.noise_public(),
+        &hello,
+        unix_secs,
+        0,
+    )
+    .unwrap()
+    .hello_cell()
+    .to_vec()
+}
+
+/// Hands the central `cells`, as an upstream would.
+async fn send_cells(net: &Net, cells: &[Vec<u8>]) {
     let ep =
         braid_net::client_endpoint("127.31.9.98:0".parse().unwrap(), Some(&net.upstream)).unwrap();
     let conn = braid_net::connect(&ep, net.central_addr, net.central.tls_public())
         .await
         .unwrap();
     let mut s = conn.open_uni().await.unwrap();
-    let hello = SessionHello {
-        window_cells: 64,
-        mailboxes: Vec::new(),
-    };
-    for _ in 0..n {
-        let pending = PendingSession::start(
-            &mut rand::rng(),
-            SessionConfig::with_cell_size(4096),
-            &net.central.noise_public(),
-            &hello,
-        )
-        .unwrap();
-        braid_net::write_frame(&mut s, pending.hello_cell())
-            .await
-            .unwrap();
+    for c in cells {
+        braid_net::write_frame(&mut s, c).await.unwrap();
     }
     // Let the central take them before the link goes.
     tokio::time::sleep(Duration::from_millis(300)).await;
     ep.close(0u32.into(), b"");
+}
+
+/// Hands the central `n` Hello cells of `n` new sessions, as an upstream would.
+async fn send_hellos(net: &Net, n: usize) {
+    let cells: Vec<Vec<u8>> = (0..n)
+        .map(|_| hello_cell(net, braid_driver::unix_now()))
+        .collect();
+    send_cells(net, &cells).await;
 }
 
 #[tokio::test]
@@ -195,8 +218,8 @@ async fn central_holds_at_most_max_sessions() {
     send_hellos(&net, 5).await;
     assert_eq!(Metrics::get(&net.metrics.sessions_opened), 3);
     assert!(
-        Metrics::get(&net.metrics.cells_dropped) >= 2,
-        "Hellos over the cap are dropped"
+        Metrics::get(&net.metrics.hellos_refused) >= 2,
+        "Hellos over the cap are refused"
     );
     net.stop.cancel();
 }
@@ -218,5 +241,83 @@ async fn central_closes_a_silent_session_after_its_idle_timeout() {
     // The cap of one has room again.
     send_hellos(&net, 1).await;
     assert_eq!(Metrics::get(&net.metrics.sessions_opened), 2);
+    net.stop.cancel();
+}
+
+/// A replayed Hello opens nothing, neither while its session lives nor after it closed.
+/// Before the replay cache, a replay after the session's end opened it again (so an
+/// upstream could replay a client's Hello and watch what the central does).
+#[tokio::test]
+async fn a_replayed_hello_opens_no_session() {
+    let net = start_central_with(10, Duration::from_millis(400)).await;
+    let hello = hello_cell(&net, braid_driver::unix_now());
+    send_cells(&net, &[hello.clone(), hello.clone()]).await;
+    assert_eq!(Metrics::get(&net.metrics.sessions_opened), 1);
+    // Once the session has closed (idle), the replay is still refused.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(Metrics::get(&net.metrics.sessions_closed), 1);
+    send_cells(&net, &[hello]).await;
+    assert_eq!(Metrics::get(&net.metrics.sessions_opened), 1);
+    assert!(Metrics::get(&net.metrics.hellos_refused) >= 1);
+    // A Hello whose time is outside the window is refused too (one an old replay cache
+    // could have forgotten).
+    let old = hello_cell(&net, braid_driver::unix_now() - 3600);
+    send_cells(&net, &[old]).await;
+    assert_eq!(Metrics::get(&net.metrics.sessions_opened), 1);
+    net.stop.cancel();
+}
+
+/// An upstream that saw a client's Hello cannot take its session id: a Hello of its own
+/// under the victim's id is refused (the id is the hash of the Hello's ephemeral key), a
+/// Hello with the victim's key but not its secret fails the handshake and blocks nothing,
+/// and the victim's real Hello, arriving after both, opens its session. Before, the forged
+/// Hello was accepted and the victim's was then taken as a copy of it.
+#[tokio::test]
+async fn a_forged_hello_cannot_take_a_clients_session_id() {
+    let net = start_central().await;
+    let victim = hello_cell(&net, braid_driver::unix_now());
+    let mut own_under_victims_id = hello_cell(&net, braid_driver::unix_now());
+    own_under_victims_id[2..18].copy_from_slice(&victim[2..18]);
+    let mut victims_key_garbage_rest = victim.clone();
+    let body = braid_proto::cell::HEADER_LEN + 2 + 32;
+    for b in &mut victims_key_garbage_rest[body..body + 64] {
+        *b ^= 0x5a;
+    }
+    send_cells(&net, &[own_under_victims_id, victims_key_garbage_rest]).await;
+    assert_eq!(Metrics::get(&net.metrics.sessions_opened), 0);
+    assert_eq!(Metrics::get(&net.metrics.hellos_refused), 2);
+    send_cells(&net, &[victim]).await;
+    assert_eq!(Metrics::get(&net.metrics.sessions_opened), 1);
+    net.stop.cancel();
+}
+
+/// A session the client never confirms with a sealed cell is half-open: dropped after
+/// `half_open_timeout` (300 ms here, while the idle timeout is a minute), and beyond
+/// `max_half_open` the oldest go first.
+#[tokio::test]
+async fn half_open_sessions_are_few_and_short_lived() {
+    let net = start_central_admitting(
+        100,
+        Duration::from_secs(60),
+        central::AdmissionParams {
+            max_half_open: 3,
+            half_open_timeout: Duration::from_millis(300),
+            ..central::AdmissionParams::default()
+        },
+    )
+    .await;
+    send_hellos(&net, 5).await;
+    assert_eq!(Metrics::get(&net.metrics.sessions_opened), 5);
+    // Two were over the cap at once.
+    assert!(Metrics::get(&net.metrics.sessions_evicted) >= 2);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while Metrics::get(&net.metrics.sessions_closed) < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "half-open sessions stayed: {} closed",
+            Metrics::get(&net.metrics.sessions_closed)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     net.stop.cancel();
 }

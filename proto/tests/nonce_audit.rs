@@ -41,8 +41,16 @@ fn pair(
             id: [0; 16],
         }],
     };
-    let p = PendingSession::start(rng, cfg.clone(), &central.public(), &hello).unwrap();
-    let acc = session::accept(rng, cfg.clone(), central, now, p.hello_cell()).unwrap();
+    let p = PendingSession::start(rng, cfg.clone(), &central.public(), &hello, 0, 0).unwrap();
+    let acc = session::accept(
+        rng,
+        cfg.clone(),
+        central,
+        now,
+        session::HelloClock::ANY,
+        p.hello_cell(),
+    )
+    .unwrap();
     (p.finish(now, &acc.welcome_cell).unwrap(), acc.session)
 }
 

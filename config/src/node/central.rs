@@ -65,6 +65,30 @@ pub struct CentralConfig {
     /// The same over all sessions, in MiB (default 1024).
     #[serde(default = "default_global_stalled_mib")]
     pub global_stalled_mib: u64,
+    /// Hellos waiting for a handshake, per upstream link (default 256). Links take turns,
+    /// and within a link the Hellos of most proof-of-work effort go first; a full queue
+    /// drops its least effort.
+    #[serde(default = "default_hello_queue_per_link")]
+    pub hello_queue_per_link: u32,
+    /// Tasks doing handshakes (default 1): at most this many cores go to a Hello flood.
+    #[serde(default = "default_admission_workers")]
+    pub admission_workers: u32,
+    /// How far a Hello's time may be from the central's clock, either way (default 120 s).
+    /// A Hello is remembered for twice this long, so that its replay is refused.
+    #[serde(default = "default_hello_window_secs")]
+    pub hello_window_secs: u64,
+    /// Hellos remembered per generation (two generations; default 262144, 24 bytes each);
+    /// when full, new sessions are refused until the older generation expires.
+    #[serde(default = "default_hello_replay_cache")]
+    pub hello_replay_cache: u32,
+    /// Sessions answered but not yet confirmed by a sealed cell from the client (default
+    /// 4096); over it, the oldest are dropped.
+    #[serde(default = "default_max_half_open")]
+    pub max_half_open: u32,
+    /// A session whose client sends no sealed cell within this after the Welcome is dropped
+    /// (default 5000 ms).
+    #[serde(default = "default_half_open_timeout_ms")]
+    pub half_open_timeout_ms: u64,
     /// Common settings.
     pub node: NodeCommon,
 }
@@ -95,6 +119,30 @@ fn default_session_stalled_mib() -> u64 {
 
 fn default_global_stalled_mib() -> u64 {
     1024
+}
+
+fn default_hello_queue_per_link() -> u32 {
+    256
+}
+
+fn default_admission_workers() -> u32 {
+    1
+}
+
+fn default_hello_window_secs() -> u64 {
+    120
+}
+
+fn default_hello_replay_cache() -> u32 {
+    1 << 18
+}
+
+fn default_max_half_open() -> u32 {
+    4096
+}
+
+fn default_half_open_timeout_ms() -> u64 {
+    5000
 }
 
 fn default_reorder_window_cells() -> u32 {
@@ -139,6 +187,12 @@ impl CentralConfig {
             gateway_link_streams: default_gateway_link_streams(),
             session_stalled_mib: default_session_stalled_mib(),
             global_stalled_mib: default_global_stalled_mib(),
+            hello_queue_per_link: default_hello_queue_per_link(),
+            admission_workers: default_admission_workers(),
+            hello_window_secs: default_hello_window_secs(),
+            hello_replay_cache: default_hello_replay_cache(),
+            max_half_open: default_max_half_open(),
+            half_open_timeout_ms: default_half_open_timeout_ms(),
             node,
         }
     }
@@ -182,6 +236,12 @@ impl CentralConfig {
                 ("gateway_link_streams", u64::from(self.gateway_link_streams)),
                 ("session_stalled_mib", self.session_stalled_mib),
                 ("global_stalled_mib", self.global_stalled_mib),
+                ("hello_queue_per_link", u64::from(self.hello_queue_per_link)),
+                ("admission_workers", u64::from(self.admission_workers)),
+                ("hello_window_secs", self.hello_window_secs),
+                ("hello_replay_cache", u64::from(self.hello_replay_cache)),
+                ("max_half_open", u64::from(self.max_half_open)),
+                ("half_open_timeout_ms", self.half_open_timeout_ms),
             ],
         )?;
         check::not_below(

@@ -44,7 +44,10 @@ mod stream_credit_tests;
 #[cfg(test)]
 mod tests;
 
-pub use handshake::{accept, Accepted, PendingSession, SessionHello};
+pub use handshake::{
+    accept, check_hello, session_id_of, Accepted, HelloClock, HelloTicket, PendingSession,
+    SessionHello, MAX_EFFORT,
+};
 pub use path_table::{LivePath, PathTable};
 pub use paths::{PathScheduler, UnknownPathScheduler};
 pub use snapshot::{PathCounters, PathSnapshot, PathState, SessionSnapshot};
@@ -202,6 +205,15 @@ pub enum SessionError {
     /// has gone (a central that restarted no longer knows the session).
     #[error("the peer stopped answering")]
     PeerSilent,
+    /// A handshake cell with header fields or padding that are not zero.
+    #[error("handshake cell not in canonical form")]
+    NotCanonical,
+    /// A Hello whose session id is not the hash of its ephemeral key.
+    #[error("hello names a session id that is not its own")]
+    ForeignId,
+    /// A Hello whose time is outside the central's replay window.
+    #[error("hello too old or from the future")]
+    Stale,
 }
 
 pub struct Session {
@@ -247,6 +259,9 @@ pub struct Session {
     rx_credit: HashMap<StreamId, (u64, u64)>,
     stats: SessionStats,
 
+    /// A DATA cell should go now even with nothing to say (the client's first, which
+    /// confirms a new session to the central).
+    confirm_due: bool,
     /// Why the session cannot go on; once set, nothing more is sent.
     failed: Option<SessionError>,
     /// `failed` is set and `poll_event` has not returned it yet.
@@ -301,6 +316,7 @@ impl Session {
             credit_blocked: HashSet::new(),
             rx_credit: HashMap::new(),
             stats: SessionStats::default(),
+            confirm_due: false,
             failed: None,
             failure_unreported: false,
             cfg,

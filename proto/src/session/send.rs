@@ -97,7 +97,7 @@ impl Session {
     /// A new DATA cell of queued frames, carrying the current acknowledgement, if the
     /// window allows one. A cell that cannot be sealed fails the session.
     pub(super) fn poll_new_data(&mut self, now: Instant, paths: &[PathId]) -> Option<Transmit> {
-        let keepalive = self.keepalive_at().is_some_and(|t| t <= now);
+        let keepalive = self.confirm_due || self.keepalive_at().is_some_and(|t| t <= now);
         if !(self.can_send_new() && (self.has_new_frames() || keepalive)) {
             return None;
         }
@@ -115,6 +115,7 @@ impl Session {
         let cell = self.seal_with_ack(CellKind::DATA, seq, &body)?;
         self.next_seq += 1;
         self.last_data_sent = now;
+        self.confirm_due = false;
         let path = self.pick_path(now, paths, None);
         self.note_sent(path);
         self.inflight.insert(

@@ -31,8 +31,15 @@ pub(super) fn pair_with_mailboxes(
         window_cells: cfg.window_cells as u32,
         mailboxes,
     };
-    let pending = PendingSession::start(&mut rng, cfg.clone(), &central.public(), &hello).unwrap();
-    let acc = accept(&mut rng, cfg, &central, now, pending.hello_cell()).unwrap();
+    let pending = PendingSession::start(&mut rng, cfg.clone(), &central.public(), &hello, 0, 0).unwrap();
+    let acc = accept(
+        &mut rng,
+        cfg,
+        &central,
+        now,
+        super::HelloClock::ANY,
+        pending.hello_cell(),
+    ).unwrap();
     assert_eq!(acc.hello, hello);
     let client = pending.finish(now, &acc.welcome_cell).unwrap();
     (client, acc.session, now)

@@ -123,7 +123,15 @@ impl Central {
         };
         if h.kind == CellKind::HELLO {
             if self.session.is_none() {
-                let acc = session::accept(rng, self.cfg.clone(), &self.key, now, &cell).unwrap();
+                let acc = session::accept(
+                    rng,
+                    self.cfg.clone(),
+                    &self.key,
+                    now,
+                    session::HelloClock::ANY,
+                    &cell,
+                )
+                .unwrap();
                 for b in &acc.hello.mailboxes {
                     self.log.add(b.relay.as_bytes());
                     self.log.add(&b.id);

@@ -62,7 +62,8 @@ impl Overlay {
             mailboxes: mailboxes.clone(),
         };
         let pending =
-            PendingSession::start(&mut rng, cfg.clone(), &central_key.public(), &hello).unwrap();
+            PendingSession::start(&mut rng, cfg.clone(), &central_key.public(), &hello, 0, 0)
+                .unwrap();
         let fwd = || Forwarder {
             log: ByteLog::new(opts.log_bytes),
             ..Forwarder::default()
