@@ -1,16 +1,17 @@
 //! An app connection's journey through the overlay, whatever front end accepted it: open an
-//! inner stream to the gateway (Noise NK, the open request and early data in message 1),
+//! inner stream to the gateway (Noise NK, the open request and up to 1 KiB of early data in
+//! message 1, the rest in the first records),
 //! wait for the gateway's sealed answer, then relay sealed records both ways with the
 //! driver's pump. When the carrier dies (the central went), the stream resumes through the
 //! next session: same gateway, same target connection, nothing lost.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use braid_driver::pump::{self, LegEnd, SharedStream};
 use braid_driver::session_task::StreamEvent;
 use braid_driver::stream::{self, StreamReceiver, StreamSender};
 use braid_driver::Metrics;
-use braid_proto::inner::{self, InnerError, MessageDecoder, OpenRequest, ReliableStream};
+use braid_proto::inner::{self, InnerError, MessageDecoder, OpenRequest, Record, ReliableStream};
 use braid_proto::{Reason, TargetAddr};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -88,6 +89,9 @@ pub async fn open(
     }
     // A gateway the central cannot reach refuses before anything reaches it, so the next
     // one can be tried with the same request.
+    // Early data past the open's fixed budget goes in the first records.
+    let mut early_data = early_data;
+    let rest = early_data.split_off(early_data.len().min(inner::MAX_EARLY_DATA));
     let req = OpenRequest {
         target: target.clone(),
         early_data,
@@ -98,7 +102,7 @@ pub async fn open(
             // No destination here: the log must not link a stream's target to anything.
             info!(error = %e, "no gateway for a stream");
         })?;
-        match open_via(h, &gateway, &req).await {
+        match open_via(h, &gateway, &req, &rest).await {
             // Unlinked, or its link died before it answered (as Tor retries a stream whose
             // circuit closed before it was connected). A pinned stream is not moved.
             Err(OpenFailure::Reset(r)) if r == Reason::NO_GATEWAY || r == Reason::GATEWAY_LOST => {
@@ -115,27 +119,50 @@ pub async fn open(
     }
 }
 
-/// Opens the stream through `gateway`.
+/// The clock in unix seconds, as the gateway's replay check reads it.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Opens the stream through `gateway`; `rest` is early data past the open's budget, sent
+/// as the first records.
 async fn open_via(
     h: &ClientHandle,
     gateway: &Gateway,
     req: &OpenRequest,
+    rest: &[u8],
 ) -> Result<OpenedStream, OpenFailure> {
     let target = &req.target;
-    let (open, first) = inner::client_open(&mut rand::rng(), &gateway.noise_key, req)
+    let (open, first) = inner::client_open(&mut rand::rng(), &gateway.noise_key, req, unix_now())
         .map_err(OpenFailure::BadAnswer)?;
     let (tx, mut rx) = stream::open(&h.cmd, h.next_stream_id(), &gateway.id)
         .await
         .map_err(|_| OpenFailure::SessionGone)?;
-    match answer(&tx, &mut rx, open, first).await {
-        Ok((dec, keys)) => Ok(OpenedStream {
+    let opened = async {
+        let (dec, keys) = answer(&tx, &mut rx, open, first).await?;
+        let stream = SharedStream::new(
+            ReliableStream::new(keys, h.resume_buffer),
+            h.resend_budget.clone(),
+        );
+        for chunk in rest.chunks(inner::MAX_RECORD_DATA) {
+            let sealed = stream
+                .lock()
+                .seal(&Record::Data(chunk.to_vec()))
+                .map_err(OpenFailure::BadAnswer)?;
+            tx.send(sealed)
+                .await
+                .map_err(|_| OpenFailure::SessionGone)?;
+        }
+        Ok((dec, stream))
+    };
+    match opened.await {
+        Ok((dec, stream)) => Ok(OpenedStream {
             tx,
             rx,
             dec,
-            stream: SharedStream::new(
-                ReliableStream::new(keys, h.resume_buffer),
-                h.resend_budget.clone(),
-            ),
+            stream,
             gateway: gateway.clone(),
         }),
         Err(e) => {

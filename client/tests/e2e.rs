@@ -178,6 +178,188 @@ async fn only_the_gateway_sees_destination_and_payload() {
     );
 }
 
+/// A SOCKS5 CONNECT to `host:port` whose request and `early` bytes go in one write (so
+/// `early` rides in the open as early data); the reply code and everything after the reply.
+async fn socks_with_early(
+    proxy: std::net::SocketAddr,
+    host: &str,
+    port: u16,
+    early: &[u8],
+) -> (u8, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let mut out = vec![5, 1, 0];
+    out.extend(support::socks::connect_domain(host.as_bytes(), port));
+    out.extend_from_slice(early);
+    s.write_all(&out).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got))
+        .await
+        .expect("the proxy answers")
+        .unwrap();
+    // Method reply (2 bytes), then the CONNECT reply (10 bytes with an IPv4 address).
+    assert!(got.len() >= 12, "short SOCKS answer {got:?}");
+    (got[3], got[12..].to_vec())
+}
+
+/// Splits an inner byte stream into its messages' framed lengths; the bytes left over.
+fn frame_lengths(mut bytes: &[u8]) -> (Vec<usize>, usize) {
+    let mut lens = Vec::new();
+    while bytes.len() >= 2 {
+        let n = 2 + usize::from(u16::from_be_bytes([bytes[0], bytes[1]]));
+        if bytes.len() < n {
+            break;
+        }
+        lens.push(n);
+        bytes = &bytes[n..];
+    }
+    (lens, bytes.len())
+}
+
+/// What sizes the central can read. It carries each inner stream's bytes in the clear
+/// (they are sealed inside), so the tap of what it decrypted from the client, stream by
+/// stream, is its view of the client → gateway direction, and the client's, of the
+/// other. Opens to a short and a 200-byte host name with different early data, and one
+/// the gateway refuses, have first messages of one length; the gateway's replies, success
+/// or refusal, have one length; and every record either way is one of the bucket sizes,
+/// through small requests, a download and an upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_central_sees_only_fixed_and_bucket_sizes() {
+    type Events = Arc<Mutex<Vec<(String, TapPoint, Vec<u8>)>>>;
+    let events: Events = Arc::default();
+    let e = events.clone();
+    let tap: Tap = Arc::new(move |node: &str, point: TapPoint, bytes: &[u8]| {
+        if point == TapPoint::Decrypted && (node == "client" || node.starts_with("central")) {
+            e.lock()
+                .unwrap()
+                .push((node.to_string(), point, bytes.to_vec()));
+        }
+    });
+    let origin = start_origin([127, 0, 0, 1]).await;
+    let short = "a.example".to_string();
+    let long = format!("{}.example", "b".repeat(200));
+    let closed_port = support::free_port([127, 0, 0, 1].into(), false);
+    let mut o = opts();
+    o.tap = Some(tap);
+    o.hosts.insert(short.clone(), origin.ip());
+    o.hosts.insert(long.clone(), origin.ip());
+    let demo = Demo::start(o).await.unwrap();
+    let gateways: Vec<String> = demo
+        .nodes
+        .iter()
+        .filter(|n| n.role == Role::Gateway)
+        .map(|n| n.id.clone())
+        .collect();
+    // One stream at a time, with a pause so that each one's last acks are in before the
+    // next opens: the central's tap then reads stream by stream.
+    let pause = || tokio::time::sleep(Duration::from_millis(500));
+    let (code, body) = socks_with_early(
+        demo.socks,
+        &short,
+        origin.port(),
+        b"GET /echo/short HTTP/1.1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(body.ends_with(b"short"));
+    pause().await;
+    let padded = format!(
+        "GET /echo/long HTTP/1.1\r\nx-pad: {}\r\n\r\n",
+        "p".repeat(600)
+    );
+    let (code, body) = socks_with_early(demo.socks, &long, origin.port(), padded.as_bytes()).await;
+    assert_eq!(code, 0);
+    assert!(body.ends_with(b"long"));
+    pause().await;
+    // Refused by the target (nothing listens): the gateway's reply carries a reason.
+    let (code, _) = socks_with_early(demo.socks, &short, closed_port, b"").await;
+    assert_ne!(code, 0);
+    pause().await;
+    let n = 300_000;
+    let got = curl_sha256(
+        demo.socks,
+        &format!("http://{short}:{}/bytes/{n}", origin.port()),
+    )
+    .await;
+    assert_eq!(got, expected_sha256(n));
+    pause().await;
+    let up = spawn_upload(demo.socks, origin, n).await.unwrap();
+    assert_eq!(up, expected_sha256(n));
+    pause().await;
+    demo.shutdown().await;
+
+    use braid_proto::inner::{sealed_record_len, OPEN_MESSAGE_LEN, REPLY_MESSAGE_LEN};
+    let buckets: Vec<usize> = [0, 254, 1022, 4094]
+        .into_iter()
+        .map(sealed_record_len)
+        .collect();
+    let events = events.lock().unwrap();
+    // The central's view, client → gateway: a stream starts where it says which gateway.
+    let mut streams: Vec<Vec<u8>> = Vec::new();
+    for (node, _, bytes) in events.iter().filter(|(n, _, _)| n.starts_with("central")) {
+        if gateways.iter().any(|g| g.as_bytes() == &bytes[..]) {
+            streams.push(Vec::new());
+        } else if let Some(s) = streams.last_mut() {
+            s.extend_from_slice(bytes);
+        } else {
+            panic!("{node} decrypted stream bytes before any stream opened");
+        }
+    }
+    assert_eq!(streams.len(), 5, "one carrier per stream");
+    let mut firsts = Vec::new();
+    for (i, s) in streams.iter().enumerate() {
+        let (lens, left) = frame_lengths(s);
+        assert_eq!(left, 0, "stream {i}: a partial message");
+        firsts.push(lens[0]);
+        for l in &lens[1..] {
+            assert!(buckets.contains(l), "stream {i}: a record of {l} bytes");
+        }
+    }
+    assert!(
+        firsts.iter().all(|&l| l == firsts[0]),
+        "first messages of different lengths: {firsts:?}"
+    );
+    assert_eq!(firsts[0], OPEN_MESSAGE_LEN);
+    // The cost of padding on bulk data: records come out full (the pump fills a record with
+    // whatever is ready), so the upload's bytes on the wire are close to its payload.
+    let upload_wire: usize = streams[4].len();
+    eprintln!(
+        "upload: {upload_wire} bytes carried for {n} of payload ({:.3}x)",
+        upload_wire as f64 / n as f64
+    );
+    assert!(
+        upload_wire < n as usize * 5 / 4,
+        "padding overhead too high"
+    );
+    // The client's view of what the central sent it, gateway → client.
+    let down: Vec<u8> = events
+        .iter()
+        .filter(|(n, _, _)| n == "client")
+        .flat_map(|(_, _, b)| b.iter().copied())
+        .collect();
+    let (lens, left) = frame_lengths(&down);
+    assert_eq!(left, 0, "a partial message");
+    let replies = lens.iter().filter(|&&l| l == REPLY_MESSAGE_LEN).count();
+    assert_eq!(replies, 5, "one reply per open, refused or not: {lens:?}");
+    for l in &lens {
+        assert!(
+            *l == REPLY_MESSAGE_LEN || buckets.contains(l),
+            "a message of {l} bytes"
+        );
+    }
+    assert!(
+        lens.len() > 20,
+        "the download rode in records: {}",
+        lens.len()
+    );
+    eprintln!(
+        "download: {} bytes carried for {n} of payload and four small answers ({:.3}x)",
+        down.len(),
+        down.len() as f64 / n as f64
+    );
+    assert!(down.len() < n as usize * 5 / 4, "padding overhead too high");
+}
+
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

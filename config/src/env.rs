@@ -92,6 +92,8 @@ pub(crate) const GATEWAY_KEYS: &[(&str, Kind)] = &[
     ("link_stream_window_kib", Kind::Scalar),
     ("handshake_timeout_ms", Kind::Scalar),
     ("stream_idle_timeout_secs", Kind::Scalar),
+    ("open_replay_window_secs", Kind::Scalar),
+    ("open_replay_cache", Kind::Scalar),
 ];
 
 /// Overridable keys of the client config.

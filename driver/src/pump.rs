@@ -10,8 +10,10 @@
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use crate::session_task::StreamEvent;
@@ -19,7 +21,7 @@ use crate::stream::{StreamReceiver, StreamSender};
 use braid_proto::inner::reliable::Delivery;
 use braid_proto::inner::{self, MessageDecoder, Record, ReliableStream};
 use braid_proto::Reason;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -315,6 +317,7 @@ where
                 let rec = match r {
                     Ok(0) => Record::HalfClose,
                     Ok(n) => {
+                        let n = fill_ready(app, &mut buf, n);
                         let data = buf.get(..n).unwrap_or_default();
                         seen(data);
                         Record::Data(data.to_vec())
@@ -333,6 +336,22 @@ where
             }
         }
     }
+}
+
+/// Adds to `buf[..n]` whatever else the application has ready now, without waiting; returns
+/// the new length. A record is padded to its size bucket (`inner::RECORD_BUCKETS`), so bytes
+/// that are already here ride in the padding for free, and bulk records come out full.
+/// An end of stream or an error is left for the next read to see (they repeat).
+fn fill_ready<R: AsyncRead + Unpin>(app: &mut R, buf: &mut [u8], mut n: usize) -> usize {
+    let mut cx = Context::from_waker(Waker::noop());
+    while let Some(rest) = buf.get_mut(n..).filter(|r| !r.is_empty()) {
+        let mut rb = ReadBuf::new(rest);
+        match Pin::new(&mut *app).poll_read(&mut cx, &mut rb) {
+            Poll::Ready(Ok(())) if !rb.filled().is_empty() => n += rb.filled().len(),
+            _ => break,
+        }
+    }
+    n
 }
 
 fn lost_or_stopped(leg_over: &CancellationToken) -> Half {

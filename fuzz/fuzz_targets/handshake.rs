@@ -30,7 +30,9 @@ use arbitrary::Arbitrary;
 use braid_fuzz::*;
 use braid_proto::cell::{CellHeader, CellKind};
 use braid_proto::frame::{Mailbox, MAX_NODE_ID_LEN};
-use braid_proto::inner::{self, OpenRequest, OpenStatus, MAX_REASON, MAX_RECORD_DATA};
+use braid_proto::inner::{
+    self, OpenRequest, OpenStatus, MAX_EARLY_DATA, MAX_REASON, OPEN_MESSAGE_LEN, REPLY_MESSAGE_LEN,
+};
 use braid_proto::noise::{self, HandshakeError, StaticKeypair, MAX_MESSAGE, MESSAGE_OVERHEAD};
 use braid_proto::session::{self, PendingSession, SessionConfig, SessionHello};
 use braid_proto::TargetAddr;
@@ -398,20 +400,20 @@ fn open(o: Open) {
     };
     let mut early = o.early.clone();
     if o.big_early {
-        early.resize(MAX_RECORD_DATA + 1 + early.len() % 16, 0x33);
+        early.resize(MAX_EARLY_DATA + 1 + early.len() % 16, 0x33);
     }
     let req = OpenRequest {
         target,
         early_data: early,
     };
     let mut rng = FuzzRng::new(o.seed);
-    let (client, bytes) = match inner::client_open(&mut rng, &gw.public(), &req) {
+    let (client, bytes) = match inner::client_open(&mut rng, &gw.public(), &req, o.seed) {
         Ok(x) => x,
         Err(_) => {
             let bad_domain =
                 matches!(&req.target, TargetAddr::Domain(d, _) if d.is_empty() || d.len() > 255);
             assert!(
-                bad_domain || req.early_data.len() > MAX_RECORD_DATA,
+                bad_domain || req.early_data.len() > MAX_EARLY_DATA,
                 "{req:?} refused"
             );
             return;
@@ -419,6 +421,8 @@ fn open(o: Open) {
     };
     let len = usize::from(u16::from_be_bytes([bytes[0], bytes[1]]));
     assert_eq!(len + 2, bytes.len());
+    // One length whatever the target and early data (the central must not learn them).
+    assert_eq!(bytes.len(), OPEN_MESSAGE_LEN);
     let (g, got) = inner::gateway_accept(&gw, &bytes[2..]).expect("gateway_accept");
     assert_eq!(got, req);
     let reason = o.reason.repeat(usize::from(o.reason_repeat % 8) + 1);
@@ -427,6 +431,7 @@ fn open(o: Open) {
         .expect("reply");
     let len = usize::from(u16::from_be_bytes([out[0], out[1]]));
     assert_eq!(len + 2, out.len());
+    assert_eq!(out.len(), REPLY_MESSAGE_LEN);
     let (status, why, _) = client.finish(&out[2..]).expect("finish");
     assert_eq!(status, OpenStatus(o.status));
     // The reason: control characters replaced, then cut to MAX_REASON bytes on a

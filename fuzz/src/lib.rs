@@ -251,6 +251,7 @@ pub fn known_open_framed(i: usize) -> Vec<u8> {
         &mut FuzzRng::new(2000 + i as u64),
         &gateway_key().public(),
         &known_open_request(i),
+        0,
     )
     .expect("honest client_open");
     bytes
@@ -277,7 +278,8 @@ pub fn stream_keys_pair() -> (inner::StreamKeys, inner::StreamKeys) {
     let gw = gateway_key();
     let req = known_open_request(0);
     let (c, bytes) =
-        inner::client_open(&mut FuzzRng::new(300), &gw.public(), &req).expect("honest client_open");
+        inner::client_open(&mut FuzzRng::new(300), &gw.public(), &req, 0)
+            .expect("honest client_open");
     let (g, got) = inner::gateway_accept(&gw, &bytes[2..]).expect("honest gateway_accept");
     assert_eq!(got, req);
     let mut out = Vec::new();

@@ -7,6 +7,11 @@
 //! the target connection is kept for `resume_grace`, filed under the id of the stream's next
 //! resume. A QUIC stream through any central whose first message is that resume takes the
 //! stream over (also while the old carrier still looks alive: the client knows better).
+//!
+//! An open is 0-RTT, so a central could replay one it carried: the gateway refuses opens
+//! sent more than `open_replay_window_secs` from its clock and any whose ephemeral key it
+//! has seen (`inner::ReplayCache`, bounded by `open_replay_cache`), before any lookup or
+//! connection.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -19,7 +24,9 @@ use braid_driver::pump::{
 };
 use braid_proto::inner::reliable::{self, ID_LEN};
 use braid_proto::inner::ResumeRequest;
-use braid_proto::inner::{self, FirstMessage, MessageDecoder, OpenStatus, ReliableStream};
+use braid_proto::inner::{
+    self, FirstMessage, MessageDecoder, OpenStatus, ReliableStream, ReplayCache, ReplayRefusal,
+};
 use braid_proto::noise::StaticKeypair;
 use braid_proto::target::TargetAddr;
 use braid_proto::Reason;
@@ -64,6 +71,11 @@ pub struct GatewayParams {
     pub resume_buffer: usize,
     /// Sealed bytes all streams together may keep.
     pub resume_budget: usize,
+    /// An open sent further than this from the gateway's clock is refused, and an open's
+    /// ephemeral key is remembered at least twice this long (replays are refused).
+    pub open_replay_window_secs: u64,
+    /// Most ephemeral keys each of the replay cache's two generations holds.
+    pub open_replay_cache: usize,
 }
 
 pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
@@ -85,6 +97,11 @@ pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
     let live_streams = live.clone();
     let resumable = Resumable::default();
     let budget = Arc::new(ResendBudget::new(p.resume_budget));
+    let replay = Arc::new(Mutex::new(ReplayCache::new(
+        p.open_replay_window_secs,
+        p.open_replay_cache,
+        unix_now(),
+    )));
     let link = ctx.central_links(ep.clone(), backoff, move |central, conn| {
         let ctx = c.clone();
         let p = p.clone();
@@ -92,6 +109,7 @@ pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
         let live = live.clone();
         let resumable = resumable.clone();
         let budget = budget.clone();
+        let replay = replay.clone();
         async move {
             info!(node = %ctx.id, central = %central.id, "gateway linked to a central");
             while let Ok((mut send, recv)) = conn.accept_bi().await {
@@ -109,9 +127,16 @@ pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
                 let (ctx, p, policy, live) = (ctx.clone(), p.clone(), policy.clone(), live.clone());
                 let resumable = resumable.clone();
                 let budget = budget.clone();
+                let replay = replay.clone();
                 live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
-                    serve_stream(ctx, p, policy, resumable, budget, send, recv).await;
+                    let shared = Shared {
+                        policy,
+                        resumable,
+                        budget,
+                        replay,
+                    };
+                    serve_stream(ctx, p, shared, send, recv).await;
                     live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 });
             }
@@ -325,15 +350,34 @@ impl Heard {
     }
 }
 
-async fn serve_stream(
-    ctx: NodeContext,
-    p: GatewayParams,
+/// The clock in unix seconds, as opens carry it.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What every stream of the gateway shares.
+struct Shared {
     policy: Arc<ExitPolicy>,
     resumable: Resumable,
     budget: Arc<ResendBudget>,
+    replay: Arc<Mutex<ReplayCache>>,
+}
+
+async fn serve_stream(
+    ctx: NodeContext,
+    p: GatewayParams,
+    shared: Shared,
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) {
+    let Shared {
+        policy,
+        resumable,
+        budget,
+        replay,
+    } = shared;
     let noise = StaticKeypair::from_secret(ctx.identity.noise_secret());
     let mut dec = MessageDecoder::default();
     let heard = Heard::new();
@@ -401,6 +445,30 @@ async fn serve_stream(
         Metrics::inc(&ctx.metrics.streams_refused);
         return;
     };
+    // A replayed open (or one from far off our clock) goes no further: no lookup, no
+    // connection, and the same fixed-size refusal as any other.
+    let admitted = replay.lock().unwrap_or_else(PoisonError::into_inner).admit(
+        open.replay_key(),
+        open.sent_at(),
+        unix_now(),
+    );
+    if let Err(r) = admitted {
+        Metrics::inc(&ctx.metrics.streams_refused);
+        debug!(node = %ctx.id, refusal = %r, "open refused");
+        let status = match r {
+            ReplayRefusal::Full => OpenStatus::RESOURCE_LIMIT,
+            ReplayRefusal::Stale { .. } | ReplayRefusal::Replayed => OpenStatus::PROTOCOL_ERROR,
+        };
+        let mut out = Vec::new();
+        if open
+            .reply_with_reason(&mut rand::rng(), status, &r.to_string(), &mut out)
+            .is_ok()
+        {
+            let _ = send.write_all(&out).await;
+        }
+        let _ = send.finish();
+        return;
+    }
     tap(
         &ctx.tap,
         &ctx.id,
@@ -599,6 +667,8 @@ mod tests {
             resume_grace: Duration::from_secs(1),
             resume_buffer: 1 << 20,
             resume_budget: 1 << 30,
+            open_replay_window_secs: 120,
+            open_replay_cache: 1000,
         }
     }
 

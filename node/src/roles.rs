@@ -97,5 +97,7 @@ pub fn gateway_params(c: &GatewayConfig, bind: SocketAddr) -> gateway::GatewayPa
         resume_grace: c.resume_grace(),
         resume_buffer: c.resume_buffer(),
         resume_budget: c.resume_budget(),
+        open_replay_window_secs: c.open_replay_window_secs,
+        open_replay_cache: c.open_replay_cache(),
     }
 }

@@ -99,6 +99,8 @@ async fn start(handshake_timeout: Duration) -> Net {
         resume_grace: Duration::from_secs(1),
         resume_buffer: 1 << 20,
         resume_budget: 1 << 30,
+        open_replay_window_secs: 120,
+        open_replay_cache: 1000,
     };
     tokio::spawn(gateway::run(ctx, params));
     let link = tokio::time::timeout(Duration::from_secs(10), async {

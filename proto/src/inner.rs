@@ -1,18 +1,34 @@
 //! The inner (client ⇄ gateway) layer: one Noise NK handshake per proxied stream, then
 //! sealed records. The central carries these bytes in order and cannot read them.
 //!
-//! Byte stream, each message `len u16 | bytes`:
+//! Byte stream, each message `len u16 | bytes` (version 2: the Noise prologue says
+//! `braid/2 inner`, so peers of another version fail the handshake):
 //! ```text
-//! client → gateway:  first { 1 | NK msg1 { OpenRequest: target, early data } }  then records
+//! client → gateway:  first { 1 | NK msg1 { open payload } }                    then records
 //!                 or first { 2 | Resume: id [16] | received u64 | mac [32] }    then records
-//! gateway → client:  NK msg2 { OpenReply: status u8 | reason }                 then records
+//! gateway → client:  NK msg2 { reply payload }                                 then records
 //!                 or Resumed: status u8 | received u64 | mac [32]             then records
-//! record = AEAD(stream key, nonce = counter, plaintext = type u8 | payload)
+//! open payload  = sent_at u64 (unix s) | target, zero-padded to 259 | early_len u16
+//!                 | early data (≤ 1024) | zeros: always OPEN_PAYLOAD bytes
+//! reply payload = status u8 | reason_len u16 | reason (≤ 256) | zeros: always 259 bytes
+//! record = AEAD(stream key, nonce = counter,
+//!               plaintext = type u8 | len u16 | payload | zeros to a bucket)
 //! ```
 //! Per-stream keys mean the gateway cannot link two streams of one user.
 //!
+//! What the central carries must not tell it about the destination or the payload, so every
+//! size it sees is fixed or coarse: the open is always [`OPEN_MESSAGE_LEN`] bytes whatever
+//! the target and the early data (more early data than [`MAX_EARLY_DATA`] goes in the first
+//! records), the gateway's reply always [`REPLY_MESSAGE_LEN`] whatever its status and
+//! reason, a resume's answer always [`reliable::RESUMED_MESSAGE_LEN`], and a record's
+//! plaintext is padded to one of [`RECORD_BUCKETS`].
+//!
 //! The reply's reason is optional human-readable UTF-8 (why an open was refused, for the
-//! client's log); a reply of the status byte alone has an empty reason.
+//! client's log).
+//!
+//! The open is 0-RTT (sealed to the gateway's static key only), so a carrier could replay
+//! it; `sent_at` and the client's ephemeral key ([`GatewayOpen::replay_key`]) let the
+//! gateway refuse a replay ([`replay::ReplayCache`]).
 //!
 //! Records are acknowledged (an `Ack` record carries how many records its sender has
 //! opened) and kept sealed until then, so a stream can move to a new carrier when its
@@ -26,15 +42,48 @@ use crate::target::TargetAddr;
 use crate::wire::{Reader, WireError, Writer};
 
 pub mod reliable;
+pub mod replay;
 pub use reliable::{ReliableStream, ResumeRequest};
+pub use replay::{ReplayCache, ReplayRefusal};
 
-/// Largest record plaintext: keeps a message under the u16 length with room for overhead.
-pub const MAX_RECORD_DATA: usize = 16 * 1024;
+/// The plaintext sizes a record is padded to. Measured on bulk transfers (the pump fills a
+/// record with whatever its application has ready, so bulk records are full) and
+/// interactive ones (keystrokes, acks: the smallest bucket): see ARCHITECTURE.md.
+pub const RECORD_BUCKETS: [usize; 4] = [256, 1024, 4096, 16 * 1024];
+/// A record's plaintext header: type u8 | payload length u16.
+const RECORD_HEADER: usize = 3;
+/// Largest record data: the header and the data fill the largest bucket.
+pub const MAX_RECORD_DATA: usize = RECORD_BUCKETS[3] - RECORD_HEADER;
 /// Largest message the decoder accepts (a handshake message with early data, or a record).
 pub const MAX_MESSAGE: usize = MAX_RECORD_DATA + 256;
-const PROLOGUE: &[u8] = b"braid/1 inner";
+const PROLOGUE: &[u8] = b"braid/2 inner";
 /// Longest reason a reply carries, in bytes; a longer one is cut at a character boundary.
 pub const MAX_REASON: usize = 256;
+/// Longest target encoding: `atyp | len | 255-byte name | port`.
+const MAX_TARGET: usize = 1 + 1 + 255 + 2;
+/// Early data an open carries at most; the client sends the rest as the first records.
+pub const MAX_EARLY_DATA: usize = 1024;
+/// The open payload's fixed length.
+const OPEN_PAYLOAD: usize = 8 + MAX_TARGET + 2 + MAX_EARLY_DATA;
+/// Every open on the wire, framed: `len | kind | e | sealed payload`.
+pub const OPEN_MESSAGE_LEN: usize = 2 + 1 + noise::MESSAGE_OVERHEAD + OPEN_PAYLOAD;
+/// The reply payload's fixed length.
+const REPLY_PAYLOAD: usize = 1 + 2 + MAX_REASON;
+/// Every reply to an open on the wire, framed: `len | e | sealed payload`.
+pub const REPLY_MESSAGE_LEN: usize = 2 + noise::MESSAGE_OVERHEAD + REPLY_PAYLOAD;
+
+/// The smallest bucket that holds `n` plaintext bytes (`n` ≤ the largest).
+fn bucket_for(n: usize) -> usize {
+    RECORD_BUCKETS
+        .into_iter()
+        .find(|&b| b >= n)
+        .unwrap_or(RECORD_BUCKETS[3])
+}
+
+/// Bytes a record of `data` bytes takes on the wire, framed (what the carrier sees).
+pub fn sealed_record_len(data: usize) -> usize {
+    2 + bucket_for(RECORD_HEADER + data) + TAG_LEN
+}
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum InnerError {
@@ -67,22 +116,34 @@ pub struct OpenRequest {
 }
 
 impl OpenRequest {
-    fn encode(&self) -> Result<Vec<u8>, WireError> {
-        let mut buf = vec![0u8; 262 + self.early_data.len()];
-        let mut w = Writer::new(&mut buf);
-        self.target.write_onto(&mut w)?;
+    /// The fixed-length open payload: the same size whatever the target and early data.
+    fn encode(&self, sent_at: u64) -> Result<Vec<u8>, WireError> {
+        let mut buf = vec![0u8; OPEN_PAYLOAD];
+        let (head, rest) = buf.split_at_mut(8);
+        head.copy_from_slice(&sent_at.to_be_bytes());
+        let (target, rest) = rest.split_at_mut(MAX_TARGET);
+        self.target.write_onto(&mut Writer::new(target))?;
+        let mut w = Writer::new(rest);
+        let early = u16::try_from(self.early_data.len()).map_err(|_| WireError::TooLong)?;
+        w.u16(early)?;
         w.bytes(&self.early_data)?;
-        let n = w.position();
-        buf.truncate(n);
         Ok(buf)
     }
-    fn decode(b: &[u8]) -> Result<Self, WireError> {
+
+    /// The request and its `sent_at`.
+    fn decode(b: &[u8]) -> Result<(Self, u64), WireError> {
+        if b.len() != OPEN_PAYLOAD {
+            return Err(WireError::Invalid("open payload of the wrong size"));
+        }
         let mut r = Reader::new(b);
-        let target = TargetAddr::take_from(&mut r)?;
-        Ok(OpenRequest {
-            target,
-            early_data: r.rest().to_vec(),
-        })
+        let sent_at = r.u64()?;
+        let target = TargetAddr::take_from(&mut Reader::new(r.bytes(MAX_TARGET)?))?;
+        let n = usize::from(r.u16()?);
+        if n > MAX_EARLY_DATA {
+            return Err(WireError::Invalid("early data over the budget"));
+        }
+        let early_data = r.bytes(n)?.to_vec();
+        Ok((OpenRequest { target, early_data }, sent_at))
     }
 }
 
@@ -159,29 +220,34 @@ fn record_nonce(counter: u64) -> [u8; 12] {
 }
 
 impl RecordSealer {
-    /// Appends the framed, sealed record to `out`.
+    /// Appends the framed, sealed record to `out`, its plaintext padded to a bucket.
     pub fn seal(&mut self, rec: &Record, out: &mut Vec<u8>) -> Result<(), InnerError> {
-        let mut plain = Vec::with_capacity(1 + TAG_LEN + 16);
-        match rec {
+        let ack;
+        let (kind, body): (u8, &[u8]) = match rec {
             Record::Data(d) => {
                 if d.len() > MAX_RECORD_DATA {
                     return Err(InnerError::TooLong(d.len()));
                 }
-                plain.reserve(d.len());
-                plain.push(rt::DATA);
-                plain.extend_from_slice(d);
+                (rt::DATA, d)
             }
-            Record::HalfClose => plain.push(rt::HALF_CLOSE),
-            Record::Close => plain.push(rt::CLOSE),
-            Record::Error(c) => plain.extend_from_slice(&[rt::ERROR, *c]),
+            Record::HalfClose => (rt::HALF_CLOSE, &[]),
+            Record::Close => (rt::CLOSE, &[]),
+            Record::Error(c) => (rt::ERROR, std::slice::from_ref(c)),
             Record::Ack(n) => {
-                plain.push(rt::ACK);
-                plain.extend_from_slice(&n.to_be_bytes());
+                ack = n.to_be_bytes();
+                (rt::ACK, &ack)
             }
-        }
+        };
         if self.counter == u64::MAX {
             return Err(InnerError::Exhausted);
         }
+        let bucket = bucket_for(RECORD_HEADER + body.len());
+        let mut plain = Vec::with_capacity(bucket + TAG_LEN);
+        plain.push(kind);
+        // At most MAX_RECORD_DATA: fits.
+        plain.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        plain.extend_from_slice(body);
+        plain.resize(bucket, 0);
         let tag = self.aead.seal(record_nonce(self.counter), &[], &mut plain);
         self.counter += 1;
         plain.extend_from_slice(&tag);
@@ -204,7 +270,11 @@ impl RecordOpener {
             .map_err(|_| InnerError::Auth)?;
         self.counter += 1;
         let mut r = Reader::new(&plain);
-        Ok(match r.u8()? {
+        let kind = r.u8()?;
+        let len = usize::from(r.u16()?);
+        // What follows the body is padding.
+        let mut r = Reader::new(r.bytes(len)?);
+        Ok(match kind {
             rt::DATA => Record::Data(r.rest().to_vec()),
             rt::HALF_CLOSE => Record::HalfClose,
             rt::CLOSE => Record::Close,
@@ -276,16 +346,19 @@ pub struct ClientOpen {
     init: NkInitiator,
 }
 
-/// Starts a stream: returns the state and the bytes to send towards the gateway.
+/// Starts a stream at `now` (unix seconds; the gateway refuses opens far from its own
+/// clock): returns the state and the bytes to send towards the gateway, always
+/// [`OPEN_MESSAGE_LEN`] of them. At most [`MAX_EARLY_DATA`] early data.
 pub fn client_open(
     rng: &mut impl CryptoRng,
     gateway_key: &[u8; 32],
     req: &OpenRequest,
+    now: u64,
 ) -> Result<(ClientOpen, Vec<u8>), InnerError> {
-    if req.early_data.len() > MAX_RECORD_DATA {
+    if req.early_data.len() > MAX_EARLY_DATA {
         return Err(InnerError::TooLong(req.early_data.len()));
     }
-    let (init, msg1) = noise::initiate(rng, gateway_key, PROLOGUE, &req.encode()?)?;
+    let (init, msg1) = noise::initiate(rng, gateway_key, PROLOGUE, &req.encode(now)?)?;
     let mut body = Vec::with_capacity(msg1.len() + 1);
     body.push(first::OPEN);
     body.extend_from_slice(&msg1);
@@ -302,7 +375,8 @@ impl ClientOpen {
         let (payload, keys) = self.init.finish(msg2)?;
         let mut r = Reader::new(&payload);
         let status = OpenStatus(r.u8()?);
-        let reason = clean_reason(r.rest());
+        let n = usize::from(r.u16()?);
+        let reason = clean_reason(r.bytes(n)?);
         Ok((
             status,
             reason,
@@ -342,6 +416,8 @@ fn clean_reason(bytes: &[u8]) -> String {
 /// The gateway after reading a stream's first message.
 pub struct GatewayOpen {
     resp: NkResponder,
+    sent_at: u64,
+    ephemeral: [u8; 32],
 }
 
 /// Reads an open (a first message of kind [`FirstMessage::Open`], its body without the
@@ -354,10 +430,34 @@ pub fn gateway_accept(
         return Err(WireError::Invalid("not an open").into());
     };
     let (resp, payload) = noise::respond(key, PROLOGUE, msg1)?;
-    Ok((GatewayOpen { resp }, OpenRequest::decode(&payload)?))
+    let (req, sent_at) = OpenRequest::decode(&payload)?;
+    let mut ephemeral = [0u8; 32];
+    // respond() checked msg1 holds at least the key and a tag.
+    if let Some(e) = msg1.get(..32) {
+        ephemeral.copy_from_slice(e);
+    }
+    Ok((
+        GatewayOpen {
+            resp,
+            sent_at,
+            ephemeral,
+        },
+        req,
+    ))
 }
 
 impl GatewayOpen {
+    /// When the client says it sent the open (unix seconds, authenticated).
+    pub fn sent_at(&self) -> u64 {
+        self.sent_at
+    }
+
+    /// What identifies this open among replays of it: the client's ephemeral key (any change
+    /// to it fails the handshake, and an honest client never uses one twice).
+    pub fn replay_key(&self) -> [u8; 32] {
+        self.ephemeral
+    }
+
     /// Answers the open with no reason; appends the framed reply to `out` and returns the
     /// stream's keys.
     pub fn reply(
@@ -370,7 +470,8 @@ impl GatewayOpen {
     }
 
     /// Answers the open with a human-readable reason (cut to [`MAX_REASON`] bytes);
-    /// appends the framed reply to `out` and returns the stream's keys.
+    /// appends the framed reply, always [`REPLY_MESSAGE_LEN`] bytes, to `out` and returns
+    /// the stream's keys.
     pub fn reply_with_reason(
         self,
         rng: &mut impl CryptoRng,
@@ -379,9 +480,12 @@ impl GatewayOpen {
         out: &mut Vec<u8>,
     ) -> Result<StreamKeys, InnerError> {
         let reason = cut_reason(reason);
-        let mut payload = Vec::with_capacity(1 + reason.len());
+        let mut payload = Vec::with_capacity(REPLY_PAYLOAD);
         payload.push(status.0);
+        // At most MAX_REASON bytes: fits.
+        payload.extend_from_slice(&(reason.len() as u16).to_be_bytes());
         payload.extend_from_slice(reason.as_bytes());
+        payload.resize(REPLY_PAYLOAD, 0);
         let (msg2, keys) = self.resp.reply(rng, &payload)?;
         frame_message(&msg2, out)?;
         Ok(stream_keys(
@@ -406,7 +510,7 @@ mod tests {
             target: TargetAddr::Domain("example.com".into(), 443),
             early_data: b"GET /".to_vec(),
         };
-        let (c, bytes) = client_open(&mut rng, &gw.public(), &req).unwrap();
+        let (c, bytes) = client_open(&mut rng, &gw.public(), &req, 1_000).unwrap();
         let mut dec = MessageDecoder::default();
         dec.push(&bytes);
         let m1 = dec.next_message().unwrap().unwrap();
@@ -434,7 +538,7 @@ mod tests {
             target: TargetAddr::Domain("localhost".into(), 22),
             early_data: Vec::new(),
         };
-        let (c, bytes) = client_open(&mut rng, &gw.public(), &req).unwrap();
+        let (c, bytes) = client_open(&mut rng, &gw.public(), &req, 1_000).unwrap();
         let (g, _) = gateway_accept(&gw, &bytes[2..]).unwrap();
         let mut out = Vec::new();
         g.reply_with_reason(&mut rng, status, reason, &mut out)
@@ -499,6 +603,121 @@ mod tests {
         gs.seal(&Record::Data(vec![1; 10]), &mut back).unwrap();
         back[5] ^= 1;
         assert_eq!(co.open(&back[2..]), Err(InnerError::Auth));
+    }
+
+    /// The central learns nothing from an open's length: not the host name's, not the
+    /// early data's. A message of another size does not open.
+    #[test]
+    fn every_open_has_one_length() {
+        let mut rng = ChaCha20Rng::seed_from_u64(11);
+        let gw = StaticKeypair::generate(&mut rng);
+        let opens = [
+            (TargetAddr::Domain("a.io".into(), 80), Vec::new()),
+            (
+                TargetAddr::Domain("b".repeat(255), 443),
+                vec![7u8; MAX_EARLY_DATA],
+            ),
+            (
+                TargetAddr::Ip("[2001:db8::1]:22".parse().unwrap()),
+                b"SSH-2.0".to_vec(),
+            ),
+            (
+                TargetAddr::Ip("192.0.2.1:25".parse().unwrap()),
+                vec![1u8; 300],
+            ),
+        ];
+        for (target, early_data) in opens {
+            let req = OpenRequest { target, early_data };
+            let (_, bytes) = client_open(&mut rng, &gw.public(), &req, 77).unwrap();
+            assert_eq!(bytes.len(), OPEN_MESSAGE_LEN, "{}", req.target);
+            let (g, got) = gateway_accept(&gw, &bytes[2..]).unwrap();
+            assert_eq!(got, req);
+            assert_eq!(g.sent_at(), 77);
+            assert_eq!(
+                &g.replay_key()[..],
+                &bytes[3..35],
+                "the client's ephemeral key"
+            );
+        }
+        // Over the early-data budget: the caller sends the rest as records.
+        let req = OpenRequest {
+            target: TargetAddr::Domain("a.io".into(), 80),
+            early_data: vec![0; MAX_EARLY_DATA + 1],
+        };
+        assert!(matches!(
+            client_open(&mut rng, &gw.public(), &req, 0),
+            Err(InnerError::TooLong(_))
+        ));
+    }
+
+    /// A refusal with a long reason, a short one, and a success: one length.
+    #[test]
+    fn every_reply_has_one_length() {
+        let mut rng = ChaCha20Rng::seed_from_u64(12);
+        let gw = StaticKeypair::generate(&mut rng);
+        let req = OpenRequest {
+            target: TargetAddr::Domain("localhost".into(), 22),
+            early_data: Vec::new(),
+        };
+        for (status, reason) in [
+            (OpenStatus::OK, ""),
+            (
+                OpenStatus::CONNECTION_REFUSED,
+                "connecting to 192.0.2.1:22: refused",
+            ),
+            (OpenStatus::NOT_ALLOWED, &*"x".repeat(2 * MAX_REASON)),
+        ] {
+            let (c, bytes) = client_open(&mut rng, &gw.public(), &req, 0).unwrap();
+            let (g, _) = gateway_accept(&gw, &bytes[2..]).unwrap();
+            let mut out = Vec::new();
+            g.reply_with_reason(&mut rng, status, reason, &mut out)
+                .unwrap();
+            assert_eq!(out.len(), REPLY_MESSAGE_LEN, "{status}");
+            let (st, why, _) = c.finish(&out[2..]).unwrap();
+            assert_eq!((st, why.len()), (status, reason.len().min(MAX_REASON)));
+        }
+    }
+
+    /// What a carrier sees of a record is one of a few bucket sizes, whatever its type or
+    /// length.
+    #[test]
+    fn records_are_padded_to_buckets() {
+        let (mut cs, _, _, mut go) = open_pair();
+        let wire_sizes: Vec<usize> = RECORD_BUCKETS.iter().map(|b| 2 + b + TAG_LEN).collect();
+        let mut records = vec![
+            Record::HalfClose,
+            Record::Close,
+            Record::Error(3),
+            Record::Ack(u64::MAX),
+        ];
+        for n in [
+            0,
+            1,
+            253,
+            254,
+            1000,
+            1021,
+            1022,
+            4093,
+            4094,
+            9000,
+            MAX_RECORD_DATA,
+        ] {
+            records.push(Record::Data(vec![0xa5; n]));
+        }
+        for r in records {
+            let mut out = Vec::new();
+            cs.seal(&r, &mut out).unwrap();
+            assert!(wire_sizes.contains(&out.len()), "{} bytes", out.len());
+            if let Record::Data(d) = &r {
+                assert_eq!(out.len(), sealed_record_len(d.len()));
+            }
+            assert_eq!(go.open(&out[2..]).unwrap(), r);
+        }
+        let mut out = Vec::new();
+        assert!(cs
+            .seal(&Record::Data(vec![0; MAX_RECORD_DATA + 1]), &mut out)
+            .is_err());
     }
 
     #[test]

@@ -67,6 +67,18 @@ pub struct GatewayConfig {
     /// client acknowledges what it receives.
     #[serde(default = "default_stream_idle_timeout_secs")]
     pub stream_idle_timeout_secs: u64,
+    /// An open (its 0-RTT first message) sent more than this from the gateway's clock is
+    /// refused, and the gateway remembers every open's ephemeral key at least twice this
+    /// long to refuse replays (default 120 s; at most 86400). Clients' clocks must be this
+    /// close to the gateway's.
+    #[serde(default = "default_open_replay_window_secs")]
+    pub open_replay_window_secs: u64,
+    /// Most ephemeral keys each of the replay cache's two generations holds (default
+    /// 131072; about 70 bytes each, so at most ~18 MB). A generation lasts twice the window;
+    /// past the cap, new opens are refused (`resource_limit`) until it rotates, so size it
+    /// for the opens per `2 × open_replay_window_secs` the gateway must take.
+    #[serde(default = "default_open_replay_cache")]
+    pub open_replay_cache: u64,
     /// Exit policy switches.
     #[serde(default)]
     pub exit: ExitConfig,
@@ -84,6 +96,19 @@ fn default_connect_timeout_secs() -> u64 {
 fn default_link_idle_timeout_ms() -> u64 {
     30_000
 }
+
+fn default_open_replay_window_secs() -> u64 {
+    120
+}
+
+fn default_open_replay_cache() -> u64 {
+    131_072
+}
+
+/// The largest replay window: a day.
+const MAX_OPEN_REPLAY_WINDOW_SECS: u64 = 86_400;
+/// The largest replay cache generation (~1 GB at the cap: larger is a typo).
+const MAX_OPEN_REPLAY_CACHE: u64 = 1 << 24;
 
 fn default_max_streams() -> u32 {
     16_384
@@ -124,6 +149,8 @@ impl GatewayConfig {
             link_stream_window_kib: default_link_stream_window_kib(),
             handshake_timeout_ms: default_handshake_timeout_ms(),
             stream_idle_timeout_secs: default_stream_idle_timeout_secs(),
+            open_replay_window_secs: default_open_replay_window_secs(),
+            open_replay_cache: default_open_replay_cache(),
             exit: ExitConfig::default(),
             hosts: BTreeMap::new(),
             node,
@@ -170,6 +197,11 @@ impl GatewayConfig {
         Duration::from_secs(self.stream_idle_timeout_secs)
     }
 
+    /// [`Self::open_replay_cache`] as a count.
+    pub fn open_replay_cache(&self) -> usize {
+        usize::try_from(self.open_replay_cache).unwrap_or(usize::MAX)
+    }
+
     /// [`Self::reconnect_min_ms`] as a `Duration`.
     pub fn reconnect_min(&self) -> Duration {
         Duration::from_millis(self.reconnect_min_ms)
@@ -197,8 +229,30 @@ impl GatewayConfig {
                 ),
                 ("handshake_timeout_ms", self.handshake_timeout_ms),
                 ("stream_idle_timeout_secs", self.stream_idle_timeout_secs),
+                ("open_replay_window_secs", self.open_replay_window_secs),
+                ("open_replay_cache", self.open_replay_cache),
             ],
         )?;
+        for (key, value, max) in [
+            (
+                "open_replay_window_secs",
+                self.open_replay_window_secs,
+                MAX_OPEN_REPLAY_WINDOW_SECS,
+            ),
+            (
+                "open_replay_cache",
+                self.open_replay_cache,
+                MAX_OPEN_REPLAY_CACHE,
+            ),
+        ] {
+            if value > max {
+                return Err(ConfigError::invalid(
+                    file,
+                    key,
+                    format!("{value} is more than {max}"),
+                ));
+            }
+        }
         check::resume_buffer(file, self.resume_buffer_kib)?;
         check::resume_budget(file, self.resume_budget_mib)?;
         check::not_below(
@@ -245,6 +299,39 @@ mod tests {
         }
         let e = top("max_streams = 0").unwrap_err().to_string();
         assert!(e.contains("max_streams"), "{e}");
+    }
+
+    #[test]
+    fn open_replay_keys_default_and_are_bounded() {
+        let g = gateway("").unwrap();
+        assert_eq!(g.open_replay_window_secs, 120);
+        assert_eq!(g.open_replay_cache(), 131_072);
+        let top = |line: &str| {
+            let text = format!("{line}\n{GATEWAY}");
+            crate::parse_node_config(&text, Path::new("/x/g.toml"), &crate::no_env)
+        };
+        match top("open_replay_window_secs = 5\nopen_replay_cache = 10").unwrap() {
+            NodeConfig::Gateway(g) => {
+                assert_eq!((g.open_replay_window_secs, g.open_replay_cache), (5, 10))
+            }
+            other => panic!("not a gateway: {other:?}"),
+        }
+        for bad in [
+            "open_replay_window_secs = 0",
+            "open_replay_window_secs = 86401",
+            "open_replay_cache = 0",
+            "open_replay_cache = 99999999",
+        ] {
+            let e = top(bad).unwrap_err().to_string();
+            assert!(e.contains(bad.split(' ').next().unwrap()), "{bad}: {e}");
+        }
+        // The environment overrides them like the other keys.
+        let env = |k: &str| (k == "BRAID_OPEN_REPLAY_WINDOW_SECS").then(|| "7".to_string());
+        let text = GATEWAY.to_string();
+        match crate::parse_node_config(&text, Path::new("/x/g.toml"), &env).unwrap() {
+            NodeConfig::Gateway(g) => assert_eq!(g.open_replay_window_secs, 7),
+            other => panic!("not a gateway: {other:?}"),
+        }
     }
 
     #[test]

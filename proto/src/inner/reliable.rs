@@ -35,6 +35,8 @@ pub const MIN_BUFFER: usize = 2 * ACK_EVERY as usize * (super::MAX_MESSAGE + 2);
 const TAG: usize = 32;
 /// A resume id's length.
 pub const ID_LEN: usize = 16;
+/// Every answer to a resume on the wire, framed, whether the gateway holds the stream or not.
+pub const RESUMED_MESSAGE_LEN: usize = 2 + 1 + 8 + TAG;
 
 /// The client's first message on a new carrier for an existing stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,13 +67,15 @@ mod resumed {
     pub const UNKNOWN: u8 = 1;
 }
 
-/// The gateway's answer to a resume for a stream it does not hold (gone, or never was).
-/// It carries no key, so anyone on the carrier could forge it; a carrier can end the
-/// stream by dropping it anyway.
+/// The gateway's answer to a resume for a stream it does not hold (gone, or never was),
+/// padded to the length of a successful one. It carries no key, so anyone on the carrier
+/// could forge it; a carrier can end the stream by dropping it anyway.
 pub fn unknown_stream_reply() -> Vec<u8> {
-    let mut out = Vec::with_capacity(3);
-    // A one-byte body cannot fail to frame.
-    let _ = frame_message(&[resumed::UNKNOWN], &mut out);
+    let mut body = [0u8; RESUMED_MESSAGE_LEN - 2];
+    body[0] = resumed::UNKNOWN;
+    let mut out = Vec::with_capacity(RESUMED_MESSAGE_LEN);
+    // A fixed-size body cannot fail to frame.
+    let _ = frame_message(&body, &mut out);
     out
 }
 
@@ -358,7 +362,7 @@ mod tests {
             target: TargetAddr::Domain("example.com".into(), 22),
             early_data: Vec::new(),
         };
-        let (c, m1) = client_open(&mut rng, &gw.public(), &req).unwrap();
+        let (c, m1) = client_open(&mut rng, &gw.public(), &req, 0).unwrap();
         let (g, _) = gateway_accept(&gw, &m1[2..]).unwrap();
         let mut out = Vec::new();
         let gk = g.reply(&mut rng, OpenStatus::OK, &mut out).unwrap();
@@ -418,7 +422,10 @@ mod tests {
             c.seal(&data(&chunk)).unwrap();
             n += 1;
         }
-        assert_eq!(n, MIN_BUFFER.div_ceil(chunk.len() + 2 + 1 + 16));
+        assert_eq!(
+            n,
+            MIN_BUFFER.div_ceil(super::super::sealed_record_len(chunk.len()))
+        );
         // Acks and closes still go out.
         c.seal(&Record::HalfClose).unwrap();
     }
@@ -465,10 +472,10 @@ mod tests {
             down.extend(g.seal(&data(&[100 + i; 20])).unwrap());
         }
         // The gateway got 3 records and half of the 4th; the client got 2 of the gateway's.
-        let rec = 2 + 10 + 1 + 16;
+        let rec = super::super::sealed_record_len(10);
         let got_g = deliver(&mut g, &up[..3 * rec + 5]);
         assert_eq!(got_g.len(), 3);
-        let got_c = deliver(&mut c, &down[..2 * (2 + 20 + 17)]);
+        let got_c = deliver(&mut c, &down[..2 * super::super::sealed_record_len(20)]);
         assert_eq!(got_c.len(), 2);
 
         let req_bytes = c.resume_request();
@@ -515,6 +522,9 @@ mod tests {
         assert_eq!(g.accept_resume(&req), Err(InnerError::ResumeAuth));
         req.received -= 1;
         let reply = g.accept_resume(&req).unwrap();
+        // Known or not, the answer has one length.
+        assert_eq!(reply.len(), RESUMED_MESSAGE_LEN);
+        assert_eq!(unknown_stream_reply().len(), RESUMED_MESSAGE_LEN);
         // Replaying the same resume fails: the id has moved on.
         assert_eq!(g.accept_resume(&req), Err(InnerError::ResumeAuth));
         // A forged answer fails at the client; an unknown-stream answer refuses.

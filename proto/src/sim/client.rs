@@ -132,7 +132,7 @@ impl Client {
                     target: st.target.clone(),
                     early_data: early,
                 };
-                let (h, msg1) = inner::client_open(rng, &self.gateway_key, &req).unwrap();
+                let (h, msg1) = inner::client_open(rng, &self.gateway_key, &req, 0).unwrap();
                 st.handshake = Some(h);
                 st.outbox = msg1;
             }

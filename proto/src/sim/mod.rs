@@ -42,7 +42,7 @@ const LINK_BUFFER: Duration = Duration::from_millis(1);
 /// The gateway link is faster, so that the overlay's cell links are the bottleneck.
 const GATEWAY_BYTES_PER_SEC: u64 = 100_000_000;
 /// Bytes of the upload that ride in the stream's first handshake message (0-RTT).
-const EARLY_DATA: usize = 3000;
+const EARLY_DATA: usize = crate::inner::MAX_EARLY_DATA;
 /// How far the client seals records ahead of what the session accepted (a socket buffer).
 const SEAL_AHEAD: usize = 64 * 1024;
 
