@@ -338,7 +338,8 @@ impl Opener {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         live.clear();
-        self.secrets.send_replace(Arc::new(fresh.into_iter().collect()));
+        self.secrets
+            .send_replace(Arc::new(fresh.into_iter().collect()));
         boxes
     }
 
@@ -630,7 +631,10 @@ async fn relay_link(
                 let registration = Registration {
                     secret: secret.clone(),
                 };
-                if write_frame(&mut send, &registration.encode()).await.is_err() {
+                if write_frame(&mut send, &registration.encode())
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 if let Some(mut s) = old.take() {

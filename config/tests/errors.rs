@@ -508,7 +508,11 @@ fn relay_limits() {
             "mailbox_budget_mib = 1048577",
             "`mailbox_budget_mib`",
         ),
-        ("max_mailboxes = 65536", "max_mailboxes = 0", "`max_mailboxes`"),
+        (
+            "max_mailboxes = 65536",
+            "max_mailboxes = 0",
+            "`max_mailboxes`",
+        ),
         (
             "max_mailboxes_per_connection = 8",
             "max_mailboxes_per_connection = 0",

@@ -207,11 +207,9 @@ struct Downstream {
 
 impl Downstream {
     async fn connect(net: &Net) -> Self {
-        let ep = braid_net::client_endpoint(
-            "127.31.10.98:0".parse().unwrap(),
-            Some(&net.downstream),
-        )
-        .unwrap();
+        let ep =
+            braid_net::client_endpoint("127.31.10.98:0".parse().unwrap(), Some(&net.downstream))
+                .unwrap();
         let conn = braid_net::connect(&ep, net.relay_addr, net.relay.tls_public())
             .await
             .unwrap();

@@ -566,20 +566,30 @@ mod tests {
         // Known answer (computed independently: Python's hashlib).
         assert_eq!(
             secret.address(),
-            [0xac, 0xe1, 0x3e, 0x36, 0x31, 0xe4, 0x5b, 0x8d, 0x96, 0x77, 0x5d, 0xce, 0xd8, 0xad, 0x16, 0xf9]
+            [
+                0xac, 0xe1, 0x3e, 0x36, 0x31, 0xe4, 0x5b, 0x8d, 0x96, 0x77, 0x5d, 0xce, 0xd8, 0xad,
+                0x16, 0xf9
+            ]
         );
         let r = Registration {
             secret: secret.clone(),
         };
         assert_eq!(r.address(), secret.address());
-        assert_eq!(format!("{r:?}"), "Registration { secret: MailboxSecret(..) }");
+        assert_eq!(
+            format!("{r:?}"),
+            "Registration { secret: MailboxSecret(..) }"
+        );
         // Fresh secrets give unrelated addresses.
         let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(3);
         let a = MailboxSecret::generate(&mut rng);
         let b = MailboxSecret::generate(&mut rng);
         assert_ne!(a, b);
         assert_ne!(a.address(), b.address());
-        assert_ne!(a.address()[..], a.as_bytes()[..16], "the address is not the secret");
+        assert_ne!(
+            a.address()[..],
+            a.as_bytes()[..16],
+            "the address is not the secret"
+        );
     }
 
     /// A relay id of 1..=MAX_NODE_ID_LEN bytes, multi-byte characters included.
