@@ -192,7 +192,7 @@ impl Demo {
                 Role::Relay => {
                     let mut c = RelayConfig::new(addr, node);
                     c.mix_delay_ms = opts.mix_delay.as_secs_f64() * 1e3;
-                    c.mailbox_cells = 65_536;
+                    c.pool_cells = 65_536;
                     NodeConfig::Relay(c)
                 }
                 Role::Gateway => {

@@ -18,11 +18,10 @@ use braid_driver::{
 };
 use braid_net::{read_frame, write_frame};
 use braid_proto::cell::{CellHeader, CellKind};
-use braid_proto::envelope::{Registration, Route};
+use braid_proto::envelope::{MailboxSecret, Registration, Route};
 use braid_proto::frame::Mailbox;
 use braid_proto::session::{PendingSession, Session, SessionConfig, SessionHello};
 use rand::seq::IndexedRandom;
-use rand::RngCore;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -137,23 +136,19 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
     let metrics = Arc::new(Metrics::default());
     let node = "client".to_string();
 
-    // Mailboxes first, so the central's Welcome has somewhere to land.
+    // Relay links first, so the central's Welcome has somewhere to land. Each session's
+    // mailbox secrets come from `Opener::open`; the links register them.
     let (cells_tx, mut cells_rx) = mpsc::channel::<Vec<u8>>(4096);
     let (cmd_tx, cmd_rx) = mpsc::channel::<SessionCmd>(256);
     let live_boxes: Arc<Mutex<HashMap<String, Mailbox>>> = Arc::default();
-    let mut boxes = Vec::new();
+    let secrets = Arc::new(watch::channel(MailboxSecrets::default()).0);
+    let mut relays = Vec::new();
     for relay in dir.nodes_with_role(Role::Relay) {
-        let mut id = [0u8; 16];
-        rand::rng().fill_bytes(&mut id);
-        let mailbox = Mailbox {
-            relay: relay.id.clone(),
-            id,
-        };
-        boxes.push(mailbox.clone());
+        relays.push(relay.id.clone());
         tokio::spawn(relay_link(
             ep.clone(),
             relay.clone(),
-            mailbox,
+            secrets.subscribe(),
             cells_tx.clone(),
             live_boxes.clone(),
             cmd_tx.clone(),
@@ -205,7 +200,8 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
         centrals: paths,
         choice: p.central_choice,
         down: Resting::new(p.central_rest),
-        mailboxes: boxes,
+        relays,
+        secrets,
         live_boxes,
     };
     // The first session must open within 30 s (the caller learns of a dead overlay at once).
@@ -283,6 +279,9 @@ struct CentralRoute {
     links: Arc<watch::Sender<Vec<Link>>>,
 }
 
+/// The session's mailbox secret at each relay (by relay id).
+type MailboxSecrets = Arc<HashMap<String, MailboxSecret>>;
+
 /// What opening a session needs: the Hello's settings, the centrals and the links to each.
 struct Opener {
     cfg: SessionConfig,
@@ -290,7 +289,11 @@ struct Opener {
     choice: CentralChoice,
     /// Centrals that went silent, skipped for a while by the next sessions.
     down: Resting,
-    mailboxes: Vec<Mailbox>,
+    /// Every relay's id, in directory order.
+    relays: Vec<String>,
+    /// The open (or opening) session's mailbox secrets; the relay links register them.
+    secrets: Arc<watch::Sender<MailboxSecrets>>,
+    /// The mailboxes of this session registered at a relay now (by relay id).
     live_boxes: Arc<Mutex<HashMap<String, Mailbox>>>,
 }
 
@@ -312,6 +315,34 @@ impl Opener {
         }
     }
 
+    /// Draws fresh mailbox secrets for a new session (so no relay's mailbox id outlives a
+    /// session) and hands them to the relay links; the old mailboxes are withdrawn as the
+    /// links register the new ones. Returns the new mailboxes, in relay order.
+    fn fresh_mailboxes(&self) -> Vec<Mailbox> {
+        let mut rng = rand::rng();
+        let fresh: Vec<(String, MailboxSecret)> = self
+            .relays
+            .iter()
+            .map(|r| (r.clone(), MailboxSecret::generate(&mut rng)))
+            .collect();
+        let boxes = fresh
+            .iter()
+            .map(|(relay, s)| Mailbox {
+                relay: relay.clone(),
+                id: s.address(),
+            })
+            .collect();
+        // Under the live lock: a link cannot then mark an old secret live after this.
+        let mut live = self
+            .live_boxes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        live.clear();
+        self.secrets
+            .send_replace(Arc::new(fresh.into_iter().collect()));
+        boxes
+    }
+
     /// Handshakes a new session with a central: Hello out through an upstream (each try
     /// through the next one), Welcome back through a relay; tries again 250 ms, 500 ms, then
     /// every second until a central answers. A central that lets three Hellos go unanswered
@@ -322,7 +353,7 @@ impl Opener {
     ) -> anyhow::Result<(Session, usize)> {
         let hello = SessionHello {
             window_cells: self.cfg.window_cells as u32,
-            mailboxes: self.mailboxes.clone(),
+            mailboxes: self.fresh_mailboxes(),
         };
         // Every Hello is new (a central answers a Hello once; a copy is a replay), with more
         // proof of work each time it goes unanswered (a central under a flood serves the
@@ -550,11 +581,14 @@ async fn upstream_link(
     .await;
 }
 
+/// Keeps a link to one relay up; on each connection, registers the session's mailbox
+/// secret there and hands its cells on. A new session's secret replaces the old one: the
+/// new mailbox is registered, then the old stream ends, which withdraws it at the relay.
 #[allow(clippy::too_many_arguments)]
 async fn relay_link(
     ep: quinn::Endpoint,
     relay: NodeEntry,
-    mailbox: Mailbox,
+    secrets: watch::Receiver<MailboxSecrets>,
     cells_tx: mpsc::Sender<Vec<u8>>,
     live: Arc<Mutex<HashMap<String, Mailbox>>>,
     cmd: mpsc::Sender<SessionCmd>,
@@ -574,33 +608,77 @@ async fn relay_link(
         }
     };
     keep_dialing(ep, relay, shutdown, backoff, |conn| {
-        let mailbox = mailbox.clone();
+        let mut secrets = secrets.clone();
         let cells_tx = cells_tx.clone();
         let live = live.clone();
         let cmd = cmd.clone();
         let name = name.clone();
         let metrics = metrics.clone();
         async move {
-            let Ok((mut send, mut recv)) = conn.open_bi().await else {
-                return;
-            };
-            if write_frame(&mut send, &Registration::from(&mailbox).encode())
-                .await
-                .is_err()
-            {
-                return;
-            }
-            if let Ok(mut m) = live.lock() {
-                m.insert(name.clone(), mailbox.clone());
-            }
-            announce(&live, &cmd);
-            debug!(relay = %name, "mailbox registered");
-            let mut buf = Vec::with_capacity(cell_size);
-            while let Ok(true) = read_frame(&mut recv, cell_size, &mut buf).await {
-                Metrics::inc(&metrics.cells_in);
-                if cells_tx.send(std::mem::take(&mut buf)).await.is_err() {
+            // The previous session's mailbox stream, ended once the next one is registered.
+            let mut old: Option<quinn::SendStream> = None;
+            loop {
+                let Some(secret) = secrets.borrow_and_update().get(&name).cloned() else {
+                    // No session has drawn secrets yet.
+                    if secrets.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
+                };
+                let Ok((mut send, mut recv)) = conn.open_bi().await else {
+                    break;
+                };
+                let registration = Registration {
+                    secret: secret.clone(),
+                };
+                if write_frame(&mut send, &registration.encode())
+                    .await
+                    .is_err()
+                {
                     break;
                 }
+                if let Some(mut s) = old.take() {
+                    let _ = s.finish();
+                }
+                let mailbox = Mailbox {
+                    relay: name.clone(),
+                    id: registration.address(),
+                };
+                {
+                    let mut m = live
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    // A newer session may have drawn other secrets meanwhile.
+                    if secrets.borrow().get(&name) == Some(&secret) {
+                        m.insert(name.clone(), mailbox);
+                    }
+                }
+                announce(&live, &cmd);
+                debug!(relay = %name, "mailbox registered");
+                let mut buf = Vec::with_capacity(cell_size);
+                let next_session = loop {
+                    tokio::select! {
+                        r = read_frame(&mut recv, cell_size, &mut buf) => {
+                            if !matches!(r, Ok(true)) {
+                                break false;
+                            }
+                            Metrics::inc(&metrics.cells_in);
+                            if cells_tx.send(std::mem::take(&mut buf)).await.is_err() {
+                                return;
+                            }
+                        }
+                        changed = secrets.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            break true;
+                        }
+                    }
+                };
+                if !next_session {
+                    break;
+                }
+                old = Some(send);
             }
             warn!(relay = %name, "relay link lost");
             if let Ok(mut m) = live.lock() {

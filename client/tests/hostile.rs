@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use braid_net::{read_frame, write_frame};
 use braid_proto::cell::{CellHeader, CellKind};
+use braid_proto::envelope::{MailboxSecret, Registration};
 use braid_proto::frame::Mailbox;
 use braid_proto::session::{PathId, PendingSession, Session, SessionConfig, SessionHello};
 use rand::RngCore;
@@ -48,9 +49,11 @@ impl RawClient {
             .await
             .unwrap();
         let (mut rs, relay_rx) = rconn.open_bi().await.unwrap();
-        let mut id = [0u8; 16];
-        rand::rng().fill_bytes(&mut id);
-        write_frame(&mut rs, &id).await.unwrap();
+        let secret = MailboxSecret::generate(&mut rand::rng());
+        let id = secret.address();
+        write_frame(&mut rs, &Registration { secret }.encode())
+            .await
+            .unwrap();
         std::mem::forget(rs); // keep the registration stream open
         tokio::time::sleep(Duration::from_millis(100)).await;
         RawClient {

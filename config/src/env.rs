@@ -74,6 +74,11 @@ pub(crate) const RELAY_KEYS: &[(&str, Kind)] = &[
     ("listen", Kind::Str),
     ("mix_delay_ms", Kind::Scalar),
     ("mailbox_cells", Kind::Scalar),
+    ("pool_cells", Kind::Scalar),
+    ("mailbox_budget_mib", Kind::Scalar),
+    ("max_mailboxes", Kind::Scalar),
+    ("max_mailboxes_per_connection", Kind::Scalar),
+    ("registration_timeout_ms", Kind::Scalar),
 ];
 
 pub(crate) const GATEWAY_KEYS: &[(&str, Kind)] = &[

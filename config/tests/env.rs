@@ -78,6 +78,31 @@ fn typed_values_parse_as_toml() {
     let cfg = node(&sample("relay.toml"), &[("BRAID_MIX_DELAY_MS", "5")]).unwrap();
     let r = role_config!(cfg, Relay);
     assert_eq!(r.mix_delay_ms, 5.0);
+
+    let cfg = node(
+        &sample("relay.toml"),
+        &[
+            ("BRAID_MAILBOX_CELLS", "16"),
+            ("BRAID_POOL_CELLS", "64"),
+            ("BRAID_MAILBOX_BUDGET_MIB", "2"),
+            ("BRAID_MAX_MAILBOXES", "10"),
+            ("BRAID_MAX_MAILBOXES_PER_CONNECTION", "3"),
+            ("BRAID_REGISTRATION_TIMEOUT_MS", "250"),
+        ],
+    )
+    .unwrap();
+    let r = role_config!(cfg, Relay);
+    assert_eq!(
+        (
+            r.mailbox_cells,
+            r.pool_cells,
+            r.mailbox_budget(),
+            r.max_mailboxes,
+            r.max_mailboxes_per_connection,
+            r.registration_timeout().as_millis()
+        ),
+        (16, 64, 2 << 20, 10, 3, 250)
+    );
 }
 
 #[test]

@@ -496,6 +496,59 @@ fn relay_limits() {
         &relay.replace("mailbox_cells = 4096", "mailbox_cells = 0"),
         &["`mailbox_cells`"],
     );
+    for (from, to, key) in [
+        ("pool_cells = 16384", "pool_cells = 0", "`pool_cells`"),
+        (
+            "mailbox_budget_mib = 256",
+            "mailbox_budget_mib = 0",
+            "`mailbox_budget_mib`",
+        ),
+        (
+            "mailbox_budget_mib = 256",
+            "mailbox_budget_mib = 1048577",
+            "`mailbox_budget_mib`",
+        ),
+        (
+            "max_mailboxes = 65536",
+            "max_mailboxes = 0",
+            "`max_mailboxes`",
+        ),
+        (
+            "max_mailboxes_per_connection = 8",
+            "max_mailboxes_per_connection = 0",
+            "`max_mailboxes_per_connection`",
+        ),
+        (
+            "registration_timeout_ms = 5000",
+            "registration_timeout_ms = 0",
+            "`registration_timeout_ms`",
+        ),
+        (
+            "registration_timeout_ms = 5000",
+            "registration_timeout_ms = 600001",
+            "`registration_timeout_ms`",
+        ),
+    ] {
+        assert!(relay.contains(from), "{from}");
+        node_fails(&relay.replace(from, to), &[key]);
+    }
+    // The overall cap cannot be below one connection's.
+    node_fails(
+        &relay.replace("max_mailboxes = 65536", "max_mailboxes = 4"),
+        &["`max_mailboxes`", "max_mailboxes_per_connection (8)"],
+    );
+}
+
+/// A relay config written before issue 8 (only `mailbox_cells`, which then sized the pool)
+/// still loads: the key now means cells per mailbox, and the new keys take their defaults.
+#[test]
+fn old_relay_config_still_loads() {
+    let text = "role = \"relay\"\nlisten = \"127.0.0.6:7600\"\nmix_delay_ms = 25.0\nmailbox_cells = 65536\n[node]\nid = \"r\"\ndirectory = \"d\"\nidentity = \"k\"\n";
+    let cfg = parse_node_config(text, Path::new(NODE_FILE), &no_env).unwrap();
+    let braid_config::NodeConfig::Relay(r) = cfg else {
+        panic!("not a relay")
+    };
+    assert_eq!((r.mailbox_cells, r.pool_cells), (65_536, 16_384));
 }
 
 #[test]

@@ -111,6 +111,11 @@ fn node_samples_carry_the_documented_values() {
     assert_eq!(r.mix_delay_ms, 25.0);
     assert_eq!(r.mix_delay().as_millis(), 25);
     assert_eq!(r.mailbox_cells, 4096);
+    assert_eq!(r.pool_cells, 16_384);
+    assert_eq!(r.mailbox_budget(), 256 << 20);
+    assert_eq!(r.max_mailboxes, 65_536);
+    assert_eq!(r.max_mailboxes_per_connection, 8);
+    assert_eq!(r.registration_timeout().as_millis(), 5000);
     let g = role_config!(parse("gateway.toml"), Gateway);
     assert!(g.exit.allow_loopback);
     assert!(!g.exit.allow_private);
@@ -234,6 +239,11 @@ fn defaults_apply_when_optional_keys_are_absent() {
     let r = role_config!(parse_node_config(text, file, &no_env).unwrap(), Relay);
     assert_eq!(r.mix_delay_ms, 0.0);
     assert_eq!(r.mailbox_cells, 4096);
+    assert_eq!(r.pool_cells, 16_384);
+    assert_eq!(r.mailbox_budget_mib, 256);
+    assert_eq!(r.max_mailboxes, 65_536);
+    assert_eq!(r.max_mailboxes_per_connection, 8);
+    assert_eq!(r.registration_timeout_ms, 5000);
 
     let text = "role = \"gateway\"\n[node]\nid = \"g\"\ndirectory = \"d\"\nidentity = \"k\"\n";
     let g = role_config!(parse_node_config(text, file, &no_env).unwrap(), Gateway);

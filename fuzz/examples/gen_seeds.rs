@@ -283,7 +283,7 @@ fn config(dir: &Path) {
 /// `cell size u8 | message`: a whole envelope, delivery and registration for small cells,
 /// and one of each refusal.
 fn envelope(dir: &Path) {
-    use braid_proto::envelope::{Delivery, Envelope, Registration};
+    use braid_proto::envelope::{Delivery, Envelope, MailboxSecret, Registration};
     let cat = |parts: &[&[u8]]| parts.concat();
     let cell: Vec<u8> = (0..32u8).collect();
     let id = [0x5A; 16];
@@ -306,7 +306,10 @@ fn envelope(dir: &Path) {
         cell: &cell,
     }
     .to_vec();
-    let registration = Registration { mailbox: id }.encode();
+    let registration = Registration {
+        secret: MailboxSecret::from_bytes([0x5A; 32]),
+    }
+    .encode();
     let seeds: Vec<(&str, Vec<u8>)> = vec![
         ("envelope-32", cat(&[&[32], &env])),
         ("envelope-utf8-relay", cat(&[&[32], &wide])),

@@ -20,8 +20,9 @@
 
 use braid_fuzz::Input;
 use braid_proto::envelope::{
-    delivery_len, encode_envelope_prefix, envelope_prefix_len, max_envelope_len,
-    write_envelope_prefix, Delivery, Envelope, EnvelopeError, Registration, Route,
+    address_of, delivery_len, encode_envelope_prefix, envelope_prefix_len, max_envelope_len,
+    write_envelope_prefix, Delivery, Envelope, EnvelopeError, MailboxSecret, Registration,
+    Route,
 };
 use braid_proto::frame::{Mailbox, MailboxId, MAILBOX_ID_LEN, MAX_NODE_ID_LEN};
 use libfuzzer_sys::fuzz_target;
@@ -141,11 +142,13 @@ fn registration(msg: &[u8]) {
         Ok(r) => {
             assert_eq!(msg.len(), Registration::LEN);
             assert_eq!(r.encode(), msg);
+            assert_eq!(r.secret.as_bytes(), msg);
+            // The address is the secret's digest's prefix, never the secret's own bytes.
+            assert_eq!(r.address(), address_of(&r.secret.digest()));
             assert_eq!(
-                Registration::from(&Mailbox {
-                    relay: String::new(),
-                    id: r.mailbox
-                }),
+                Registration {
+                    secret: MailboxSecret::from_bytes(r.encode())
+                },
                 r
             );
         }

@@ -71,7 +71,12 @@ pub fn relay_params(c: &RelayConfig) -> relay::RelayParams {
     relay::RelayParams {
         listen: c.listen,
         mix_delay: c.mix_delay(),
-        pool_cells: c.mailbox_cells as usize,
+        pool_cells: c.pool_cells as usize,
+        mailbox_cells: c.mailbox_cells as usize,
+        mailbox_budget: c.mailbox_budget(),
+        max_mailboxes: c.max_mailboxes as usize,
+        max_mailboxes_per_connection: c.max_mailboxes_per_connection as usize,
+        registration_timeout: c.registration_timeout(),
     }
 }
 

@@ -3,7 +3,7 @@
 //! ```text
 //! central → downstream (envelope):  relay_len u8 | relay id (1..=MAX_NODE_ID_LEN) | mailbox [16] | cell
 //! downstream → relay   (delivery):  mailbox [16] | cell
-//! client → relay   (registration):  mailbox [16]        (once, on the bi stream it reads cells from)
+//! client → relay   (registration):  secret [32]         (once, on the bi stream it reads cells from)
 //! client → upstream       (route):  central_len u8 | central id   (once, first on each uni stream of cells)
 //! ```
 //!
@@ -16,9 +16,16 @@
 //! (sealed end to end); only its length is checked, against the directory's cell size. A
 //! downstream forwards an envelope's tail, `mailbox | cell`, unchanged as the delivery.
 //!
+//! A mailbox's address (the `mailbox [16]` every downstream and the central see) is
+//! `SHA-256("braid mailbox" ‖ secret)[..16]`; the secret itself goes only to the relay, over
+//! the client's TLS link. The relay files a registration under the address its secret
+//! hashes to, so knowing an address is not enough to take the mailbox over.
+//!
 //! The central prepends the same envelope prefix to every cell of a path, so
 //! [`write_envelope_prefix`] / [`encode_envelope_prefix`] build just the prefix once.
 
+use rand_core::CryptoRng;
+use ring::digest;
 use thiserror::Error;
 
 use crate::frame::{Mailbox, MailboxId, MAILBOX_ID_LEN, MAX_NODE_ID_LEN};
@@ -37,7 +44,7 @@ pub enum EnvelopeError {
     NodeIdNotUtf8,
     #[error("cell of {got} bytes, the cell size is {want}")]
     WrongCellSize { got: usize, want: usize },
-    #[error("registration of {0} bytes, a mailbox id is {MAILBOX_ID_LEN}")]
+    #[error("registration of {0} bytes, a mailbox secret is {MAILBOX_SECRET_LEN}")]
     WrongRegistrationLen(usize),
     #[error("route of {got} bytes names a central of {named} bytes")]
     WrongRouteLen { got: usize, named: usize },
@@ -214,32 +221,91 @@ impl<'a> Delivery<'a> {
     }
 }
 
-/// A client's mailbox registration at a relay: the mailbox id, alone in one message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Bytes in a mailbox secret.
+pub const MAILBOX_SECRET_LEN: usize = 32;
+
+/// Domain separation for the address hash.
+const ADDRESS_LABEL: &[u8] = b"braid mailbox";
+
+/// A client's secret for one mailbox at one relay: random, fresh for every session. Only
+/// the relay sees it; everyone else knows the mailbox by its [`address`](Self::address).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct MailboxSecret([u8; MAILBOX_SECRET_LEN]);
+
+impl MailboxSecret {
+    /// A fresh random secret.
+    pub fn generate(rng: &mut impl CryptoRng) -> Self {
+        let mut s = [0u8; MAILBOX_SECRET_LEN];
+        rng.fill_bytes(&mut s);
+        MailboxSecret(s)
+    }
+
+    pub fn from_bytes(bytes: [u8; MAILBOX_SECRET_LEN]) -> Self {
+        MailboxSecret(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; MAILBOX_SECRET_LEN] {
+        &self.0
+    }
+
+    /// `SHA-256("braid mailbox" ‖ secret)`: its first [`MAILBOX_ID_LEN`] bytes are the
+    /// address; a relay compares whole digests to tell the same secret from a colliding one.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(ADDRESS_LABEL);
+        ctx.update(&self.0);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
+    /// The mailbox id envelopes and deliveries carry: the digest's first 16 bytes.
+    pub fn address(&self) -> MailboxId {
+        address_of(&self.digest())
+    }
+}
+
+/// The address a [`MailboxSecret::digest`] stands for (its first [`MAILBOX_ID_LEN`] bytes).
+pub fn address_of(digest: &[u8; 32]) -> MailboxId {
+    let mut id = [0u8; MAILBOX_ID_LEN];
+    id.copy_from_slice(&digest[..MAILBOX_ID_LEN]);
+    id
+}
+
+/// Never prints the secret (logs must not hand out mailboxes).
+impl std::fmt::Debug for MailboxSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MailboxSecret(..)")
+    }
+}
+
+/// A client's mailbox registration at a relay: the mailbox secret, alone in one message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Registration {
-    pub mailbox: MailboxId,
+    pub secret: MailboxSecret,
 }
 
 impl Registration {
     /// The exact length of a registration message (also the relay's frame limit for it).
-    pub const LEN: usize = MAILBOX_ID_LEN;
+    pub const LEN: usize = MAILBOX_SECRET_LEN;
 
     /// Parses one whole registration message.
     pub fn parse(buf: &[u8]) -> Result<Self, EnvelopeError> {
-        let mailbox =
-            MailboxId::try_from(buf).map_err(|_| EnvelopeError::WrongRegistrationLen(buf.len()))?;
-        Ok(Registration { mailbox })
+        let secret = <[u8; MAILBOX_SECRET_LEN]>::try_from(buf)
+            .map_err(|_| EnvelopeError::WrongRegistrationLen(buf.len()))?;
+        Ok(Registration {
+            secret: MailboxSecret(secret),
+        })
     }
 
     /// The registration message.
     pub fn encode(&self) -> [u8; Self::LEN] {
-        self.mailbox
+        self.secret.0
     }
-}
 
-impl From<&Mailbox> for Registration {
-    fn from(m: &Mailbox) -> Self {
-        Registration { mailbox: m.id }
+    /// The address this registration claims.
+    pub fn address(&self) -> MailboxId {
+        self.secret.address()
     }
 }
 
@@ -345,7 +411,14 @@ mod tests {
         // The delivery is the envelope's tail, byte for byte.
         assert_eq!(env.delivery().to_vec(), &bytes[1 + 7..]);
         assert_eq!(Delivery::parse(&bytes[8..], 4), Ok(env.delivery()));
-        assert_eq!(Registration::from(&mailbox("r")).encode(), ID);
+        let secret = MailboxSecret::from_bytes([5; 32]);
+        assert_eq!(
+            Registration {
+                secret: secret.clone()
+            }
+            .encode(),
+            [5; 32]
+        );
 
         assert_eq!(MAILBOX_ID_LEN, 16);
         assert_eq!(MAX_NODE_ID_LEN, 32);
@@ -462,16 +535,61 @@ mod tests {
 
     #[test]
     fn registration_errors() {
-        for n in [0, 1, 15, 17, 64] {
+        for n in [0, 1, 16, 31, 33, 64] {
             assert_eq!(
                 Registration::parse(&vec![0; n]),
                 Err(EnvelopeError::WrongRegistrationLen(n))
             );
         }
-        let r = Registration::parse(&ID).unwrap();
-        assert_eq!(r.mailbox, ID);
-        assert_eq!(r.encode(), ID);
-        assert_eq!(Registration::LEN, 16);
+        let r = Registration::parse(&[9; 32]).unwrap();
+        assert_eq!(r.secret.as_bytes(), &[9; 32]);
+        assert_eq!(r.encode(), [9; 32]);
+        assert_eq!(Registration::LEN, 32);
+        assert_eq!(
+            EnvelopeError::WrongRegistrationLen(16).to_string(),
+            "registration of 16 bytes, a mailbox secret is 32"
+        );
+    }
+
+    /// The address is `SHA-256("braid mailbox" ‖ secret)[..16]`, pinned; the secret never
+    /// shows in Debug output.
+    #[test]
+    fn address_is_the_pinned_hash_of_the_secret() {
+        let secret = MailboxSecret::from_bytes([0; 32]);
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(b"braid mailbox");
+        ctx.update(&[0; 32]);
+        let want = ctx.finish();
+        assert_eq!(&secret.digest()[..], want.as_ref());
+        assert_eq!(&secret.address()[..], &want.as_ref()[..16]);
+        assert_eq!(address_of(&secret.digest()), secret.address());
+        // Known answer (computed independently: Python's hashlib).
+        assert_eq!(
+            secret.address(),
+            [
+                0xac, 0xe1, 0x3e, 0x36, 0x31, 0xe4, 0x5b, 0x8d, 0x96, 0x77, 0x5d, 0xce, 0xd8, 0xad,
+                0x16, 0xf9
+            ]
+        );
+        let r = Registration {
+            secret: secret.clone(),
+        };
+        assert_eq!(r.address(), secret.address());
+        assert_eq!(
+            format!("{r:?}"),
+            "Registration { secret: MailboxSecret(..) }"
+        );
+        // Fresh secrets give unrelated addresses.
+        let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(3);
+        let a = MailboxSecret::generate(&mut rng);
+        let b = MailboxSecret::generate(&mut rng);
+        assert_ne!(a, b);
+        assert_ne!(a.address(), b.address());
+        assert_ne!(
+            a.address()[..],
+            a.as_bytes()[..16],
+            "the address is not the secret"
+        );
     }
 
     /// A relay id of 1..=MAX_NODE_ID_LEN bytes, multi-byte characters included.
@@ -514,7 +632,7 @@ mod tests {
             let bytes = d.to_vec();
             prop_assert_eq!(bytes.len(), delivery_len(cell.len()));
             prop_assert_eq!(Delivery::parse(&bytes, cell.len()), Ok(d));
-            let r = Registration { mailbox };
+            let r = Registration { secret: MailboxSecret::from_bytes([mailbox, mailbox].concat().try_into().unwrap()) };
             prop_assert_eq!(Registration::parse(&r.encode()), Ok(r));
         }
 

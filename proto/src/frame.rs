@@ -18,7 +18,9 @@ pub const MAX_NODE_ID_LEN: usize = 32;
 /// Bytes in a mailbox id.
 pub const MAILBOX_ID_LEN: usize = 16;
 
-/// A mailbox id: random, chosen by the client, unique per relay.
+/// A mailbox id (its address): derived from the client's mailbox secret at that relay
+/// ([`crate::envelope::MailboxSecret::address`]), so knowing it does not let anyone claim
+/// the mailbox. Fresh for every session.
 pub type MailboxId = [u8; MAILBOX_ID_LEN];
 
 /// Cumulative + selective acknowledgement and flow-control credit.
