@@ -18,6 +18,7 @@ fn credit_for_unknown_streams_leaves_no_state() {
     let per_cell = sealed_capacity_frames(&Frame::StreamCredit { stream: 0, max: 0 });
     let mut next_stream = 1_000u32;
     let mut frames = 0usize;
+    let mut leaked_events = 0;
     for _ in 0..160 {
         for _ in 0..per_cell {
             c.control.push_back(Frame::StreamCredit {
@@ -29,10 +30,9 @@ fn credit_for_unknown_streams_leaves_no_state() {
         frames += per_cell;
         pump(&mut c, &mut s, now, |_| true);
         while let Some(ev) = s.poll_event() {
-            assert!(
-                !matches!(ev, SessionEvent::StreamCredit { stream, .. } if stream >= 1_000),
-                "credit for an unknown stream reached the application"
-            );
+            if matches!(ev, SessionEvent::StreamCredit { stream, .. } if stream >= 1_000) {
+                leaked_events += 1;
+            }
         }
         pump(&mut s, &mut c, now, |_| true);
     }
@@ -40,6 +40,7 @@ fn credit_for_unknown_streams_leaves_no_state() {
     assert!(c.control.is_empty(), "every frame was sent");
     // Only the stream the client opened has flow-control state.
     assert_eq!(s.tx_credit.len(), 1, "entries after {frames} credit frames");
+    assert_eq!(leaked_events, 0, "credit for unknown streams reached the application");
     // Credit for the open stream still counts.
     c.control.push_back(Frame::StreamCredit {
         stream: 1,
