@@ -66,6 +66,8 @@ pub(crate) const CENTRAL_KEYS: &[(&str, Kind)] = &[
     ("hello_replay_cache", Kind::Scalar),
     ("max_half_open", Kind::Scalar),
     ("half_open_timeout_ms", Kind::Scalar),
+    ("global_send_bytes", Kind::Scalar),
+    ("mailbox_change_interval_ms", Kind::Scalar),
 ];
 
 pub(crate) const DOWNSTREAM_KEYS: &[(&str, Kind)] = &[];

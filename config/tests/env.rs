@@ -87,10 +87,14 @@ fn central_session_limit_overrides() {
         &[
             ("BRAID_IDLE_TIMEOUT_SECS", "120"),
             ("BRAID_MAX_SESSIONS", "9"),
+            ("BRAID_GLOBAL_SEND_BYTES", "65536"),
+            ("BRAID_MAILBOX_CHANGE_INTERVAL_MS", "250"),
         ],
     )
     .unwrap();
     let c = role_config!(cfg, Central);
+    assert_eq!(c.global_send_bytes, 65536);
+    assert_eq!(c.mailbox_change_interval().as_millis(), 250);
     assert_eq!(c.idle_timeout().as_secs(), 120);
     assert_eq!(c.reassembly_timeout().as_secs(), 60);
     assert_eq!(c.max_sessions, 9);

@@ -56,6 +56,8 @@ pub fn central_params(c: &CentralConfig, ctx: &NodeContext) -> central::CentralP
             max_half_open: c.max_half_open as usize,
             half_open_timeout: std::time::Duration::from_millis(c.half_open_timeout_ms),
         },
+        global_send_bytes: usize::try_from(c.global_send_bytes).unwrap_or(usize::MAX),
+        mailbox_change_interval: c.mailbox_change_interval(),
     }
 }
 

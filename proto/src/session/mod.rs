@@ -27,6 +27,7 @@ use crate::noise::HandshakeError;
 use crate::wire::WireError;
 
 mod handshake;
+mod mailbox_policy;
 mod path_table;
 mod paths;
 mod recovery;
@@ -50,6 +51,7 @@ pub use handshake::{
     accept, check_hello, session_id_of, Accepted, HelloClock, HelloTicket, PendingSession,
     SessionHello, MAX_EFFORT,
 };
+pub use mailbox_policy::MailboxPolicy;
 pub use path_table::{LivePath, PathTable};
 pub use paths::{PathScheduler, UnknownPathScheduler};
 pub use snapshot::{PathCounters, PathSnapshot, PathState, SessionSnapshot};

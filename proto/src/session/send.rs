@@ -26,6 +26,14 @@ impl Session {
             .saturating_sub(self.pending_bytes)
     }
 
+    /// Bytes this end keeps for sending: queued stream bytes, control frames and the
+    /// cells in flight (kept for resending until acknowledged).
+    pub fn send_bytes(&self) -> usize {
+        self.pending_bytes
+            + self.control.len() * std::mem::size_of::<Frame>()
+            + self.inflight.len() * self.cfg.cell_size
+    }
+
     /// Nothing queued and nothing unacknowledged.
     pub fn is_idle(&self) -> bool {
         self.pending_bytes == 0
