@@ -78,6 +78,10 @@ pub const MAX_PENDING_STREAM_BYTES: usize = 16 << 20;
 /// session's main cost.
 pub const OWNER_SWEEP: Duration = Duration::from_millis(100);
 
+/// How often a session held back by the central's send budget looks again (other
+/// sessions free it; nothing wakes this one when they do).
+pub const BUDGET_RETRY: Duration = Duration::from_millis(10);
+
 /// One stream as the session task sees it.
 struct StreamSlot {
     tx: mpsc::Sender<StreamEvent>,
@@ -478,6 +482,10 @@ impl SessionTask {
             let timeout = self.session.poll_timeout().map(Instant::from_std);
             // Links full: look again shortly (they drain at link speed).
             let retry = blocked_on_paths.then(|| Instant::now() + Duration::from_millis(1));
+            // Held back by the shared send budget: other sessions free it, so look again.
+            let budget_retry = (self.session.send_capacity() > 0
+                && !self.budget_room(send_charged))
+            .then(|| Instant::now() + BUDGET_RETRY);
 
             let stall_check = {
                 let stalled = self.session.stalled_for(Instant::now().into_std());
@@ -494,7 +502,7 @@ impl SessionTask {
                 .central()
                 .and_then(|c| c.mailbox_policy.due())
                 .map(Instant::from_std);
-            let wake = [timeout, retry, stall_check, sweep, mailboxes_due]
+            let wake = [timeout, retry, stall_check, sweep, mailboxes_due, budget_retry]
                 .into_iter()
                 .flatten()
                 .min();
@@ -546,9 +554,14 @@ impl SessionTask {
                 cmd = self.cmd_rx.recv(), if accept_cmds => {
                     let Some(cmd) = cmd else { break EndReason::Shutdown };
                     self.handle_cmd(cmd, &mut streams, &mut pending_bytes);
+                    // Charged as each command lands, so one batch cannot overrun the budget.
+                    self.charge_budget(&mut send_charged);
                     while self.session.send_capacity() > 0 && self.budget_room(send_charged) {
                         match self.cmd_rx.try_recv() {
-                            Ok(cmd) => self.handle_cmd(cmd, &mut streams, &mut pending_bytes),
+                            Ok(cmd) => {
+                                self.handle_cmd(cmd, &mut streams, &mut pending_bytes);
+                                self.charge_budget(&mut send_charged);
+                            }
                             Err(_) => break,
                         }
                     }
@@ -582,11 +595,7 @@ impl SessionTask {
             reported = st;
             let now = Instant::now();
             let stalled = self.session.stalled_for(now.into_std());
-            if let Some(c) = self.role.central() {
-                let keeps = self.session.send_bytes();
-                c.send_budget.adjust(send_charged, keeps);
-                send_charged = keeps;
-            }
+            self.charge_budget(&mut send_charged);
             if let Some(g) = self.role.central().map(|c| &c.gauge) {
                 use std::sync::atomic::Ordering::Relaxed;
                 g.reorder_bytes.store(self.session.reorder_bytes(), Relaxed);
@@ -721,6 +730,16 @@ impl SessionTask {
             let links = self.links.borrow().clone();
             let mailboxes = self.role.mailboxes();
             rebuild(table, &mut self.session, &links, mailboxes);
+        }
+    }
+
+    /// Charges what the session keeps for sending now to the central's send budget;
+    /// `charged` is what it was charged before.
+    fn charge_budget(&self, charged: &mut usize) {
+        if let Some(c) = self.role.central() {
+            let keeps = self.session.send_bytes();
+            c.send_budget.adjust(*charged, keeps);
+            *charged = keeps;
         }
     }
 
