@@ -618,8 +618,8 @@ async fn a_session_opens_streams_at_most_at_its_rate() {
     p.shutdown.cancel();
 }
 
-/// A client floods the central with `Mailboxes` frames while the central has cells in
-/// flight: each lists its relay's mailbox under a fresh id, the same relay again, and 100
+/// A client floods the central with `Mailboxes` frames (one every 3 ms) while the central
+/// has cells in flight: each lists its relay's mailbox under a fresh id, the same relay again, and 100
 /// relays the directory does not have. The central uses one pair per directory relay, and
 /// applies one change per interval, so the flood costs at most one window of resends. (The
 /// old code made a path for every pair, and every frame resent all cells in flight.)
@@ -662,8 +662,10 @@ async fn a_mailboxes_flood_is_filtered_and_rate_limited() {
             id,
         }));
         p.client_cmd.send(SessionCmd::Mailboxes(boxes)).await.unwrap();
+        // One frame at a time: each would otherwise be a change of its own.
+        tokio::time::sleep(Duration::from_millis(3)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let resent = Metrics::get(&p.central_metrics.retransmits);
     assert!(
         resent <= 1024,
