@@ -43,7 +43,11 @@ pub(crate) const NODE_COMMON_KEYS: &[(&str, Kind)] = &[
     ("node.drain_timeout_secs", Kind::Scalar),
 ];
 
-pub(crate) const UPSTREAM_KEYS: &[(&str, Kind)] = &[("listen", Kind::Str)];
+pub(crate) const UPSTREAM_KEYS: &[(&str, Kind)] = &[
+    ("listen", Kind::Str),
+    ("client_queue_cells", Kind::Scalar),
+    ("central_queue_cells", Kind::Scalar),
+];
 
 pub(crate) const CENTRAL_KEYS: &[(&str, Kind)] = &[
     ("listen", Kind::Str),
