@@ -10,8 +10,7 @@ use braid_proto::cell::CellKind;
 use braid_proto::envelope::encode_envelope_prefix;
 use braid_proto::frame::{Mailbox, StreamId};
 use braid_proto::session::{
-    LivePath, MailboxPolicy, PathTable, Session, SessionError, SessionEvent,
-    SessionStats,
+    LivePath, MailboxPolicy, PathTable, Session, SessionError, SessionEvent, SessionStats,
 };
 use braid_proto::Reason;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
@@ -196,6 +195,8 @@ pub struct SessionEnd {
 }
 
 /// Which end of the session this task drives.
+// One per session task, held for its life: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum SessionRole {
     /// The client's end: cells leave on upstream links; it opens the streams.
     Client,
@@ -502,10 +503,17 @@ impl SessionTask {
                 .central()
                 .and_then(|c| c.mailbox_policy.due())
                 .map(Instant::from_std);
-            let wake = [timeout, retry, stall_check, sweep, mailboxes_due, budget_retry]
-                .into_iter()
-                .flatten()
-                .min();
+            let wake = [
+                timeout,
+                retry,
+                stall_check,
+                sweep,
+                mailboxes_due,
+                budget_retry,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let idle_deadline = far(
                 Instant::from_std(self.session.last_activity()),
                 self.idle_timeout,

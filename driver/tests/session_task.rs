@@ -661,7 +661,10 @@ async fn a_mailboxes_flood_is_filtered_and_rate_limited() {
             relay: format!("x{i}"),
             id,
         }));
-        p.client_cmd.send(SessionCmd::Mailboxes(boxes)).await.unwrap();
+        p.client_cmd
+            .send(SessionCmd::Mailboxes(boxes))
+            .await
+            .unwrap();
         // One frame at a time: each would otherwise be a change of its own.
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
@@ -671,7 +674,11 @@ async fn a_mailboxes_flood_is_filtered_and_rate_limited() {
         resent <= 1024,
         "{resent} cells resent for 200 Mailboxes frames ({in_flight} were in flight)"
     );
-    let view = p.central_status.fresh(Duration::from_secs(1)).await.unwrap();
+    let view = p
+        .central_status
+        .fresh(Duration::from_secs(1))
+        .await
+        .unwrap();
     assert_eq!(
         view.path_names.len(),
         1,
@@ -693,7 +700,9 @@ async fn a_global_send_budget_bounds_what_sessions_keep() {
         ..Opts::default()
     })
     .await;
-    let (_hctx, _hcrx) = stream::open(&hostile.client_cmd, 1, "gateway-1").await.unwrap();
+    let (_hctx, _hcrx) = stream::open(&hostile.client_cmd, 1, "gateway-1")
+        .await
+        .unwrap();
     let (_, hgtx, _hgrx) = hostile.accepted(1).await.pop().unwrap();
     let flood = pattern(8 << 20, 6);
     let _flood = tokio::spawn(async move { send_all(&hgtx, &flood).await });
@@ -714,7 +723,9 @@ async fn a_global_send_budget_bounds_what_sessions_keep() {
         ..Opts::default()
     })
     .await;
-    let (_ctx, mut crx) = stream::open(&honest.client_cmd, 1, "gateway-1").await.unwrap();
+    let (_ctx, mut crx) = stream::open(&honest.client_cmd, 1, "gateway-1")
+        .await
+        .unwrap();
     let (_, gtx, _grx) = honest.accepted(1).await.pop().unwrap();
     let down = pattern(1 << 20, 7);
     let reply = tokio::spawn({

@@ -22,8 +22,8 @@ use tracing::{debug, info};
 use crate::NodeContext;
 use braid_driver::metrics::{LinkUpGuard, Metrics};
 use braid_driver::session_task::{
-    CentralSession, RelayFilter, SendBudget, SessionGauge, SessionRole, SessionTask,
-    StreamEvent, StreamLimits,
+    CentralSession, RelayFilter, SendBudget, SessionGauge, SessionRole, SessionTask, StreamEvent,
+    StreamLimits,
 };
 use braid_proto::rate::TokenBucket;
 

@@ -99,14 +99,9 @@ async fn a_flooding_client_gets_no_more_than_its_share() {
         stream_window: 16 * CELL as u32,
         ..LinkTuning::default()
     };
-    let central = braid_net::server_endpoint_with(
-        central_addr,
-        &ids[0],
-        pins,
-        ClientAuth::Required,
-        tuning,
-    )
-    .unwrap();
+    let central =
+        braid_net::server_endpoint_with(central_addr, &ids[0], pins, ClientAuth::Required, tuning)
+            .unwrap();
     let counted = tokio::spawn(async move {
         let conn = central.accept().await.unwrap().await.unwrap();
         let mut recv = conn.accept_uni().await.unwrap();
@@ -114,7 +109,9 @@ async fn a_flooding_client_gets_no_more_than_its_share() {
         let start = Instant::now();
         let (mut flood, mut honest) = (0usize, 0usize);
         while start.elapsed() < Duration::from_secs(6) {
-            assert!(braid_net::read_frame(&mut recv, CELL, &mut buf).await.unwrap());
+            assert!(braid_net::read_frame(&mut recv, CELL, &mut buf)
+                .await
+                .unwrap());
             // The queues fill first (the old shared queue took 1024 cells, over a second
             // here); what counts is the steady state after.
             if start.elapsed() > Duration::from_secs(3) {
@@ -156,7 +153,10 @@ async fn a_flooding_client_gets_no_more_than_its_share() {
     let _ = (flooder.await, honest.await);
     let share = honest_cells as f64 / (flood + honest_cells) as f64;
     eprintln!("steady state: flooder {flood} cells, honest {honest_cells} ({share:.2})");
-    assert!(flood + honest_cells > 500, "the link moved {flood} + {honest_cells} cells");
+    assert!(
+        flood + honest_cells > 500,
+        "the link moved {flood} + {honest_cells} cells"
+    );
     assert!(
         share >= 0.4,
         "the honest client got {honest_cells} of {} cells ({share:.2})",

@@ -40,7 +40,10 @@ fn credit_for_unknown_streams_leaves_no_state() {
     assert!(c.control.is_empty(), "every frame was sent");
     // Only the stream the client opened has flow-control state.
     assert_eq!(s.tx_credit.len(), 1, "entries after {frames} credit frames");
-    assert_eq!(leaked_events, 0, "credit for unknown streams reached the application");
+    assert_eq!(
+        leaked_events, 0,
+        "credit for unknown streams reached the application"
+    );
     // Credit for the open stream still counts.
     c.control.push_back(Frame::StreamCredit {
         stream: 1,

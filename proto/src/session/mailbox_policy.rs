@@ -119,7 +119,11 @@ mod tests {
         assert_eq!(p.offer(t0, &cur, cur.clone()), None, "same: ignored");
         assert_eq!(p.due(), None);
         let a = vec![mb("relay-1", 2)];
-        assert_eq!(p.offer(t0, &cur, a.clone()), Some(a.clone()), "first: at once");
+        assert_eq!(
+            p.offer(t0, &cur, a.clone()),
+            Some(a.clone()),
+            "first: at once"
+        );
         // A flood within the interval: nothing applies, only the newest waits.
         for i in 0..1000u32 {
             let b = vec![mb("relay-1", (i % 200) as u8 + 3)];
