@@ -126,7 +126,13 @@ fn override_can_supply_a_missing_required_key() {
 
 #[test]
 fn role_override_selects_the_variant() {
-    let cfg = node(&sample("upstream.toml"), &[("BRAID_ROLE", "relay")]).unwrap();
+    // Without the upstream's own keys, which a relay does not know.
+    let text: String = sample("upstream.toml")
+        .lines()
+        .filter(|l| !l.contains("_queue_cells"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cfg = node(&text, &[("BRAID_ROLE", "relay")]).unwrap();
     assert_eq!(cfg.role(), Role::Relay);
 }
 

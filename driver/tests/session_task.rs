@@ -670,6 +670,7 @@ async fn a_mailboxes_flood_is_filtered_and_rate_limited() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let resent = Metrics::get(&p.central_metrics.retransmits);
+    eprintln!("{resent} cells resent for 200 Mailboxes frames ({in_flight} in flight)");
     assert!(
         resent <= 1024,
         "{resent} cells resent for 200 Mailboxes frames ({in_flight} were in flight)"
@@ -738,6 +739,7 @@ async fn a_global_send_budget_bounds_what_sessions_keep() {
     assert_eq!(got.unwrap(), down);
     reply.await.unwrap();
     let most = watch_budget.await.unwrap();
+    eprintln!("sessions kept at most {most} bytes under a {BUDGET}-byte budget");
     assert!(
         most > BUDGET / 2 && most <= 2 * BUDGET + 64 * 1024,
         "sessions kept up to {most} bytes under a {BUDGET}-byte budget"
