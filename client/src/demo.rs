@@ -180,7 +180,7 @@ impl Demo {
             let node =
                 NodeCommon::new(id.clone(), PathBuf::from("<demo>"), PathBuf::from("<demo>"));
             let cfg = match role {
-                Role::Upstream => NodeConfig::Upstream(UpstreamConfig { listen: addr, node }),
+                Role::Upstream => NodeConfig::Upstream(UpstreamConfig::new(addr, node)),
                 Role::Central => {
                     let mut c = CentralConfig::new(addr, node);
                     c.reorder_window_cells = u32::try_from(opts.window_cells).unwrap_or(u32::MAX);

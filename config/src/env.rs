@@ -43,7 +43,11 @@ pub(crate) const NODE_COMMON_KEYS: &[(&str, Kind)] = &[
     ("node.drain_timeout_secs", Kind::Scalar),
 ];
 
-pub(crate) const UPSTREAM_KEYS: &[(&str, Kind)] = &[("listen", Kind::Str)];
+pub(crate) const UPSTREAM_KEYS: &[(&str, Kind)] = &[
+    ("listen", Kind::Str),
+    ("client_queue_cells", Kind::Scalar),
+    ("central_queue_cells", Kind::Scalar),
+];
 
 pub(crate) const CENTRAL_KEYS: &[(&str, Kind)] = &[
     ("listen", Kind::Str),
@@ -66,6 +70,8 @@ pub(crate) const CENTRAL_KEYS: &[(&str, Kind)] = &[
     ("hello_replay_cache", Kind::Scalar),
     ("max_half_open", Kind::Scalar),
     ("half_open_timeout_ms", Kind::Scalar),
+    ("global_send_bytes", Kind::Scalar),
+    ("mailbox_change_interval_ms", Kind::Scalar),
 ];
 
 pub(crate) const DOWNSTREAM_KEYS: &[(&str, Kind)] = &[];

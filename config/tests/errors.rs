@@ -451,6 +451,11 @@ fn central_session_limits() {
             "max_sessions = 0",
             "`max_sessions`",
         ),
+        (
+            "global_send_bytes = 268435456",
+            "global_send_bytes = 0",
+            "`global_send_bytes`",
+        ),
     ] {
         let e = node_fails(&central.replace(from, to), &[key, "greater than 0"]);
         assert!(matches!(e, ConfigError::Invalid { .. }), "{e:?}");

@@ -107,6 +107,8 @@ fn node_samples_carry_the_documented_values() {
     assert_eq!(c.idle_timeout_secs, 60);
     assert_eq!(c.idle_timeout().as_secs(), 60);
     assert_eq!(c.max_sessions, 100_000);
+    assert_eq!(c.global_send_bytes, 256 << 20);
+    assert_eq!(c.mailbox_change_interval().as_millis(), 1000);
     let r = role_config!(parse("relay.toml"), Relay);
     assert_eq!(r.mix_delay_ms, 25.0);
     assert_eq!(r.mix_delay().as_millis(), 25);

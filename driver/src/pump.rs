@@ -85,13 +85,15 @@ impl ResendBudget {
         self.used.load(Ordering::Relaxed)
     }
 
-    /// Whether a stream keeping `mine` bytes may seal more.
-    fn has_room(&self, mine: usize) -> bool {
+    /// Whether a holder keeping `mine` bytes may take more: while the total is under the
+    /// limit, or while it keeps less than its fair share (limit / holders).
+    pub fn has_room(&self, mine: usize) -> bool {
         let holders = self.holders.load(Ordering::Relaxed).max(1);
         self.used() < self.limit || mine < self.limit / holders
     }
 
-    fn adjust(&self, from: usize, to: usize) {
+    /// A holder that kept `from` bytes now keeps `to`.
+    pub fn adjust(&self, from: usize, to: usize) {
         if to > from {
             self.used.fetch_add(to - from, Ordering::Relaxed);
         } else {

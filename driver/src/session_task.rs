@@ -10,7 +10,7 @@ use braid_proto::cell::CellKind;
 use braid_proto::envelope::encode_envelope_prefix;
 use braid_proto::frame::{Mailbox, StreamId};
 use braid_proto::session::{
-    LivePath, PathId, PathTable, Session, SessionError, SessionEvent, SessionStats,
+    LivePath, MailboxPolicy, PathTable, Session, SessionError, SessionEvent, SessionStats,
 };
 use braid_proto::Reason;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
@@ -76,6 +76,10 @@ pub const MAX_PENDING_STREAM_BYTES: usize = 16 << 20;
 /// stream on every cell would cost O(streams) per cell, which 10,000 streams make the
 /// session's main cost.
 pub const OWNER_SWEEP: Duration = Duration::from_millis(100);
+
+/// How often a session held back by the central's send budget looks again (other
+/// sessions free it; nothing wakes this one when they do).
+pub const BUDGET_RETRY: Duration = Duration::from_millis(10);
 
 /// One stream as the session task sees it.
 struct StreamSlot {
@@ -191,6 +195,8 @@ pub struct SessionEnd {
 }
 
 /// Which end of the session this task drives.
+// One per session task, held for its life: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum SessionRole {
     /// The client's end: cells leave on upstream links; it opens the streams.
     Client,
@@ -198,10 +204,25 @@ pub enum SessionRole {
     Central(CentralSession),
 }
 
+/// Whether a relay id names a relay of the directory (the central's check on the
+/// mailboxes a client asks for).
+pub type RelayFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// What all of the central's sessions keep for sending (queued stream bytes and cells in
+/// flight), bounded together; one session over its fair share stops taking stream bytes.
+pub type SendBudget = crate::pump::ResendBudget;
+
 /// What only the central's end of a session has.
 pub struct CentralSession {
-    /// Response paths are (downstream, mailbox) pairs: the client's live mailboxes.
+    /// Response paths are (downstream, mailbox) pairs: the client's live mailboxes (only
+    /// those `known_relay` accepts are used).
     pub mailboxes: Vec<Mailbox>,
+    /// Which relays a mailbox may name: the directory's.
+    pub known_relay: RelayFilter,
+    /// How often the client's mailbox set may change (see [`MailboxPolicy`]).
+    pub mailbox_policy: MailboxPolicy,
+    /// Shared by all sessions: what they keep for sending.
+    pub send_budget: Arc<SendBudget>,
     /// The Welcome cell, sent once: a client that misses it starts a new Hello (a Hello
     /// seen again is a replay, and answering replays would let anyone trigger sends).
     pub welcome: Vec<u8>,
@@ -269,17 +290,29 @@ pub struct SessionGauge {
 /// side, one per (downstream link, client mailbox) pair, each with its envelope prefix.
 type Paths = PathTable<mpsc::Sender<Vec<u8>>>;
 
-/// Rebuilds `table` from `links`; returns the paths that went away.
-fn rebuild(table: &mut Paths, links: &[Link], mailboxes: Option<&[Mailbox]>) -> Vec<PathId> {
+/// Rebuilds `table` from `links` and tells `session` of the paths that went away (their
+/// cells go out again) and of those forgotten with their mailbox.
+fn rebuild(
+    table: &mut Paths,
+    session: &mut Session,
+    links: &[Link],
+    mailboxes: Option<&[Mailbox]>,
+) {
     let links: Vec<_> = links
         .iter()
         .map(|l| (l.name.clone(), l.tx.clone()))
         .collect();
     // A mailbox whose relay id cannot be put in an envelope (the Hello bounds it) gets no
     // prefix; the downstream drops its cells and the path is rested.
-    table.rebuild(&links, mailboxes, |b| {
+    let gone = table.rebuild(&links, mailboxes, |b| {
         encode_envelope_prefix(b).unwrap_or_default()
-    })
+    });
+    for id in gone {
+        session.path_lost(id);
+    }
+    for id in table.take_forgotten() {
+        session.path_forgotten(id);
+    }
 }
 
 impl SessionTask {
@@ -288,7 +321,14 @@ impl SessionTask {
     pub async fn run(mut self) -> SessionEnd {
         let mut table = Paths::default();
         let links = self.links.borrow_and_update().clone();
-        rebuild(&mut table, &links, self.role.mailboxes());
+        if let SessionRole::Central(c) = &mut self.role {
+            // The Hello's mailboxes pass the same check as later changes.
+            let known = c.known_relay.clone();
+            c.mailboxes = MailboxPolicy::sanitize(std::mem::take(&mut c.mailboxes), &*known);
+        }
+        rebuild(&mut table, &mut self.session, &links, self.role.mailboxes());
+        // What this session has charged to the central's send budget.
+        let mut send_charged = 0usize;
         let mut streams: HashMap<StreamId, StreamSlot> = HashMap::new();
         // The streams with events parked for a slow owner: the only ones step 1 visits.
         let mut backlog: HashSet<StreamId> = HashSet::new();
@@ -304,6 +344,14 @@ impl SessionTask {
 
         let reason = 'session: loop {
             let now = Instant::now().into_std();
+            // 0. A mailbox set that waited for the rate limit, when its turn has come.
+            let due = match &mut self.role {
+                SessionRole::Central(c) => c.mailbox_policy.poll(now),
+                SessionRole::Client => None,
+            };
+            if let Some(boxes) = due {
+                self.use_mailboxes(&mut table, boxes);
+            }
             // 1. Deliver events: each stream in its own order, a slow owner holding up only
             //    its own stream (per-stream credit bounds what it can pile up).
             let mut gone = Vec::new();
@@ -435,6 +483,10 @@ impl SessionTask {
             let timeout = self.session.poll_timeout().map(Instant::from_std);
             // Links full: look again shortly (they drain at link speed).
             let retry = blocked_on_paths.then(|| Instant::now() + Duration::from_millis(1));
+            // Held back by the shared send budget: other sessions free it, so look again.
+            let budget_retry = (self.session.send_capacity() > 0
+                && !self.budget_room(send_charged))
+            .then(|| Instant::now() + BUDGET_RETRY);
 
             let stall_check = {
                 let stalled = self.session.stalled_for(Instant::now().into_std());
@@ -446,15 +498,27 @@ impl SessionTask {
                 })
             };
             let sweep = (!streams.is_empty()).then(|| swept + OWNER_SWEEP);
-            let wake = [timeout, retry, stall_check, sweep]
-                .into_iter()
-                .flatten()
-                .min();
+            let mailboxes_due = self
+                .role
+                .central()
+                .and_then(|c| c.mailbox_policy.due())
+                .map(Instant::from_std);
+            let wake = [
+                timeout,
+                retry,
+                stall_check,
+                sweep,
+                mailboxes_due,
+                budget_retry,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let idle_deadline = far(
                 Instant::from_std(self.session.last_activity()),
                 self.idle_timeout,
             );
-            let accept_cmds = self.session.send_capacity() > 0;
+            let accept_cmds = self.session.send_capacity() > 0 && self.budget_room(send_charged);
             let draining = self.role.draining();
             if draining && streams.is_empty() && self.session.is_idle() {
                 break EndReason::Drained;
@@ -498,9 +562,14 @@ impl SessionTask {
                 cmd = self.cmd_rx.recv(), if accept_cmds => {
                     let Some(cmd) = cmd else { break EndReason::Shutdown };
                     self.handle_cmd(cmd, &mut streams, &mut pending_bytes);
-                    while self.session.send_capacity() > 0 {
+                    // Charged as each command lands, so one batch cannot overrun the budget.
+                    self.charge_budget(&mut send_charged);
+                    while self.session.send_capacity() > 0 && self.budget_room(send_charged) {
                         match self.cmd_rx.try_recv() {
-                            Ok(cmd) => self.handle_cmd(cmd, &mut streams, &mut pending_bytes),
+                            Ok(cmd) => {
+                                self.handle_cmd(cmd, &mut streams, &mut pending_bytes);
+                                self.charge_budget(&mut send_charged);
+                            }
                             Err(_) => break,
                         }
                     }
@@ -508,9 +577,8 @@ impl SessionTask {
                 changed = self.links.changed() => {
                     if changed.is_err() { break EndReason::Shutdown; }
                     let links = self.links.borrow_and_update().clone();
-                    for gone in rebuild(&mut table, &links, self.role.mailboxes()) {
-                        self.session.path_lost(gone);
-                    }
+                    let mailboxes = self.role.mailboxes();
+                    rebuild(&mut table, &mut self.session, &links, mailboxes);
                 }
                 _ = async { match wake { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
                     self.session.handle_timeout(Instant::now().into_std());
@@ -535,6 +603,7 @@ impl SessionTask {
             reported = st;
             let now = Instant::now();
             let stalled = self.session.stalled_for(now.into_std());
+            self.charge_budget(&mut send_charged);
             if let Some(g) = self.role.central().map(|c| &c.gauge) {
                 use std::sync::atomic::Ordering::Relaxed;
                 g.reorder_bytes.store(self.session.reorder_bytes(), Relaxed);
@@ -554,6 +623,9 @@ impl SessionTask {
         };
         for (_, slot) in streams {
             let _ = slot.tx.try_send(StreamEvent::Reset(Reason::SESSION_CLOSED));
+        }
+        if let Some(c) = self.role.central() {
+            c.send_budget.adjust(send_charged, 0);
         }
         Metrics::inc(&self.metrics.sessions_closed);
         debug!(node = %self.node, session = %id, ?reason, stats = ?self.session.stats(), "session ended");
@@ -647,16 +719,44 @@ impl SessionTask {
             // Handled before routing.
             SessionEvent::Failed(_) => None,
             SessionEvent::Mailboxes(boxes) => {
-                if let (SessionRole::Central(c), false) = (&mut self.role, boxes.is_empty()) {
-                    c.mailboxes = boxes;
-                    let links = self.links.borrow().clone();
-                    for gone in rebuild(table, &links, self.role.mailboxes()) {
-                        self.session.path_lost(gone);
+                if let SessionRole::Central(c) = &mut self.role {
+                    let boxes = MailboxPolicy::sanitize(boxes, &*c.known_relay);
+                    let now = Instant::now().into_std();
+                    if let Some(boxes) = c.mailbox_policy.offer(now, &c.mailboxes, boxes) {
+                        self.use_mailboxes(table, boxes);
                     }
                 }
                 None
             }
         }
+    }
+
+    /// Central side: responses go to `boxes` from now on.
+    fn use_mailboxes(&mut self, table: &mut Paths, boxes: Vec<Mailbox>) {
+        if let SessionRole::Central(c) = &mut self.role {
+            c.mailboxes = boxes;
+            let links = self.links.borrow().clone();
+            let mailboxes = self.role.mailboxes();
+            rebuild(table, &mut self.session, &links, mailboxes);
+        }
+    }
+
+    /// Charges what the session keeps for sending now to the central's send budget;
+    /// `charged` is what it was charged before.
+    fn charge_budget(&self, charged: &mut usize) {
+        if let Some(c) = self.role.central() {
+            let keeps = self.session.send_bytes();
+            c.send_budget.adjust(*charged, keeps);
+            *charged = keeps;
+        }
+    }
+
+    /// Whether the session may take more stream bytes under the central's send budget,
+    /// keeping `charged` now (the client's end has no shared budget).
+    fn budget_room(&self, charged: usize) -> bool {
+        self.role
+            .central()
+            .is_none_or(|c| c.send_budget.has_room(charged))
     }
 
     fn handle_cmd(

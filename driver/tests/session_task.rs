@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use braid_driver::metrics::Metrics;
 use braid_driver::session_task::{
-    CentralSession, EndReason, SessionCmd, SessionEnd, SessionGauge, SessionRole, SessionTask,
-    StreamEvent, StreamLimits,
+    CentralSession, EndReason, SendBudget, SessionCmd, SessionEnd, SessionGauge, SessionRole,
+    SessionTask, StreamEvent, StreamLimits,
 };
 use braid_driver::stream::{self, StreamReceiver, StreamSender};
 use braid_driver::{status_channel, Link, StatusReader};
@@ -20,7 +20,9 @@ use braid_proto::envelope::Envelope;
 use braid_proto::frame::Mailbox;
 use braid_proto::noise::StaticKeypair;
 use braid_proto::rate::TokenBucket;
-use braid_proto::session::{self, PendingSession, SessionConfig, SessionError, SessionHello};
+use braid_proto::session::{
+    self, MailboxPolicy, PendingSession, SessionConfig, SessionError, SessionHello,
+};
 use braid_proto::Reason;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -42,6 +44,9 @@ struct Pair {
     dropped: Arc<AtomicUsize>,
     /// Asks the client's session task for a view of its session.
     status: StatusReader,
+    /// The same of the central's session task.
+    central_status: StatusReader,
+    central_metrics: Arc<Metrics>,
 }
 
 struct Opts {
@@ -55,6 +60,12 @@ struct Opts {
     max_streams: usize,
     open_rate: u32,
     open_burst: u32,
+    /// The downstream delivers nothing: the central's cells are never acknowledged.
+    down_blackhole: bool,
+    /// The central's least interval between mailbox changes.
+    mailbox_interval: Duration,
+    /// The central's send budget, shared with other sessions (unlimited by default).
+    send_budget: Option<Arc<SendBudget>>,
 }
 
 impl Default for Opts {
@@ -67,6 +78,9 @@ impl Default for Opts {
             max_streams: 4096,
             open_rate: 100_000,
             open_burst: 100_000,
+            down_blackhole: false,
+            mailbox_interval: Duration::from_secs(1),
+            send_budget: None,
         }
     }
 }
@@ -140,7 +154,11 @@ async fn pair(o: Opts) -> Pair {
         Some(cell)
     });
     // The downstream and relay in one: unwrap the envelope, deliver the cell.
-    let down = channel_link("downstream-1", client_cells_tx, |env| {
+    let blackhole = o.down_blackhole;
+    let down = channel_link("downstream-1", client_cells_tx, move |env| {
+        if blackhole {
+            return None;
+        }
         Envelope::parse(&env, CELL).ok().map(|e| e.cell.to_vec())
     });
     let (_client_links_tx, client_links) = watch::channel(vec![up]);
@@ -168,11 +186,13 @@ async fn pair(o: Opts) -> Pair {
         shutdown: shutdown.clone(),
     };
     let (central_cmd_tx, central_cmd_rx) = mpsc::channel(256);
+    let (central_status, central_status_reader) = status_channel();
+    let central_metrics = Arc::new(Metrics::default());
     let sink = accepted.clone();
     let central = SessionTask {
         session: accepted_hs.session,
         node: "central".into(),
-        metrics: Arc::new(Metrics::default()),
+        metrics: central_metrics.clone(),
         tap: None,
         cells_rx: central_cells_rx,
         cmd_tx: central_cmd_tx,
@@ -181,6 +201,13 @@ async fn pair(o: Opts) -> Pair {
         first_stream: 0,
         role: SessionRole::Central(CentralSession {
             mailboxes: accepted_hs.hello.mailboxes,
+            // The directory's relays.
+            known_relay: Arc::new(|r| r.starts_with("relay-")),
+            mailbox_policy: MailboxPolicy::new(o.mailbox_interval),
+            send_budget: o
+                .send_budget
+                .clone()
+                .unwrap_or_else(|| Arc::new(SendBudget::new(usize::MAX))),
             welcome: accepted_hs.welcome_cell,
             opener: Box::new(move |gateway, tx, rx| {
                 sink.lock().unwrap().push((gateway, tx, rx));
@@ -195,7 +222,7 @@ async fn pair(o: Opts) -> Pair {
         }),
         idle_timeout: o.idle_timeout,
         reassembly_timeout: Duration::from_secs(60),
-        status: None,
+        status: Some(central_status),
         shutdown: shutdown.clone(),
     };
     let client = tokio::spawn(async move {
@@ -213,6 +240,8 @@ async fn pair(o: Opts) -> Pair {
         shutdown,
         dropped,
         status: status_reader,
+        central_status: central_status_reader,
+        central_metrics,
     }
 }
 
@@ -587,4 +616,134 @@ async fn a_session_opens_streams_at_most_at_its_rate() {
     let _ = tx.send(b"x".to_vec()).await;
     assert!(!refused(&mut rx).await, "the bucket refilled");
     p.shutdown.cancel();
+}
+
+/// A client floods the central with `Mailboxes` frames (one every 3 ms) while the central
+/// has cells in flight: each lists its relay's mailbox under a fresh id, the same relay again, and 100
+/// relays the directory does not have. The central uses one pair per directory relay, and
+/// applies one change per interval, so the flood costs at most one window of resends. (The
+/// old code made a path for every pair, and every frame resent all cells in flight.)
+#[tokio::test]
+async fn a_mailboxes_flood_is_filtered_and_rate_limited() {
+    let mut p = pair(Opts {
+        down_blackhole: true,
+        mailbox_interval: Duration::from_secs(5),
+        ..Opts::default()
+    })
+    .await;
+    let (_ctx, _crx) = stream::open(&p.client_cmd, 1, "gateway-1").await.unwrap();
+    let (_, gtx, _grx) = p.accepted(1).await.pop().unwrap();
+    // The central fills its window: nothing is acknowledged (the downstream drops all).
+    let down = pattern(2 << 20, 5);
+    let _reply = tokio::spawn(async move { send_all(&gtx, &down).await });
+    for _ in 0..200 {
+        if Metrics::get(&p.central_metrics.cells_out) >= 400 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let in_flight = Metrics::get(&p.central_metrics.cells_out);
+    assert!(in_flight >= 400, "{in_flight} cells in flight");
+    for round in 0..200u32 {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&round.to_le_bytes());
+        let mut boxes = vec![
+            Mailbox {
+                relay: "relay-1".into(),
+                id,
+            },
+            Mailbox {
+                relay: "relay-1".into(),
+                id: [9; 16],
+            },
+        ];
+        boxes.extend((0..100).map(|i| Mailbox {
+            relay: format!("x{i}"),
+            id,
+        }));
+        p.client_cmd
+            .send(SessionCmd::Mailboxes(boxes))
+            .await
+            .unwrap();
+        // One frame at a time: each would otherwise be a change of its own.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resent = Metrics::get(&p.central_metrics.retransmits);
+    eprintln!("{resent} cells resent for 200 Mailboxes frames ({in_flight} in flight)");
+    assert!(
+        resent <= 1024,
+        "{resent} cells resent for 200 Mailboxes frames ({in_flight} were in flight)"
+    );
+    let view = p
+        .central_status
+        .fresh(Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        view.path_names.len(),
+        1,
+        "paths: one downstream and one directory relay"
+    );
+    p.shutdown.cancel();
+}
+
+/// Sessions share the central's send budget: one whose client never acknowledges keeps
+/// no more than its share, what all keep stays within twice the budget, and another
+/// session's transfer still completes beside it.
+#[tokio::test]
+async fn a_global_send_budget_bounds_what_sessions_keep() {
+    const BUDGET: usize = 256 << 10;
+    let budget = Arc::new(SendBudget::new(BUDGET));
+    let hostile = pair(Opts {
+        down_blackhole: true,
+        send_budget: Some(budget.clone()),
+        ..Opts::default()
+    })
+    .await;
+    let (_hctx, _hcrx) = stream::open(&hostile.client_cmd, 1, "gateway-1")
+        .await
+        .unwrap();
+    let (_, hgtx, _hgrx) = hostile.accepted(1).await.pop().unwrap();
+    let flood = pattern(8 << 20, 6);
+    let _flood = tokio::spawn(async move { send_all(&hgtx, &flood).await });
+    let watch_budget = {
+        let budget = budget.clone();
+        tokio::spawn(async move {
+            let mut most = 0;
+            for _ in 0..300 {
+                most = most.max(budget.used());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            most
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let honest = pair(Opts {
+        send_budget: Some(budget.clone()),
+        ..Opts::default()
+    })
+    .await;
+    let (_ctx, mut crx) = stream::open(&honest.client_cmd, 1, "gateway-1")
+        .await
+        .unwrap();
+    let (_, gtx, _grx) = honest.accepted(1).await.pop().unwrap();
+    let down = pattern(1 << 20, 7);
+    let reply = tokio::spawn({
+        let down = down.clone();
+        async move { send_all(&gtx, &down).await }
+    });
+    let got = tokio::time::timeout(Duration::from_secs(20), read_to_end(&mut crx))
+        .await
+        .expect("the honest transfer finishes beside the hostile session");
+    assert_eq!(got.unwrap(), down);
+    reply.await.unwrap();
+    let most = watch_budget.await.unwrap();
+    eprintln!("sessions kept at most {most} bytes under a {BUDGET}-byte budget");
+    assert!(
+        most > BUDGET / 2 && most <= 2 * BUDGET + 64 * 1024,
+        "sessions kept up to {most} bytes under a {BUDGET}-byte budget"
+    );
+    hostile.shutdown.cancel();
+    honest.shutdown.cancel();
 }

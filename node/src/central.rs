@@ -22,7 +22,8 @@ use tracing::{debug, info};
 use crate::NodeContext;
 use braid_driver::metrics::{LinkUpGuard, Metrics};
 use braid_driver::session_task::{
-    CentralSession, SessionGauge, SessionRole, SessionTask, StreamEvent, StreamLimits,
+    CentralSession, RelayFilter, SendBudget, SessionGauge, SessionRole, SessionTask, StreamEvent,
+    StreamLimits,
 };
 use braid_proto::rate::TokenBucket;
 
@@ -55,6 +56,10 @@ pub struct CentralParams {
     pub session_stalled_streams: usize,
     pub global_stalled_streams: usize,
     pub admission: AdmissionParams,
+    /// What all sessions keep for sending (queued stream bytes, cells in flight), together.
+    pub global_send_bytes: usize,
+    /// How often a client's mailbox set may change.
+    pub mailbox_change_interval: Duration,
 }
 
 /// How Hellos are admitted.
@@ -115,6 +120,8 @@ struct Shared {
     hello_ready: tokio::sync::Notify,
     replay: Mutex<ReplayCache>,
     half_open: Mutex<std::collections::VecDeque<HalfOpen>>,
+    send_budget: Arc<SendBudget>,
+    known_relay: RelayFilter,
 }
 
 pub async fn run(ctx: NodeContext, params: CentralParams) -> anyhow::Result<()> {
@@ -135,7 +142,12 @@ pub async fn run(ctx: NodeContext, params: CentralParams) -> anyhow::Result<()> 
         params.gateway_link,
     )?;
     info!(node = %ctx.id, listen = %params.listen, "central listening");
+    let dir = ctx.directory.clone();
+    let known_relay: RelayFilter =
+        Arc::new(move |id| dir.by_id(id).is_some_and(|n| n.role == Role::Relay));
     let shared = Arc::new(Shared {
+        send_budget: Arc::new(SendBudget::new(params.global_send_bytes)),
+        known_relay,
         noise: StaticKeypair::from_secret(ctx.identity.noise_secret()),
         ctx: ctx.clone(),
         sessions: Mutex::default(),
@@ -412,6 +424,9 @@ fn admit_one(shared: &Arc<Shared>, hello: QueuedHello) {
         first_stream: 0,
         role: SessionRole::Central(CentralSession {
             mailboxes: accepted.hello.mailboxes,
+            known_relay: shared.known_relay.clone(),
+            mailbox_policy: session::MailboxPolicy::new(shared.params.mailbox_change_interval),
+            send_budget: shared.send_budget.clone(),
             welcome: accepted.welcome_cell,
             opener: Box::new(move |gateway, sender, receiver| {
                 open_gateway_stream(

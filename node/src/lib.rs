@@ -7,6 +7,7 @@ pub mod admission;
 pub mod central;
 pub mod downstream;
 pub mod exit;
+pub mod fair_queue;
 pub mod gateway;
 pub mod health;
 pub mod relay;

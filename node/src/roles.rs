@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use braid_config::{CentralConfig, GatewayConfig, NodeConfig, RelayConfig};
+use braid_config::{CentralConfig, GatewayConfig, NodeConfig, RelayConfig, UpstreamConfig};
 
 use crate::exit::ExitPolicy;
 use crate::{central, downstream, gateway, relay, upstream, NodeContext};
@@ -12,7 +12,7 @@ use crate::{central, downstream, gateway, relay, upstream, NodeContext};
 /// (downstream, gateway) binds its endpoint.
 pub async fn run(ctx: NodeContext, cfg: NodeConfig, bind: SocketAddr) -> anyhow::Result<()> {
     match cfg {
-        NodeConfig::Upstream(c) => upstream::run(ctx, c.listen).await,
+        NodeConfig::Upstream(c) => upstream::run(ctx, upstream_params(&c)).await,
         NodeConfig::Central(c) => {
             let params = central_params(&c, &ctx);
             central::run(ctx, params).await
@@ -56,6 +56,8 @@ pub fn central_params(c: &CentralConfig, ctx: &NodeContext) -> central::CentralP
             max_half_open: c.max_half_open as usize,
             half_open_timeout: std::time::Duration::from_millis(c.half_open_timeout_ms),
         },
+        global_send_bytes: usize::try_from(c.global_send_bytes).unwrap_or(usize::MAX),
+        mailbox_change_interval: c.mailbox_change_interval(),
     }
 }
 
@@ -65,6 +67,14 @@ fn stalled_streams(mib: u64, c: &CentralConfig) -> usize {
     usize::try_from(mib.saturating_mul(1 << 20) / window)
         .unwrap_or(usize::MAX)
         .max(1)
+}
+
+pub fn upstream_params(c: &UpstreamConfig) -> upstream::UpstreamParams {
+    upstream::UpstreamParams {
+        listen: c.listen,
+        client_queue_cells: c.client_queue_cells as usize,
+        central_queue_cells: c.central_queue_cells as usize,
+    }
 }
 
 pub fn relay_params(c: &RelayConfig) -> relay::RelayParams {

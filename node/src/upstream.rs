@@ -1,6 +1,8 @@
 //! Upstream: takes sealed cells from clients and forwards them, unchanged, to the central
 //! each client stream is routed to (its first message names it). It knows the client's
 //! address and which central it uses, nothing else: every cell is sealed to that central.
+//! Clients share each central's queue fairly ([`FairQueue`]): one that floods holds back
+//! only itself.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,30 +11,40 @@ use std::time::Duration;
 
 use braid_net::{read_frame, ClientAuth, PinSet};
 use braid_proto::envelope::Route;
-use tokio::sync::mpsc;
 use tracing::info;
 
 use braid_driver::metrics::Metrics;
 use braid_driver::tap::{tap, TapPoint};
 use braid_driver::Backoff;
 
+use crate::fair_queue::{ClientSlot, FairQueue};
 use crate::NodeContext;
 
-pub async fn run(ctx: NodeContext, listen: SocketAddr) -> anyhow::Result<()> {
+pub struct UpstreamParams {
+    pub listen: SocketAddr,
+    /// Cells one client may have queued toward one central.
+    pub client_queue_cells: usize,
+    /// Cells queued toward one central over all clients.
+    pub central_queue_cells: usize,
+}
+
+pub async fn run(ctx: NodeContext, params: UpstreamParams) -> anyhow::Result<()> {
+    let listen = params.listen;
     // Clients have no certificate; nodes never dial an upstream, so no pins are needed.
     let ep =
         braid_net::server_endpoint(listen, &ctx.identity, PinSet::new(), ClientAuth::Optional)?;
     info!(node = %ctx.id, %listen, "upstream listening");
-    // One queue per central, drained by the link to it.
-    let mut queues = HashMap::new();
-    let mut receivers = HashMap::new();
-    for central in ctx.directory.centrals() {
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(1024);
-        queues.insert(central.id.clone(), tx);
-        receivers.insert(central.id.clone(), Arc::new(tokio::sync::Mutex::new(rx)));
-    }
-    let queues = Arc::new(queues);
-    let link = tokio::spawn(central_links(&ctx, ep.clone(), receivers)?);
+    // One fair queue per central, drained by the link to it.
+    let queues: CentralQueues = Arc::new(
+        ctx.directory
+            .centrals()
+            .map(|c| {
+                let q = FairQueue::new(params.client_queue_cells, params.central_queue_cells);
+                (c.id.clone(), Arc::new(q))
+            })
+            .collect(),
+    );
+    let link = tokio::spawn(central_links(&ctx, ep.clone(), queues.clone())?);
     let c = ctx.clone();
     ctx.accept_until_drain(&ep, move |conn| {
         let (ctx, queues) = (c.clone(), queues.clone());
@@ -56,10 +68,12 @@ pub async fn run(ctx: NodeContext, listen: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-type CentralQueues = Arc<HashMap<String, mpsc::Sender<Vec<u8>>>>;
+type CentralQueues = Arc<HashMap<String, Arc<FairQueue>>>;
 
 async fn serve_client(ctx: NodeContext, conn: quinn::Connection, queues: CentralQueues) {
     let cell_size = ctx.cell_size();
+    // All of this connection's streams share its place in each central's queue.
+    let client = ClientSlot::new(conn.stable_id() as u64);
     loop {
         let mut recv = tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
@@ -67,12 +81,13 @@ async fn serve_client(ctx: NodeContext, conn: quinn::Connection, queues: Central
         };
         let ctx = ctx.clone();
         let queues = queues.clone();
+        let client = client.clone();
         tokio::spawn(async move {
             // The stream's first message routes its cells to one central.
             let mut buf = Vec::with_capacity(cell_size);
-            let cell_tx = match read_frame(&mut recv, Route::MAX_LEN, &mut buf).await {
+            let queue = match read_frame(&mut recv, Route::MAX_LEN, &mut buf).await {
                 Ok(true) => match Route::parse(&buf).ok().and_then(|r| queues.get(r.central)) {
-                    Some(tx) => tx.clone(),
+                    Some(q) => q.clone(),
                     None => {
                         Metrics::inc(&ctx.metrics.cells_dropped);
                         let _ = recv.stop(1u32.into());
@@ -86,9 +101,8 @@ async fn serve_client(ctx: NodeContext, conn: quinn::Connection, queues: Central
                     Ok(true) if buf.len() == cell_size => {
                         Metrics::inc(&ctx.metrics.cells_in);
                         tap(&ctx.tap, &ctx.id, TapPoint::Received, &buf);
-                        if cell_tx.send(std::mem::take(&mut buf)).await.is_err() {
-                            return;
-                        }
+                        // Waits while this client's share of the queue is full.
+                        queue.push(&client, std::mem::take(&mut buf)).await;
                     }
                     Ok(true) => Metrics::inc(&ctx.metrics.cells_dropped),
                     Ok(false) | Err(_) => return,
@@ -102,18 +116,38 @@ async fn serve_client(ctx: NodeContext, conn: quinn::Connection, queues: Central
 fn central_links(
     ctx: &NodeContext,
     ep: quinn::Endpoint,
-    receivers: HashMap<String, Arc<tokio::sync::Mutex<mpsc::Receiver<Vec<u8>>>>>,
+    queues: CentralQueues,
 ) -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
-    let receivers = Arc::new(receivers);
     let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let c = ctx.clone();
     ctx.central_links(ep, backoff, move |central, conn| {
-        let rx = receivers.get(&central.id).cloned();
+        let queue = queues.get(&central.id).cloned();
         let ctx = c.clone();
         async move {
-            let Some(rx) = rx else { return };
-            let mut rx = rx.lock().await;
-            ctx.forward_queue(&conn, &mut rx).await;
+            if let Some(queue) = queue {
+                forward(&ctx, &conn, &queue).await;
+            }
         }
     })
+}
+
+/// Writes the queue's cells, clients in turn, on one stream to the central until the
+/// link fails (the cell being written then is lost, as a link loss loses cells).
+async fn forward(ctx: &NodeContext, conn: &quinn::Connection, queue: &FairQueue) {
+    let Ok(mut send) = conn.open_uni().await else {
+        return;
+    };
+    loop {
+        let msg = tokio::select! {
+            m = queue.pop() => m,
+            _ = conn.closed() => return,
+        };
+        if braid_net::write_frame(&mut send, &msg).await.is_err() {
+            tracing::debug!(node = %ctx.id, "link lost; message dropped");
+            Metrics::inc(&ctx.metrics.cells_dropped);
+            return;
+        }
+        tap(&ctx.tap, &ctx.id, TapPoint::Sent, &msg);
+        Metrics::inc(&ctx.metrics.cells_out);
+    }
 }

@@ -105,6 +105,8 @@ async fn start_central_admitting(
             session_stalled_streams: 64,
             global_stalled_streams: 1024,
             admission,
+            global_send_bytes: 256 << 20,
+            mailbox_change_interval: Duration::from_secs(1),
         },
     ));
     // Wait for the central's socket.

@@ -230,6 +230,29 @@ impl Frame {
     }
 }
 
+impl Frame {
+    /// Bytes the decoded frame takes in memory: itself and what it owns on the heap. A cell
+    /// of 5-byte frames decodes into many times its size; buffers charge this, not the cell.
+    pub fn mem_size(&self) -> usize {
+        let heap = match self {
+            Frame::StreamOpen { gateway, .. } => gateway.capacity(),
+            Frame::StreamData { data, .. } => data.capacity(),
+            Frame::Mailboxes { boxes } => {
+                boxes.capacity() * std::mem::size_of::<Mailbox>()
+                    + boxes.iter().map(|b| b.relay.capacity()).sum::<usize>()
+            }
+            Frame::StreamEnd { .. } | Frame::StreamReset { .. } | Frame::StreamCredit { .. } => 0,
+        };
+        std::mem::size_of::<Frame>() + heap
+    }
+}
+
+/// Bytes a decoded cell's frames take in memory (the vector's capacity and each frame).
+pub fn frames_mem_size(frames: &Vec<Frame>) -> usize {
+    let spare = frames.capacity() - frames.len();
+    spare * std::mem::size_of::<Frame>() + frames.iter().map(Frame::mem_size).sum::<usize>()
+}
+
 /// Parses a whole cell plaintext.
 pub fn parse_cell_body(body: &[u8]) -> Result<(AckBlock, Vec<Frame>), WireError> {
     let mut r = Reader::new(body);

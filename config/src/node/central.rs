@@ -89,6 +89,17 @@ pub struct CentralConfig {
     /// (default 5000 ms).
     #[serde(default = "default_half_open_timeout_ms")]
     pub half_open_timeout_ms: u64,
+    /// What all sessions keep for sending, together: queued stream bytes and cells in
+    /// flight (default 256 MiB). Over it a session still takes bytes up to its fair share
+    /// (this over the sessions keeping any), so a client that never acknowledges cannot
+    /// stall the others.
+    #[serde(default = "default_global_send_bytes")]
+    pub global_send_bytes: u64,
+    /// Least time between two changes of a client's mailbox set (default 1000 ms); a
+    /// newer set waits for its turn. Each change rebuilds the session's paths and resends
+    /// what was in flight on the dropped ones.
+    #[serde(default = "default_mailbox_change_interval_ms")]
+    pub mailbox_change_interval_ms: u64,
     /// Common settings.
     pub node: NodeCommon,
 }
@@ -169,6 +180,14 @@ fn default_max_sessions() -> u32 {
     100_000
 }
 
+fn default_global_send_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+
+fn default_mailbox_change_interval_ms() -> u64 {
+    1000
+}
+
 impl CentralConfig {
     /// A central on `listen` with every other setting at its default.
     pub fn new(listen: SocketAddr, node: NodeCommon) -> Self {
@@ -193,6 +212,8 @@ impl CentralConfig {
             hello_replay_cache: default_hello_replay_cache(),
             max_half_open: default_max_half_open(),
             half_open_timeout_ms: default_half_open_timeout_ms(),
+            global_send_bytes: default_global_send_bytes(),
+            mailbox_change_interval_ms: default_mailbox_change_interval_ms(),
             node,
         }
     }
@@ -205,6 +226,11 @@ impl CentralConfig {
     /// [`Self::gateway_stream_window_kib`] in bytes.
     pub fn gateway_stream_window(&self) -> u32 {
         self.gateway_stream_window_kib.saturating_mul(1024)
+    }
+
+    /// [`Self::mailbox_change_interval_ms`] as a `Duration`.
+    pub fn mailbox_change_interval(&self) -> Duration {
+        Duration::from_millis(self.mailbox_change_interval_ms)
     }
 
     /// [`Self::idle_timeout_secs`] as a `Duration`.
@@ -242,6 +268,7 @@ impl CentralConfig {
                 ("hello_replay_cache", u64::from(self.hello_replay_cache)),
                 ("max_half_open", u64::from(self.max_half_open)),
                 ("half_open_timeout_ms", self.half_open_timeout_ms),
+                ("global_send_bytes", self.global_send_bytes),
             ],
         )?;
         check::not_below(

@@ -334,7 +334,8 @@ impl ConfigFile for NodeConfig {
     fn validate_in(&self, file: &Path) -> Result<(), ConfigError> {
         self.common().validate_in(file)?;
         match self {
-            NodeConfig::Upstream(_) | NodeConfig::Downstream(_) => Ok(()),
+            NodeConfig::Downstream(_) => Ok(()),
+            NodeConfig::Upstream(c) => c.validate_in(file),
             NodeConfig::Central(c) => c.validate_in(file),
             NodeConfig::Relay(c) => c.validate_in(file),
             NodeConfig::Gateway(c) => c.validate_in(file),

@@ -27,6 +27,7 @@ use crate::noise::HandshakeError;
 use crate::wire::WireError;
 
 mod handshake;
+mod mailbox_policy;
 mod path_table;
 mod paths;
 mod recovery;
@@ -35,6 +36,8 @@ mod reorder;
 mod send;
 mod snapshot;
 
+#[cfg(test)]
+mod flood_tests;
 #[cfg(test)]
 mod path_rest_tests;
 #[cfg(test)]
@@ -48,6 +51,7 @@ pub use handshake::{
     accept, check_hello, session_id_of, Accepted, HelloClock, HelloTicket, PendingSession,
     SessionHello, MAX_EFFORT,
 };
+pub use mailbox_policy::MailboxPolicy;
 pub use path_table::{LivePath, PathTable};
 pub use paths::{PathScheduler, UnknownPathScheduler};
 pub use snapshot::{PathCounters, PathSnapshot, PathState, SessionSnapshot};
@@ -56,6 +60,10 @@ use paths::PathHealth;
 use recovery::{Inflight, RttEstimator};
 use reorder::ReorderWindow;
 use send::TxItem;
+
+/// What an honestly packed cell costs in memory beyond its size once decoded: a few frame
+/// headers and the frame vector (a full `StreamData` cell is one or two frames).
+pub const HONEST_CELL_SLACK: usize = 512;
 
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -99,6 +107,15 @@ pub struct SessionConfig {
 }
 
 impl SessionConfig {
+    /// Memory the reorder window may hold, counted as decoded frames take it (see
+    /// [`crate::frame::Frame::mem_size`]): the window's cells plus [`HONEST_CELL_SLACK`]
+    /// each, so only cells packed with tiny frames meet it. An out-of-order cell past it
+    /// is dropped unacknowledged.
+    pub fn max_reorder_bytes(&self) -> usize {
+        let cells = usize::try_from(self.window_cells.max(1)).unwrap_or(usize::MAX);
+        cells.saturating_mul(self.cell_size + HONEST_CELL_SLACK)
+    }
+
     pub fn with_cell_size(cell_size: usize) -> Self {
         SessionConfig {
             cell_size,
@@ -164,11 +181,18 @@ pub enum SessionEvent {
 }
 
 impl SessionEvent {
+    /// What the event takes in memory (as [`crate::frame::Frame::mem_size`] counts it).
     fn weight(&self) -> usize {
-        match self {
-            SessionEvent::StreamData { data, .. } => data.len() + 16,
-            _ => 16,
-        }
+        let heap = match self {
+            SessionEvent::StreamData { data, .. } => data.capacity(),
+            SessionEvent::StreamOpened { gateway, .. } => gateway.capacity(),
+            SessionEvent::Mailboxes(boxes) => {
+                boxes.capacity() * std::mem::size_of::<Mailbox>()
+                    + boxes.iter().map(|b| b.relay.capacity()).sum::<usize>()
+            }
+            _ => 0,
+        };
+        std::mem::size_of::<SessionEvent>() + heap
     }
 }
 
@@ -351,7 +375,8 @@ impl Session {
         self.tx_keys.set_seal_audit(audit);
     }
 
-    /// Bytes held in the reorder window (bounded by the window times the cell size).
+    /// Bytes held in the reorder window, as the decoded frames take them in memory (bounded
+    /// by [`SessionConfig::max_reorder_bytes`]).
     pub fn reorder_bytes(&self) -> usize {
         self.reorder.held_bytes
     }

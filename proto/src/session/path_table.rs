@@ -3,12 +3,14 @@
 //! A client path is one link (an upstream); a central path is a (link, mailbox) pair: a
 //! downstream and the relay mailbox the cell is addressed to. Ids are stable: the same key
 //! gets the same id for the life of the table, so a link that drops out and comes back is
-//! the same path to the session. `L` is the caller's handle for a link (the async driver's
+//! the same path to the session. A mailbox that leaves the set is forgotten with its ids
+//! (mailbox ids are random: one that comes back is new), so the table holds no more than
+//! the links seen times the mailboxes in use. `L` is the caller's handle for a link (the async driver's
 //! channel, the simulator's node index).
 //!
 //! [`Session`]: super::Session
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::PathId;
 use crate::frame::Mailbox;
@@ -33,6 +35,8 @@ pub struct PathTable<L> {
     ids: HashMap<(String, Option<Mailbox>), PathId>,
     next: u32,
     live: Vec<LivePath<L>>,
+    /// Ids forgotten with their mailbox, not yet taken by [`Self::take_forgotten`].
+    forgotten: Vec<PathId>,
 }
 
 impl<L> Default for PathTable<L> {
@@ -41,6 +45,7 @@ impl<L> Default for PathTable<L> {
             ids: HashMap::new(),
             next: 0,
             live: Vec::new(),
+            forgotten: Vec::new(),
         }
     }
 }
@@ -67,14 +72,39 @@ impl<L: Clone> PathTable<L> {
                 }
             }
         }
+        let now: HashSet<PathId> = live.iter().map(|p| p.id).collect();
         let gone = self
             .live
             .iter()
             .map(|p| p.id)
-            .filter(|id| !live.iter().any(|p| p.id == *id))
+            .filter(|id| !now.contains(id))
             .collect();
         self.live = live;
+        // Pairs of a mailbox no longer in the set can never be live again: forget them.
+        if let Some(boxes) = mailboxes {
+            let boxes: HashSet<&Mailbox> = boxes.iter().collect();
+            let forgotten = &mut self.forgotten;
+            self.ids.retain(|(_, mb), id| {
+                let keep = mb.as_ref().is_none_or(|b| boxes.contains(b));
+                if !keep {
+                    forgotten.push(*id);
+                }
+                keep
+            });
+        }
         gone
+    }
+
+    /// Ids dropped for good since the last call (their mailbox left the set): the caller
+    /// tells the session ([`Session::path_forgotten`](super::Session::path_forgotten)),
+    /// after `path_lost` for those that were live.
+    pub fn take_forgotten(&mut self) -> Vec<PathId> {
+        std::mem::take(&mut self.forgotten)
+    }
+
+    /// (link, mailbox) keys with an id: the live paths and links that may come back.
+    pub fn known(&self) -> usize {
+        self.ids.len()
     }
 
     fn path(
@@ -215,6 +245,31 @@ mod tests {
         let gone = t.rebuild(&links(&["d0"]), Some(&[mb("relay-0", 3)]), prefix);
         assert_eq!(gone, [PathId(1), PathId(3)]);
         assert_eq!(t.ids().collect::<Vec<_>>(), [PathId(5)]);
+    }
+
+    /// A client that sends set after set of fresh mailboxes leaves only the set in use in
+    /// the table (the old code kept an id for every pair it ever saw).
+    #[test]
+    fn mailboxes_that_leave_are_forgotten() {
+        let mut t = PathTable::default();
+        let l = links(&["d0", "d1"]);
+        for round in 0..1000u32 {
+            let boxes: Vec<Mailbox> = (0..4u32)
+                .map(|r| {
+                    let mut id = [0u8; 16];
+                    id[..4].copy_from_slice(&(round * 4 + r).to_le_bytes());
+                    Mailbox {
+                        relay: format!("relay-{r}"),
+                        id,
+                    }
+                })
+                .collect();
+            t.rebuild(&l, Some(&boxes), no_prefix);
+            assert_eq!(t.live().len(), 8);
+        }
+        assert_eq!(t.ids.len(), 8, "ids kept after 1000 sets of 4 mailboxes");
+        assert_eq!(t.take_forgotten().len(), 999 * 8);
+        assert!(t.take_forgotten().is_empty());
     }
 
     #[test]

@@ -198,6 +198,13 @@ impl Session {
         }
     }
 
+    /// The path will never be offered again (its mailbox is gone): forget what was kept
+    /// about it, its counters too. Call [`Self::path_lost`] first if it was live.
+    pub fn path_forgotten(&mut self, path: PathId) {
+        self.paths.remove(&path);
+        self.path_counters.remove(&path);
+    }
+
     /// The driver lost a path (its link closed): everything sent on it goes out again now.
     pub fn path_lost(&mut self, path: PathId) {
         for (seq, f) in &self.inflight {

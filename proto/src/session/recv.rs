@@ -112,18 +112,24 @@ impl Session {
             return Ok(());
         }
         let in_order = h.seq == self.reorder.next;
+        if !in_order && !self.reorder.has_room(&frames, self.cfg.max_reorder_bytes()) {
+            // Over the byte cap (cells packed with tiny frames): dropped unacknowledged, so
+            // the peer sends it again once the gap below it is filled.
+            return Err(CellError::OutOfWindow);
+        }
         if in_order || self.reorder.held.is_empty() {
             // Progress, or the first gap: the stall clock starts now.
             self.last_progress = now;
         }
-        self.reorder.insert(h.seq, frames, self.cfg.cell_size);
+        self.reorder.insert(h.seq, frames);
         if in_order {
             self.last_progress = now;
         }
-        while let Some(frames) = self.reorder.pop_ready(self.cfg.cell_size) {
+        while let Some(frames) = self.reorder.pop_ready() {
             for f in frames {
                 let ev = match f {
                     Frame::StreamOpen { stream, gateway } => {
+                        self.stream_known(stream);
                         SessionEvent::StreamOpened { stream, gateway }
                     }
                     Frame::StreamData { stream, data } => SessionEvent::StreamData { stream, data },
@@ -133,7 +139,9 @@ impl Session {
                     }
                     Frame::Mailboxes { boxes } => SessionEvent::Mailboxes(boxes),
                     Frame::StreamCredit { stream, max } => {
-                        self.on_stream_credit(stream, max);
+                        if !self.on_stream_credit(stream, max) {
+                            continue;
+                        }
                         SessionEvent::StreamCredit { stream, max }
                     }
                 };

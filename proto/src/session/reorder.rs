@@ -3,13 +3,16 @@
 use std::collections::BTreeMap;
 
 use crate::cell::CellError;
-use crate::frame::{Frame, MAX_SACK_RANGES};
+use crate::frame::{self, Frame, MAX_SACK_RANGES};
 
 /// The bounded out-of-order buffer: cells from `next` up to `next + window`.
 pub(super) struct ReorderWindow {
     pub(super) next: u64,
     pub(super) window: u64,
-    pub(super) held: BTreeMap<u64, Vec<Frame>>,
+    /// Held cells' frames, each with the bytes it is charged ([`frame::frames_mem_size`]).
+    pub(super) held: BTreeMap<u64, (Vec<Frame>, usize)>,
+    /// What the held frames take in memory (not cells times the cell size: a cell packed
+    /// with tiny frames decodes into many times its size).
     pub(super) held_bytes: usize,
     /// The most recently received sequence number held out of order.
     pub(super) latest: Option<u64>,
@@ -36,15 +39,24 @@ impl ReorderWindow {
         }
     }
 
-    pub(super) fn insert(&mut self, seq: u64, frames: Vec<Frame>, weight: usize) {
-        self.latest = Some(seq);
-        self.held_bytes += weight;
-        self.held.insert(seq, frames);
+    /// Whether holding `frames` out of order keeps the window's memory within `cap`.
+    pub(super) fn has_room(&self, frames: &Vec<Frame>, cap: usize) -> bool {
+        self.held_bytes + frame::frames_mem_size(frames) <= cap
     }
 
-    pub(super) fn pop_ready(&mut self, cell_size: usize) -> Option<Vec<Frame>> {
-        let frames = self.held.remove(&self.next)?;
-        self.held_bytes = self.held_bytes.saturating_sub(cell_size);
+    pub(super) fn insert(&mut self, seq: u64, frames: Vec<Frame>) {
+        self.latest = Some(seq);
+        let weight = frame::frames_mem_size(&frames);
+        self.held_bytes += weight;
+        if let Some((_, old)) = self.held.insert(seq, (frames, weight)) {
+            // `accepts` refuses a held seq; kept exact anyway.
+            self.held_bytes -= old;
+        }
+    }
+
+    pub(super) fn pop_ready(&mut self) -> Option<Vec<Frame>> {
+        let (frames, weight) = self.held.remove(&self.next)?;
+        self.held_bytes = self.held_bytes.saturating_sub(weight);
         self.next += 1;
         Some(frames)
     }

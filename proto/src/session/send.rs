@@ -26,6 +26,14 @@ impl Session {
             .saturating_sub(self.pending_bytes)
     }
 
+    /// Bytes this end keeps for sending: queued stream bytes, control frames and the
+    /// cells in flight (kept for resending until acknowledged).
+    pub fn send_bytes(&self) -> usize {
+        self.pending_bytes
+            + self.control.len() * std::mem::size_of::<Frame>()
+            + self.inflight.len() * self.cfg.cell_size
+    }
+
     /// Nothing queued and nothing unacknowledged.
     pub fn is_idle(&self) -> bool {
         self.pending_bytes == 0
@@ -44,6 +52,7 @@ impl Session {
 
     pub fn open_stream(&mut self, stream: StreamId, gateway: &str) {
         self.pending_bytes += 16;
+        self.stream_known(stream);
         self.push_item(stream, TxItem::Open(gateway.to_owned()));
     }
 
@@ -227,14 +236,30 @@ impl Session {
 
     // ---- per-stream flow control ----------------------------------------------------------
 
-    /// The peer raised `stream`'s send limit: a stream parked for credit is ready again.
-    pub(super) fn on_stream_credit(&mut self, stream: StreamId, max: u64) {
+    /// A stream is open (opened here, or by the peer): it may send up to the peer's window,
+    /// and credit the peer grants for it is kept from now on.
+    pub(super) fn stream_known(&mut self, stream: StreamId) {
         let window = self.peer_stream_window;
-        let c = self.tx_credit.entry(stream).or_insert((0, window));
+        self.tx_credit.entry(stream).or_insert((0, window));
+    }
+
+    /// The peer raised `stream`'s send limit: a stream parked for credit is ready again.
+    /// Credit for a stream that is not open (never opened, or already ended or reset) is
+    /// ignored and returns false: a 13-byte frame must not create state that nothing frees.
+    pub(super) fn on_stream_credit(&mut self, stream: StreamId, max: u64) -> bool {
+        let Some(c) = self.tx_credit.get_mut(&stream) else {
+            return false;
+        };
         c.1 = c.1.max(max);
         if c.1 > c.0 && self.credit_blocked.remove(&stream) && self.streams.contains_key(&stream) {
             self.ready.push_back(stream);
         }
+        true
+    }
+
+    /// Streams with send-side flow-control state (tests: what a peer can make this end hold).
+    pub fn tracked_streams(&self) -> usize {
+        self.tx_credit.len()
     }
 
     /// The stream window the peer announced: how far a new stream may send before credit.

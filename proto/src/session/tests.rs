@@ -74,10 +74,10 @@ pub(super) fn tick(
     s.handle_timeout(next);
 }
 
-const P: [PathId; 2] = [PathId(0), PathId(1)];
+pub(super) const P: [PathId; 2] = [PathId(0), PathId(1)];
 
 /// Moves every cell across, dropping those the filter refuses; returns cells moved.
-fn pump(
+pub(super) fn pump(
     from: &mut Session,
     to: &mut Session,
     now: Instant,
@@ -169,7 +169,12 @@ fn reorder_window_is_bounded() {
     for cell in cells.iter_mut().skip(1) {
         s.handle_cell(now, cell).unwrap();
     }
-    assert_eq!(s.reorder_bytes(), 7 * 1024);
+    // Charged as the decoded frames take memory: about a cell each for honest cells.
+    let held = s.reorder_bytes();
+    assert!(
+        (7 * 900..=7 * (1024 + HONEST_CELL_SLACK)).contains(&held),
+        "{held}"
+    );
     assert!(s.poll_event().is_none());
     s.handle_cell(now, &mut cells[0]).unwrap();
     assert!(s.poll_event().is_some());
