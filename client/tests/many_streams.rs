@@ -183,7 +183,14 @@ async fn thousands_of_streams_echo_through_one_gateway() {
         fds.now
     );
     let target = EchoProcess::start();
-    let ov = ProcOverlay::start(ProcOptions::default());
+    // One session holds all 10,000 streams, opened as fast as it can: lift the central's
+    // per-session limits, which are sized for one user's apps.
+    let ov = ProcOverlay::start(ProcOptions {
+        central_extra: "max_streams_per_session = 20000\nstream_open_rate = 100000\n\
+                        stream_open_burst = 100000"
+            .into(),
+        ..ProcOptions::default()
+    });
     let gateway = ov
         .directory
         .nodes_with_role(braid_config::Role::Gateway)

@@ -41,6 +41,9 @@ pub(crate) const NODE_COMMON_KEYS: &[(&str, Kind)] = &[
     ("node.admin", Kind::Str),
     ("node.log", Kind::Str),
     ("node.drain_timeout_secs", Kind::Scalar),
+    ("node.max_connections", Kind::Scalar),
+    ("node.max_connections_per_ip", Kind::Scalar),
+    ("node.retry_above_handshakes", Kind::Scalar),
 ];
 
 pub(crate) const UPSTREAM_KEYS: &[(&str, Kind)] = &[

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub sessions_evicted: AtomicU64,
     /// Hellos refused: malformed, replayed, stale, over a queue or cap.
     pub hellos_refused: AtomicU64,
+    /// QUIC connection attempts answered with a Retry (address validation under load).
+    pub quic_retries: AtomicU64,
     /// Inner streams moved to a new carrier (a resume accepted).
     pub streams_resumed: AtomicU64,
     /// Inner streams waiting for a resume now (a gauge).
@@ -109,7 +111,7 @@ impl Metrics {
 
     /// Prometheus text exposition format.
     pub fn render(&self, node: &str, role: &str) -> String {
-        let rows: [(&str, &AtomicU64, &str); 23] = [
+        let rows: [(&str, &AtomicU64, &str); 24] = [
             (
                 "braid_streams_resumed_total",
                 &self.streams_resumed,
@@ -139,6 +141,11 @@ impl Metrics {
                 "braid_hellos_refused_total",
                 &self.hellos_refused,
                 "hellos refused: malformed, replayed, stale, or over a queue or cap",
+            ),
+            (
+                "braid_quic_retries_total",
+                &self.quic_retries,
+                "connection attempts sent a QUIC Retry to validate their address",
             ),
             ("braid_panics_total", &PANICS, "panics in this process"),
             (

@@ -104,23 +104,51 @@ impl NodeContext {
     }
 
     /// Accepts connections on `ep` until drain (or the endpoint closes), each handshaken
-    /// and served by `serve` in its own task.
-    pub async fn accept_until_drain<F, Fut>(&self, ep: &quinn::Endpoint, serve: F)
-    where
+    /// and served by `serve` in its own task, within `limits`: past `max_connections` in all
+    /// or `max_per_ip` from one address a connection is refused, and while more than
+    /// `retry_above` handshakes are in flight a peer whose address QUIC has not validated is
+    /// sent a Retry first (a stateless round trip), so spoofed Initials cost the node no
+    /// handshake state.
+    pub async fn accept_until_drain<F, Fut>(
+        &self,
+        ep: &quinn::Endpoint,
+        limits: AcceptLimits,
+        serve: F,
+    ) where
         F: Fn(quinn::Connection) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let serve = Arc::new(serve);
+        let peers = Arc::new(PeerCount::default());
+        let handshaking = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         loop {
             let incoming = tokio::select! {
                 _ = self.drain.cancelled() => return,
                 i = ep.accept() => match i { Some(i) => i, None => return },
             };
-            let serve = serve.clone();
+            use std::sync::atomic::Ordering::Relaxed;
+            if !incoming.remote_address_validated()
+                && incoming.may_retry()
+                && handshaking.load(Relaxed) >= limits.retry_above
+            {
+                Metrics::inc(&self.metrics.quic_retries);
+                let _ = incoming.retry();
+                continue;
+            }
+            let Some(slot) = peers.enter(incoming.remote_address().ip(), limits) else {
+                Metrics::inc(&self.metrics.peers_refused);
+                incoming.refuse();
+                continue;
+            };
+            let (serve, handshaking) = (serve.clone(), handshaking.clone());
+            handshaking.fetch_add(1, Relaxed);
             tokio::spawn(async move {
-                if let Ok(conn) = incoming.await {
+                let conn = incoming.await;
+                handshaking.fetch_sub(1, Relaxed);
+                if let Ok(conn) = conn {
                     serve(conn).await;
                 }
+                drop(slot);
             });
         }
     }
@@ -160,4 +188,93 @@ pub fn central_session_config(
     // The session task hands stream bytes to their owners and reports consumption itself.
     c.manual_stream_credit = true;
     c
+}
+
+/// How many connections a listening node takes (`[node]` `max_connections`,
+/// `max_connections_per_ip`, `retry_above_handshakes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptLimits {
+    pub max_connections: usize,
+    pub max_per_ip: usize,
+    pub retry_above: usize,
+}
+
+/// Connections held, in all and by address.
+#[derive(Default)]
+struct PeerCount {
+    by_ip: std::sync::Mutex<(usize, std::collections::HashMap<std::net::IpAddr, usize>)>,
+}
+
+/// A connection's place in the count, given back when it ends.
+struct PeerSlot {
+    count: Arc<PeerCount>,
+    ip: std::net::IpAddr,
+}
+
+impl PeerCount {
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr, limits: AcceptLimits) -> Option<PeerSlot> {
+        let mut g = self.by_ip.lock().ok()?;
+        let (total, by_ip) = &mut *g;
+        let n = by_ip.entry(ip).or_default();
+        if *total >= limits.max_connections || *n >= limits.max_per_ip {
+            if *n == 0 {
+                by_ip.remove(&ip);
+            }
+            return None;
+        }
+        *n += 1;
+        *total += 1;
+        Some(PeerSlot {
+            count: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        if let Ok(mut g) = self.count.by_ip.lock() {
+            let (total, by_ip) = &mut *g;
+            *total = total.saturating_sub(1);
+            if let Some(n) = by_ip.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    by_ip.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_capped_in_all_and_per_address() {
+        let count = Arc::new(PeerCount::default());
+        let limits = AcceptLimits {
+            max_connections: 3,
+            max_per_ip: 2,
+            retry_above: 0,
+        };
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) = (
+            "127.0.0.1"
+                .parse()
+                .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+            "127.0.0.2"
+                .parse()
+                .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+        );
+        let a1 = count.enter(a, limits);
+        let a2 = count.enter(a, limits);
+        assert!(a1.is_some() && a2.is_some());
+        assert!(count.enter(a, limits).is_none(), "per address");
+        let b1 = count.enter(b, limits);
+        assert!(b1.is_some());
+        assert!(count.enter(b, limits).is_none(), "in all");
+        drop(a1);
+        assert!(count.enter(b, limits).is_some(), "a slot came back");
+        drop((a2, b1));
+    }
 }

@@ -32,6 +32,8 @@ use braid_driver::tap::{tap, TapPoint};
 
 pub struct RelayParams {
     pub listen: SocketAddr,
+    /// How many client and downstream connections it takes.
+    pub accept: crate::AcceptLimits,
     pub mix_delay: Duration,
     /// Cells the mixing pool holds at most; beyond that, new cells are dropped.
     pub pool_cells: usize,
@@ -247,7 +249,7 @@ pub async fn run(ctx: NodeContext, p: RelayParams) -> anyhow::Result<()> {
     ));
 
     let c = ctx.clone();
-    ctx.accept_until_drain(&ep, move |conn| {
+    ctx.accept_until_drain(&ep, p.accept, move |conn| {
         let (ctx, mix_tx, mailboxes) = (c.clone(), mix_tx.clone(), mailboxes.clone());
         async move {
             match braid_net::peer_tls_key(&conn) {

@@ -72,14 +72,25 @@ fn stalled_streams(mib: u64, c: &CentralConfig) -> usize {
 pub fn upstream_params(c: &UpstreamConfig) -> upstream::UpstreamParams {
     upstream::UpstreamParams {
         listen: c.listen,
+        accept: accept_limits(&c.node),
         client_queue_cells: c.client_queue_cells as usize,
         central_queue_cells: c.central_queue_cells as usize,
+    }
+}
+
+/// `[node]`'s connection limits for a listening role.
+pub fn accept_limits(n: &braid_config::NodeCommon) -> crate::AcceptLimits {
+    crate::AcceptLimits {
+        max_connections: n.max_connections as usize,
+        max_per_ip: n.max_connections_per_ip as usize,
+        retry_above: n.retry_above_handshakes as usize,
     }
 }
 
 pub fn relay_params(c: &RelayConfig) -> relay::RelayParams {
     relay::RelayParams {
         listen: c.listen,
+        accept: accept_limits(&c.node),
         mix_delay: c.mix_delay(),
         pool_cells: c.pool_cells as usize,
         mailbox_cells: c.mailbox_cells as usize,

@@ -22,6 +22,8 @@ use crate::NodeContext;
 
 pub struct UpstreamParams {
     pub listen: SocketAddr,
+    /// How many client connections it takes.
+    pub accept: crate::AcceptLimits,
     /// Cells one client may have queued toward one central.
     pub client_queue_cells: usize,
     /// Cells queued toward one central over all clients.
@@ -46,7 +48,7 @@ pub async fn run(ctx: NodeContext, params: UpstreamParams) -> anyhow::Result<()>
     );
     let link = tokio::spawn(central_links(&ctx, ep.clone(), queues.clone())?);
     let c = ctx.clone();
-    ctx.accept_until_drain(&ep, move |conn| {
+    ctx.accept_until_drain(&ep, params.accept, move |conn| {
         let (ctx, queues) = (c.clone(), queues.clone());
         async move {
             if let Some(k) = braid_net::peer_tls_key(&conn) {

@@ -63,6 +63,11 @@ impl Default for Limits {
 fn params(listen: SocketAddr, l: Limits) -> relay::RelayParams {
     relay::RelayParams {
         listen,
+        accept: braid_node::AcceptLimits {
+            max_connections: 64,
+            max_per_ip: 64,
+            retry_above: 64,
+        },
         mix_delay: Duration::ZERO,
         pool_cells: 4096,
         mailbox_cells: l.mailbox_cells,

@@ -126,11 +126,12 @@ async fn a_flooding_client_gets_no_more_than_its_share() {
         (flood, honest)
     });
 
+    let metrics = Arc::new(Metrics::default());
     let ctx = NodeContext {
         id: "upstream-1".to_string(),
         identity: ids[1].clone(),
         directory: directory.clone(),
-        metrics: Arc::new(Metrics::default()),
+        metrics: metrics.clone(),
         tap: None,
         drain: stop.clone(),
         shutdown: stop.clone(),
@@ -141,6 +142,13 @@ async fn a_flooding_client_gets_no_more_than_its_share() {
             listen: upstream_addr,
             client_queue_cells: 64,
             central_queue_cells: 1024,
+            // Every client's address is validated by a QUIC Retry first (what a busy node
+            // does): real clients go through it.
+            accept: braid_node::AcceptLimits {
+                max_connections: 16,
+                max_per_ip: 16,
+                retry_above: 0,
+            },
         },
     ));
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -161,5 +169,10 @@ async fn a_flooding_client_gets_no_more_than_its_share() {
         share >= 0.4,
         "the honest client got {honest_cells} of {} cells ({share:.2})",
         flood + honest_cells
+    );
+    assert_eq!(
+        Metrics::get(&metrics.quic_retries),
+        2,
+        "both clients were retried"
     );
 }

@@ -71,10 +71,33 @@ pub struct NodeCommon {
     /// long, then closes.
     #[serde(default = "default_drain_timeout_secs")]
     pub drain_timeout_secs: u64,
+    /// Connections a listening node (upstream, relay) holds at once (default 16384); past
+    /// it a new one is refused.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Connections one address may hold at once (default 256).
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: u32,
+    /// While more than this many QUIC handshakes are in flight, a peer whose address is not
+    /// yet validated is sent a Retry first (default 64; 0 validates every address).
+    #[serde(default = "default_retry_above_handshakes")]
+    pub retry_above_handshakes: u32,
 }
 
 fn default_drain_timeout_secs() -> u64 {
     30
+}
+
+fn default_max_connections() -> u32 {
+    16_384
+}
+
+fn default_max_connections_per_ip() -> u32 {
+    256
+}
+
+fn default_retry_above_handshakes() -> u32 {
+    64
 }
 
 impl NodeCommon {
@@ -92,6 +115,9 @@ impl NodeCommon {
             admin: None,
             log: LogFormat::default(),
             drain_timeout_secs: default_drain_timeout_secs(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            retry_above_handshakes: default_retry_above_handshakes(),
         }
     }
 
@@ -113,6 +139,16 @@ impl NodeCommon {
     /// Id syntax and non-empty paths.
     fn validate_in(&self, file: &Path) -> Result<(), ConfigError> {
         check_id(&self.id).map_err(|m| ConfigError::invalid(file, "node.id", m))?;
+        check::positive(
+            file,
+            &[
+                ("node.max_connections", u64::from(self.max_connections)),
+                (
+                    "node.max_connections_per_ip",
+                    u64::from(self.max_connections_per_ip),
+                ),
+            ],
+        )?;
         check::non_empty(
             file,
             &[
