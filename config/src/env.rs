@@ -76,6 +76,10 @@ pub(crate) const GATEWAY_KEYS: &[(&str, Kind)] = &[
     ("resume_grace_ms", Kind::Scalar),
     ("resume_buffer_kib", Kind::Scalar),
     ("resume_budget_mib", Kind::Scalar),
+    ("max_dns_lookups", Kind::Scalar),
+    ("dns_timeout_ms", Kind::Scalar),
+    ("local_addrs_refresh_secs", Kind::Scalar),
+    ("log_destinations", Kind::Scalar),
 ];
 
 /// Overridable keys of the client config.
@@ -102,6 +106,7 @@ pub(crate) const CLIENT_KEYS: &[(&str, Kind)] = &[
     ("resume_grace_ms", Kind::Scalar),
     ("resume_buffer_kib", Kind::Scalar),
     ("resume_budget_mib", Kind::Scalar),
+    ("log_destinations", Kind::Scalar),
 ];
 
 /// The environment variable for a dotted key path: `exit.allow_loopback` →

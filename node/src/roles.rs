@@ -56,6 +56,8 @@ pub fn gateway_params(c: &GatewayConfig, bind: SocketAddr) -> gateway::GatewayPa
             rules: c.exit.rules.clone(),
             // gateway::run adds the directory's node addresses.
             node_addrs: Default::default(),
+            // gateway::run reads the host's interfaces.
+            local_addrs: Default::default(),
         },
         hosts: c.hosts.clone(),
         reconnect_min: c.reconnect_min(),
@@ -65,5 +67,9 @@ pub fn gateway_params(c: &GatewayConfig, bind: SocketAddr) -> gateway::GatewayPa
         resume_grace: c.resume_grace(),
         resume_buffer: c.resume_buffer(),
         resume_budget: c.resume_budget(),
+        max_dns_lookups: usize::try_from(c.max_dns_lookups).unwrap_or(usize::MAX),
+        dns_timeout: c.dns_timeout(),
+        local_addrs_refresh: c.local_addrs_refresh(),
+        log_destinations: c.log_destinations,
     }
 }
