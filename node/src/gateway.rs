@@ -821,7 +821,9 @@ mod tests {
         }
         let mut statuses = Vec::new();
         for o in opens {
-            statuses.push(o.await.unwrap().unwrap_err());
+            // Unbounded lookups would hang here: fail instead.
+            let done = tokio::time::timeout(Duration::from_secs(5), o).await;
+            statuses.push(done.expect("an open waited past its deadline").unwrap().unwrap_err());
         }
         let took = t0.elapsed();
         assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "{took:?}");
