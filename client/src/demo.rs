@@ -26,6 +26,9 @@ use crate::gateways::ChoicePolicy;
 use crate::overlay::{self, ClientHandle, ClientParams};
 use crate::socks::SocksLimits;
 
+/// A change to the demo gateways' config ([`DemoOptions::tune_gateway`]).
+pub type TuneGateway = Arc<dyn Fn(&mut GatewayConfig) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct DemoOptions {
     pub socks: SocketAddr,
@@ -71,7 +74,7 @@ pub struct DemoOptions {
     /// default false).
     pub log_destinations: bool,
     /// Changes the gateways' config after the demo's settings (DNS limits, refresh...).
-    pub tune_gateway: Option<Arc<dyn Fn(&mut GatewayConfig) + Send + Sync>>,
+    pub tune_gateway: Option<TuneGateway>,
 }
 
 impl Default for DemoOptions {

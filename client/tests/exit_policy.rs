@@ -261,7 +261,10 @@ fn default_policy_refuses_forbidden_targets() {
             (addr([198, 19, 255, 254], 80), NOT_ALLOWED),
             (addr([192, 88, 99, 1], 80), NOT_ALLOWED),
             (addr([168, 63, 129, 16], 80), NOT_ALLOWED),
-            (addr(Ipv4Addr::new(198, 18, 0, 1).to_ipv6_mapped(), 80), NOT_ALLOWED),
+            (
+                addr(Ipv4Addr::new(198, 18, 0, 1).to_ipv6_mapped(), 80),
+                NOT_ALLOWED,
+            ),
         ];
         for n in &demo.nodes {
             cases.push((Dest::Addr(n.addr), NOT_ALLOWED));
@@ -472,7 +475,10 @@ fn rules_deny_by_domain_and_port_and_allow_by_cidr() {
 
 /// Runs `ip ARGS` inside the namespace the test runs in.
 fn ip(args: &[&str]) {
-    let out = std::process::Command::new("ip").args(args).output().unwrap();
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "ip {}: {}",
@@ -488,7 +494,9 @@ fn ip(args: &[&str]) {
 fn the_gateways_own_addresses_are_refused() {
     in_netns("the_gateways_own_addresses_are_refused", || async {
         let log = Log::capture();
-        ip(&["link", "add", "braid0", "type", "veth", "peer", "name", "braid1"]);
+        ip(&[
+            "link", "add", "braid0", "type", "veth", "peer", "name", "braid1",
+        ]);
         ip(&["addr", "add", "203.0.113.7/32", "dev", "braid0"]);
         ip(&["link", "set", "braid0", "up"]);
         ip(&["link", "set", "braid1", "up"]);
@@ -537,8 +545,16 @@ fn the_gateways_own_addresses_are_refused() {
         expect_replies(demo.socks, &[(Dest::Addr(later.addr), NOT_ALLOWED)]).await;
         settle().await;
         assert_eq!(control.accepted(), 1, "the control connection arrived");
-        assert_eq!(trap.accepted(), 0, "a connection reached the gateway's own address");
-        assert_eq!(later.accepted(), 0, "a connection reached the added address");
+        assert_eq!(
+            trap.accepted(),
+            0,
+            "a connection reached the gateway's own address"
+        );
+        assert_eq!(
+            later.accepted(),
+            0,
+            "a connection reached the added address"
+        );
         log.assert_refusal(&format!("203.0.113.7:{port}"), "the gateway's own address");
         demo.shutdown().await;
     });
@@ -619,7 +635,10 @@ const SILENT_RESOLV_CONF: &str = "nameserver 127.0.0.1\noptions timeout:4 attemp
 /// too (SOCKS 04), well before the resolver's own 4 s.
 #[test]
 fn dns_lookups_are_capped_and_bounded() {
-    if netns::run_in_fresh_netns_with("dns_lookups_are_capped_and_bounded", Some(SILENT_RESOLV_CONF)) {
+    if netns::run_in_fresh_netns_with(
+        "dns_lookups_are_capped_and_bounded",
+        Some(SILENT_RESOLV_CONF),
+    ) {
         return;
     }
     in_netns("dns_lookups_are_capped_and_bounded", || async {
@@ -639,7 +658,8 @@ fn dns_lookups_are_capped_and_bounded() {
             .map(|i| {
                 let socks = demo.socks;
                 tokio::spawn(async move {
-                    let code = socks_connect(socks, &name(&format!("slow{i}.braid.test"), 80)).await;
+                    let code =
+                        socks_connect(socks, &name(&format!("slow{i}.braid.test"), 80)).await;
                     (code, t0.elapsed())
                 })
             })
@@ -650,10 +670,14 @@ fn dns_lookups_are_capped_and_bounded() {
         }
         eprintln!("replies: {codes:?}");
         let slowest = codes.iter().map(|c| c.1).max().unwrap();
-        assert!(slowest < Duration::from_millis(3500), "an open waited {slowest:?}");
+        assert!(
+            slowest < Duration::from_millis(3500),
+            "an open waited {slowest:?}"
+        );
         let count = |code: u8| codes.iter().filter(|c| c.0 == code).count();
         assert_eq!((count(0x04), count(0x01)), (2, 4), "{codes:?}");
-        let names: std::collections::BTreeSet<String> = asked.lock().unwrap().iter().cloned().collect();
+        let names: std::collections::BTreeSet<String> =
+            asked.lock().unwrap().iter().cloned().collect();
         assert_eq!(names.len(), 2, "names sent to the resolver: {names:?}");
         demo.shutdown().await;
     });
@@ -664,12 +688,19 @@ fn dns_lookups_are_capped_and_bounded() {
 #[test]
 fn destinations_stay_out_of_the_logs_by_default() {
     in_netns("destinations_stay_out_of_the_logs_by_default", || async {
-        let log = Log::capture_filter("info,braid_node=debug,braid_client=debug,braid_driver=debug");
+        let log =
+            Log::capture_filter("info,braid_node=debug,braid_client=debug,braid_driver=debug");
         let target = Trap::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let port = target.addr.port();
         let mut hosts = BTreeMap::new();
-        hosts.insert("secret-ok.braid.test".to_owned(), IpAddr::from([127, 0, 0, 1]));
-        hosts.insert("secret-meta.braid.test".to_owned(), IpAddr::from([169, 254, 169, 254]));
+        hosts.insert(
+            "secret-ok.braid.test".to_owned(),
+            IpAddr::from([127, 0, 0, 1]),
+        );
+        hosts.insert(
+            "secret-meta.braid.test".to_owned(),
+            IpAddr::from([169, 254, 169, 254]),
+        );
         let demo = Demo::start(DemoOptions {
             hosts,
             exit_rules: vec![ExitRule::deny().domain("secret-blocked.braid.test")],
@@ -692,9 +723,18 @@ fn destinations_stay_out_of_the_logs_by_default() {
         settle().await;
         demo.shutdown().await;
         let text = log.text();
-        let refusals = text.lines().filter(|l| l.contains("gateway refused the stream")).count();
-        let gateway = text.lines().filter(|l| l.contains("stream refused")).count();
-        assert!(refusals >= 4 && gateway >= 4, "the refusals were not logged:\n{text}");
+        let refusals = text
+            .lines()
+            .filter(|l| l.contains("gateway refused the stream"))
+            .count();
+        let gateway = text
+            .lines()
+            .filter(|l| l.contains("stream refused"))
+            .count();
+        assert!(
+            refusals >= 4 && gateway >= 4,
+            "the refusals were not logged:\n{text}"
+        );
         assert!(text.contains("target=[redacted]:80"), "{text}");
         for secret in ["secret-", "169.254.169.254", "10.0.0.1"] {
             assert!(!text.contains(secret), "the log names {secret}:\n{text}");

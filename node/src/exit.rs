@@ -183,7 +183,11 @@ impl fmt::Display for Refusal {
         // exit's network): the class, the rule's number or the port is enough to act on.
         match self {
             Refusal::Class { class, .. } => {
-                write!(f, "exit policy: destination is {} and refused", class.describe())
+                write!(
+                    f,
+                    "exit policy: destination is {} and refused",
+                    class.describe()
+                )
             }
             Refusal::OverlayNode { .. } => {
                 f.write_str("exit policy: destination is an overlay node and refused")
@@ -396,11 +400,9 @@ impl ExitPolicy {
             if rule.cidr.is_some() {
                 // Undecidable by name; a mail port is still refused now if no allow rule
                 // from here on could open it.
-                let could_open = self.rules[index..]
-                    .iter()
-                    .any(|r| {
-                        r.action == ExitAction::Allow && r.ports.is_some_and(|p| p.contains(port))
-                    });
+                let could_open = self.rules[index..].iter().any(|r| {
+                    r.action == ExitAction::Allow && r.ports.is_some_and(|p| p.contains(port))
+                });
                 return match could_open {
                     true => Ok(()),
                     false => self.mail_refusal(None, port),
@@ -580,7 +582,10 @@ mod tests {
         assert_eq!(class("::ffff:127.0.0.1"), AddrClass::Loopback);
         assert_eq!(class("100.64.0.1"), AddrClass::SharedCgnat);
         let r = refused(&p, None, "10.0.0.1").unwrap().to_string();
-        assert_eq!(r, "exit policy: destination is private (RFC 1918) and refused");
+        assert_eq!(
+            r,
+            "exit policy: destination is private (RFC 1918) and refused"
+        );
     }
 
     #[test]
@@ -1007,6 +1012,11 @@ mod tests {
     #[test]
     fn interface_addrs_leave_out_loopback() {
         let addrs = interface_addrs().unwrap();
-        assert!(addrs.iter().all(|a| !a.is_loopback() && !a.is_unspecified()), "{addrs:?}");
+        assert!(
+            addrs
+                .iter()
+                .all(|a| !a.is_loopback() && !a.is_unspecified()),
+            "{addrs:?}"
+        );
     }
 }

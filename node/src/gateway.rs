@@ -126,17 +126,16 @@ impl DnsLimit {
         F: Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'static,
     {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let permit = match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned())
-            .await
-        {
-            Ok(Ok(p)) => p,
-            _ => {
-                return Err(OpenFailure::new(
-                    OpenStatus::RESOURCE_LIMIT,
-                    "name lookups: every slot stayed busy",
-                ))
-            }
-        };
+        let permit =
+            match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {
+                Ok(Ok(p)) => p,
+                _ => {
+                    return Err(OpenFailure::new(
+                        OpenStatus::RESOURCE_LIMIT,
+                        "name lookups: every slot stayed busy",
+                    ))
+                }
+            };
         let running = lookup(name, port);
         let task = tokio::spawn(async move {
             let r = running.await;
@@ -689,7 +688,9 @@ mod tests {
             vec![vec![good], vec!["169.254.169.254:80".parse().unwrap()]],
         );
         let target = TargetAddr::Domain("rebind.example".into(), good.port());
-        let s = connect_target(&p, &policy, &dns(), &target, lookup).await.unwrap();
+        let s = connect_target(&p, &policy, &dns(), &target, lookup)
+            .await
+            .unwrap();
         assert_eq!(s.peer_addr().unwrap(), good);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -762,7 +763,14 @@ mod tests {
                 .unwrap_err();
             assert_eq!(e.status, OpenStatus::NOT_ALLOWED, "{target}");
             assert!(e.reason.contains(says), "{target}: {}", e.reason);
-            for secret in ["trap.", "meta.", "blocked.", "127.0.0.1", "169.254", "10.0.0.1"] {
+            for secret in [
+                "trap.",
+                "meta.",
+                "blocked.",
+                "127.0.0.1",
+                "169.254",
+                "10.0.0.1",
+            ] {
                 assert!(!e.reason.contains(secret), "{target}: {}", e.reason);
             }
         }
@@ -800,7 +808,9 @@ mod tests {
         let running = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
         let release = Arc::new(tokio::sync::Notify::new());
-        let stuck = |running: Arc<AtomicUsize>, most: Arc<AtomicUsize>, release: Arc<tokio::sync::Notify>| {
+        let stuck = |running: Arc<AtomicUsize>,
+                     most: Arc<AtomicUsize>,
+                     release: Arc<tokio::sync::Notify>| {
             move |_: String, _: u16| async move {
                 let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                 most.fetch_max(now, Ordering::SeqCst);
@@ -816,27 +826,47 @@ mod tests {
             let lookup = stuck(running.clone(), most.clone(), release.clone());
             opens.push(tokio::spawn(async move {
                 let target = TargetAddr::Domain(format!("slow{i}.example"), 80);
-                connect_target(&p, &policy, &dns, &target, lookup).await.map(|_| ())
+                connect_target(&p, &policy, &dns, &target, lookup)
+                    .await
+                    .map(|_| ())
             }));
         }
         let mut statuses = Vec::new();
         for o in opens {
             // Unbounded lookups would hang here: fail instead.
             let done = tokio::time::timeout(Duration::from_secs(5), o).await;
-            statuses.push(done.expect("an open waited past its deadline").unwrap().unwrap_err());
+            statuses.push(
+                done.expect("an open waited past its deadline")
+                    .unwrap()
+                    .unwrap_err(),
+            );
         }
         let took = t0.elapsed();
-        assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
         assert_eq!(most.load(Ordering::SeqCst), 2, "lookups at once");
-        let busy = statuses.iter().filter(|f| f.status == OpenStatus::RESOURCE_LIMIT).count();
-        let slow = statuses.iter().filter(|f| f.status == OpenStatus::HOST_UNREACHABLE).count();
+        let busy = statuses
+            .iter()
+            .filter(|f| f.status == OpenStatus::RESOURCE_LIMIT)
+            .count();
+        let slow = statuses
+            .iter()
+            .filter(|f| f.status == OpenStatus::HOST_UNREACHABLE)
+            .count();
         assert_eq!((slow, busy), (2, 4), "{statuses:?}");
-        assert!(statuses.iter().all(|f| !f.reason.contains("slow")), "{statuses:?}");
+        assert!(
+            statuses.iter().all(|f| !f.reason.contains("slow")),
+            "{statuses:?}"
+        );
         // The two stuck lookups still hold their slots: a new open finds none...
         let target = TargetAddr::Domain("next.example".into(), 80);
         let calls = AtomicUsize::new(0);
         let quick = scripted(&calls, vec![vec!["93.184.216.34:80".parse().unwrap()]]);
-        let e = connect_target(&p, &policy, &dns, &target, quick).await.unwrap_err();
+        let e = connect_target(&p, &policy, &dns, &target, quick)
+            .await
+            .unwrap_err();
         assert_eq!(e.status, OpenStatus::RESOURCE_LIMIT);
         assert_eq!(calls.load(Ordering::SeqCst), 0);
         // ...until they end.
@@ -853,7 +883,9 @@ mod tests {
         };
         let quick = scripted(&calls, vec![vec![good]]);
         let target = TargetAddr::Domain("next.example".into(), good.port());
-        connect_target(&p, &open, &dns, &target, quick).await.unwrap();
+        connect_target(&p, &open, &dns, &target, quick)
+            .await
+            .unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

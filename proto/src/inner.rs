@@ -237,7 +237,10 @@ fn stream_keys(send: &[u8; 32], recv: &[u8; 32], handshake_hash: &[u8; 32]) -> S
             aead: RingAead::new(alg, recv),
             counter: 0,
         },
-        resume_key: Zeroizing::new(noise::hmac256(handshake_hash, &[b"braid/1 inner resume key"])),
+        resume_key: Zeroizing::new(noise::hmac256(
+            handshake_hash,
+            &[b"braid/1 inner resume key"],
+        )),
     }
 }
 

@@ -264,7 +264,11 @@ mod tests {
             }
             other => panic!("not a gateway: {other:?}"),
         }
-        for key in ["max_dns_lookups", "dns_timeout_ms", "local_addrs_refresh_secs"] {
+        for key in [
+            "max_dns_lookups",
+            "dns_timeout_ms",
+            "local_addrs_refresh_secs",
+        ] {
             let e = top(&format!("{key} = 0")).unwrap_err().to_string();
             assert!(e.contains(key), "{e}");
         }
