@@ -29,6 +29,9 @@
 #   --mix-ms MS         relays' mean mixing delay (default 25.0)
 #   --drain-secs S      nodes' drain_timeout_secs (default 30)
 #   --socks ADDR        the client's SOCKS5 address (default 127.0.0.1:1080)
+#   --origin-port PORT  compose only: the one port of the bridge's host side (PREFIX.1)
+#                       the gateway may reach, where deploy/test-compose.sh serves its
+#                       test file (default 18080)
 #   --force             replace an existing DIR (its identities are lost)
 #
 # Output (DIR holds private keys: keep it out of git; deploy/.gitignore covers deploy/net/):
@@ -46,7 +49,7 @@ root=$(cd "$here/.." && pwd)
 
 out="" compose="" inventory="" bin="" bind=any force=0
 n_up=2 n_central=1 n_down=2 n_relay=1 n_gw=1 counts_given=0
-cell_size=8192 mix_ms=25.0 drain_secs=30 socks=127.0.0.1:1080
+cell_size=8192 mix_ms=25.0 drain_secs=30 socks=127.0.0.1:1080 origin_port=18080
 
 need() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"; }
 while [ $# -gt 0 ]; do
@@ -65,6 +68,7 @@ while [ $# -gt 0 ]; do
         --mix-ms) need "$@"; mix_ms=$2; shift ;;
         --drain-secs) need "$@"; drain_secs=$2; shift ;;
         --socks) need "$@"; socks=$2; shift ;;
+        --origin-port) need "$@"; origin_port=$2; shift ;;
         --force) force=1 ;;
         -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
@@ -76,9 +80,10 @@ done
 if [ -n "$compose" ] && [ -n "$inventory" ]; then die "give either --compose or --inventory, not both"; fi
 [ -n "$compose" ] || [ -n "$inventory" ] || die "give an address scheme: --compose PREFIX or --inventory FILE"
 case "$bind" in any|public) ;; *) die "--bind must be any or public, not '$bind'" ;; esac
-for v in "$n_up" "$n_central" "$n_down" "$n_relay" "$n_gw" "$cell_size" "$drain_secs"; do
-    case "$v" in ''|*[!0-9]*) die "counts, --cell-size and --drain-secs must be whole numbers, got '$v'" ;; esac
+for v in "$n_up" "$n_central" "$n_down" "$n_relay" "$n_gw" "$cell_size" "$drain_secs" "$origin_port"; do
+    case "$v" in ''|*[!0-9]*) die "counts, --cell-size, --drain-secs and --origin-port must be whole numbers, got '$v'" ;; esac
 done
+[ "$origin_port" -ge 1 ] && [ "$origin_port" -le 65535 ] || die "--origin-port must be 1..65535, got $origin_port"
 
 if [ -z "$bin" ]; then
     for c in "$root/target/static/dist/braid-node" \
@@ -257,12 +262,14 @@ for i in "${!ids[@]}"; do
             echo "allow_private = false"
             if [ -n "$compose" ]; then
                 echo
-                echo "# COMPOSE SIMULATION ONLY: lets this exit reach the docker bridge's host side"
-                echo "# ($compose.1), where deploy/test-compose.sh serves its test file. The rest of"
-                echo "# $compose.0/24 (the other nodes) stays refused. Remove this rule anywhere else."
+                echo "# COMPOSE SIMULATION ONLY: lets this exit reach port $origin_port of the docker"
+                echo "# bridge's host side ($compose.1), where deploy/test-compose.sh serves its test"
+                echo "# file. The host's other ports and the rest of $compose.0/24 (the other nodes)"
+                echo "# stay refused. Remove this rule anywhere else."
                 echo "[[exit.rules]]"
                 echo "action = \"allow\""
                 echo "cidr = \"$compose.1/32\""
+                echo "ports = $origin_port"
             fi
         fi
     } >"$f"

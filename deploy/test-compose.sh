@@ -40,6 +40,7 @@ net="$here/net/compose"
 if [ ${#counts[@]} -eq 0 ]; then compose_file="$root/docker-compose.yml"; else compose_file="$net/docker-compose.yml"; fi
 compose=(docker-compose -p braid -f "$compose_file")
 socks=127.0.0.1:11080
+origin_port=18080
 work=$(mktemp -d /tmp/braid-test-compose.XXXXXX)
 pids=()
 up=0
@@ -74,7 +75,7 @@ bindir="$root/target/static/dist"
 # Stop a leftover simulation before its identities are replaced.
 if [ -f "$compose_file" ]; then "${compose[@]}" down --remove-orphans -t 5 >/dev/null 2>&1 || true; fi
 "$here/gen-net.sh" --compose "$prefix" --out "$net" --force --bin "$bindir/braid-node" \
-    --socks "$socks" --drain-secs 30 "${counts[@]+"${counts[@]}"}" 2>"$work/gen.log" ||
+    --socks "$socks" --drain-secs 30 --origin-port "$origin_port" "${counts[@]+"${counts[@]}"}" 2>"$work/gen.log" ||
     { cat "$work/gen.log" >&2; fail "gen-net.sh"; }
 
 # The committed root compose file is the generator's output for these defaults, with the
@@ -99,7 +100,11 @@ log "${#ids[@]} containers healthy $((SECONDS - t1))s after docker-compose up: $
 client_pid=$!
 pids+=("$client_pid")
 
-serve_blob "$prefix.1" "$mb"
+serve_blob "$prefix.1" "$mb" "$origin_port"
+# A second server on another port of the same host: the exit's rule names only the first.
+other_port=$((origin_port + 1))
+python3 -m http.server --bind "$prefix.1" --directory "$work/www" "$other_port" >"$work/http2.log" 2>&1 &
+pids+=($!)
 origin="http://$prefix.1:$port"
 wait_through "$origin/" 30
 
@@ -112,6 +117,8 @@ refused "http://$central_ip:7400/" "the central's container address"
 refused "http://127.0.0.1:$port/" "loopback"
 refused "http://169.254.169.254/latest/meta-data/" "cloud metadata"
 refused "http://$prefix.9:$port/" "another address of the bridge network (not allowed by the rule)"
+refused "http://$prefix.1:$other_port/" "another port of the bridge's host side (not allowed by the rule)"
+refused "http://$prefix.1:25/" "a mail port"
 grep -q 'refus' "$work/client.log" || log "note: the client's log does not mention the refusals"
 
 # Stop: the client with SIGTERM, the containers with docker-compose stop (SIGTERM, then

@@ -16,13 +16,13 @@ wait_health() {
     done
 }
 
-# serve_blob BIND_IP MB: serves MB random MiB as /blob with python3 -m http.server on
-# BIND_IP; sets want (its sha256) and port.
+# serve_blob BIND_IP MB [PORT]: serves MB random MiB as /blob with python3 -m http.server
+# on BIND_IP, on PORT or a free one; sets want (its sha256) and port.
 serve_blob() {
     mkdir -p "$work/www"
     head -c $(($2 * 1024 * 1024)) /dev/urandom >"$work/www/blob"
     want=$(sha256sum "$work/www/blob" | cut -d' ' -f1)
-    port=$(python3 -c "import socket; s=socket.socket(); s.bind(('$1', 0)); print(s.getsockname()[1])")
+    port=${3:-$(python3 -c "import socket; s=socket.socket(); s.bind(('$1', 0)); print(s.getsockname()[1])")}
     python3 -m http.server --bind "$1" --directory "$work/www" "$port" >"$work/http.log" 2>&1 &
     pids+=($!)
 }

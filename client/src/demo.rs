@@ -26,6 +26,9 @@ use crate::gateways::ChoicePolicy;
 use crate::overlay::{self, ClientHandle, ClientParams};
 use crate::socks::SocksLimits;
 
+/// A change to the demo gateways' config ([`DemoOptions::tune_gateway`]).
+pub type TuneGateway = Arc<dyn Fn(&mut GatewayConfig) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct DemoOptions {
     pub socks: SocketAddr,
@@ -67,6 +70,11 @@ pub struct DemoOptions {
     pub gateway_choice: ChoicePolicy,
     /// How long a silent central is skipped (`central_rest_ms`).
     pub central_rest: Duration,
+    /// The client and the gateways name destinations in their logs (`log_destinations`;
+    /// default false).
+    pub log_destinations: bool,
+    /// Changes the gateways' config after the demo's settings (DNS limits, refresh...).
+    pub tune_gateway: Option<TuneGateway>,
 }
 
 impl Default for DemoOptions {
@@ -98,6 +106,8 @@ impl Default for DemoOptions {
                 rest: client_defaults.gateway_rest(),
             },
             central_rest: client_defaults.central_rest(),
+            log_destinations: false,
+            tune_gateway: None,
         }
     }
 }
@@ -204,6 +214,10 @@ impl Demo {
                     c.reconnect_min_ms = 50;
                     c.reconnect_max_ms = 2000;
                     c.resume_grace_ms = opts.resume_grace.as_millis() as u64;
+                    c.log_destinations = opts.log_destinations;
+                    if let Some(tune) = &opts.tune_gateway {
+                        tune(&mut c);
+                    }
                     NodeConfig::Gateway(c)
                 }
             };
@@ -252,6 +266,7 @@ impl Demo {
             resume_budget: ClientConfig::with_directory("<demo>").resume_budget(),
             gateway_choice: opts.gateway_choice,
             central_rest: opts.central_rest,
+            log_destinations: opts.log_destinations,
             shutdown: shutdown.child_token(),
         })
         .await?;

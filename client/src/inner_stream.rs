@@ -167,6 +167,7 @@ async fn open_via(
         }),
         Err(e) => {
             if let OpenFailure::Refused { status, reason } = &e {
+                let target = target.logged(h.log_destinations);
                 info!(stream = tx.id(), %target, code = status.code(), %reason, "gateway refused the stream");
             }
             tx.reset(e.reason()).await;

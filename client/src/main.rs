@@ -192,6 +192,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
             rest: cfg.gateway_rest(),
         },
         central_rest: cfg.central_rest(),
+        log_destinations: cfg.log_destinations,
         shutdown: shutdown.clone(),
     })
     .await?;

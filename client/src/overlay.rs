@@ -57,6 +57,8 @@ pub struct ClientParams {
     pub gateway_choice: ChoicePolicy,
     /// How long a central that went silent is skipped by new sessions.
     pub central_rest: Duration,
+    /// Log lines name destinations (off: `[redacted]:PORT`).
+    pub log_destinations: bool,
     pub shutdown: CancellationToken,
 }
 
@@ -80,6 +82,8 @@ pub struct ClientHandle {
     pub resend_budget: Arc<braid_driver::pump::ResendBudget>,
     /// Asks the session task for a snapshot (the admin port, `braid status`).
     pub status: StatusReader,
+    /// Log lines name destinations (off: `[redacted]:PORT`).
+    pub log_destinations: bool,
 }
 
 impl ClientHandle {
@@ -227,6 +231,7 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
         resume_buffer: p.resume_buffer,
         resend_budget: Arc::new(braid_driver::pump::ResendBudget::new(p.resume_budget)),
         status: status_reader,
+        log_destinations: p.log_destinations,
     };
     tokio::spawn(supervise(Supervisor {
         next_stream,

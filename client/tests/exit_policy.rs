@@ -112,12 +112,17 @@ impl Write for Log {
 
 impl Log {
     fn capture() -> Log {
+        Log::capture_filter("info")
+    }
+
+    /// Everything the filter (an `EnvFilter` directive) lets through.
+    fn capture_filter(directive: &str) -> Log {
         let log = Log::default();
         let w = log.clone();
         tracing_subscriber::fmt()
             .with_writer(move || w.clone())
             .with_ansi(false)
-            .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
+            .with_env_filter(tracing_subscriber::EnvFilter::new(directive))
             .try_init()
             .expect("one subscriber per process (one test per namespace)");
         log
@@ -128,17 +133,22 @@ impl Log {
     }
 
     /// Asserts a client log line says the gateway refused `target` with a reason
-    /// containing `reason`.
+    /// containing `reason`, and that the reason does not name the address it refused.
     #[track_caller]
     fn assert_refusal(&self, target: &str, reason: &str) {
         let text = self.text();
-        assert!(
-            text.lines()
-                .any(|l| l.contains("gateway refused the stream")
-                    && l.contains(&format!("target={target}"))
-                    && l.contains(reason)),
-            "no client log line says {target} was refused with {reason:?}:\n{text}"
-        );
+        let line = text.lines().find(|l| {
+            l.contains("gateway refused the stream")
+                && l.contains(&format!("target={target} "))
+                && l.contains(reason)
+        });
+        let Some(line) = line else {
+            panic!("no client log line says {target} was refused with {reason:?}:\n{text}");
+        };
+        let said = line.split("reason=").nth(1).unwrap_or_default();
+        let host = target.rsplit_once(':').map_or(target, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        assert!(!said.contains(host), "the reason names {host}: {line}");
     }
 }
 
@@ -158,9 +168,11 @@ fn in_netns<F: Future<Output = ()>>(name: &str, body: impl FnOnce() -> F) {
     eprintln!("{name}: {:?}", started.elapsed());
 }
 
+/// The demo with destinations in the logs, so that refusals can be matched to targets.
 fn opts() -> DemoOptions {
     DemoOptions {
         socks: "127.0.0.1:0".parse().unwrap(),
+        log_destinations: true,
         ..DemoOptions::default()
     }
 }
@@ -243,6 +255,16 @@ fn default_policy_refuses_forbidden_targets() {
             (name("trap.braid.test", port), NOT_ALLOWED),
             (name("169.254.169.254", 80), NOT_ALLOWED),
             (Dest::Addr(demo.socks), NOT_ALLOWED),
+            // Special-purpose ranges and Azure's host endpoint (0x03 if not refused).
+            (addr([192, 0, 0, 8], 80), NOT_ALLOWED),
+            (addr([198, 18, 0, 1], 80), NOT_ALLOWED),
+            (addr([198, 19, 255, 254], 80), NOT_ALLOWED),
+            (addr([192, 88, 99, 1], 80), NOT_ALLOWED),
+            (addr([168, 63, 129, 16], 80), NOT_ALLOWED),
+            (
+                addr(Ipv4Addr::new(198, 18, 0, 1).to_ipv6_mapped(), 80),
+                NOT_ALLOWED,
+            ),
         ];
         for n in &demo.nodes {
             cases.push((Dest::Addr(n.addr), NOT_ALLOWED));
@@ -263,12 +285,22 @@ fn default_policy_refuses_forbidden_targets() {
             );
         }
         // The reason reaches the client's log.
-        log.assert_refusal(&format!("127.0.0.1:{port}"), "127.0.0.1 is loopback");
-        log.assert_refusal("10.0.0.1:80", "10.0.0.1 is private (RFC 1918)");
-        log.assert_refusal("169.254.169.254:80", "169.254.169.254 is cloud metadata");
+        // The reason reaches the client's log, naming the class and never the address.
+        log.assert_refusal(&format!("127.0.0.1:{port}"), "destination is loopback");
+        log.assert_refusal("10.0.0.1:80", "destination is private (RFC 1918)");
+        log.assert_refusal("169.254.169.254:80", "destination is cloud metadata");
         log.assert_refusal(&format!("[::ffff:127.0.0.1]:{port}"), "is loopback");
-        log.assert_refusal(&format!("2130706433:{port}"), "127.0.0.1 is loopback");
-        log.assert_refusal(&format!("0177.0.0.1:{port}"), "127.0.0.1 is loopback");
+        log.assert_refusal(&format!("2130706433:{port}"), "destination is loopback");
+        log.assert_refusal(&format!("0177.0.0.1:{port}"), "destination is loopback");
+        log.assert_refusal("198.18.0.1:80", "benchmarking");
+        log.assert_refusal("192.0.0.8:80", "IETF protocol assignments");
+        log.assert_refusal("192.88.99.1:80", "6to4 relay");
+        log.assert_refusal("168.63.129.16:80", "cloud metadata");
+        let text = log.text();
+        assert!(
+            !text.contains("127.0.0.1 is"),
+            "a reason names a resolved address:\n{text}"
+        );
         demo.shutdown().await;
     });
 }
@@ -433,13 +465,279 @@ fn rules_deny_by_domain_and_port_and_allow_by_cidr() {
             }
             log.assert_refusal(
                 &format!("www.blocked.braid.test:{p_open}"),
-                "rule 0 (deny domain blocked.braid.test)",
+                "refused by rule 0",
             );
-            log.assert_refusal(
-                &format!("127.0.0.1:{p_closed}"),
-                &format!("rule 1 (deny ports {p_closed})"),
-            );
+            log.assert_refusal(&format!("127.0.0.1:{p_closed}"), "refused by rule 1");
             demo.shutdown().await;
         },
     );
+}
+
+/// Runs `ip ARGS` inside the namespace the test runs in.
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The gateway binds 0.0.0.0 in production and has no address in the directory: it
+/// learns its host's interface addresses (here on a veth interface, as an eth0 would
+/// carry them) and refuses them in every form, also one added while it runs.
+#[test]
+fn the_gateways_own_addresses_are_refused() {
+    in_netns("the_gateways_own_addresses_are_refused", || async {
+        let log = Log::capture();
+        ip(&[
+            "link", "add", "braid0", "type", "veth", "peer", "name", "braid1",
+        ]);
+        ip(&["addr", "add", "203.0.113.7/32", "dev", "braid0"]);
+        ip(&["link", "set", "braid0", "up"]);
+        ip(&["link", "set", "braid1", "up"]);
+        let own = Ipv4Addr::new(203, 0, 113, 7);
+        let trap = Trap::bind(SocketAddr::new(own.into(), 0)).await.unwrap();
+        let control = Trap::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let port = trap.addr.port();
+        let mut hosts = BTreeMap::new();
+        hosts.insert("me.braid.test".to_owned(), IpAddr::from(own));
+        let demo = Demo::start(DemoOptions {
+            hosts,
+            // A public address is allowed by default: only the gateway's own are refused.
+            exit_rules: vec![],
+            tune_gateway: Some(Arc::new(|g| g.local_addrs_refresh_secs = 1)),
+            ..opts()
+        })
+        .await
+        .unwrap();
+        let o = own.octets();
+        let nat64 = Ipv6Addr::new(
+            0x64,
+            0xff9b,
+            0,
+            0,
+            0,
+            0,
+            u16::from_be_bytes([o[0], o[1]]),
+            u16::from_be_bytes([o[2], o[3]]),
+        );
+        expect_replies(
+            demo.socks,
+            &[
+                (addr(Ipv4Addr::LOCALHOST, control.addr.port()), OK),
+                (addr(own, port), NOT_ALLOWED),
+                (addr(own.to_ipv6_mapped(), port), NOT_ALLOWED),
+                (addr(nat64, port), NOT_ALLOWED),
+                (name("me.braid.test", port), NOT_ALLOWED),
+                (name("203.0.113.7", port), NOT_ALLOWED),
+            ],
+        )
+        .await;
+        // An address added while the gateway runs is refused after the next re-read.
+        ip(&["addr", "add", "203.0.113.8/32", "dev", "braid0"]);
+        let later = Trap::bind("203.0.113.8:0".parse().unwrap()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        expect_replies(demo.socks, &[(Dest::Addr(later.addr), NOT_ALLOWED)]).await;
+        settle().await;
+        assert_eq!(control.accepted(), 1, "the control connection arrived");
+        assert_eq!(
+            trap.accepted(),
+            0,
+            "a connection reached the gateway's own address"
+        );
+        assert_eq!(
+            later.accepted(),
+            0,
+            "a connection reached the added address"
+        );
+        log.assert_refusal(&format!("203.0.113.7:{port}"), "the gateway's own address");
+        demo.shutdown().await;
+    });
+}
+
+/// SMTP (25), SMTPS (465) and submission (587) are refused by default, also where the
+/// address is allowed (loopback here); an allow rule that names the port opens it.
+#[test]
+fn mail_ports_are_refused_unless_an_allow_rule_names_them() {
+    in_netns(
+        "mail_ports_are_refused_unless_an_allow_rule_names_them",
+        || async {
+            let log = Log::capture();
+            let lo = Ipv4Addr::LOCALHOST;
+            let smtp = Trap::bind(SocketAddr::new(lo.into(), 25)).await.unwrap();
+            let smtps = Trap::bind(SocketAddr::new(lo.into(), 465)).await.unwrap();
+            let submission = Trap::bind(SocketAddr::new(lo.into(), 587)).await.unwrap();
+            let mut hosts = BTreeMap::new();
+            hosts.insert("mail.braid.test".to_owned(), IpAddr::from(lo));
+            let demo = Demo::start(DemoOptions {
+                hosts,
+                exit_rules: vec![ExitRule::allow().ports(PortRange::single(587))],
+                ..opts()
+            })
+            .await
+            .unwrap();
+            expect_replies(
+                demo.socks,
+                &[
+                    (addr(lo, 25), NOT_ALLOWED),
+                    (name("mail.braid.test", 25), NOT_ALLOWED),
+                    (addr(lo.to_ipv6_mapped(), 25), NOT_ALLOWED),
+                    (addr(lo, 465), NOT_ALLOWED),
+                    (addr(lo, 587), OK),
+                    (name("mail.braid.test", 587), OK),
+                ],
+            )
+            .await;
+            settle().await;
+            assert_eq!(smtp.accepted(), 0, "port 25 was reached");
+            assert_eq!(smtps.accepted(), 0, "port 465 was reached");
+            assert_eq!(submission.accepted(), 2, "the allowed port 587 was reached");
+            log.assert_refusal("127.0.0.1:25", "mail port 25 is refused by default");
+            demo.shutdown().await;
+        },
+    );
+}
+
+/// A DNS server on 127.0.0.1:53 inside the namespace that reads queries and never answers;
+/// it records the names asked.
+fn silent_dns() -> Arc<Mutex<Vec<String>>> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:53").unwrap();
+    let names = Arc::new(Mutex::new(Vec::new()));
+    let seen = names.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, _)) = sock.recv_from(&mut buf) {
+            // The question's name: labels from byte 12 up to a zero length.
+            let mut labels = Vec::new();
+            let mut at = 12;
+            while at < n && buf[at] != 0 && at + 1 + usize::from(buf[at]) <= n {
+                let len = usize::from(buf[at]);
+                labels.push(String::from_utf8_lossy(&buf[at + 1..at + 1 + len]).into_owned());
+                at += 1 + len;
+            }
+            seen.lock().unwrap().push(labels.join("."));
+        }
+    });
+    names
+}
+
+/// Resolver settings inside the DNS test's namespace: the silent server, one try of 4 s.
+const SILENT_RESOLV_CONF: &str = "nameserver 127.0.0.1\noptions timeout:4 attempts:1\n";
+
+/// Names that never resolve cannot take every lookup thread: with `max_dns_lookups = 2`,
+/// six opens at once put two names to the (real, system) resolver; the others wait for a
+/// slot and are refused at `dns_timeout_ms` (SOCKS 01), the two in a slot time out there
+/// too (SOCKS 04), well before the resolver's own 4 s.
+#[test]
+fn dns_lookups_are_capped_and_bounded() {
+    if netns::run_in_fresh_netns_with(
+        "dns_lookups_are_capped_and_bounded",
+        Some(SILENT_RESOLV_CONF),
+    ) {
+        return;
+    }
+    in_netns("dns_lookups_are_capped_and_bounded", || async {
+        let _log = Log::capture();
+        let asked = silent_dns();
+        let demo = Demo::start(DemoOptions {
+            tune_gateway: Some(Arc::new(|g| {
+                g.max_dns_lookups = 2;
+                g.dns_timeout_ms = 1500;
+            })),
+            ..opts()
+        })
+        .await
+        .unwrap();
+        let t0 = Instant::now();
+        let opens: Vec<_> = (0..6)
+            .map(|i| {
+                let socks = demo.socks;
+                tokio::spawn(async move {
+                    let code =
+                        socks_connect(socks, &name(&format!("slow{i}.braid.test"), 80)).await;
+                    (code, t0.elapsed())
+                })
+            })
+            .collect();
+        let mut codes = Vec::new();
+        for o in opens {
+            codes.push(o.await.unwrap());
+        }
+        eprintln!("replies: {codes:?}");
+        let slowest = codes.iter().map(|c| c.1).max().unwrap();
+        assert!(
+            slowest < Duration::from_millis(3500),
+            "an open waited {slowest:?}"
+        );
+        let count = |code: u8| codes.iter().filter(|c| c.0 == code).count();
+        assert_eq!((count(0x04), count(0x01)), (2, 4), "{codes:?}");
+        let names: std::collections::BTreeSet<String> =
+            asked.lock().unwrap().iter().cloned().collect();
+        assert_eq!(names.len(), 2, "names sent to the resolver: {names:?}");
+        demo.shutdown().await;
+    });
+}
+
+/// By default neither the client's nor the gateway's log names a destination: no host
+/// name, no address, in refusals (info, client) or in the gateway's debug lines.
+#[test]
+fn destinations_stay_out_of_the_logs_by_default() {
+    in_netns("destinations_stay_out_of_the_logs_by_default", || async {
+        let log =
+            Log::capture_filter("info,braid_node=debug,braid_client=debug,braid_driver=debug");
+        let target = Trap::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let port = target.addr.port();
+        let mut hosts = BTreeMap::new();
+        hosts.insert(
+            "secret-ok.braid.test".to_owned(),
+            IpAddr::from([127, 0, 0, 1]),
+        );
+        hosts.insert(
+            "secret-meta.braid.test".to_owned(),
+            IpAddr::from([169, 254, 169, 254]),
+        );
+        let demo = Demo::start(DemoOptions {
+            hosts,
+            exit_rules: vec![ExitRule::deny().domain("secret-blocked.braid.test")],
+            log_destinations: false,
+            ..opts()
+        })
+        .await
+        .unwrap();
+        expect_replies(
+            demo.socks,
+            &[
+                (name("secret-ok.braid.test", port), OK),
+                (name("secret-meta.braid.test", 80), NOT_ALLOWED),
+                (name("www.secret-blocked.braid.test", 80), NOT_ALLOWED),
+                (addr([10, 0, 0, 1], 80), NOT_ALLOWED),
+                (addr([10, 0, 0, 1], 25), NOT_ALLOWED),
+            ],
+        )
+        .await;
+        settle().await;
+        demo.shutdown().await;
+        let text = log.text();
+        let refusals = text
+            .lines()
+            .filter(|l| l.contains("gateway refused the stream"))
+            .count();
+        let gateway = text
+            .lines()
+            .filter(|l| l.contains("stream refused"))
+            .count();
+        assert!(
+            refusals >= 4 && gateway >= 4,
+            "the refusals were not logged:\n{text}"
+        );
+        assert!(text.contains("target=[redacted]:80"), "{text}");
+        for secret in ["secret-", "169.254.169.254", "10.0.0.1"] {
+            assert!(!text.contains(secret), "the log names {secret}:\n{text}");
+        }
+    });
 }

@@ -149,6 +149,10 @@ pub struct ClientConfig {
     /// bounded however many streams are open.
     #[serde(default = "crate::check::default_resume_budget_mib")]
     pub resume_budget_mib: u64,
+    /// Name destinations (host and port) in the client's log lines, e.g. when a gateway
+    /// refuses a stream (default false: logs show `[redacted]:PORT`).
+    #[serde(default)]
+    pub log_destinations: bool,
     /// RFC 1929 username/password the SOCKS5 port requires; none (default) means no
     /// authentication. Not overridable from the environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -259,6 +263,7 @@ impl ClientConfig {
             resume_grace_ms: crate::check::default_resume_grace_ms(),
             resume_buffer_kib: crate::check::default_resume_buffer_kib(),
             resume_budget_mib: crate::check::default_resume_budget_mib(),
+            log_destinations: false,
             auth: None,
         }
     }

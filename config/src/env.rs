@@ -108,6 +108,10 @@ pub(crate) const GATEWAY_KEYS: &[(&str, Kind)] = &[
     ("stream_idle_timeout_secs", Kind::Scalar),
     ("open_replay_window_secs", Kind::Scalar),
     ("open_replay_cache", Kind::Scalar),
+    ("max_dns_lookups", Kind::Scalar),
+    ("dns_timeout_ms", Kind::Scalar),
+    ("local_addrs_refresh_secs", Kind::Scalar),
+    ("log_destinations", Kind::Scalar),
 ];
 
 /// Overridable keys of the client config.
@@ -134,6 +138,7 @@ pub(crate) const CLIENT_KEYS: &[(&str, Kind)] = &[
     ("resume_grace_ms", Kind::Scalar),
     ("resume_buffer_kib", Kind::Scalar),
     ("resume_budget_mib", Kind::Scalar),
+    ("log_destinations", Kind::Scalar),
 ];
 
 /// The environment variable for a dotted key path: `exit.allow_loopback` →

@@ -14,9 +14,11 @@ use crate::de::KeyPath;
 use crate::error::ConfigError;
 
 /// The gateway's `[exit]` table. By default the exit refuses loopback, private,
-/// link-local, CGNAT, multicast, broadcast, unspecified and cloud-metadata destinations
-/// (and the addresses of every node in the directory, always); `rules` add allow or deny
-/// decisions before those built-in classes are applied.
+/// link-local, CGNAT, multicast, broadcast, unspecified, special-purpose (192.0.0.0/24,
+/// 198.18.0.0/15, 192.88.99.0/24) and cloud-metadata destinations, the mail ports 25, 465
+/// and 587 (and the addresses of every node in the directory and of the gateway's host,
+/// always); `rules` add allow or deny decisions before those built-in classes are applied.
+/// A mail port opens only through an allow rule whose `ports` name it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExitConfig {

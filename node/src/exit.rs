@@ -3,9 +3,11 @@
 //! A destination is the host name the client asked for (if it asked by name), the port,
 //! and every address that name resolved to. Each address is decided in this order:
 //!
-//! 1. **Overlay nodes.** An address of any node in the directory (or the gateway's own
-//!    bind address), in any form (plain, IPv4-mapped, NAT64), is refused. Nothing opens
-//!    it: not `allow_loopback` (the one-host demo's nodes are on loopback), not a rule.
+//! 1. **Overlay nodes and the gateway itself.** An address of any node in the directory,
+//!    the gateway's bind address, or an address of one of the gateway host's interfaces
+//!    (it usually binds 0.0.0.0 and has no address in the directory), in any form (plain,
+//!    IPv4-mapped, NAT64), is refused. Nothing opens it: not `allow_loopback` (the
+//!    one-host demo's nodes are on loopback), not a rule.
 //! 2. **Rules**, in order; the first that matches decides. A rule matches when all of its
 //!    matchers match: `domain` (the requested name is the domain or a subdomain of it, on
 //!    label boundaries), `cidr` (the address, or the IPv4 address inside its mapped or
@@ -18,7 +20,13 @@
 //!    deprecated IPv4-compatible form (opened by nothing but an allow rule's `cidr`).
 //!    IPv4-mapped, NAT64 and 6to4 addresses are classified by the IPv4 address they
 //!    embed.
+//! 4. **Mail ports** 25, 465 and 587 are refused (as in Tor's default exit policy: an
+//!    exit must not become an open spam relay) unless the allow rule that matched names
+//!    `ports` covering the port: an allow without `ports` does not open them.
 //!
+//! Refusal reasons ([`Refusal`]'s `Display`) go back to the client and into the gateway's
+//! log, so they name a class, a rule number or a port, never an address the gateway
+//! resolved (which could map the exit's internal network).
 //! Why a domain `allow` cannot open an internal address: whoever controls a name's DNS
 //! controls where it points, so an allow by name that also bypassed the classes would let
 //! any such name be pointed at 127.0.0.1 or 169.254.169.254 (DNS rebinding). Domain rules
@@ -47,7 +55,13 @@ pub struct ExitPolicy {
     pub rules: Vec<ExitRule>,
     /// Addresses of overlay nodes, always refused. The gateway adds its directory's.
     pub node_addrs: BTreeSet<IpAddr>,
+    /// The gateway host's own interface addresses, always refused (the gateway fills
+    /// them in from [`interface_addrs`] at start and refreshes them).
+    pub local_addrs: BTreeSet<IpAddr>,
 }
+
+/// Ports refused by default whatever the address: SMTP relay, SMTPS and mail submission.
+pub const MAIL_PORTS: [u16; 3] = [25, 465, 587];
 
 /// A built-in class of addresses the default policy refuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,8 +80,14 @@ pub enum AddrClass {
     SiteLocal,
     /// 64:ff9b:1::/48 (local-use NAT64, RFC 8215).
     LocalNat64,
-    /// 169.254.169.254, fd00:ec2::254.
+    /// 169.254.169.254, fd00:ec2::254, 168.63.129.16 (Azure's host endpoint).
     CloudMetadata,
+    /// 192.0.0.0/24 (IETF protocol assignments: DS-Lite, NAT64 discovery, ...).
+    ProtocolAssignments,
+    /// 198.18.0.0/15 (benchmarking; often used for internal test networks).
+    Benchmarking,
+    /// 192.88.99.0/24 (the deprecated 6to4 relay anycast).
+    SixToFourRelay,
     /// 0.0.0.0, :: (a connect to it reaches the local host).
     Unspecified,
     /// 0.0.0.0/8.
@@ -101,6 +121,9 @@ impl AddrClass {
             AddrClass::SiteLocal => "IPv6 site-local (fec0::/10)",
             AddrClass::LocalNat64 => "local-use NAT64 (64:ff9b:1::/48)",
             AddrClass::CloudMetadata => "cloud metadata",
+            AddrClass::ProtocolAssignments => "IETF protocol assignments (192.0.0.0/24)",
+            AddrClass::Benchmarking => "benchmarking (198.18.0.0/15)",
+            AddrClass::SixToFourRelay => "6to4 relay anycast (192.88.99.0/24)",
             AddrClass::Unspecified => "unspecified",
             AddrClass::ThisNetwork => "\"this network\" (0.0.0.0/8)",
             AddrClass::Multicast => "multicast",
@@ -120,6 +143,9 @@ impl AddrClass {
             | AddrClass::SiteLocal
             | AddrClass::LocalNat64 => Opener::AllowPrivate,
             AddrClass::CloudMetadata
+            | AddrClass::ProtocolAssignments
+            | AddrClass::Benchmarking
+            | AddrClass::SixToFourRelay
             | AddrClass::Unspecified
             | AddrClass::ThisNetwork
             | AddrClass::Multicast
@@ -130,13 +156,18 @@ impl AddrClass {
     }
 }
 
-/// Why a destination was refused; its `Display` is the reason sent to the client.
+/// Why a destination was refused; its `Display` is the reason sent to the client (and
+/// logged), and names no address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// The address is in a built-in refused class.
     Class { addr: IpAddr, class: AddrClass },
     /// The address belongs to a node of this overlay.
     OverlayNode { addr: IpAddr },
+    /// The address is one of the gateway host's own.
+    OwnAddress { addr: IpAddr },
+    /// A mail port ([`MAIL_PORTS`]) that no allow rule's `ports` opened.
+    MailPort { port: u16 },
     /// A deny rule matched (`index` counts from 0 in `exit.rules`). `addr` is `None`
     /// when the rule refused the name before any lookup.
     Rule {
@@ -148,23 +179,26 @@ pub enum Refusal {
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // No address, resolved or requested, and no rule text (a CIDR in it would map the
+        // exit's network): the class, the rule's number or the port is enough to act on.
         match self {
-            Refusal::Class { addr, class } => {
-                write!(f, "exit policy: {addr} is {} and refused", class.describe())
+            Refusal::Class { class, .. } => {
+                write!(
+                    f,
+                    "exit policy: destination is {} and refused",
+                    class.describe()
+                )
             }
-            Refusal::OverlayNode { addr } => {
-                write!(f, "exit policy: {addr} is an overlay node and refused")
+            Refusal::OverlayNode { .. } => {
+                f.write_str("exit policy: destination is an overlay node and refused")
             }
-            Refusal::Rule {
-                addr: Some(addr),
-                index,
-                rule,
-            } => write!(f, "exit policy: {addr} refused by rule {index} ({rule})"),
-            Refusal::Rule {
-                addr: None,
-                index,
-                rule,
-            } => write!(f, "exit policy: refused by rule {index} ({rule})"),
+            Refusal::OwnAddress { .. } => {
+                f.write_str("exit policy: destination is the gateway's own address and refused")
+            }
+            Refusal::MailPort { port } => {
+                write!(f, "exit policy: mail port {port} is refused by default")
+            }
+            Refusal::Rule { index, .. } => write!(f, "exit policy: refused by rule {index}"),
         }
     }
 }
@@ -204,8 +238,14 @@ fn v4_class(ip: Ipv4Addr) -> Option<AddrClass> {
     let o = ip.octets();
     Some(if ip.is_loopback() {
         AddrClass::Loopback
-    } else if ip == Ipv4Addr::new(169, 254, 169, 254) {
+    } else if ip == Ipv4Addr::new(169, 254, 169, 254) || ip == Ipv4Addr::new(168, 63, 129, 16) {
         AddrClass::CloudMetadata
+    } else if o[..3] == [192, 0, 0] {
+        AddrClass::ProtocolAssignments
+    } else if o[0] == 198 && (o[1] & 0xfe) == 18 {
+        AddrClass::Benchmarking
+    } else if o[..3] == [192, 88, 99] {
+        AddrClass::SixToFourRelay
     } else if ip.is_unspecified() {
         AddrClass::Unspecified
     } else if o[0] == 0 {
@@ -298,6 +338,38 @@ pub fn node_addrs(directory: &Directory) -> BTreeSet<IpAddr> {
         .collect()
 }
 
+/// The addresses of this host's interfaces, for [`ExitPolicy::local_addrs`]: everything
+/// but loopback (which `allow_loopback` governs, and which the one-host demo's targets
+/// use) and the unspecified address.
+pub fn interface_addrs() -> std::io::Result<BTreeSet<IpAddr>> {
+    Ok(if_addrs::get_if_addrs()?
+        .into_iter()
+        .map(|i| i.ip())
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .collect())
+}
+
+/// `ip` is in `set`, in any form: plain, or the IPv4 address inside an IPv4-mapped or
+/// NAT64 address, or an IPv4 address listed in its mapped form.
+fn in_set(set: &BTreeSet<IpAddr>, ip: IpAddr) -> bool {
+    if set.contains(&ip) {
+        return true;
+    }
+    match ip {
+        IpAddr::V6(v6) => embedded_v4(v6).is_some_and(|v4| set.contains(&v4.into())),
+        IpAddr::V4(v4) => set.contains(&v4.to_ipv6_mapped().into()),
+    }
+}
+
+fn is_mail_port(port: u16) -> bool {
+    MAIL_PORTS.contains(&port)
+}
+
+/// Whether the allow rule that decided (if any) opens a mail port: only by naming it.
+fn opens_mail(allow: Option<&ExitRule>) -> bool {
+    allow.is_some_and(|r| r.ports.is_some())
+}
+
 fn cidr_matches(cidr: &Cidr, ip: IpAddr) -> bool {
     cidr.contains(ip)
         || match ip {
@@ -313,17 +385,11 @@ impl ExitPolicy {
         self
     }
 
-    fn is_node(&self, ip: IpAddr) -> bool {
-        if self.node_addrs.contains(&ip) {
-            return true;
+    fn mail_refusal(&self, allow: Option<&ExitRule>, port: u16) -> Result<(), Refusal> {
+        if is_mail_port(port) && !opens_mail(allow) {
+            return Err(Refusal::MailPort { port });
         }
-        match ip {
-            IpAddr::V6(v6) => {
-                embedded_v4(v6).is_some_and(|v4| self.node_addrs.contains(&v4.into()))
-            }
-            // A node listed by its IPv4-mapped form.
-            IpAddr::V4(v4) => self.node_addrs.contains(&v4.to_ipv6_mapped().into()),
-        }
+        Ok(())
     }
 
     /// The rules that can be decided from the name and port alone, before any lookup: a
@@ -332,11 +398,19 @@ impl ExitPolicy {
     pub fn check_name(&self, name: &str, port: u16) -> Result<(), Refusal> {
         for (index, rule) in self.rules.iter().enumerate() {
             if rule.cidr.is_some() {
-                return Ok(());
+                // Undecidable by name; a mail port is still refused now if no allow rule
+                // from here on could open it.
+                let could_open = self.rules[index..].iter().any(|r| {
+                    r.action == ExitAction::Allow && r.ports.is_some_and(|p| p.contains(port))
+                });
+                return match could_open {
+                    true => Ok(()),
+                    false => self.mail_refusal(None, port),
+                };
             }
             if rule_matches_name(rule, Some(name), port) {
                 return match rule.action {
-                    ExitAction::Allow => Ok(()),
+                    ExitAction::Allow => self.mail_refusal(Some(rule), port),
                     ExitAction::Deny => Err(Refusal::Rule {
                         addr: None,
                         index,
@@ -345,17 +419,20 @@ impl ExitPolicy {
                 };
             }
         }
-        Ok(())
+        self.mail_refusal(None, port)
     }
 
     /// Decides one resolved address of a destination requested as `name` (None when the
     /// client gave an address).
     pub fn check_addr(&self, name: Option<&str>, addr: SocketAddr) -> Result<(), Refusal> {
         let ip = addr.ip();
-        if self.is_node(ip) {
+        if in_set(&self.node_addrs, ip) {
             return Err(Refusal::OverlayNode { addr: ip });
         }
-        let mut opened = false;
+        if in_set(&self.local_addrs, ip) {
+            return Err(Refusal::OwnAddress { addr: ip });
+        }
+        let mut allow = None;
         for (index, rule) in self.rules.iter().enumerate() {
             let cidr_ok = rule.cidr.as_ref().is_none_or(|c| cidr_matches(c, ip));
             if !(cidr_ok && rule_matches_name(rule, name, addr.port())) {
@@ -370,29 +447,23 @@ impl ExitPolicy {
                     })
                 }
                 ExitAction::Allow => {
-                    opened = rule.cidr.is_some();
+                    allow = Some(rule);
                     break;
                 }
             }
         }
-        if opened {
-            return Ok(());
-        }
-        match classify(ip) {
-            Some(class) => {
-                let open = match class.opener() {
-                    Opener::AllowLoopback => self.allow_loopback,
-                    Opener::AllowPrivate => self.allow_private,
-                    Opener::CidrRuleOnly => false,
-                };
-                if open {
-                    Ok(())
-                } else {
-                    Err(Refusal::Class { addr: ip, class })
-                }
+        let opened = allow.is_some_and(|r| r.cidr.is_some());
+        if let (false, Some(class)) = (opened, classify(ip)) {
+            let open = match class.opener() {
+                Opener::AllowLoopback => self.allow_loopback,
+                Opener::AllowPrivate => self.allow_private,
+                Opener::CidrRuleOnly => false,
+            };
+            if !open {
+                return Err(Refusal::Class { addr: ip, class });
             }
-            None => Ok(()),
         }
+        self.mail_refusal(allow, addr.port())
     }
 
     /// Decides a destination: every address must pass, or the whole is refused. The
@@ -511,7 +582,10 @@ mod tests {
         assert_eq!(class("::ffff:127.0.0.1"), AddrClass::Loopback);
         assert_eq!(class("100.64.0.1"), AddrClass::SharedCgnat);
         let r = refused(&p, None, "10.0.0.1").unwrap().to_string();
-        assert_eq!(r, "exit policy: 10.0.0.1 is private (RFC 1918) and refused");
+        assert_eq!(
+            r,
+            "exit policy: destination is private (RFC 1918) and refused"
+        );
     }
 
     #[test]
@@ -568,6 +642,7 @@ mod tests {
                 ExitRule::allow().domain("node.example"),
             ],
             node_addrs: nodes,
+            local_addrs: BTreeSet::new(),
         };
         for a in [
             "127.9.8.2:7100",
@@ -750,10 +825,7 @@ mod tests {
         assert!(p.check_name("x.example", 6001).is_err());
         assert!(p.check_name("mail.example", 25).is_ok());
         let r = refused(&p, None, &public(6001)).unwrap().to_string();
-        assert_eq!(
-            r,
-            "exit policy: 93.184.216.34 refused by rule 2 (deny ports 6000-6999)"
-        );
+        assert_eq!(r, "exit policy: refused by rule 2");
     }
 
     #[test]
@@ -766,5 +838,185 @@ mod tests {
         assert!(refused(&p, Some("else.example"), "93.184.216.34").is_some());
         assert!(refused(&p, None, "93.184.216.34").is_some());
         assert!(p.check_name("else.example", 80).is_err());
+    }
+
+    #[test]
+    fn special_purpose_ranges_and_azure_are_refused_by_default() {
+        let p = ExitPolicy::default();
+        for (a, want) in [
+            ("192.0.0.8", AddrClass::ProtocolAssignments),
+            ("192.0.0.170", AddrClass::ProtocolAssignments),
+            ("192.0.0.255", AddrClass::ProtocolAssignments),
+            ("198.18.0.1", AddrClass::Benchmarking),
+            ("198.19.255.254", AddrClass::Benchmarking),
+            ("192.88.99.1", AddrClass::SixToFourRelay),
+            ("168.63.129.16", AddrClass::CloudMetadata),
+            ("::ffff:168.63.129.16", AddrClass::CloudMetadata),
+            ("64:ff9b::c612:1", AddrClass::Benchmarking),
+            ("2002:c000:8::1", AddrClass::ProtocolAssignments),
+        ] {
+            match refused(&p, None, a) {
+                Some(Refusal::Class { class, .. }) => assert_eq!(class, want, "{a}"),
+                other => panic!("{a}: {other:?}"),
+            }
+        }
+        for a in [
+            "192.0.1.1",
+            "192.0.2.1",
+            "198.17.255.255",
+            "198.20.0.1",
+            "192.88.98.1",
+            "192.88.100.1",
+            "168.63.129.17",
+        ] {
+            assert_eq!(refused(&p, None, a), None, "{a} should pass");
+        }
+        // An allow by CIDR opens them on purpose, like any built-in class.
+        let p = ExitPolicy {
+            rules: vec![ExitRule::allow().cidr(cidr("198.18.0.0/15"))],
+            ..ExitPolicy::default()
+        };
+        assert_eq!(refused(&p, None, "198.18.3.4"), None);
+    }
+
+    #[test]
+    fn reasons_name_no_address() {
+        let nodes: BTreeSet<IpAddr> = ["203.0.113.7".parse().unwrap()].into();
+        let local: BTreeSet<IpAddr> = ["198.51.100.9".parse().unwrap()].into();
+        let p = ExitPolicy {
+            rules: vec![
+                ExitRule::deny().cidr(cidr("10.99.0.0/16")),
+                ExitRule::deny().domain("blocked.example"),
+            ],
+            node_addrs: nodes,
+            local_addrs: local,
+            ..ExitPolicy::default()
+        };
+        for (name, a) in [
+            (Some("x.example"), "10.1.2.3:80"),
+            (Some("x.example"), "10.99.1.2:80"),
+            (Some("x.example"), "[::ffff:172.16.5.4]:80"),
+            (Some("x.example"), "169.254.169.254:80"),
+            (Some("x.example"), "203.0.113.7:80"),
+            (Some("x.example"), "198.51.100.9:80"),
+            (Some("blocked.example"), "93.184.216.34:80"),
+            (None, "93.184.216.34:25"),
+        ] {
+            let r = p.check(name, &[sa(a)]).unwrap_err().to_string();
+            let ip = sa(a).ip().to_string();
+            let v4 = ip.trim_start_matches("::ffff:");
+            assert!(!r.contains(v4) && !r.contains("10.99"), "{a}: {r}");
+            assert!(!r.contains("x.example") && !r.contains("blocked."), "{r}");
+        }
+    }
+
+    #[test]
+    fn mail_ports_are_refused_unless_an_allow_rule_names_them() {
+        let p = ExitPolicy::default();
+        for port in MAIL_PORTS {
+            let a = format!("93.184.216.34:{port}");
+            assert_eq!(
+                refused(&p, None, &a),
+                Some(Refusal::MailPort { port }),
+                "{a}"
+            );
+            assert_eq!(
+                refused(&p, None, &format!("[2606:2800:220:1::1]:{port}")),
+                Some(Refusal::MailPort { port })
+            );
+            // Decided before any lookup.
+            assert_eq!(
+                p.check_name("mail.example", port),
+                Err(Refusal::MailPort { port })
+            );
+        }
+        for port in [24, 26, 443, 464, 466, 586, 588, 2525] {
+            assert_eq!(refused(&p, None, &format!("93.184.216.34:{port}")), None);
+            assert_eq!(p.check_name("mail.example", port), Ok(()));
+        }
+        let r = refused(&p, None, "93.184.216.34:25").unwrap().to_string();
+        assert_eq!(r, "exit policy: mail port 25 is refused by default");
+
+        // An allow without `ports` does not open them, by domain or by CIDR.
+        let p = ExitPolicy {
+            rules: vec![
+                ExitRule::allow().domain("mail.example"),
+                ExitRule::allow().cidr(cidr("10.20.0.0/16")),
+            ],
+            ..ExitPolicy::default()
+        };
+        assert!(refused(&p, Some("mail.example"), "93.184.216.34:25").is_some());
+        assert!(p.check_name("mail.example", 587).is_err());
+        assert!(refused(&p, None, "10.20.0.5:465").is_some());
+        assert_eq!(refused(&p, None, "10.20.0.5:443"), None);
+
+        // An allow that names the port opens it (and only what it matches).
+        let p = ExitPolicy {
+            rules: vec![
+                ExitRule::allow()
+                    .domain("mail.example")
+                    .ports(PortRange::single(587)),
+                ExitRule::allow()
+                    .cidr(cidr("10.20.0.0/16"))
+                    .ports(PortRange::new(25, 25).unwrap()),
+                ExitRule::allow().ports(PortRange::new(400, 500).unwrap()),
+            ],
+            ..ExitPolicy::default()
+        };
+        assert_eq!(refused(&p, Some("mail.example"), "93.184.216.34:587"), None);
+        assert_eq!(p.check_name("mail.example", 587), Ok(()));
+        assert!(refused(&p, Some("other.example"), "93.184.216.34:587").is_some());
+        assert_eq!(refused(&p, None, "10.20.0.5:25"), None);
+        // The CIDR rule cannot be decided by name: the lookup goes ahead for port 25...
+        assert_eq!(p.check_name("any.example", 25), Ok(()));
+        // ...and the address decides.
+        assert!(refused(&p, Some("any.example"), "93.184.216.34:25").is_some());
+        assert_eq!(refused(&p, None, "93.184.216.34:465"), None);
+        // Nothing could open 587 for another name once only the CIDR rules remain.
+        let p = ExitPolicy {
+            rules: vec![ExitRule::allow().cidr(cidr("10.20.0.0/16"))],
+            ..ExitPolicy::default()
+        };
+        assert!(p.check_name("any.example", 587).is_err());
+    }
+
+    #[test]
+    fn own_addresses_are_refused_in_every_form() {
+        let local: BTreeSet<IpAddr> = ["198.51.100.9", "2001:db8::9"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let p = ExitPolicy {
+            allow_private: true,
+            rules: vec![ExitRule::allow().cidr(cidr("198.51.100.0/24"))],
+            local_addrs: local,
+            ..ExitPolicy::default()
+        };
+        for a in [
+            "198.51.100.9:22",
+            "[::ffff:198.51.100.9]:22",
+            "[64:ff9b::c633:6409]:22",
+            "[2001:db8::9]:443",
+        ] {
+            assert!(
+                matches!(
+                    refused(&p, Some("me.example"), a),
+                    Some(Refusal::OwnAddress { .. })
+                ),
+                "{a}"
+            );
+        }
+        assert_eq!(refused(&p, None, "198.51.100.10:22"), None);
+    }
+
+    #[test]
+    fn interface_addrs_leave_out_loopback() {
+        let addrs = interface_addrs().unwrap();
+        assert!(
+            addrs
+                .iter()
+                .all(|a| !a.is_loopback() && !a.is_unspecified()),
+            "{addrs:?}"
+        );
     }
 }

@@ -13,7 +13,7 @@
 //! has seen (`inner::ReplayCache`, bounded by `open_replay_cache`), before any lookup or
 //! connection.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -32,9 +32,9 @@ use braid_proto::target::TargetAddr;
 use braid_proto::Reason;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::exit::{Checked, ExitPolicy, Refusal};
 use braid_driver::metrics::Metrics;
@@ -76,15 +76,120 @@ pub struct GatewayParams {
     pub open_replay_window_secs: u64,
     /// Most ephemeral keys each of the replay cache's two generations holds.
     pub open_replay_cache: usize,
+    /// Most name lookups at once.
+    pub max_dns_lookups: usize,
+    /// How long an open may wait for its name, the wait for a lookup slot included.
+    pub dns_timeout: Duration,
+    /// How often the host's interface addresses (refused by the exit) are re-read.
+    pub local_addrs_refresh: Duration,
+    /// Log lines name destinations (off: `[redacted]:PORT`).
+    pub log_destinations: bool,
+}
+
+/// The host's interface addresses, or none (with a warning) when they cannot be read.
+fn read_local_addrs(node: &str) -> BTreeSet<std::net::IpAddr> {
+    match crate::exit::interface_addrs() {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(node = %node, error = %e, "cannot read this host's interface addresses; the exit cannot refuse them");
+            BTreeSet::new()
+        }
+    }
+}
+
+/// Re-reads the host's interface addresses every `every` and publishes a policy that
+/// refuses them whenever they change (an address added by DHCP or a new interface).
+async fn refresh_local_addrs(
+    ctx: NodeContext,
+    every: Duration,
+    policy: watch::Sender<Arc<ExitPolicy>>,
+) {
+    while braid_driver::sleep_or_shutdown(every, &ctx.shutdown).await {
+        let now = read_local_addrs(&ctx.id);
+        if now != policy.borrow().local_addrs {
+            info!(node = %ctx.id, count = now.len(), "this host's addresses changed; the exit refuses the new set");
+            let mut p = ExitPolicy::clone(&policy.borrow());
+            p.local_addrs = now;
+            policy.send_replace(Arc::new(p));
+        }
+    }
+}
+
+/// At most `max_dns_lookups` lookups run at once. A system lookup is a blocking
+/// `getaddrinfo` on tokio's thread pool that cannot be cancelled, so the slot is held by the
+/// lookup itself (a task), not by the open waiting for it: an open that gives up at its
+/// deadline does not free a slot that a stuck resolver still holds.
+#[derive(Clone)]
+pub(crate) struct DnsLimit {
+    slots: Arc<Semaphore>,
+    timeout: Duration,
+}
+
+impl DnsLimit {
+    pub(crate) fn new(max: usize, timeout: Duration) -> Self {
+        DnsLimit {
+            slots: Arc::new(Semaphore::new(max.max(1))),
+            timeout,
+        }
+    }
+
+    /// Runs `lookup(name, port)` in a slot, everything within the timeout.
+    async fn run<L, F>(
+        &self,
+        name: String,
+        port: u16,
+        lookup: L,
+    ) -> Result<std::io::Result<Vec<SocketAddr>>, OpenFailure>
+    where
+        L: FnOnce(String, u16) -> F,
+        F: Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'static,
+    {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let permit =
+            match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {
+                Ok(Ok(p)) => p,
+                _ => {
+                    return Err(OpenFailure::new(
+                        OpenStatus::RESOURCE_LIMIT,
+                        "name lookups: every slot stayed busy",
+                    ))
+                }
+            };
+        let running = lookup(name, port);
+        let task = tokio::spawn(async move {
+            let r = running.await;
+            drop(permit);
+            r
+        });
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(OpenFailure::new(
+                OpenStatus::GENERAL_FAILURE,
+                "name lookup failed",
+            )),
+            Err(_) => Err(OpenFailure::new(
+                OpenStatus::HOST_UNREACHABLE,
+                "name lookup timed out",
+            )),
+        }
+    }
 }
 
 pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
-    // The exit never connects to the overlay's own nodes (nor to its own bind address).
+    // The exit never connects to the overlay's own nodes, nor to its own bind address or
+    // any address of its host (it usually binds 0.0.0.0 and is not in the directory).
     let mut policy = p.policy.clone().with_nodes_of(&ctx.directory);
     if !p.bind.ip().is_unspecified() {
         policy.node_addrs.insert(p.bind.ip());
     }
-    let policy = Arc::new(policy);
+    policy.local_addrs.extend(read_local_addrs(&ctx.id));
+    let (policy_tx, policy) = watch::channel(Arc::new(policy));
+    tokio::spawn(refresh_local_addrs(
+        ctx.clone(),
+        p.local_addrs_refresh,
+        policy_tx,
+    ));
+    let dns = DnsLimit::new(p.max_dns_lookups, p.dns_timeout);
     let tuning = braid_net::LinkTuning {
         idle_timeout: p.link_idle_timeout,
         ..braid_net::LinkTuning::per_stream_credit(p.max_streams, p.link_stream_window)
@@ -106,6 +211,7 @@ pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
         let ctx = c.clone();
         let p = p.clone();
         let policy = policy.clone();
+        let dns = dns.clone();
         let live = live.clone();
         let resumable = resumable.clone();
         let budget = budget.clone();
@@ -124,14 +230,16 @@ pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
                     let _ = send.reset(u32::from(Reason::RESOURCE_LIMIT.code()).into());
                     continue;
                 }
-                let (ctx, p, policy, live) = (ctx.clone(), p.clone(), policy.clone(), live.clone());
+                let (ctx, p, live) = (ctx.clone(), p.clone(), live.clone());
+                let policy = policy.borrow().clone();
+                let dns = dns.clone();
                 let resumable = resumable.clone();
                 let budget = budget.clone();
                 let replay = replay.clone();
                 live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
                     let shared = Shared {
-                        policy,
+                        exit: Exit { policy, dns },
                         resumable,
                         budget,
                         replay,
@@ -157,6 +265,13 @@ pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
     }
     ep.close(0u32.into(), b"shutdown");
     Ok(())
+}
+
+/// What a stream's open is decided by: the policy as it stood when the stream came, and
+/// the shared lookup slots.
+struct Exit {
+    policy: Arc<ExitPolicy>,
+    dns: DnsLimit,
 }
 
 /// Why an open failed: the SOCKS status and a reason for the client's log.
@@ -186,17 +301,19 @@ async fn system_lookup(name: String, port: u16) -> std::io::Result<Vec<SocketAdd
     Ok(tokio::net::lookup_host((name, port)).await?.collect())
 }
 
-/// Resolves a target to addresses: overrides first, then `lookup`. `lookup` is `FnOnce`:
-/// a name is looked up at most once per open, and the addresses returned are the ones
-/// that get checked and connected to (no second lookup to rebind between them).
+/// Resolves a target to addresses: overrides first, then `lookup` in a slot of `dns`.
+/// `lookup` is `FnOnce`: a name is looked up at most once per open, and the addresses
+/// returned are the ones that get checked and connected to (no second lookup to rebind
+/// between them). Failure reasons name neither the name nor an address.
 async fn resolve<L, F>(
     p: &GatewayParams,
+    dns: &DnsLimit,
     target: &TargetAddr,
     lookup: L,
 ) -> Result<Vec<SocketAddr>, OpenFailure>
 where
     L: FnOnce(String, u16) -> F,
-    F: Future<Output = std::io::Result<Vec<SocketAddr>>>,
+    F: Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'static,
 {
     match target {
         TargetAddr::Ip(a) => Ok(vec![*a]),
@@ -205,15 +322,15 @@ where
             if let Some(ip) = p.hosts.get(&lower) {
                 return Ok(vec![SocketAddr::new(*ip, *port)]);
             }
-            match lookup(lower, *port).await {
+            match dns.run(lower, *port, lookup).await? {
                 Ok(v) if !v.is_empty() => Ok(v),
                 Ok(_) => Err(OpenFailure::new(
                     OpenStatus::HOST_UNREACHABLE,
-                    format!("{name} has no address"),
+                    "the name has no address",
                 )),
                 Err(e) => Err(OpenFailure::new(
                     OpenStatus::HOST_UNREACHABLE,
-                    format!("cannot resolve {name}: {e}"),
+                    format!("cannot resolve the name: {e}"),
                 )),
             }
         }
@@ -229,12 +346,13 @@ fn status_of(e: &std::io::Error) -> OpenStatus {
 async fn connect_target<L, F>(
     p: &GatewayParams,
     policy: &ExitPolicy,
+    dns: &DnsLimit,
     target: &TargetAddr,
     lookup: L,
 ) -> Result<TcpStream, OpenFailure>
 where
     L: FnOnce(String, u16) -> F,
-    F: Future<Output = std::io::Result<Vec<SocketAddr>>>,
+    F: Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'static,
 {
     let name = match target {
         TargetAddr::Domain(name, port) => {
@@ -243,7 +361,7 @@ where
         }
         TargetAddr::Ip(_) => None,
     };
-    let addrs = resolve(p, target, lookup).await?;
+    let addrs = resolve(p, dns, target, lookup).await?;
     let checked = policy.check(name, &addrs)?;
     connect_checked(p.connect_timeout, &checked).await
 }
@@ -256,13 +374,9 @@ async fn connect_checked(timeout: Duration, addrs: &[Checked]) -> Result<TcpStre
         let a = a.addr();
         match tokio::time::timeout(timeout, TcpStream::connect(a)).await {
             Ok(Ok(s)) => return Ok(s),
-            Ok(Err(e)) => last = OpenFailure::new(status_of(&e), format!("connecting to {a}: {e}")),
-            Err(_) => {
-                last = OpenFailure::new(
-                    OpenStatus::TIMED_OUT,
-                    format!("connecting to {a}: timed out"),
-                )
-            }
+            // No address in the reason: an allow by CIDR can make it an internal one.
+            Ok(Err(e)) => last = OpenFailure::new(status_of(&e), format!("connecting: {e}")),
+            Err(_) => last = OpenFailure::new(OpenStatus::TIMED_OUT, "connecting: timed out"),
         }
     }
     Err(last)
@@ -359,7 +473,7 @@ fn unix_now() -> u64 {
 
 /// What every stream of the gateway shares.
 struct Shared {
-    policy: Arc<ExitPolicy>,
+    exit: Exit,
     resumable: Resumable,
     budget: Arc<ResendBudget>,
     replay: Arc<Mutex<ReplayCache>>,
@@ -373,7 +487,7 @@ async fn serve_stream(
     recv: quinn::RecvStream,
 ) {
     let Shared {
-        policy,
+        exit,
         resumable,
         budget,
         replay,
@@ -473,10 +587,10 @@ async fn serve_stream(
         &ctx.tap,
         &ctx.id,
         TapPoint::Decrypted,
-        req.target.to_string().as_bytes(),
+        req.target.reveal().to_string().as_bytes(),
     );
     tap(&ctx.tap, &ctx.id, TapPoint::Decrypted, &req.early_data);
-    let result = connect_target(&p, &policy, &req.target, system_lookup).await;
+    let result = connect_target(&p, &exit.policy, &exit.dns, &req.target, system_lookup).await;
     let (status, reason) = match &result {
         Ok(_) => (OpenStatus::OK, ""),
         Err(f) => (f.status, f.reason.as_str()),
@@ -492,7 +606,8 @@ async fn serve_stream(
         Ok(t) => t,
         Err(f) => {
             Metrics::inc(&ctx.metrics.streams_refused);
-            debug!(node = %ctx.id, status = f.status.0, reason = %f.reason, "stream refused");
+            let target = req.target.logged(p.log_destinations);
+            debug!(node = %ctx.id, %target, status = f.status.0, reason = %f.reason, "stream refused");
             let _ = send.finish();
             return;
         }
@@ -669,7 +784,15 @@ mod tests {
             resume_budget: 1 << 30,
             open_replay_window_secs: 120,
             open_replay_cache: 1000,
+            max_dns_lookups: 64,
+            dns_timeout: Duration::from_secs(10),
+            local_addrs_refresh: Duration::from_secs(60),
+            log_destinations: false,
         }
+    }
+
+    fn dns() -> DnsLimit {
+        DnsLimit::new(64, Duration::from_secs(10))
     }
 
     /// A resolver that answers `answers[k]` on its k-th call and counts its calls.
@@ -713,7 +836,9 @@ mod tests {
             vec![vec![good], vec!["169.254.169.254:80".parse().unwrap()]],
         );
         let target = TargetAddr::Domain("rebind.example".into(), good.port());
-        let s = connect_target(&p, &policy, &target, lookup).await.unwrap();
+        let s = connect_target(&p, &policy, &dns(), &target, lookup)
+            .await
+            .unwrap();
         assert_eq!(s.peer_addr().unwrap(), good);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -738,11 +863,12 @@ mod tests {
             ]],
         );
         let target = TargetAddr::Domain("mixed.example".into(), local.port());
-        let e = connect_target(&p, &policy, &target, lookup)
+        let e = connect_target(&p, &policy, &dns(), &target, lookup)
             .await
             .unwrap_err();
         assert_eq!(e.status, OpenStatus::NOT_ALLOWED);
-        assert!(e.reason.contains("127.0.0.1 is loopback"), "{}", e.reason);
+        assert!(e.reason.contains("is loopback"), "{}", e.reason);
+        assert!(!e.reason.contains("127.0.0.1"), "{}", e.reason);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 0);
@@ -764,7 +890,7 @@ mod tests {
         for (target, says) in [
             (
                 TargetAddr::Domain("trap.example".into(), 80),
-                "127.0.0.1 is loopback",
+                "destination is loopback",
             ),
             (
                 TargetAddr::Domain("META.example".into(), 80),
@@ -772,7 +898,7 @@ mod tests {
             ),
             (
                 TargetAddr::Domain("a.blocked.example".into(), 80),
-                "rule 0 (deny domain blocked.example)",
+                "refused by rule 0",
             ),
             (
                 TargetAddr::Ip("[::ffff:10.0.0.1]:80".parse().unwrap()),
@@ -780,11 +906,21 @@ mod tests {
             ),
         ] {
             let lookup = scripted(&calls, vec![vec!["93.184.216.34:80".parse().unwrap()]]);
-            let e = connect_target(&p, &policy, &target, lookup)
+            let e = connect_target(&p, &policy, &dns(), &target, lookup)
                 .await
                 .unwrap_err();
             assert_eq!(e.status, OpenStatus::NOT_ALLOWED, "{target}");
             assert!(e.reason.contains(says), "{target}: {}", e.reason);
+            for secret in [
+                "trap.",
+                "meta.",
+                "blocked.",
+                "127.0.0.1",
+                "169.254",
+                "10.0.0.1",
+            ] {
+                assert!(!e.reason.contains(secret), "{target}: {}", e.reason);
+            }
         }
         assert_eq!(calls.load(Ordering::SeqCst), 0, "no lookup was needed");
     }
@@ -797,7 +933,7 @@ mod tests {
         let p = params(&[]);
         for name in ["0177.0.0.1", "2130706433", "0x7f.1", "127.1", "localhost"] {
             let target = TargetAddr::Domain(name.into(), 9);
-            match connect_target(&p, &policy, &target, system_lookup).await {
+            match connect_target(&p, &policy, &dns(), &target, system_lookup).await {
                 Err(e) if e.status == OpenStatus::NOT_ALLOWED => {}
                 // A resolver that does not read these forms leaves nothing to connect to.
                 Err(e) if e.status == OpenStatus::HOST_UNREACHABLE => {
@@ -806,5 +942,98 @@ mod tests {
                 other => panic!("{name}: {other:?}"),
             }
         }
+    }
+
+    /// A resolver that never answers (a lookup stuck in getaddrinfo): at most
+    /// `max_dns_lookups` run at once, the opens past them are refused at the deadline with
+    /// `resource_limit`, the ones in a slot with `host_unreachable`, and the slots stay
+    /// taken until the stuck lookups really end.
+    #[tokio::test]
+    async fn dns_lookups_are_capped_and_bounded_in_time() {
+        let policy = ExitPolicy::default();
+        let p = params(&[]);
+        let dns = DnsLimit::new(2, Duration::from_millis(300));
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let stuck = |running: Arc<AtomicUsize>,
+                     most: Arc<AtomicUsize>,
+                     release: Arc<tokio::sync::Notify>| {
+            move |_: String, _: u16| async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                release.notified().await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, std::io::Error>(vec!["93.184.216.34:80".parse().unwrap()])
+            }
+        };
+        let t0 = tokio::time::Instant::now();
+        let mut opens = Vec::new();
+        for i in 0..6 {
+            let (p, policy, dns) = (p.clone(), policy.clone(), dns.clone());
+            let lookup = stuck(running.clone(), most.clone(), release.clone());
+            opens.push(tokio::spawn(async move {
+                let target = TargetAddr::Domain(format!("slow{i}.example"), 80);
+                connect_target(&p, &policy, &dns, &target, lookup)
+                    .await
+                    .map(|_| ())
+            }));
+        }
+        let mut statuses = Vec::new();
+        for o in opens {
+            // Unbounded lookups would hang here: fail instead.
+            let done = tokio::time::timeout(Duration::from_secs(5), o).await;
+            statuses.push(
+                done.expect("an open waited past its deadline")
+                    .unwrap()
+                    .unwrap_err(),
+            );
+        }
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        assert_eq!(most.load(Ordering::SeqCst), 2, "lookups at once");
+        let busy = statuses
+            .iter()
+            .filter(|f| f.status == OpenStatus::RESOURCE_LIMIT)
+            .count();
+        let slow = statuses
+            .iter()
+            .filter(|f| f.status == OpenStatus::HOST_UNREACHABLE)
+            .count();
+        assert_eq!((slow, busy), (2, 4), "{statuses:?}");
+        assert!(
+            statuses.iter().all(|f| !f.reason.contains("slow")),
+            "{statuses:?}"
+        );
+        // The two stuck lookups still hold their slots: a new open finds none...
+        let target = TargetAddr::Domain("next.example".into(), 80);
+        let calls = AtomicUsize::new(0);
+        let quick = scripted(&calls, vec![vec!["93.184.216.34:80".parse().unwrap()]]);
+        let e = connect_target(&p, &policy, &dns, &target, quick)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, OpenStatus::RESOURCE_LIMIT);
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        // ...until they end.
+        release.notify_waiters();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(running.load(Ordering::SeqCst), 0);
+        let calls = AtomicUsize::new(0);
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let good = l.local_addr().unwrap();
+        let _accepted = counting_listener(l);
+        let open = ExitPolicy {
+            allow_loopback: true,
+            ..ExitPolicy::default()
+        };
+        let quick = scripted(&calls, vec![vec![good]]);
+        let target = TargetAddr::Domain("next.example".into(), good.port());
+        connect_target(&p, &open, &dns, &target, quick)
+            .await
+            .unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

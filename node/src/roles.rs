@@ -111,6 +111,8 @@ pub fn gateway_params(c: &GatewayConfig, bind: SocketAddr) -> gateway::GatewayPa
             rules: c.exit.rules.clone(),
             // gateway::run adds the directory's node addresses.
             node_addrs: Default::default(),
+            // gateway::run reads the host's interfaces.
+            local_addrs: Default::default(),
         },
         hosts: c.hosts.clone(),
         reconnect_min: c.reconnect_min(),
@@ -125,5 +127,9 @@ pub fn gateway_params(c: &GatewayConfig, bind: SocketAddr) -> gateway::GatewayPa
         resume_budget: c.resume_budget(),
         open_replay_window_secs: c.open_replay_window_secs,
         open_replay_cache: c.open_replay_cache(),
+        max_dns_lookups: usize::try_from(c.max_dns_lookups).unwrap_or(usize::MAX),
+        dns_timeout: c.dns_timeout(),
+        local_addrs_refresh: c.local_addrs_refresh(),
+        log_destinations: c.log_destinations,
     }
 }

@@ -101,6 +101,10 @@ async fn start(handshake_timeout: Duration) -> Net {
         resume_budget: 1 << 30,
         open_replay_window_secs: 120,
         open_replay_cache: 1000,
+        max_dns_lookups: 64,
+        dns_timeout: Duration::from_secs(10),
+        local_addrs_refresh: Duration::from_secs(60),
+        log_destinations: false,
     };
     tokio::spawn(gateway::run(ctx, params));
     let link = tokio::time::timeout(Duration::from_secs(10), async {

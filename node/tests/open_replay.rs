@@ -108,6 +108,10 @@ async fn start_gateway(window_secs: u64, cache: usize) -> Net {
         resume_budget: 1 << 26,
         open_replay_window_secs: window_secs,
         open_replay_cache: cache,
+        max_dns_lookups: 64,
+        dns_timeout: Duration::from_secs(10),
+        local_addrs_refresh: Duration::from_secs(60),
+        log_destinations: false,
     };
     tokio::spawn(gateway::run(ctx, params));
     let conn = tokio::time::timeout(Duration::from_secs(10), async {

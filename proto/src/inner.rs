@@ -40,6 +40,7 @@ use crate::aead::{AeadAlgorithm, CellAead, RingAead, TAG_LEN};
 use crate::noise::{self, HandshakeError, NkInitiator, NkResponder, StaticKeypair};
 use crate::target::TargetAddr;
 use crate::wire::{Reader, WireError, Writer};
+use zeroize::Zeroizing;
 
 pub mod reliable;
 pub mod replay;
@@ -290,7 +291,9 @@ impl RecordOpener {
 pub struct StreamKeys {
     pub sealer: RecordSealer,
     pub opener: RecordOpener,
-    pub resume_key: [u8; 32],
+    /// Wiped on drop. (The record keys live inside ring's `LessSafeKey`, which we cannot
+    /// wipe; the raw bytes they were made from are wiped with the handshake's keys.)
+    pub resume_key: Zeroizing<[u8; 32]>,
 }
 
 fn stream_keys(send: &[u8; 32], recv: &[u8; 32], handshake_hash: &[u8; 32]) -> StreamKeys {
@@ -304,7 +307,10 @@ fn stream_keys(send: &[u8; 32], recv: &[u8; 32], handshake_hash: &[u8; 32]) -> S
             aead: RingAead::new(alg, recv),
             counter: 0,
         },
-        resume_key: noise::hmac256(handshake_hash, &[b"braid/1 inner resume key"]),
+        resume_key: Zeroizing::new(noise::hmac256(
+            handshake_hash,
+            &[b"braid/1 inner resume key"],
+        )),
     }
 }
 

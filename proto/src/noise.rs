@@ -15,6 +15,7 @@ use rand_core::CryptoRng;
 use ring::{aead, hmac};
 use thiserror::Error;
 use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::aead::TAG_LEN;
 
@@ -38,7 +39,9 @@ pub enum HandshakeError {
 }
 
 /// The keys a finished handshake yields, one per direction, plus the transcript hash
-/// (a session binding both sides agree on).
+/// (a session binding both sides agree on; the inner layer derives its resume key from
+/// it). Wiped on drop; a caller that copies a key out owns wiping its copy.
+#[derive(Zeroize, ZeroizeOnDrop)]
 pub struct TransportKeys {
     pub initiator_to_responder: [u8; 32],
     pub responder_to_initiator: [u8; 32],
@@ -51,7 +54,9 @@ impl std::fmt::Debug for TransportKeys {
     }
 }
 
-#[derive(Clone)]
+/// The chaining key, hash and cipher key are wiped on drop (every handshake state and
+/// every intermediate copy of it).
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
 struct SymmetricState {
     ck: [u8; 32],
     h: [u8; 32],
@@ -72,9 +77,9 @@ pub(crate) fn hmac256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 
 /// Noise's HKDF with two outputs.
 fn hkdf2(ck: &[u8; 32], ikm: &[u8]) -> ([u8; 32], [u8; 32]) {
-    let temp = hmac256(ck, &[ikm]);
-    let o1 = hmac256(&temp, &[&[1u8]]);
-    let o2 = hmac256(&temp, &[&o1, &[2u8]]);
+    let temp = Zeroizing::new(hmac256(ck, &[ikm]));
+    let o1 = hmac256(&temp[..], &[&[1u8]]);
+    let o2 = hmac256(&temp[..], &[&o1, &[2u8]]);
     (o1, o2)
 }
 
@@ -120,9 +125,11 @@ impl SymmetricState {
     }
 
     fn mix_key(&mut self, ikm: &[u8]) {
-        let (ck, k) = hkdf2(&self.ck, ikm);
-        self.ck = ck;
+        let (mut ck, mut k) = hkdf2(&self.ck, ikm);
+        self.ck.copy_from_slice(&ck);
         self.k = Some(k);
+        ck.zeroize();
+        k.zeroize();
         self.n = 0;
     }
 
@@ -173,18 +180,21 @@ impl SymmetricState {
     }
 }
 
-fn dh(secret: &StaticSecret, public: &[u8; 32]) -> Result<[u8; 32], HandshakeError> {
+fn dh(secret: &StaticSecret, public: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, HandshakeError> {
+    // `SharedSecret` wipes itself on drop; so does the copy returned.
     let shared = secret.diffie_hellman(&PublicKey::from(*public));
     if !shared.was_contributory() {
         return Err(HandshakeError::WeakKey);
     }
-    Ok(*shared.as_bytes())
+    Ok(Zeroizing::new(*shared.as_bytes()))
 }
 
 fn random_secret(rng: &mut impl CryptoRng) -> StaticSecret {
     let mut b = [0u8; 32];
     rng.fill_bytes(&mut b);
-    StaticSecret::from(b)
+    let secret = StaticSecret::from(b);
+    b.zeroize();
+    secret
 }
 
 /// A static X25519 key pair (a node's Noise identity).
@@ -195,8 +205,9 @@ pub struct StaticKeypair {
 }
 
 impl StaticKeypair {
-    pub fn from_secret(secret: [u8; 32]) -> Self {
-        let secret = StaticSecret::from(secret);
+    pub fn from_secret(mut bytes: [u8; 32]) -> Self {
+        let secret = StaticSecret::from(bytes);
+        bytes.zeroize();
         let public = PublicKey::from(&secret).to_bytes();
         StaticKeypair { secret, public }
     }
@@ -247,7 +258,7 @@ pub fn initiate(
     let mut msg = Vec::with_capacity(payload.len() + MESSAGE_OVERHEAD);
     msg.extend_from_slice(&e_pub);
     state.mix_hash(&e_pub);
-    state.mix_key(&dh(&e, responder_static)?);
+    state.mix_key(&dh(&e, responder_static)?[..]);
     state.encrypt_and_hash(payload, &mut msg);
     Ok((NkInitiator { state, e }, msg))
 }
@@ -261,7 +272,7 @@ impl NkInitiator {
         let mut re = [0u8; 32];
         re.copy_from_slice(&msg2[..DH_LEN]);
         self.state.mix_hash(&re);
-        self.state.mix_key(&dh(&self.e, &re)?);
+        self.state.mix_key(&dh(&self.e, &re)?[..]);
         let payload = self.state.decrypt_and_hash(&msg2[DH_LEN..])?;
         let (k1, k2) = self.state.split();
         Ok((
@@ -299,7 +310,7 @@ pub fn respond(
     let mut re = [0u8; 32];
     re.copy_from_slice(&msg1[..DH_LEN]);
     state.mix_hash(&re);
-    state.mix_key(&dh(&static_key.secret, &re)?);
+    state.mix_key(&dh(&static_key.secret, &re)?[..]);
     let payload = state.decrypt_and_hash(&msg1[DH_LEN..])?;
     Ok((NkResponder { state, re }, payload))
 }
@@ -319,7 +330,7 @@ impl NkResponder {
         let mut msg = Vec::with_capacity(payload.len() + MESSAGE_OVERHEAD);
         msg.extend_from_slice(&e_pub);
         self.state.mix_hash(&e_pub);
-        self.state.mix_key(&dh(&e, &self.re)?);
+        self.state.mix_key(&dh(&e, &self.re)?[..]);
         self.state.encrypt_and_hash(payload, &mut msg);
         let (k1, k2) = self.state.split();
         Ok((
@@ -341,6 +352,31 @@ pub fn epoch_key(base: &[u8; 32], label: &[u8], epoch: u32) -> [u8; 32] {
 
 #[cfg(test)]
 mod tests {
+    /// Derived key material is wiped when dropped. The drop itself cannot be observed from
+    /// safe code, so this checks at compile time that the types wipe on drop, and at run
+    /// time that wiping clears every byte.
+    #[test]
+    fn derived_keys_are_wiped_on_drop() {
+        fn wipes_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wipes_on_drop::<TransportKeys>();
+        wipes_on_drop::<SymmetricState>();
+        wipes_on_drop::<zeroize::Zeroizing<[u8; 32]>>();
+        let mut s = SymmetricState::new(b"p");
+        s.mix_key(b"ikm");
+        assert!(s.k.is_some() && s.ck != [0; 32]);
+        s.zeroize();
+        assert_eq!((s.ck, s.h, s.k, s.n), ([0; 32], [0; 32], None, 0));
+        let mut k = TransportKeys {
+            initiator_to_responder: [1; 32],
+            responder_to_initiator: [2; 32],
+            handshake_hash: [3; 32],
+        };
+        k.zeroize();
+        assert_eq!(k.initiator_to_responder, [0; 32]);
+        assert_eq!(k.responder_to_initiator, [0; 32]);
+        assert_eq!(k.handshake_hash, [0; 32]);
+    }
+
     use super::*;
     use rand_chacha::rand_core::SeedableRng;
     use rand_chacha::ChaCha20Rng;

@@ -78,19 +78,56 @@ impl TargetAddr {
     }
 }
 
+/// Redacted: `[redacted]:443`. Logs and `Debug` go through this, so a `%target` or
+/// `?request` in a log line never names a destination; [`TargetAddr::reveal`] is the
+/// explicit way to show it (the tap, or a node told to `log_destinations`). The port stays:
+/// it tells an operator what kind of service failed without saying which host.
 impl fmt::Display for TargetAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
+        write!(f, "[redacted]:{}", self.port())
+    }
+}
+
+impl fmt::Debug for TargetAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl TargetAddr {
+    /// The destination in full (`host:port`, IPv6 in brackets).
+    pub fn reveal(&self) -> Revealed<'_> {
+        Revealed(self)
+    }
+
+    /// For a log line: in full when `show` (the operator opted in), else redacted.
+    pub fn logged(&self, show: bool) -> Logged<'_> {
+        Logged(self, show)
+    }
+}
+
+/// [`TargetAddr::reveal`]: the destination in full.
+pub struct Revealed<'a>(&'a TargetAddr);
+
+impl fmt::Display for Revealed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
             TargetAddr::Ip(a) => write!(f, "{a}"),
             TargetAddr::Domain(d, p) => write!(f, "{d}:{p}"),
         }
     }
 }
 
-/// Targets are logged through [`Redacted`] unless a node is told to log destinations.
-impl fmt::Debug for TargetAddr {
+/// [`TargetAddr::logged`]: full or redacted.
+pub struct Logged<'a>(&'a TargetAddr, bool);
+
+impl fmt::Display for Logged<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
+        if self.1 {
+            self.0.reveal().fmt(f)
+        } else {
+            self.0.fmt(f)
+        }
     }
 }
 
@@ -116,6 +153,30 @@ mod tests {
                 .prop_map(|(o, p)| TargetAddr::Ip(SocketAddr::from((o, p)))),
             ("[a-z0-9.-]{1,255}", any::<u16>()).prop_map(|(d, p)| TargetAddr::Domain(d, p)),
         ]
+    }
+
+    #[test]
+    fn debug_and_display_redact_unless_revealed() {
+        let name = TargetAddr::Domain("secret-host.example".into(), 443);
+        let ip = TargetAddr::Ip("[2001:db8::7]:8080".parse().unwrap());
+        let req = Some(name.clone());
+        for shown in [
+            format!("{name}"),
+            format!("{name:?}"),
+            format!("{req:?}"),
+            format!("{ip} {ip:?}"),
+            name.logged(false).to_string(),
+        ] {
+            assert!(
+                !shown.contains("secret-host") && !shown.contains("2001:db8"),
+                "{shown}"
+            );
+            assert!(shown.contains("[redacted]:"), "{shown}");
+        }
+        assert_eq!(name.to_string(), "[redacted]:443");
+        assert_eq!(name.reveal().to_string(), "secret-host.example:443");
+        assert_eq!(ip.reveal().to_string(), "[2001:db8::7]:8080");
+        assert_eq!(name.logged(true).to_string(), "secret-host.example:443");
     }
 
     proptest! {

@@ -39,11 +39,23 @@ pub fn inside() -> bool {
 /// and passed, deletes the namespace (also on failure) and returns true: the caller
 /// returns. Inside the namespace, returns false: the caller runs the body.
 pub fn run_in_fresh_netns(test_name: &str) -> bool {
+    run_in_fresh_netns_with(test_name, None)
+}
+
+/// [`run_in_fresh_netns`], and inside the namespace `/etc/resolv.conf` reads
+/// `resolv_conf` when given (`ip netns exec` bind-mounts `/etc/netns/NAME/resolv.conf`
+/// over it), so the system resolver can be pointed at a server the test runs.
+pub fn run_in_fresh_netns_with(test_name: &str, resolv_conf: Option<&str>) -> bool {
     if inside() {
         return false;
     }
     preflight();
     let ns = Namespace::create();
+    if let Some(text) = resolv_conf {
+        let dir = ns.etc_dir();
+        std::fs::create_dir_all(&dir).expect("creating /etc/netns/NAME");
+        std::fs::write(dir.join("resolv.conf"), text).expect("writing the namespace's resolv.conf");
+    }
     let exe = std::env::current_exe().expect("the test binary's path");
     run_child(&ns.name, &exe, test_name);
     true
@@ -90,8 +102,16 @@ impl Namespace {
     }
 }
 
+impl Namespace {
+    /// `/etc/netns/NAME`: files here replace their `/etc` namesakes inside the namespace.
+    fn etc_dir(&self) -> PathBuf {
+        PathBuf::from("/etc/netns").join(&self.name)
+    }
+}
+
 impl Drop for Namespace {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.etc_dir());
         let out = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();

@@ -79,6 +79,26 @@ pub struct GatewayConfig {
     /// for the opens per `2 × open_replay_window_secs` the gateway must take.
     #[serde(default = "default_open_replay_cache")]
     pub open_replay_cache: u64,
+    /// Most name lookups the gateway runs at once (default 64; at least 1). Each system
+    /// lookup holds a thread until the resolver answers, so a client that opens streams to
+    /// names that never resolve must not take every thread: past the cap an open waits for
+    /// a free slot, within `dns_timeout_ms`. `[hosts]` names take no slot.
+    #[serde(default = "default_max_dns_lookups")]
+    pub max_dns_lookups: u32,
+    /// How long an open may wait for its name to resolve, the wait for a lookup slot
+    /// included (default 10000 ms). Past it the open is refused: SOCKS reply 04 when the
+    /// lookup itself was slow, 01 (`resource_limit`) when no slot came free. A lookup that
+    /// outlives it keeps its slot until the resolver returns.
+    #[serde(default = "default_dns_timeout_ms")]
+    pub dns_timeout_ms: u64,
+    /// How often the gateway re-reads its host's interface addresses, which its exit
+    /// refuses (default 60 s; they are read at start too).
+    #[serde(default = "default_local_addrs_refresh_secs")]
+    pub local_addrs_refresh_secs: u64,
+    /// Name destinations (host and port) in the gateway's log lines (default false: logs
+    /// show `[redacted]:PORT`).
+    #[serde(default)]
+    pub log_destinations: bool,
     /// Exit policy switches.
     #[serde(default)]
     pub exit: ExitConfig,
@@ -126,6 +146,18 @@ fn default_stream_idle_timeout_secs() -> u64 {
     3600
 }
 
+fn default_max_dns_lookups() -> u32 {
+    64
+}
+
+fn default_dns_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_local_addrs_refresh_secs() -> u64 {
+    60
+}
+
 fn default_reconnect_min_ms() -> u64 {
     200
 }
@@ -151,6 +183,10 @@ impl GatewayConfig {
             stream_idle_timeout_secs: default_stream_idle_timeout_secs(),
             open_replay_window_secs: default_open_replay_window_secs(),
             open_replay_cache: default_open_replay_cache(),
+            max_dns_lookups: default_max_dns_lookups(),
+            dns_timeout_ms: default_dns_timeout_ms(),
+            local_addrs_refresh_secs: default_local_addrs_refresh_secs(),
+            log_destinations: false,
             exit: ExitConfig::default(),
             hosts: BTreeMap::new(),
             node,
@@ -165,6 +201,16 @@ impl GatewayConfig {
     /// [`Self::link_idle_timeout_ms`] as a `Duration`.
     pub fn link_idle_timeout(&self) -> Duration {
         Duration::from_millis(self.link_idle_timeout_ms)
+    }
+
+    /// [`Self::dns_timeout_ms`] as a `Duration`.
+    pub fn dns_timeout(&self) -> Duration {
+        Duration::from_millis(self.dns_timeout_ms)
+    }
+
+    /// [`Self::local_addrs_refresh_secs`] as a `Duration`.
+    pub fn local_addrs_refresh(&self) -> Duration {
+        Duration::from_secs(self.local_addrs_refresh_secs)
     }
 
     /// [`Self::resume_grace_ms`] as a `Duration`.
@@ -231,6 +277,9 @@ impl GatewayConfig {
                 ("stream_idle_timeout_secs", self.stream_idle_timeout_secs),
                 ("open_replay_window_secs", self.open_replay_window_secs),
                 ("open_replay_cache", self.open_replay_cache),
+                ("max_dns_lookups", u64::from(self.max_dns_lookups)),
+                ("dns_timeout_ms", self.dns_timeout_ms),
+                ("local_addrs_refresh_secs", self.local_addrs_refresh_secs),
             ],
         )?;
         for (key, value, max) in [
@@ -331,6 +380,35 @@ mod tests {
         match crate::parse_node_config(&text, Path::new("/x/g.toml"), &env).unwrap() {
             NodeConfig::Gateway(g) => assert_eq!(g.open_replay_window_secs, 7),
             other => panic!("not a gateway: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn dns_and_local_address_keys_default_and_are_positive() {
+        let g = gateway("").unwrap();
+        assert_eq!(g.max_dns_lookups, 64);
+        assert_eq!(g.dns_timeout(), Duration::from_secs(10));
+        assert_eq!(g.local_addrs_refresh(), Duration::from_secs(60));
+        assert!(!g.log_destinations);
+        let top = |line: &str| {
+            let text = format!("{line}\n{GATEWAY}");
+            crate::parse_node_config(&text, Path::new("/x/g.toml"), &crate::no_env)
+        };
+        match top("max_dns_lookups = 2\ndns_timeout_ms = 1500\nlog_destinations = true").unwrap() {
+            NodeConfig::Gateway(g) => {
+                assert_eq!(g.max_dns_lookups, 2);
+                assert_eq!(g.dns_timeout_ms, 1500);
+                assert!(g.log_destinations);
+            }
+            other => panic!("not a gateway: {other:?}"),
+        }
+        for key in [
+            "max_dns_lookups",
+            "dns_timeout_ms",
+            "local_addrs_refresh_secs",
+        ] {
+            let e = top(&format!("{key} = 0")).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
         }
     }
 

@@ -23,6 +23,7 @@ use std::collections::VecDeque;
 use super::{first, frame_message, InnerError, Record, RecordOpener, RecordSealer, StreamKeys};
 use crate::noise::hmac256;
 use crate::wire::{Reader, WireError};
+use zeroize::Zeroizing;
 
 /// An end acknowledges after opening this many records without saying so (and at once on a
 /// half-close). With records of at most 16 KiB, unacknowledged bytes stay far below any
@@ -105,7 +106,8 @@ pub enum Delivery {
 pub struct ReliableStream {
     sealer: RecordSealer,
     opener: RecordOpener,
-    resume_key: [u8; 32],
+    /// Authenticates resumes; wiped on drop.
+    resume_key: Zeroizing<[u8; 32]>,
     /// Successful moves so far; the next resume uses id `epoch + 1`.
     epoch: u64,
     /// Sealed, framed records the peer has not acknowledged, oldest first.
@@ -261,7 +263,7 @@ impl ReliableStream {
     }
 
     fn id(&self, epoch: u64) -> [u8; ID_LEN] {
-        let full = hmac256(&self.resume_key, &[b"id", &epoch.to_be_bytes()]);
+        let full = hmac256(&self.resume_key[..], &[b"id", &epoch.to_be_bytes()]);
         let mut id = [0u8; ID_LEN];
         id.copy_from_slice(&full[..ID_LEN]);
         id

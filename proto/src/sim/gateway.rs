@@ -43,7 +43,7 @@ impl Gateway {
                 while let Some(msg) = st.decoder.next_message().unwrap() {
                     let Some(opener) = st.opener.as_mut() else {
                         let (open, req) = inner::gateway_accept(&self.key, &msg).unwrap();
-                        self.log.add(req.target.to_string().as_bytes());
+                        self.log.add(req.target.reveal().to_string().as_bytes());
                         self.log.add(&req.early_data);
                         st.received.extend_from_slice(&req.early_data);
                         let body = self.sites.get(&req.target).expect("known target").clone();

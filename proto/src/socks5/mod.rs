@@ -33,7 +33,7 @@
 //!     }
 //! };
 //! assert_eq!(to_client, [5, 0]);
-//! assert_eq!(request.target.to_string(), "127.0.0.1:80");
+//! assert_eq!(request.target.reveal().to_string(), "127.0.0.1:80");
 //! assert_eq!(early, b"hi");
 //! // Now connect, then answer with `socks5::reply(ReplyCode::SUCCEEDED, Some(bound))`.
 //! ```
