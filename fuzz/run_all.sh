@@ -3,13 +3,13 @@
 # (default 600), seeded from seeds/<target> and growing corpus/<target>.
 # Logs go to logs/<target>.log; the final `stat::` lines are printed at the end.
 #
-#   fuzz/run_all.sh            # 6 targets x 10 minutes
+#   fuzz/run_all.sh            # 8 targets x 10 minutes
 #   fuzz/run_all.sh 60 socks5  # one target for a minute
 set -u
 cd "$(dirname "$0")/.."
 secs=${1:-600}
 shift || true
-targets=${*:-cell record handshake socks5 config envelope}
+targets=${*:-cell record handshake socks5 config envelope resume admission}
 mkdir -p fuzz/logs
 export RUSTC_BOOTSTRAP=1
 cargo fuzz build || exit 1
