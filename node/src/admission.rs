@@ -1,14 +1,11 @@
 //! Session admission at the central, before any public-key work: Hellos wait in one bounded
 //! queue per upstream link, served round-robin across links (so one upstream's flood takes
 //! only its share), highest proof-of-work effort first within a link (so a client whose
-//! Hello went unanswered gets ahead of a flood by trying again with more effort). A replay
-//! cache refuses a Hello seen before; Hellos carry their time, so the cache only has to
-//! remember the replay window.
+//! Hello went unanswered gets ahead of a flood by trying again with more effort). Replays
+//! are refused by `braid_proto::replay::ReplayCache`, the one the gateway uses for opens.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use braid_proto::cell::SessionId;
 use braid_proto::session::HelloTicket;
 
 /// A Hello waiting for the handshake workers.
@@ -94,60 +91,16 @@ impl HelloQueues {
     }
 }
 
-/// The ids of Hellos answered lately, in two generations of `period` each: an id stays
-/// known for at least `period` after it was added. With `period` twice the Hello time
-/// window, a replay is refused for as long as its Hello's time would pass. Each generation
-/// holds at most `cap` ids; a full cache refuses new sessions rather than grow.
-#[derive(Debug)]
-pub struct ReplayCache {
-    cap: usize,
-    period: Duration,
-    current: HashSet<SessionId>,
-    previous: HashSet<SessionId>,
-    rotated: Instant,
-}
-
-impl ReplayCache {
-    pub fn new(cap: usize, period: Duration, now: Instant) -> Self {
-        ReplayCache {
-            cap: cap.max(1),
-            period,
-            current: HashSet::new(),
-            previous: HashSet::new(),
-            rotated: now,
-        }
-    }
-
-    fn rotate(&mut self, now: Instant) {
-        if now.saturating_duration_since(self.rotated) >= self.period {
-            self.previous = std::mem::take(&mut self.current);
-            self.rotated = now;
-        }
-    }
-
-    pub fn seen(&mut self, id: &SessionId, now: Instant) -> bool {
-        self.rotate(now);
-        self.current.contains(id) || self.previous.contains(id)
-    }
-
-    /// Remembers `id`; false if it was known or the cache is full (refuse the session).
-    pub fn insert(&mut self, id: SessionId, now: Instant) -> bool {
-        self.rotate(now);
-        if self.previous.contains(&id) || self.current.len() >= self.cap {
-            return false;
-        }
-        self.current.insert(id)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use braid_proto::cell::SessionId;
 
     fn hello(effort: u8, tag: u8) -> QueuedHello {
         QueuedHello {
             ticket: HelloTicket {
                 id: SessionId([tag; 16]),
+                ephemeral: [tag; 32],
                 effort,
             },
             cell: vec![tag],
@@ -183,22 +136,5 @@ mod tests {
         assert_eq!(q.push(2, hello(0, 5)), Queued::Waiting);
         assert_eq!(q.len(), 3);
         assert_eq!(tags(&mut q), [4, 5, 1]);
-    }
-
-    #[test]
-    fn a_replay_is_refused_for_at_least_a_period_and_the_cache_is_capped() {
-        let t0 = Instant::now();
-        let p = Duration::from_secs(10);
-        let mut c = ReplayCache::new(2, p, t0);
-        let (a, b, d) = (SessionId([1; 16]), SessionId([2; 16]), SessionId([3; 16]));
-        assert!(c.insert(a, t0));
-        assert!(!c.insert(a, t0), "a replay");
-        assert!(c.seen(&a, t0 + Duration::from_secs(9)));
-        assert!(c.insert(b, t0));
-        assert!(!c.insert(d, t0), "full");
-        // One rotation later a is still known; two later it is forgotten.
-        assert!(c.seen(&a, t0 + Duration::from_secs(15)));
-        assert!(c.insert(d, t0 + Duration::from_secs(15)));
-        assert!(!c.seen(&a, t0 + Duration::from_secs(26)));
     }
 }

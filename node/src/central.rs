@@ -27,11 +27,12 @@ use braid_driver::session_task::{
 };
 use braid_proto::rate::TokenBucket;
 
-use crate::admission::{HelloQueues, Queued, QueuedHello, ReplayCache};
+use crate::admission::{HelloQueues, Queued, QueuedHello};
 use crate::stall::StallBudget;
 use braid_driver::stream::{StreamError, StreamReceiver, StreamSender};
 use braid_driver::tap::{tap, TapPoint};
 use braid_driver::{publish_link, Link};
+use braid_proto::replay::ReplayCache;
 use braid_proto::session::HelloClock;
 
 pub struct CentralParams {
@@ -157,9 +158,9 @@ pub async fn run(ctx: NodeContext, params: CentralParams) -> anyhow::Result<()> 
         hellos: Mutex::new(HelloQueues::new(params.admission.queue_per_link)),
         hello_ready: tokio::sync::Notify::new(),
         replay: Mutex::new(ReplayCache::new(
+            params.admission.hello_window.as_secs(),
             params.admission.replay_cache,
-            params.admission.hello_window * 2,
-            std::time::Instant::now(),
+            braid_driver::unix_now(),
         )),
         half_open: Mutex::default(),
         params,
@@ -291,11 +292,10 @@ fn dispatch(shared: &Arc<Shared>, link: u64, cell: Vec<u8>) {
             return;
         }
     };
-    let now = std::time::Instant::now();
     if shared
         .replay
         .lock()
-        .map_or(true, |mut r| r.seen(&ticket.id, now))
+        .map_or(true, |r| r.seen(&ticket.ephemeral))
     {
         Metrics::inc(&shared.ctx.metrics.hellos_refused);
         return;
@@ -335,8 +335,9 @@ async fn admit(shared: Arc<Shared>) {
 fn admit_one(shared: &Arc<Shared>, hello: QueuedHello) {
     let id = hello.ticket.id;
     let now = tokio::time::Instant::now().into_std();
+    let unix_now = braid_driver::unix_now();
     let clock = HelloClock {
-        unix_secs: braid_driver::unix_now(),
+        unix_secs: unix_now,
         window_secs: shared.params.admission.hello_window.as_secs(),
     };
     let accepted = match session::accept(
@@ -356,10 +357,11 @@ fn admit_one(shared: &Arc<Shared>, hello: QueuedHello) {
     };
     // Only an authenticated Hello is remembered: a forged one with a copied key must not
     // block the real client's.
+    // `accept` checked the Hello's time against the same window.
     if !shared
         .replay
         .lock()
-        .is_ok_and(|mut r| r.insert(id, std::time::Instant::now()))
+        .is_ok_and(|mut r| r.admit(hello.ticket.ephemeral, unix_now, unix_now).is_ok())
     {
         Metrics::inc(&shared.ctx.metrics.hellos_refused);
         return;

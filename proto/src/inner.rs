@@ -28,7 +28,7 @@
 //!
 //! The open is 0-RTT (sealed to the gateway's static key only), so a carrier could replay
 //! it; `sent_at` and the client's ephemeral key ([`GatewayOpen::replay_key`]) let the
-//! gateway refuse a replay ([`replay::ReplayCache`]).
+//! gateway refuse a replay ([`crate::replay::ReplayCache`]).
 //!
 //! Records are acknowledged (an `Ack` record carries how many records its sender has
 //! opened) and kept sealed until then, so a stream can move to a new carrier when its
@@ -43,9 +43,8 @@ use crate::wire::{Reader, WireError, Writer};
 use zeroize::Zeroizing;
 
 pub mod reliable;
-pub mod replay;
+pub use crate::replay::{ReplayCache, ReplayRefusal};
 pub use reliable::{ReliableStream, ResumeRequest};
-pub use replay::{ReplayCache, ReplayRefusal};
 
 /// The plaintext sizes a record is padded to. Measured on bulk transfers (the pump fills a
 /// record with whatever its application has ready, so bulk records are full) and

@@ -12,6 +12,7 @@ pub mod noise;
 mod open_enum;
 pub mod rate;
 pub mod reason;
+pub mod replay;
 pub mod session;
 #[cfg(feature = "test-util")]
 pub mod sim;

@@ -77,7 +77,7 @@ pub struct CentralConfig {
     /// A Hello is remembered for twice this long, so that its replay is refused.
     #[serde(default = "default_hello_window_secs")]
     pub hello_window_secs: u64,
-    /// Hellos remembered per generation (two generations; default 262144, 24 bytes each);
+    /// Hello keys remembered per generation (two generations; default 262144, ~70 bytes each);
     /// when full, new sessions are refused until the older generation expires.
     #[serde(default = "default_hello_replay_cache")]
     pub hello_replay_cache: u32,

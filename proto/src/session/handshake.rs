@@ -102,6 +102,8 @@ fn solve_pow(id: SessionId, effort: u8) -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HelloTicket {
     pub id: SessionId,
+    /// The client's ephemeral key: what the replay cache remembers.
+    pub ephemeral: [u8; 32],
     pub effort: u8,
 }
 
@@ -126,12 +128,16 @@ pub fn check_hello(cfg: &SessionConfig, cell: &[u8]) -> Result<HelloTicket, Sess
     if h.epoch != 0 || h.seq != 0 || r.rest().iter().any(|b| *b != 0) {
         return Err(SessionError::NotCanonical);
     }
-    let ephemeral = msg.get(..32).ok_or(WireError::Truncated)?;
-    if session_id_of(ephemeral) != h.session {
+    let ephemeral: [u8; 32] = msg
+        .get(..32)
+        .and_then(|e| e.try_into().ok())
+        .ok_or(WireError::Truncated)?;
+    if session_id_of(&ephemeral) != h.session {
         return Err(SessionError::ForeignId);
     }
     Ok(HelloTicket {
         id: h.session,
+        ephemeral,
         effort: pow_effort(h.session, nonce),
     })
 }

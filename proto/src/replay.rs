@@ -1,8 +1,8 @@
-//! The gateway's defence against replayed opens. An open is 0-RTT: sealed to the gateway's
-//! static key, so a carrier that recorded one could send it again and watch what the
-//! gateway does (the target it connects to, the sizes that come back). Each open carries
-//! the time it was sent and a fresh ephemeral key (both authenticated by the handshake),
-//! so the gateway refuses:
+//! The one replay cache, for handshakes a carrier could record and send again: the
+//! gateway's 0-RTT opens (sealed to its static key, so a central that recorded one could
+//! watch what the gateway does with it again) and the central's Hellos (an upstream could
+//! replay a client's). Each carries the time it was sent and a fresh ephemeral key (both
+//! authenticated by the handshake), so the receiver refuses:
 //! - an open whose `sent_at` is more than `window` seconds from its own clock;
 //! - an open whose ephemeral key it has seen within the window.
 //!
@@ -53,6 +53,12 @@ impl ReplayCache {
             previous: HashSet::new(),
             rotated_at: now,
         }
+    }
+
+    /// Whether `key` was admitted lately: a cheap check before the handshake's public-key
+    /// work (the handshake then authenticates the time, and [`Self::admit`] decides).
+    pub fn seen(&self, key: &[u8; 32]) -> bool {
+        self.current.contains(key) || self.previous.contains(key)
     }
 
     /// Keys held now, over both generations.
