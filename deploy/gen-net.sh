@@ -32,6 +32,11 @@
 #   --origin-port PORT  compose only: the one port of the bridge's host side (PREFIX.1)
 #                       the gateway may reach, where deploy/test-compose.sh serves its
 #                       test file (default 18080)
+#   --operator OPDIR    a closed, signed network: the operator folder OPDIR (made with
+#                       `braid-node operator init` if it has no key) signs the directory
+#                       (version = now in Unix seconds, so a regenerated network is newer),
+#                       every node and the client pin its key (`directory_key`), and the
+#                       client gets a credential (user `client`, in client/client.cred)
 #   --force             replace an existing DIR (its identities are lost)
 #
 # Output (DIR holds private keys: keep it out of git; deploy/.gitignore covers deploy/net/):
@@ -47,7 +52,7 @@ die() { echo "gen-net.sh: $*" >&2; exit 1; }
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 
-out="" compose="" inventory="" bin="" bind=any force=0
+out="" compose="" inventory="" bin="" bind=any force=0 operator=""
 n_up=2 n_central=1 n_down=2 n_relay=1 n_gw=1 counts_given=0
 cell_size=8192 mix_ms=25.0 drain_secs=30 socks=127.0.0.1:1080 origin_port=18080
 
@@ -69,8 +74,9 @@ while [ $# -gt 0 ]; do
         --drain-secs) need "$@"; drain_secs=$2; shift ;;
         --socks) need "$@"; socks=$2; shift ;;
         --origin-port) need "$@"; origin_port=$2; shift ;;
+        --operator) need "$@"; operator=$2; shift ;;
         --force) force=1 ;;
-        -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,46p' "$0"; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
     shift
@@ -212,6 +218,21 @@ for i in "${!ids[@]}"; do
     } >>"$dir"
 done
 
+# A closed network: the operator signs the directory and issues the client's credential.
+pin=""
+if [ -n "$operator" ]; then
+    if [ ! -f "$operator/operator.key" ]; then
+        "$bin" operator --dir "$operator" init >/dev/null || die "braid-node operator init failed"
+    fi
+    signed=$("$bin" directory --dir "$operator" sign "$dir" --version "$(date +%s)") \
+        || die "signing the directory failed"
+    pin=$(sed -n 's/.*signed by \([0-9a-f]\{64\}\)$/\1/p' <<<"$signed")
+    [ ${#pin} = 64 ] || die "unexpected output of directory sign: $signed"
+    cred=$("$bin" user --dir "$operator" add client 2>/dev/null \
+        || "$bin" user --dir "$operator" renew client) || die "issuing the client's credential failed"
+    install -m 600 "$cred" "$out/client/client.cred"
+fi
+
 for i in "${!ids[@]}"; do
     id=${ids[$i]} role=${roles[$i]} host=${hosts[$i]} port=${ports[$i]}
     nd="$out/$id"
@@ -250,6 +271,7 @@ for i in "${!ids[@]}"; do
         echo "id = \"$id\""
         echo "directory = \"directory.toml\""
         echo "identity = \"keys\""
+        if [ -n "$pin" ]; then echo "directory_key = \"$pin\""; fi
         echo "admin = \"$admin\""
         echo "log = \"text\""
         echo "drain_timeout_secs = $drain_secs"
@@ -290,6 +312,9 @@ scheduler = "round-robin"
 window_cells = 1024
 log = "text"
 EOF
+if [ -n "$pin" ]; then
+    printf 'directory_key = "%s"\ncredential = "client.cred"\n' "$pin" >>"$out/client/client.toml"
+fi
 chmod 644 "$dir" "$out/client/client.toml" "$out/client/directory.toml"
 chmod 755 "$out" "$out/client"
 

@@ -58,6 +58,8 @@ pub struct DemoOptions {
     pub keepalive: Duration,
     pub peer_timeout: Duration,
     pub session_wait: Duration,
+    /// The client's `session_lifetime_secs`.
+    pub session_lifetime: Duration,
     /// How long a stream whose central died may resume (the client's and the gateway's
     /// `resume_grace_ms`).
     pub resume_grace: Duration,
@@ -75,6 +77,9 @@ pub struct DemoOptions {
     pub log_destinations: bool,
     /// Changes the gateways' config after the demo's settings (DNS limits, refresh...).
     pub tune_gateway: Option<TuneGateway>,
+    /// A user name: the demo makes an operator key (first hops then want credentials) and
+    /// a credential for this user, which the client presents. None: an open network.
+    pub user: Option<String>,
 }
 
 impl Default for DemoOptions {
@@ -97,6 +102,7 @@ impl Default for DemoOptions {
             keepalive: client_defaults.keepalive(),
             peer_timeout: client_defaults.peer_timeout(),
             session_wait: client_defaults.session_wait(),
+            session_lifetime: client_defaults.session_lifetime(),
             resume_grace: client_defaults.resume_grace(),
             central_idle_timeout: Duration::from_secs(60),
             gateway: None,
@@ -107,6 +113,7 @@ impl Default for DemoOptions {
             },
             central_rest: client_defaults.central_rest(),
             log_destinations: false,
+            user: None,
             tune_gateway: None,
         }
     }
@@ -128,6 +135,9 @@ pub struct Demo {
     pub directory: Arc<Directory>,
     pub nodes: Vec<DemoNode>,
     pub client: ClientHandle,
+    /// With `DemoOptions::user`: the user's public key (tests look for it in what nodes
+    /// see).
+    pub user_key: Option<[u8; 32]>,
     shutdown: CancellationToken,
     socks_task: JoinHandle<()>,
 }
@@ -170,7 +180,42 @@ impl Demo {
             ));
             idents.push((id.clone(), *role, addr, identity));
         }
-        let directory = Arc::new(Directory::validated(opts.cell_size as u32, entries)?);
+        let mut directory = Directory::validated(opts.cell_size as u32, entries)?;
+        // With a user: an operator key in the directory, and the user's credential.
+        let mut user_key = None;
+        let credential = match &opts.user {
+            Some(name) => {
+                use braid_proto::credential::{Credential, LimitsPass, SigningKey, UserLimits};
+                let operator = SigningKey::generate(&mut rng);
+                let user = SigningKey::generate(&mut rng);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_secs();
+                let mut id = [0u8; 16];
+                rand::RngCore::fill_bytes(&mut rng, &mut id);
+                let credential = Credential {
+                    id,
+                    name: name.clone(),
+                    user_key: user.public(),
+                    not_before: now.saturating_sub(60),
+                    not_after: now + 30 * 24 * 3600,
+                    limits: UserLimits::default(),
+                };
+                let bytes = credential.issue(&operator)?;
+                let pass = LimitsPass::for_credential(&credential).issue(&operator);
+                // The demo signs its own directory, as an operator does.
+                directory.version = 1;
+                directory.sign(&operator);
+                user_key = Some(user.public());
+                Some(Arc::new(crate::first_hop::Presenter::new(
+                    bytes,
+                    user.seed(),
+                    pass,
+                )))
+            }
+            None => None,
+        };
+        let directory = Arc::new(directory);
         let shutdown = CancellationToken::new();
         let mut nodes = Vec::new();
         for (id, role, addr, identity) in idents {
@@ -184,6 +229,7 @@ impl Demo {
                 tap: opts.tap.clone(),
                 drain: stop.clone(),
                 shutdown: stop.clone(),
+                reloaded: tokio::sync::watch::channel(None).1,
             };
             let dial_bind = SocketAddr::new(addr.ip(), 0);
             // The same config types and mapping as `braid-node`, with the demo's settings.
@@ -261,12 +307,14 @@ impl Demo {
             keepalive: opts.keepalive,
             peer_timeout: opts.peer_timeout,
             session_wait: opts.session_wait,
+            session_lifetime: opts.session_lifetime,
             resume_grace: opts.resume_grace,
             resume_buffer: ClientConfig::with_directory("<demo>").resume_buffer(),
             resume_budget: ClientConfig::with_directory("<demo>").resume_budget(),
             gateway_choice: opts.gateway_choice,
             central_rest: opts.central_rest,
             log_destinations: opts.log_destinations,
+            credential,
             shutdown: shutdown.child_token(),
         })
         .await?;
@@ -293,6 +341,7 @@ impl Demo {
             directory,
             nodes,
             client,
+            user_key,
             shutdown,
             socks_task,
         })

@@ -41,6 +41,8 @@ pub enum OpenFailure {
     SessionGone,
     #[error("no session with the central (one is being opened)")]
     NoSession,
+    #[error("{0}")]
+    UserRefused(String),
     #[error("no gateway for the stream: {0}")]
     NoGateway(#[from] NoGateway),
 }
@@ -56,6 +58,7 @@ impl OpenFailure {
             OpenFailure::TimedOut(_) => Reason::TIMED_OUT,
             OpenFailure::BadAnswer(_) => Reason::PROTOCOL_ERROR,
             OpenFailure::SessionGone | OpenFailure::NoSession => Reason::SESSION_CLOSED,
+            OpenFailure::UserRefused(_) => Reason::NOT_ALLOWED,
             OpenFailure::NoGateway(e) => e.reason(),
         }
     }
@@ -83,6 +86,10 @@ pub async fn open(
     pinned: Option<&str>,
     early_data: Vec<u8>,
 ) -> Result<OpenedStream, OpenFailure> {
+    // Every upstream refused this user: no stream can work, say so at once.
+    if let Some(line) = h.refused() {
+        return Err(OpenFailure::UserRefused(line));
+    }
     // While a new session is being opened, wait for it (a bounded time).
     if !h.wait_for_session().await {
         return Err(OpenFailure::NoSession);

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod first_hop;
 pub mod gateways;
 pub mod inner_stream;
 pub mod overlay;

@@ -107,7 +107,7 @@ fn main() -> anyhow::Result<()> {
                     "--upstreams, --downstreams and --relays must each be at least 1"
                 );
                 anyhow::ensure!(mix_ms >= 0.0 && mix_ms.is_finite(), "--mix-ms must be >= 0");
-                braid_driver::logs::init_logs(LogFormat::Text);
+                braid_driver::logs::init_logs(LogFormat::Text, None);
                 demo(DemoOptions {
                     socks,
                     admin: Some(admin),
@@ -120,6 +120,9 @@ fn main() -> anyhow::Result<()> {
                     cell_size,
                     mix_delay: Duration::from_secs_f64(mix_ms / 1000.0),
                     scheduler,
+                    // The demo runs as a network with an operator key: first hops check
+                    // the demo user's credential.
+                    user: Some("demo".into()),
                     ..DemoOptions::default()
                 })
                 .await
@@ -152,7 +155,7 @@ async fn demo(opts: DemoOptions) -> anyhow::Result<()> {
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     let cfg = braid_config::load_client_config(&path)?;
     // Logging starts once the config has said in which format.
-    braid_driver::logs::init_logs(cfg.log);
+    braid_driver::logs::init_logs(cfg.log, None);
     // Each SOCKS5 connection is a socket (and a stream through the overlay).
     braid_driver::fd_limit::raise_for("max_connections", u64::from(cfg.max_connections));
     let limits = SocksLimits {
@@ -168,7 +171,16 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
             ),
         },
     };
-    let directory = Arc::new(braid_config::load_directory(&cfg.directory)?);
+    // The newest directory version taken is kept beside the directory file (best effort:
+    // a read-only folder keeps none), so an older one is refused after a restart too.
+    let mut version_file = cfg.directory.clone().into_os_string();
+    version_file.push(".version");
+    let directory = Arc::new(braid_config::load_trusted_directory(
+        &cfg.directory,
+        cfg.directory_key.as_ref(),
+        Some(std::path::Path::new(&version_file)),
+        braid_driver::unix_now(),
+    )?);
     // Bound first: a port in use stops the client before it dials anything.
     let admin = braid_client::status::bind(cfg.admin).await?;
     let shutdown = CancellationToken::new();
@@ -183,6 +195,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         keepalive: cfg.keepalive(),
         peer_timeout: cfg.peer_timeout(),
         session_wait: cfg.session_wait(),
+        session_lifetime: cfg.session_lifetime(),
         resume_grace: cfg.resume_grace(),
         resume_buffer: cfg.resume_buffer(),
         resume_budget: cfg.resume_budget(),
@@ -193,6 +206,17 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         },
         central_rest: cfg.central_rest(),
         log_destinations: cfg.log_destinations,
+        credential: match &cfg.credential {
+            Some(path) => {
+                let c = braid_config::load_credential(path)?;
+                Some(Arc::new(braid_client::first_hop::Presenter::new(
+                    c.bytes,
+                    &c.secret,
+                    c.limits_pass,
+                )))
+            }
+            None => None,
+        },
         shutdown: shutdown.clone(),
     })
     .await?;

@@ -17,15 +17,17 @@ use braid_driver::{
     StatusReader,
 };
 use braid_net::{read_frame, write_frame};
-use braid_proto::cell::{CellHeader, CellKind};
+use braid_proto::cell::{self, CellKind};
 use braid_proto::envelope::{MailboxSecret, Registration, Route};
 use braid_proto::frame::Mailbox;
 use braid_proto::session::{PendingSession, Session, SessionConfig, SessionHello};
 use rand::seq::IndexedRandom;
+use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::first_hop::{present, Presenter, Refusals};
 use crate::gateways::{ChoicePolicy, Gateway, Gateways};
 use crate::resting::Resting;
 
@@ -47,6 +49,8 @@ pub struct ClientParams {
     pub peer_timeout: Duration,
     /// How long a new stream waits for a session while none is open.
     pub session_wait: Duration,
+    /// A session is replaced after about this long (±10%); its streams resume on the next.
+    pub session_lifetime: Duration,
     /// How long a stream whose carrier died keeps trying to resume.
     pub resume_grace: Duration,
     /// Sealed bytes a stream keeps until the gateway acknowledges them.
@@ -59,6 +63,9 @@ pub struct ClientParams {
     pub central_rest: Duration,
     /// Log lines name destinations (off: `[redacted]:PORT`).
     pub log_destinations: bool,
+    /// The user's credential, presented at first hops when the directory has an operator
+    /// key.
+    pub credential: Option<Arc<Presenter>>,
     pub shutdown: CancellationToken,
 }
 
@@ -84,9 +91,16 @@ pub struct ClientHandle {
     pub status: StatusReader,
     /// Log lines name destinations (off: `[redacted]:PORT`).
     pub log_destinations: bool,
+    /// "upstream-1 refused: credential revoked" while every upstream refuses this user.
+    refused: watch::Receiver<Option<String>>,
 }
 
 impl ClientHandle {
+    /// Why every upstream refuses this user, if they all do.
+    pub fn refused(&self) -> Option<String> {
+        self.refused.borrow().clone()
+    }
+
     /// Waits until a session is open, at most `session_wait`; false if none opened.
     pub async fn wait_for_session(&self) -> bool {
         let mut up = self.session_central.clone();
@@ -138,6 +152,21 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
         .collect();
     let ep = braid_net::client_endpoint(p.bind, None)?;
     let metrics = Arc::new(Metrics::default());
+    // A network with an operator key wants a credential at every first hop; without one
+    // the client presents nothing, and each says so.
+    let presenter = dir.operator_key.map(|_| {
+        p.credential
+            .clone()
+            .unwrap_or_else(|| Arc::new(Presenter::none()))
+    });
+    if presenter
+        .as_ref()
+        .is_some_and(|p| p.has_credential() && p.limits_pass().is_empty())
+    {
+        // The central of such a network answers no Hello without a pass.
+        warn!("the credential file has no limits_pass, which this network's centrals want: renew the credential (braid-node user renew)");
+    }
+    let refusals = Refusals::new(dir.nodes_with_role(Role::Upstream).count());
     let node = "client".to_string();
 
     // Relay links first, so the central's Welcome has somewhere to land. Each session's
@@ -159,6 +188,7 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
             cell_size,
             p.shutdown.clone(),
             metrics.clone(),
+            (presenter.clone(), refusals.clone()),
         ));
     }
     // Upstream links publish themselves, once per central (a stream routed to it), in that
@@ -189,6 +219,7 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
             routes.clone(),
             p.shutdown.clone(),
             p.tap.clone(),
+            (presenter.clone(), refusals.clone()),
         ));
     }
 
@@ -207,15 +238,25 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
         relays,
         secrets,
         live_boxes,
+        limits_pass: presenter
+            .as_ref()
+            .map(|p| p.limits_pass().to_vec())
+            .unwrap_or_default(),
     };
-    // The first session must open within 30 s (the caller learns of a dead overlay at once).
-    let session = tokio::time::timeout(FIRST_SESSION_DEADLINE, opener.open(&mut cells_rx))
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "no answer from the central within {FIRST_SESSION_DEADLINE:?} (are the upstreams and relays up?)"
-            )
-        })??;
+    // The first session must open within 30 s (the caller learns of a dead overlay at once),
+    // and the caller learns at once when every upstream refuses the user.
+    let mut refused = refusals.every_upstream();
+    let session = tokio::select! {
+        s = tokio::time::timeout(FIRST_SESSION_DEADLINE, opener.open(&mut cells_rx)) => s
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no answer from the central within {FIRST_SESSION_DEADLINE:?} (are the upstreams and relays up?)"
+                )
+            })??,
+        Ok(line) = refused.wait_for(Option::is_some) => {
+            anyhow::bail!("{}", line.clone().unwrap_or_default())
+        }
+    };
     let (up_tx, up_rx) = watch::channel(Some(opener.centrals[session.1].entry.id.clone()));
     let next_stream = Arc::new(AtomicU32::new(1));
     let (status, status_reader) = status_channel();
@@ -232,8 +273,10 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
         resend_budget: Arc::new(braid_driver::pump::ResendBudget::new(p.resume_budget)),
         status: status_reader,
         log_destinations: p.log_destinations,
+        refused: refusals.every_upstream(),
     };
     tokio::spawn(supervise(Supervisor {
+        session_lifetime: p.session_lifetime,
         next_stream,
         opener,
         first: session,
@@ -245,6 +288,7 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
         cmd_rx,
         up: up_tx,
         status,
+        pace: presenter.as_ref().and_then(|p| p.rate()),
         shutdown: p.shutdown,
     }));
     Ok(handle)
@@ -300,6 +344,8 @@ struct Opener {
     secrets: Arc<watch::Sender<MailboxSecrets>>,
     /// The mailboxes of this session registered at a relay now (by relay id).
     live_boxes: Arc<Mutex<HashMap<String, Mailbox>>>,
+    /// The user's limits pass, shown to each central in the Hello.
+    limits_pass: Vec<u8>,
 }
 
 impl Opener {
@@ -359,6 +405,7 @@ impl Opener {
         let hello = SessionHello {
             window_cells: self.cfg.window_cells as u32,
             mailboxes: self.fresh_mailboxes(),
+            limits_pass: self.limits_pass.clone(),
         };
         // Every Hello is new (a central answers a Hello once; a copy is a replay), with more
         // proof of work each time it goes unanswered (a central under a flood serves the
@@ -419,16 +466,19 @@ impl Opener {
                     _ = &mut wait => break,
                     cell = cells_rx.recv() => {
                         let Some(cell) = cell else { bail!("client stopped") };
-                        let Ok(h) = CellHeader::take_from(&cell) else { continue };
-                        if h.kind != CellKind::WELCOME {
+                        // A Welcome names no session: it opens the Hello it answers.
+                        if cell::clear_kind(&cell) != Some(CellKind::WELCOME) {
                             continue;
                         }
-                        let Some(at) = pending.iter().position(|(_, p)| p.id() == h.session) else {
+                        let now = tokio::time::Instant::now().into_std();
+                        let Some((at, session)) = pending
+                            .iter()
+                            .enumerate()
+                            .find_map(|(at, (_, p))| p.finish(now, &cell).ok().map(|s| (at, s)))
+                        else {
                             continue;
                         };
-                        let (i, p) = pending.swap_remove(at);
-                        let now = tokio::time::Instant::now().into_std();
-                        let session = p.finish(now, &cell)?;
+                        let (i, _) = pending.swap_remove(at);
                         let central = &self.centrals[i].entry.id;
                         self.down.clear(central);
                         info!(session = %session.id(), %central, "session open with a central");
@@ -452,6 +502,7 @@ impl Opener {
 /// restarted, the keys ran out), the next is handshaken on the same channels, so the
 /// front ends' handle stays valid; its streams were reset, new ones wait for the next.
 struct Supervisor {
+    session_lifetime: Duration,
     /// The handle's stream counter.
     next_stream: Arc<AtomicU32>,
     opener: Opener,
@@ -467,11 +518,14 @@ struct Supervisor {
     up: watch::Sender<Option<String>>,
     /// Where the open session publishes its snapshots.
     status: StatusPublisher,
+    /// The user's rate (bytes per second), which sessions keep to.
+    pace: Option<f64>,
     shutdown: CancellationToken,
 }
 
 async fn supervise(s: Supervisor) {
     let Supervisor {
+        session_lifetime,
         next_stream,
         opener,
         first,
@@ -483,6 +537,7 @@ async fn supervise(s: Supervisor) {
         mut cmd_rx,
         up,
         status,
+        pace,
         shutdown,
     } = s;
     let (mut session, mut central) = first;
@@ -498,6 +553,17 @@ async fn supervise(s: Supervisor) {
         if !boxes.is_empty() {
             let _ = cmd_tx.try_send(SessionCmd::Mailboxes(boxes));
         }
+        // Rotation: after its lifetime the session stops as at shutdown, and the next one
+        // (new keys, labels, mailboxes) takes its streams, which resume.
+        let rotate = shutdown.child_token();
+        let lifetime = session_lifetime.mul_f64(rand::rng().random_range(0.9..1.1));
+        let timer = {
+            let rotate = rotate.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(lifetime).await;
+                rotate.cancel();
+            })
+        };
         let ended = SessionTask {
             session,
             node: node.clone(),
@@ -515,19 +581,35 @@ async fn supervise(s: Supervisor) {
             idle_timeout: Duration::from_secs(365 * 24 * 3600),
             reassembly_timeout: Duration::from_secs(60),
             status: Some(status.clone()),
-            shutdown: shutdown.clone(),
+            pace: pace.map(|rate| {
+                braid_proto::rate::TokenBucket::with_rate(
+                    rate,
+                    rate / 10.0,
+                    std::time::Instant::now(),
+                )
+            }),
+            shutdown: rotate.clone(),
         }
         .run()
         .await;
+        timer.abort();
         let _ = up.send(None);
         status.clear();
         (cells_rx, cmd_rx) = (ended.cells_rx, ended.cmd_rx);
-        if shutdown.is_cancelled() || ended.reason == EndReason::Shutdown {
+        if shutdown.is_cancelled() {
             return;
         }
-        // The next session prefers another central (this one rests unless all do).
-        opener.down.mark(&central_id);
-        warn!(reason = ?ended.reason, central = %central_id, "session lost; opening a new one");
+        if ended.reason == EndReason::Shutdown {
+            if !rotate.is_cancelled() {
+                return;
+            }
+            Metrics::inc(&metrics.sessions_rotated);
+            info!(central = %central_id, lifetime_s = lifetime.as_secs(), "session rotated; opening the next");
+        } else {
+            // The next session prefers another central (this one rests unless all do).
+            opener.down.mark(&central_id);
+            warn!(reason = ?ended.reason, central = %central_id, "session lost; opening a new one");
+        }
         (session, central) = loop {
             let opened = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -546,6 +628,9 @@ async fn supervise(s: Supervisor) {
     }
 }
 
+/// What a first-hop link presents (None on an open network), and where refusals go.
+type FirstHop = (Option<Arc<Presenter>>, Arc<Refusals>);
+
 /// Keeps a link to one upstream up; on each connection, one stream per central, each
 /// routed to it and published in that central's links.
 async fn upstream_link(
@@ -554,6 +639,7 @@ async fn upstream_link(
     routes: Arc<Vec<CentralRoute>>,
     shutdown: CancellationToken,
     tapper: Option<Tap>,
+    (presenter, refusals): FirstHop,
 ) {
     let name = up.id.clone();
     let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -561,7 +647,13 @@ async fn upstream_link(
         let routes = routes.clone();
         let name = name.clone();
         let tapper = tapper.clone();
+        let (presenter, refusals) = (presenter.clone(), refusals.clone());
         async move {
+            if let Some(p) = &presenter {
+                if !present(&conn, &name, true, p, &refusals).await {
+                    return;
+                }
+            }
             let mut streams = tokio::task::JoinSet::new();
             for i in 0..routes.len() {
                 let (routes, name, conn, tapper) =
@@ -600,6 +692,7 @@ async fn relay_link(
     cell_size: usize,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
+    (presenter, refusals): FirstHop,
 ) {
     let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let name = relay.id.clone();
@@ -619,7 +712,13 @@ async fn relay_link(
         let cmd = cmd.clone();
         let name = name.clone();
         let metrics = metrics.clone();
+        let (presenter, refusals) = (presenter.clone(), refusals.clone());
         async move {
+            if let Some(p) = &presenter {
+                if !present(&conn, &name, false, p, &refusals).await {
+                    return;
+                }
+            }
             // The previous session's mailbox stream, ended once the next one is registered.
             let mut old: Option<quinn::SendStream> = None;
             loop {

@@ -87,7 +87,9 @@ async fn hundred_concurrent_streams_arrive_intact() {
 
 /// Who knows what: a unique marker in the payload to a unique host name. No upstream,
 /// central, downstream or relay sees either in any byte it received, emitted or decrypted;
-/// the gateway sees both.
+/// the gateway sees both. The network has an operator key and the client a credential for
+/// a unique user name: the first hops (upstreams, relays) see the name and the user's key,
+/// and no central, downstream or gateway sees either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_gateway_sees_destination_and_payload() {
     type Log = Arc<Mutex<HashMap<(String, &'static str), Vec<u8>>>>;
@@ -109,10 +111,13 @@ async fn only_the_gateway_sees_destination_and_payload() {
     let unique = format!("{:016x}", rand_u64());
     let host = format!("secret-dest-{unique}.example");
     let marker = format!("MARKER{unique}PAYLOAD");
+    let user = format!("user-{unique}");
     let mut o = opts();
     o.tap = Some(tap);
     o.hosts.insert(host.clone(), origin.ip());
+    o.user = Some(user.clone());
     let demo = Demo::start(o).await.unwrap();
+    let user_key = demo.user_key.expect("the demo has a user");
 
     let url = format!("http://{host}:{}/echo/{marker}", origin.port());
     let (ok, body) = curl(demo.socks, &[&url]).await;
@@ -136,16 +141,32 @@ async fn only_the_gateway_sees_destination_and_payload() {
         .filter(|n| n.role != Role::Gateway)
         .map(|n| n.id.clone())
         .collect();
+    let first_hops = demo
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.role, Role::Upstream | Role::Relay))
+        .count();
     demo.shutdown().await;
 
     let log = log.lock().unwrap();
     let contains =
         |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
+    let has_key = |hay: &[u8]| hay.windows(32).any(|w| w == user_key);
     let mut gateway_saw = (false, false);
+    let mut first_hops_saw = std::collections::BTreeSet::new();
     let mut checked = 0;
     for ((node, point), bytes) in log.iter() {
         if node == "client" {
             continue;
+        }
+        // Only a first hop may learn who the user is.
+        if node.starts_with("upstream") || node.starts_with("relay") {
+            if contains(bytes, &user) && has_key(bytes) {
+                first_hops_saw.insert(node.clone());
+            }
+        } else {
+            assert!(!contains(bytes, &user), "{node} {point} saw the user name");
+            assert!(!has_key(bytes), "{node} {point} saw the user key");
         }
         if node.starts_with("gateway") {
             gateway_saw.0 |= contains(bytes, &host);
@@ -171,11 +192,133 @@ async fn only_the_gateway_sees_destination_and_payload() {
         );
     }
     assert!(log.contains_key(&("central-1".to_string(), "decrypted")));
+    // The positive control: the tap does see the credential, at every first hop.
+    assert_eq!(
+        first_hops_saw.len(),
+        first_hops,
+        "first hops that saw the user: {first_hops_saw:?}"
+    );
     assert_eq!(
         gateway_saw,
         (true, true),
         "the gateway must see destination and payload"
     );
+}
+
+/// Who knows what, in headers: every forwarding hop (upstreams, downstreams, relays) sees its
+/// own identifiers and no other hop's. Upstreams route by per-path labels (never the
+/// session id); downstream cells carry no label, and the mailbox address a downstream reads
+/// is rewritten before the relay gets it. Sequence numbers and kinds are masked: what a
+/// forwarder reads in those fields is noise, not a counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_hops_share_no_header_identifier_and_read_no_counter() {
+    type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    let seen: Seen = Arc::default();
+    let l = seen.clone();
+    let tap: Tap = Arc::new(move |node: &str, point: TapPoint, bytes: &[u8]| {
+        if point == TapPoint::Received {
+            l.lock().unwrap().push((node.to_string(), bytes.to_vec()));
+        }
+    });
+    let origin = start_origin([127, 0, 0, 1]).await;
+    let mut o = opts();
+    o.tap = Some(tap);
+    let demo = Demo::start(o).await.unwrap();
+    for n in [2_000_000u64, 3_000_000] {
+        let got = curl_sha256(demo.socks, &format!("http://{origin}/bytes/{n}")).await;
+        assert_eq!(got, expected_sha256(n));
+    }
+    let up = spawn_upload(demo.socks, origin, 3_000_000).await.unwrap();
+    assert_eq!(up, expected_sha256(3_000_000));
+    let roles: HashMap<String, Role> = demo.nodes.iter().map(|n| (n.id.clone(), n.role)).collect();
+    demo.shutdown().await;
+
+    // Per forwarding node: the identifiers its headers carried, and the cells it read.
+    let mut ids: HashMap<String, std::collections::HashSet<[u8; 16]>> = HashMap::new();
+    let mut cells: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+    let mut zero_labels = 0;
+    for (node, msg) in seen.lock().unwrap().iter() {
+        let (mailbox, cell) = match roles.get(node) {
+            Some(Role::Upstream) => (None, msg.as_slice()),
+            // Envelope: relay_len | relay | mailbox | cell.
+            Some(Role::Downstream) => {
+                let at = 1 + usize::from(msg[0]);
+                (Some(&msg[at..at + 16]), &msg[at + 16..])
+            }
+            // Delivery: mailbox | cell.
+            Some(Role::Relay) => (Some(&msg[..16]), &msg[16..]),
+            _ => continue,
+        };
+        let set = ids.entry(node.clone()).or_default();
+        if let Some(m) = mailbox {
+            set.insert(m.try_into().unwrap());
+        }
+        let label: [u8; 16] = cell[2..18].try_into().unwrap();
+        if roles[node] == Role::Upstream {
+            set.insert(label);
+        } else {
+            // Toward the client no cell names its session: the mailbox does.
+            assert_eq!(
+                label, [0; 16],
+                "{node} read a label on a cell to the client"
+            );
+            zero_labels += 1;
+        }
+        cells.entry(node.clone()).or_default().push(cell.to_vec());
+    }
+    assert!(zero_labels > 100, "too few cells to the client tapped");
+    let forwarders = roles
+        .values()
+        .filter(|r| matches!(r, Role::Upstream | Role::Downstream | Role::Relay))
+        .count();
+    assert_eq!(
+        ids.len(),
+        forwarders,
+        "a forwarder saw nothing: {:?}",
+        ids.keys()
+    );
+    let nodes: Vec<&String> = ids.keys().collect();
+    for (i, a) in nodes.iter().enumerate() {
+        for b in &nodes[i + 1..] {
+            let shared: Vec<_> = ids[*a].intersection(&ids[*b]).collect();
+            assert!(
+                shared.is_empty(),
+                "{a} and {b} both saw identifier(s) {shared:?}"
+            );
+        }
+        eprintln!(
+            "{a}: {} identifier(s) in {} cells",
+            ids[*a].len(),
+            cells[*a].len()
+        );
+    }
+
+    // Sequence numbers: the session sent a few thousand cells, so any real seq is small; a
+    // masked one is a uniform 64-bit value. Kinds: two sealed kinds show as many values.
+    for (node, cs) in &cells {
+        let mut kinds = std::collections::HashSet::new();
+        let mut small = 0;
+        let mut sealed = 0;
+        for c in cs {
+            let kind = c[0];
+            if kind == 1 || kind == 2 {
+                // Perhaps a Hello or Welcome (whose fields are zero), perhaps a masked kind.
+                continue;
+            }
+            sealed += 1;
+            kinds.insert(kind);
+            let seq = u64::from_be_bytes(c[20..28].try_into().unwrap());
+            if seq < 1 << 32 {
+                small += 1;
+            }
+        }
+        assert!(sealed > 50, "{node}: {sealed} sealed cells");
+        assert_eq!(
+            small, 0,
+            "{node} read {small} plausible sequence numbers of {sealed}"
+        );
+        assert!(kinds.len() > 16, "{node} read only {} kinds", kinds.len());
+    }
 }
 
 /// A SOCKS5 CONNECT to `host:port` whose request and `early` bytes go in one write (so
@@ -367,12 +510,27 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
-/// Waits until `node` has handled `cells` cells, then stops it. Fails if `transfer` ended
-/// first (the kill would not be mid-transfer) or the node never gets that far.
-async fn kill_when<T>(demo: &Demo, node: &str, cells: u64, transfer: &tokio::task::JoinHandle<T>) {
-    let n = demo.node(node).unwrap();
+/// Waits until one of `nodes` has handled `cells` cells, then stops it (the first to get
+/// there: how the central spreads cells over two relays or downstreams varies from run to
+/// run). Fails if `transfer` ended first (the kill would not be mid-transfer) or no node
+/// gets that far.
+async fn kill_when<T>(
+    demo: &Demo,
+    nodes: &[&str],
+    cells: u64,
+    transfer: &tokio::task::JoinHandle<T>,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while Metrics::get(&n.metrics.cells_in) < cells {
+    let busy = || {
+        nodes
+            .iter()
+            .map(|id| demo.node(id).unwrap())
+            .find(|n| Metrics::get(&n.metrics.cells_in) >= cells)
+    };
+    let n = loop {
+        if let Some(n) = busy() {
+            break n;
+        }
         if transfer.is_finished() || tokio::time::Instant::now() >= deadline {
             let counts: Vec<_> = demo
                 .nodes
@@ -391,20 +549,21 @@ async fn kill_when<T>(demo: &Demo, node: &str, cells: u64, transfer: &tokio::tas
                 })
                 .collect();
             panic!(
-                "{node} did not carry {cells} cells while the transfer ran (finished: {}): {counts:#?}",
+                "none of {nodes:?} carried {cells} cells while the transfer ran (finished: {}): {counts:#?}",
                 transfer.is_finished()
             );
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    };
     eprintln!(
-        "killing {node} after {} cells",
+        "killing {} after {} cells",
+        n.id,
         Metrics::get(&n.metrics.cells_in)
     );
-    assert!(demo.kill(node));
+    assert!(demo.kill(&n.id.clone()));
 }
 
-async fn download_survives_kill(mut o: DemoOptions, victim: &'static str) {
+async fn download_survives_kill(mut o: DemoOptions, victims: &[&str]) {
     o.socks = "127.0.0.1:0".parse().unwrap();
     let origin = start_origin([127, 0, 0, 1]).await;
     let demo = Arc::new(Demo::start(o).await.unwrap());
@@ -413,7 +572,7 @@ async fn download_survives_kill(mut o: DemoOptions, victim: &'static str) {
     let url = format!("http://{origin}/bytes/{n}");
     let transfer = tokio::spawn(async move { curl_sha256(socks, &url).await });
     // A third of its share of a 64 MiB transfer (8 KiB cells, two nodes per role).
-    kill_when(&demo, victim, 1000, &transfer).await;
+    kill_when(&demo, victims, 1000, &transfer).await;
     assert_eq!(transfer.await.unwrap(), expected_sha256(n));
     let demo = Arc::try_unwrap(demo).ok().unwrap();
     demo.shutdown().await;
@@ -421,14 +580,14 @@ async fn download_survives_kill(mut o: DemoOptions, victim: &'static str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downstream_killed_mid_download_loses_nothing() {
-    download_survives_kill(opts(), "downstream-1").await;
+    download_survives_kill(opts(), &["downstream-1", "downstream-2"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_killed_mid_download_loses_nothing() {
     let mut o = opts();
     o.layout.relays = 2;
-    download_survives_kill(o, "relay-1").await;
+    download_survives_kill(o, &["relay-1", "relay-2"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -437,7 +596,7 @@ async fn upstream_killed_mid_upload_loses_nothing() {
     let demo = Arc::new(Demo::start(opts()).await.unwrap());
     let n = 64 * MIB;
     let transfer = spawn_upload(demo.socks, origin, n);
-    kill_when(&demo, "upstream-1", 1000, &transfer).await;
+    kill_when(&demo, &["upstream-1"], 1000, &transfer).await;
     assert_eq!(transfer.await.unwrap(), expected_sha256(n));
     let demo = Arc::try_unwrap(demo).ok().unwrap();
     demo.shutdown().await;

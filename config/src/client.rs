@@ -62,6 +62,18 @@ pub enum GatewayChoice {
 pub struct ClientConfig {
     /// The directory file. Resolved against the config file's folder when loaded.
     pub directory: PathBuf,
+    /// The operator's public key (hex) the directory must be signed by (and be unexpired).
+    /// Unset: an unsigned directory is taken (a signed one must still verify).
+    #[serde(
+        default,
+        with = "crate::directory::hex32_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub directory_key: Option<[u8; 32]>,
+    /// This user's credential file, from the operator (`braid-node user add`). Needed when
+    /// the directory has an `operator_key`; refused if others may read it (mode 0600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<PathBuf>,
     /// Local SOCKS5 listen address (default 127.0.0.1:1080).
     #[serde(default = "default_socks_listen")]
     pub socks_listen: SocketAddr,
@@ -135,6 +147,11 @@ pub struct ClientConfig {
     /// SOCKS5 request is answered with a failure (default 10000 ms).
     #[serde(default = "default_session_wait_ms")]
     pub session_wait_ms: u64,
+    /// A session is replaced by a fresh one (new keys, labels and mailboxes; its streams
+    /// resume on the next) after about this long, ±10% so clients do not rotate in step
+    /// (default 3600 s; 1 s to a week). Bounds what any hop can link to one session.
+    #[serde(default = "default_session_lifetime_secs")]
+    pub session_lifetime_secs: u64,
     /// How long a stream whose central died keeps trying to resume through another
     /// (default 30000 ms; the gateway's own `resume_grace_ms` bounds it too).
     #[serde(default = "crate::check::default_resume_grace_ms")]
@@ -237,11 +254,17 @@ fn default_session_wait_ms() -> u64 {
     10_000
 }
 
+fn default_session_lifetime_secs() -> u64 {
+    3600
+}
+
 impl ClientConfig {
     /// A config with every default and the given directory file.
     pub fn with_directory(directory: impl Into<PathBuf>) -> Self {
         ClientConfig {
             directory: directory.into(),
+            directory_key: None,
+            credential: None,
             socks_listen: default_socks_listen(),
             admin: default_admin(),
             gateway: None,
@@ -260,6 +283,7 @@ impl ClientConfig {
             keepalive_ms: default_keepalive_ms(),
             peer_timeout_ms: default_peer_timeout_ms(),
             session_wait_ms: default_session_wait_ms(),
+            session_lifetime_secs: default_session_lifetime_secs(),
             resume_grace_ms: crate::check::default_resume_grace_ms(),
             resume_buffer_kib: crate::check::default_resume_buffer_kib(),
             resume_budget_mib: crate::check::default_resume_budget_mib(),
@@ -281,6 +305,11 @@ impl ClientConfig {
     /// [`peer_timeout_ms`](Self::peer_timeout_ms) as a duration.
     pub fn peer_timeout(&self) -> Duration {
         Duration::from_millis(self.peer_timeout_ms)
+    }
+
+    /// [`session_lifetime_secs`](Self::session_lifetime_secs) as a duration.
+    pub fn session_lifetime(&self) -> Duration {
+        Duration::from_secs(self.session_lifetime_secs)
     }
 
     /// [`resume_grace_ms`](Self::resume_grace_ms) as a duration.
@@ -359,7 +388,9 @@ impl ConfigFile for ClientConfig {
     const ENV_KEYS: &'static [(&'static str, env::Kind)] = env::CLIENT_KEYS;
 
     fn relative_paths(&mut self) -> Vec<&mut PathBuf> {
-        vec![&mut self.directory]
+        let mut paths = vec![&mut self.directory];
+        paths.extend(self.credential.as_mut());
+        paths
     }
 
     fn validate_in(&self, file: &Path) -> Result<(), ConfigError> {
@@ -416,6 +447,12 @@ impl ConfigFile for ClientConfig {
         }
         check::resume_buffer(file, self.resume_buffer_kib)?;
         check::resume_budget(file, self.resume_budget_mib)?;
+        if !(1..=604_800).contains(&self.session_lifetime_secs) {
+            return Err(invalid(
+                "session_lifetime_secs",
+                "must be within 1..=604800 seconds (a week)".into(),
+            ));
+        }
         if !(1..=86_400).contains(&self.sticky_secs) {
             return Err(invalid(
                 "sticky_secs",

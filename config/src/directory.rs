@@ -139,15 +139,60 @@ impl NodeEntry {
 pub struct Directory {
     /// Cell size in bytes, the same for the whole network: 1024..=16384.
     pub cell_size: u32,
+    /// The operator's Ed25519 public key, hex. When set, first hops (upstreams and relays)
+    /// serve only clients with a credential it signed (`braid_proto::credential`); when
+    /// absent, anyone who has the directory may use the network.
+    #[serde(default, with = "hex32_opt", skip_serializing_if = "Option::is_none")]
+    pub operator_key: Option<[u8; 32]>,
+    /// The directory's version: a node refuses one older than the newest it has taken.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u64,
+    /// Unix seconds from which the directory is refused (0: never; a signed directory
+    /// should expire, so that an old one cannot be replayed for ever).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub expires: u64,
+    /// The operator's Ed25519 signature (hex) over the directory's canonical body
+    /// ([`Directory::signed_body`]: everything above and every node), made by
+    /// `braid-node directory sign`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
     /// Every node, in file order (`[[nodes]]` tables).
     #[serde(default)]
     pub nodes: Vec<NodeEntry>,
 }
 
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// Why a directory is not trusted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DirectoryTrust {
+    #[error("the directory is not signed (directory_key is set: sign it with `braid-node directory sign`)")]
+    Unsigned,
+    #[error("the directory's signature is malformed")]
+    MalformedSignature,
+    #[error("the directory's signature does not verify with the operator key (a bad signature, or an edited directory)")]
+    BadSignature,
+    #[error("the directory names operator_key {named} but directory_key pins {pinned}")]
+    OtherOperator { named: String, pinned: String },
+    #[error("the directory expired at {expires} (Unix seconds; now {now})")]
+    Expired { expires: u64, now: u64 },
+    #[error("the directory is version {got}, older than version {held} taken before")]
+    Older { got: u64, held: u64 },
+}
+
 impl Directory {
     /// A directory from parts, not yet validated.
     pub fn new(cell_size: u32, nodes: Vec<NodeEntry>) -> Self {
-        Directory { cell_size, nodes }
+        Directory {
+            cell_size,
+            operator_key: None,
+            version: 0,
+            expires: 0,
+            signature: None,
+            nodes,
+        }
     }
 
     /// A directory from parts, validated.
@@ -268,6 +313,68 @@ impl ConfigFile for Directory {
 }
 
 impl Directory {
+    /// The bytes the operator signs: `BRDD · v1 · cell_size u32 · version u64 · expires u64 ·
+    /// operator_key[32] (zeros if none) · n u16 · n × (id_len u8 · id · role u8 · addr ·
+    /// noise_key[32] · tls_key[32])`, `addr` being `0`, `4 · ip[4] · port u16` or
+    /// `6 · ip[16] · port u16`. Built from the parsed directory, so the file's layout,
+    /// comments and key order do not matter.
+    pub fn signed_body(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(64 + self.nodes.len() * 110);
+        b.extend_from_slice(b"BRDD\x01");
+        b.extend_from_slice(&self.cell_size.to_be_bytes());
+        b.extend_from_slice(&self.version.to_be_bytes());
+        b.extend_from_slice(&self.expires.to_be_bytes());
+        b.extend_from_slice(&self.operator_key.unwrap_or([0; 32]));
+        b.extend_from_slice(&(self.nodes.len() as u16).to_be_bytes());
+        for n in &self.nodes {
+            b.push(n.id.len() as u8);
+            b.extend_from_slice(n.id.as_bytes());
+            b.push(Role::ALL.iter().position(|r| *r == n.role).unwrap_or(0) as u8);
+            braid_proto::join::put_addr(&mut b, n.addr);
+            b.extend_from_slice(&n.noise_key);
+            b.extend_from_slice(&n.tls_key);
+        }
+        b
+    }
+
+    /// Signs the directory with the operator key (whose public half it names from now on).
+    pub fn sign(&mut self, operator: &braid_proto::credential::SigningKey) {
+        self.operator_key = Some(operator.public());
+        let sig = braid_proto::credential::sign_directory(operator, &self.signed_body());
+        self.signature = Some(hex::encode(sig));
+    }
+
+    /// Checks the directory against the operator key a node or client pins
+    /// (`directory_key`), the clock (`now`, Unix seconds) and the newest version taken
+    /// before (`held`).
+    pub fn verify(&self, pinned: &[u8; 32], now: u64, held: u64) -> Result<(), DirectoryTrust> {
+        let sig = self.signature.as_deref().ok_or(DirectoryTrust::Unsigned)?;
+        let mut s = [0u8; braid_proto::credential::SIG_LEN];
+        hex::decode_to_slice(sig, &mut s).map_err(|_| DirectoryTrust::MalformedSignature)?;
+        if let Some(named) = self.operator_key.filter(|k| k != pinned) {
+            return Err(DirectoryTrust::OtherOperator {
+                named: hex::encode(named),
+                pinned: hex::encode(pinned),
+            });
+        }
+        if !braid_proto::credential::directory_signed_by(pinned, &self.signed_body(), &s) {
+            return Err(DirectoryTrust::BadSignature);
+        }
+        if self.expires != 0 && now >= self.expires {
+            return Err(DirectoryTrust::Expired {
+                expires: self.expires,
+                now,
+            });
+        }
+        if self.version < held {
+            return Err(DirectoryTrust::Older {
+                got: self.version,
+                held,
+            });
+        }
+        Ok(())
+    }
+
     /// The nodes of one role, in file order.
     pub fn nodes_with_role(&self, role: Role) -> impl Iterator<Item = &NodeEntry> + '_ {
         self.nodes.iter().filter(move |n| n.role == role)
@@ -309,6 +416,18 @@ impl Directory {
         let mut out = String::new();
         out.push_str("# Braid directory: every node of the network and its pinned keys.\n");
         out.push_str(&format!("cell_size = {}\n", self.cell_size));
+        if let Some(k) = self.operator_key {
+            out.push_str(&format!("operator_key = \"{}\"\n", hex::encode(k)));
+        }
+        if self.version != 0 {
+            out.push_str(&format!("version = {}\n", self.version));
+        }
+        if self.expires != 0 {
+            out.push_str(&format!("expires = {}\n", self.expires));
+        }
+        if let Some(sig) = &self.signature {
+            out.push_str(&format!("signature = {}\n", toml_quote(sig)));
+        }
         for n in &self.nodes {
             out.push_str("\n[[nodes]]\n");
             out.push_str(&format!("id = {}\n", toml_quote(&n.id)));
@@ -352,6 +471,25 @@ pub fn check_id(id: &str) -> Result<(), String> {
 }
 
 /// Serde helpers for 32-byte keys written as 64 hex digits.
+/// An optional [`hex32`] key.
+pub mod hex32_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(key: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+        match key {
+            Some(k) => super::hex32::serialize(k, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+        let text = String::deserialize(d)?;
+        super::hex32::decode(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 pub mod hex32 {
     use serde::{Deserialize, Deserializer, Serializer};
 

@@ -38,8 +38,11 @@ pub(crate) const NODE_COMMON_KEYS: &[(&str, Kind)] = &[
     ("node.id", Kind::Str),
     ("node.directory", Kind::Str),
     ("node.identity", Kind::Str),
+    ("node.directory_key", Kind::Str),
     ("node.admin", Kind::Str),
     ("node.log", Kind::Str),
+    ("node.log_level", Kind::Str),
+    ("node.reload_watch_ms", Kind::Scalar),
     ("node.drain_timeout_secs", Kind::Scalar),
     ("node.max_connections", Kind::Scalar),
     ("node.max_connections_per_ip", Kind::Scalar),
@@ -50,6 +53,11 @@ pub(crate) const UPSTREAM_KEYS: &[(&str, Kind)] = &[
     ("listen", Kind::Str),
     ("client_queue_cells", Kind::Scalar),
     ("central_queue_cells", Kind::Scalar),
+    ("auth_timeout_ms", Kind::Scalar),
+    ("allow_sources", Kind::Scalar),
+    ("deny_sources", Kind::Scalar),
+    ("revoked", Kind::Str),
+    ("per_user_usage", Kind::Scalar),
 ];
 
 pub(crate) const CENTRAL_KEYS: &[(&str, Kind)] = &[
@@ -81,6 +89,10 @@ pub(crate) const DOWNSTREAM_KEYS: &[(&str, Kind)] = &[];
 
 pub(crate) const RELAY_KEYS: &[(&str, Kind)] = &[
     ("listen", Kind::Str),
+    ("allow_sources", Kind::Scalar),
+    ("deny_sources", Kind::Scalar),
+    ("revoked", Kind::Str),
+    ("per_user_usage", Kind::Scalar),
     ("mix_delay_ms", Kind::Scalar),
     ("mailbox_cells", Kind::Scalar),
     ("pool_cells", Kind::Scalar),
@@ -117,6 +129,8 @@ pub(crate) const GATEWAY_KEYS: &[(&str, Kind)] = &[
 /// Overridable keys of the client config.
 pub(crate) const CLIENT_KEYS: &[(&str, Kind)] = &[
     ("directory", Kind::Str),
+    ("directory_key", Kind::Str),
+    ("credential", Kind::Str),
     ("socks_listen", Kind::Str),
     ("admin", Kind::Str),
     ("gateway", Kind::Str),
@@ -135,6 +149,7 @@ pub(crate) const CLIENT_KEYS: &[(&str, Kind)] = &[
     ("keepalive_ms", Kind::Scalar),
     ("peer_timeout_ms", Kind::Scalar),
     ("session_wait_ms", Kind::Scalar),
+    ("session_lifetime_secs", Kind::Scalar),
     ("resume_grace_ms", Kind::Scalar),
     ("resume_buffer_kib", Kind::Scalar),
     ("resume_budget_mib", Kind::Scalar),
@@ -353,6 +368,10 @@ mod tests {
             crate::Directory::from_toml_str(include_str!("../samples/directory.toml")).unwrap();
         let mut got = serialized(Value::try_from(&dir).unwrap());
         assert!(got.remove("nodes"), "nodes are not overridable");
+        // Signed fields: an override would void the signature.
+        for signed in ["operator_key", "version", "expires", "signature"] {
+            got.remove(signed);
+        }
         assert_eq!(got, listed(&[DIRECTORY_KEYS]));
     }
 }

@@ -17,6 +17,7 @@
 
 mod check;
 mod client;
+mod credential;
 mod de;
 mod directory;
 mod env;
@@ -30,9 +31,12 @@ mod parse;
 pub use client::{
     default_admin, parse_client_config, CentralChoice, ClientConfig, GatewayChoice, SocksAuthConfig,
 };
+pub use credential::{
+    load_credential, load_revocations, parse_revocations, CredentialFile, UserCredential,
+};
 pub use directory::{
-    check_id, hex32, parse_directory, Directory, NodeEntry, Role, UnknownRole, MAX_CELL_SIZE,
-    MIN_CELL_SIZE,
+    check_id, hex32, parse_directory, Directory, DirectoryTrust, NodeEntry, Role, UnknownRole,
+    MAX_CELL_SIZE, MIN_CELL_SIZE,
 };
 pub use env::env_var_name;
 pub use error::ConfigError;
@@ -40,7 +44,7 @@ pub use exit::{Cidr, ExitAction, ExitConfig, ExitRule, PortRange};
 pub use layout::Layout;
 pub use load::{
     load_client_config, load_client_config_with_env, load_directory, load_directory_with_env,
-    load_node_config, load_node_config_with_env, no_env, process_env,
+    load_node_config, load_node_config_with_env, load_trusted_directory, no_env, process_env,
 };
 pub use node::{
     parse_node_config, CentralConfig, DownstreamConfig, GatewayConfig, LogFormat, NodeCommon,

@@ -40,6 +40,41 @@ pub fn load_directory_with_env(
     load(path.as_ref(), env)
 }
 
+/// Load the directory and check who signed it. With a pinned operator key (`directory_key`
+/// in a node's or client's config) the directory must be signed by that key, unexpired at
+/// `now` (Unix seconds), and no older than the version recorded in `version_file` (which
+/// then records this one). Without a pin, a signed directory must still verify against the
+/// operator key it names (a bad signature is refused), and an unsigned one is taken as it
+/// is (a network without an operator).
+pub fn load_trusted_directory(
+    path: impl AsRef<Path>,
+    pinned: Option<&[u8; 32]>,
+    version_file: Option<&Path>,
+    now: u64,
+) -> Result<Directory, ConfigError> {
+    let path = path.as_ref();
+    let dir = load_directory(path)?;
+    let untrusted = |e: crate::DirectoryTrust| ConfigError::Invalid {
+        file: path.to_owned(),
+        key: "signature".into(),
+        message: e.to_string(),
+    };
+    let held = version_file
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    match (pinned, dir.operator_key, &dir.signature) {
+        (Some(pin), ..) => dir.verify(pin, now, held).map_err(untrusted)?,
+        (None, Some(named), Some(_)) => dir.verify(&named, now, held).map_err(untrusted)?,
+        _ => return Ok(dir),
+    }
+    if let Some(f) = version_file.filter(|_| dir.version > held) {
+        // Best effort: a node that cannot record it still refuses older ones until restart.
+        let _ = std::fs::write(f, format!("{}\n", dir.version));
+    }
+    Ok(dir)
+}
+
 /// Load and validate a node config, with overrides from the process environment.
 /// Relative paths resolve against the file's folder; the directory file and the identity
 /// folder with `noise.key`, `tls.key` and `tls.crt` must exist.

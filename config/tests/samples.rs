@@ -267,3 +267,67 @@ fn defaults_apply_when_optional_keys_are_absent() {
     assert_eq!(cfg.log, LogFormat::Text);
     assert_eq!(cfg.eligible_gateways(&sample_directory()).unwrap().len(), 1);
 }
+
+#[test]
+fn a_signed_directory_verifies_and_any_edit_expiry_or_rollback_is_refused() {
+    use braid_config::DirectoryTrust;
+    use braid_proto::credential::SigningKey;
+    let op = SigningKey::from_seed(&[3; 32]);
+    let mut dir = sample_directory();
+    dir.version = 7;
+    dir.expires = 2_000;
+    let pin = op.public();
+    assert_eq!(dir.verify(&pin, 1_000, 0), Err(DirectoryTrust::Unsigned));
+    dir.sign(&op);
+    assert_eq!(dir.verify(&pin, 1_000, 7), Ok(()));
+    // Through TOML and back: the signature covers the parsed directory, not the layout.
+    let text = toml::to_string(&dir).unwrap();
+    let back = Directory::from_toml_str(&text).unwrap();
+    assert_eq!(back.verify(&pin, 1_000, 0), Ok(()));
+    assert_eq!(
+        dir.verify(&pin, 2_000, 0),
+        Err(DirectoryTrust::Expired {
+            expires: 2_000,
+            now: 2_000
+        })
+    );
+    assert_eq!(
+        dir.verify(&pin, 1_000, 8),
+        Err(DirectoryTrust::Older { got: 7, held: 8 })
+    );
+    // An inserted node, a moved address, a changed key or version: refused.
+    let mut edits: Vec<Directory> = Vec::new();
+    let mut d = dir.clone();
+    d.nodes[0].addr = Some("127.0.0.99:7000".parse().unwrap());
+    edits.push(d);
+    let mut d = dir.clone();
+    d.nodes[1].tls_key[0] ^= 1;
+    edits.push(d);
+    let mut d = dir.clone();
+    let mut extra = d.nodes[0].clone();
+    extra.id = "upstream-9".into();
+    d.nodes.push(extra);
+    edits.push(d);
+    let mut d = dir.clone();
+    d.version = 8;
+    edits.push(d);
+    for d in edits {
+        assert_eq!(d.verify(&pin, 1_000, 0), Err(DirectoryTrust::BadSignature));
+    }
+    // Signed by another key, or naming another operator.
+    let other = SigningKey::from_seed(&[4; 32]);
+    let mut d = dir.clone();
+    d.sign(&other);
+    assert!(matches!(
+        d.verify(&pin, 1_000, 0),
+        Err(DirectoryTrust::OtherOperator { .. })
+    ));
+    d.operator_key = Some(pin);
+    assert_eq!(d.verify(&pin, 1_000, 0), Err(DirectoryTrust::BadSignature));
+    let mut d = dir.clone();
+    d.signature = Some("zz".into());
+    assert_eq!(
+        d.verify(&pin, 1_000, 0),
+        Err(DirectoryTrust::MalformedSignature)
+    );
+}

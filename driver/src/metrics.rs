@@ -13,10 +13,17 @@ pub struct Metrics {
     pub cells_dropped: AtomicU64,
     pub sessions_opened: AtomicU64,
     pub sessions_closed: AtomicU64,
+    /// Client: sessions replaced at the end of their lifetime.
+    pub sessions_rotated: AtomicU64,
     pub streams_opened: AtomicU64,
     pub streams_refused: AtomicU64,
     pub retransmits: AtomicU64,
     pub peers_refused: AtomicU64,
+    /// First hops: client connections refused for their credential (missing, expired,
+    /// revoked, forged, replayed). Not per user: that would record who used the network.
+    pub users_refused: AtomicU64,
+    /// First hops: client connections admitted with a valid credential.
+    pub users_admitted: AtomicU64,
     pub bytes_to_targets: AtomicU64,
     pub bytes_from_targets: AtomicU64,
     /// Links to the next hop that are up now (a gauge).
@@ -43,6 +50,13 @@ pub struct Metrics {
     pub stream_bytes_sent: AtomicU64,
     /// Stream bytes sessions delivered to their streams' owners.
     pub stream_bytes_received: AtomicU64,
+    /// First hops: bytes carried for admitted users, all users together.
+    pub user_bytes: AtomicU64,
+    /// First hops: client connections closed because their user's quota was spent.
+    pub users_over_quota: AtomicU64,
+    /// First hops with per-user usage on (`per_user_usage`): bytes by user name. Off (None)
+    /// by default: per-user counters are a record of who used how much.
+    pub per_user_bytes: std::sync::Mutex<Option<std::collections::BTreeMap<String, u64>>>,
 }
 
 /// Counts one link in a gauge while it lives: dropping it (also when the task serving the
@@ -111,7 +125,7 @@ impl Metrics {
 
     /// Prometheus text exposition format.
     pub fn render(&self, node: &str, role: &str) -> String {
-        let rows: [(&str, &AtomicU64, &str); 24] = [
+        let rows: [(&str, &AtomicU64, &str); 29] = [
             (
                 "braid_streams_resumed_total",
                 &self.streams_resumed,
@@ -189,6 +203,11 @@ impl Metrics {
                 "sessions closed",
             ),
             (
+                "braid_sessions_rotated_total",
+                &self.sessions_rotated,
+                "sessions replaced at the end of their lifetime",
+            ),
+            (
                 "braid_streams_opened_total",
                 &self.streams_opened,
                 "streams opened",
@@ -207,6 +226,26 @@ impl Metrics {
                 "braid_peers_refused_total",
                 &self.peers_refused,
                 "peers refused",
+            ),
+            (
+                "braid_users_refused_total",
+                &self.users_refused,
+                "client connections refused for their credential",
+            ),
+            (
+                "braid_users_admitted_total",
+                &self.users_admitted,
+                "client connections admitted with a valid credential",
+            ),
+            (
+                "braid_user_bytes_total",
+                &self.user_bytes,
+                "bytes carried for admitted users, all together",
+            ),
+            (
+                "braid_users_over_quota_total",
+                &self.users_over_quota,
+                "client connections closed for a spent quota",
             ),
             (
                 "braid_target_bytes_out_total",
@@ -235,6 +274,19 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{node=\"{node}\",role=\"{role}\"}} {}\n",
                 Self::get(v)
             ));
+        }
+        if let Ok(guard) = self.per_user_bytes.lock() {
+            if let Some(users) = guard.as_ref() {
+                let name = "braid_user_bytes_by_user_total";
+                out.push_str(&format!(
+                    "# HELP {name} bytes carried per user (per_user_usage is on)\n# TYPE {name} counter\n"
+                ));
+                for (user, bytes) in users {
+                    out.push_str(&format!(
+                        "{name}{{node=\"{node}\",role=\"{role}\",user=\"{user}\"}} {bytes}\n"
+                    ));
+                }
+            }
         }
         out
     }

@@ -8,6 +8,7 @@
 //! then the owner may move the stream to a new carrier ([`SharedStream::resend`]) and run
 //! the next leg with the same application socket.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -113,8 +114,49 @@ impl ResendBudget {
 
 struct State {
     stream: ReliableStream,
-    /// What this stream has charged to the budget (its `buffered()` at the last sync).
+    to_app: ToApp,
+    /// What this stream has charged to the budget (what it kept at the last sync).
     charged: usize,
+}
+
+/// Data opened from the carrier that the application has not taken yet, oldest first. The
+/// inbound side opens records ahead of a slow application, so the peer's acknowledgements
+/// among them are seen even while the application is not reading: otherwise a target that
+/// stops reading because it cannot write (an echo, once this end's budget holds back its
+/// replies) would keep those acknowledgements, and the room they free, behind its data
+/// forever. The queue is bounded by what the peer may send unacknowledged, since queued
+/// records are not acknowledged ([`ReliableStream::hold_from`]). It is part of the
+/// stream, so it outlives a carrier.
+#[derive(Default)]
+struct ToApp {
+    /// (record index, data, bytes of it already written).
+    chunks: VecDeque<(u64, Vec<u8>, usize)>,
+    /// The record index of the chunk the inbound side took out to write (it is still
+    /// counted in `bytes`, and goes back to the front if the leg stops mid-write).
+    writing: Option<u64>,
+    bytes: usize,
+    /// The peer's half-close, to pass on once the chunks are written.
+    shutdown_owed: bool,
+}
+
+impl ToApp {
+    /// Nothing left to write or to pass on.
+    fn is_idle(&self) -> bool {
+        self.chunks.is_empty() && self.writing.is_none() && !self.shutdown_owed
+    }
+}
+
+impl State {
+    fn kept(&self) -> usize {
+        self.stream.buffered() + self.to_app.bytes
+    }
+
+    /// Acknowledgements stop at the first chunk the application has not taken.
+    fn hold_acks(&mut self) {
+        let q = &self.to_app;
+        let first = q.writing.or(q.chunks.front().map(|c| c.0));
+        self.stream.hold_from(first);
+    }
 }
 
 /// An inner stream's state, shared by the two directions of a leg and kept across legs.
@@ -124,6 +166,8 @@ pub struct SharedStream {
     /// Wakes the outbound direction: an ack is owed, the buffer has room, or the stream is
     /// done.
     wake_out: Notify,
+    /// Bytes the inbound side may open ahead of the application ([`Self::reading_ahead`]).
+    read_ahead: usize,
 }
 
 /// The stream's state while locked; on release, what it keeps is charged to the budget.
@@ -147,7 +191,7 @@ impl std::ops::DerefMut for StreamGuard<'_> {
 
 impl Drop for StreamGuard<'_> {
     fn drop(&mut self) {
-        let now = self.state.stream.buffered();
+        let now = self.state.kept();
         if now != self.state.charged {
             self.budget.adjust(self.state.charged, now);
             self.state.charged = now;
@@ -166,10 +210,28 @@ impl SharedStream {
     /// A stream whose kept bytes count against `budget`.
     pub fn new(stream: ReliableStream, budget: Arc<ResendBudget>) -> Self {
         SharedStream {
-            state: Mutex::new(State { stream, charged: 0 }),
+            state: Mutex::new(State {
+                stream,
+                to_app: ToApp::default(),
+                charged: 0,
+            }),
             budget,
             wake_out: Notify::new(),
+            read_ahead: 1,
         }
+    }
+
+    /// Lets the inbound side open up to `bytes` ahead of the application (by default it
+    /// opens the next record only once the last one is written). The gateway reads ahead
+    /// by the client's whole resend buffer, so the client's acks are always seen: a target
+    /// that stops reading while it cannot write (an echo, once the gateway's budget holds
+    /// back its replies) would otherwise keep them behind its data forever. The client does
+    /// not: there an application that never reads must stall its stream where the central
+    /// sees it (`node/src/stall.rs`), not pull the stream's whole window across the
+    /// overlay into a queue.
+    pub fn reading_ahead(mut self, bytes: usize) -> Self {
+        self.read_ahead = bytes.max(1);
+        self
     }
 
     /// The state, for a moment (never held across an await).
@@ -210,8 +272,8 @@ enum Half {
 /// Pumps one leg: the application's bytes out as sealed records over `sink`, the records
 /// from `source` (after whatever `dec` holds) into the application, acknowledgements both
 /// ways. Ends when the stream is done or fails, when the carrier goes, or when `stop` is
-/// cancelled (then the record being written to the application is finished first: what is
-/// counted as received has reached the application). `seen_out` / `seen_in` are shown each
+/// cancelled (what was opened and not yet written to the application stays queued in the
+/// stream for the next leg). `seen_out` / `seen_in` are shown each
 /// plaintext chunk (counters, the test tap).
 #[allow(clippy::too_many_arguments)]
 pub async fn run_leg<R, W, K, S>(
@@ -234,7 +296,11 @@ where
     let leg_over = stop.child_token();
     let out = async {
         let r = outbound(app_r, stream, sink, &leg_over, seen_out).await;
-        leg_over.cancel();
+        // Done, the inbound side still writes out what it queued for the application and
+        // then sees the stream done too.
+        if r != Half::End(LegEnd::Done) {
+            leg_over.cancel();
+        }
         r
     };
     let inb = async {
@@ -297,7 +363,10 @@ where
             };
             let mine = st.can_take_data();
             let room = mine && stream.budget.has_room(st.buffered());
-            (ack, st.is_done(), mine, room, st.ack_pending())
+            // Not done while the application has not taken everything: the last ack
+            // (of the peer's half-close) goes out only then, and after `finish` none can.
+            let done = st.is_done() && st.state.to_app.is_idle();
+            (ack, done, mine, room, st.ack_pending())
         };
         if let Some(mut ack) = ack {
             if !send(sink, &mut ack, leg_over).await {
@@ -376,47 +445,105 @@ where
     S: SealedSource,
     W: AsyncWrite + Unpin,
 {
+    // Reading ahead by the peer's buffer cap (and one record) sees every ack, since queued
+    // data is not acknowledged; past that much the peer is not keeping to its cap, and only
+    // its own stream waits.
+    let queue_cap = stream.read_ahead;
+    let mut carrier_ended = false;
+    // The chunk being written, taken out of the queue (the state is never held across an
+    // await): its data and how much of it is written.
+    let mut out: Option<(Vec<u8>, usize)> = None;
     loop {
+        // Open everything that has arrived, while the queue has room.
         loop {
+            let mut st = stream.lock();
+            if st.state.to_app.bytes >= queue_cap {
+                break;
+            }
             let msg = match dec.next_message() {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
                 Err(_) => return Half::End(LegEnd::Aborted),
             };
-            let delivery = {
-                let mut st = stream.lock();
-                match st.open(&msg) {
-                    Ok(d) => {
-                        // Every record may matter to the outbound side: an ack owed now or
-                        // later (its delay starts here), room freed, or the end.
-                        stream.wake_out.notify_one();
-                        d
-                    }
-                    Err(_) => return Half::End(LegEnd::Aborted),
+            match st.open(&msg) {
+                Ok(Delivery::Data(d)) if !d.is_empty() => {
+                    let index = st.received() - 1;
+                    let q = &mut st.state.to_app;
+                    q.bytes += d.len();
+                    q.chunks.push_back((index, d, 0));
+                    st.state.hold_acks();
                 }
-            };
-            match delivery {
-                Delivery::Data(d) => {
-                    if app.write_all(&d).await.is_err() {
-                        return Half::End(LegEnd::AppFailed);
-                    }
-                    seen(&d);
-                }
-                Delivery::HalfClose => {
-                    let _ = app.shutdown().await;
-                }
-                Delivery::Error(_) => return Half::End(LegEnd::Aborted),
-                Delivery::Nothing => {}
+                Ok(Delivery::Data(_) | Delivery::Nothing) => {}
+                Ok(Delivery::HalfClose) => st.state.to_app.shutdown_owed = true,
+                Ok(Delivery::Error(_)) | Err(_) => return Half::End(LegEnd::Aborted),
             }
+            // Every record may matter to the outbound side: an ack owed now or later (its
+            // delay starts here), room freed, or the end.
+            stream.wake_out.notify_one();
         }
-        if stream.lock().is_done() {
+        let (room, shutdown_now, done) = {
+            let mut st = stream.lock();
+            let q = &mut st.state.to_app;
+            if out.is_none() {
+                if let Some((index, d, at)) = q.chunks.pop_front() {
+                    q.writing = Some(index);
+                    out = Some((d, at));
+                }
+            }
+            let shutdown_now = out.is_none() && std::mem::take(&mut q.shutdown_owed);
+            let idle = q.is_idle();
+            (q.bytes < queue_cap, shutdown_now, idle && st.is_done())
+        };
+        if shutdown_now {
+            let _ = app.shutdown().await;
+            // The outbound side may have been waiting for this to finish.
+            stream.wake_out.notify_one();
+            continue;
+        }
+        if done {
             return Half::End(LegEnd::Done);
         }
+        if carrier_ended && out.is_none() {
+            return Half::End(LegEnd::CarrierLost);
+        }
+        let pending = out
+            .as_ref()
+            .and_then(|(d, at)| d.get(*at..))
+            .unwrap_or_default();
         tokio::select! {
             biased;
-            _ = leg_over.cancelled() => return Half::Stopped,
-            more = source.read_into(dec) => if !more {
-                return Half::End(LegEnd::CarrierLost);
+            _ = leg_over.cancelled() => {
+                // The next leg writes the rest of this chunk first.
+                if let Some((d, at)) = out.take() {
+                    let mut st = stream.lock();
+                    let q = &mut st.state.to_app;
+                    if let Some(index) = q.writing.take() {
+                        q.chunks.push_front((index, d, at));
+                    }
+                }
+                return Half::Stopped;
+            }
+            // `write` is cancel-safe: a write that loses the race wrote nothing.
+            r = app.write(pending), if !pending.is_empty() => match r {
+                Ok(n) if n > 0 => {
+                    seen(pending.get(..n).unwrap_or_default());
+                    let mut st = stream.lock();
+                    st.state.to_app.bytes -= n;
+                    if let Some((d, at)) = &mut out {
+                        *at += n;
+                        if *at >= d.len() {
+                            out = None;
+                            st.state.to_app.writing = None;
+                            st.state.hold_acks();
+                            // An ack may be owed now that the application has it.
+                            stream.wake_out.notify_one();
+                        }
+                    }
+                }
+                _ => return Half::End(LegEnd::AppFailed),
+            },
+            more = source.read_into(dec), if room && !carrier_ended => if !more {
+                carrier_ended = true;
             },
         }
     }

@@ -6,8 +6,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use braid_proto::cell::CellKind;
-use braid_proto::envelope::encode_envelope_prefix;
+use braid_proto::envelope::{encode_envelope_prefix, via_address};
 use braid_proto::frame::{Mailbox, StreamId};
 use braid_proto::session::{
     LivePath, MailboxPolicy, PathTable, Session, SessionError, SessionEvent, SessionStats,
@@ -169,6 +168,11 @@ pub struct SessionTask {
     pub reassembly_timeout: Duration,
     /// Where a view of the session goes when a reader asks (the client's admin port).
     pub status: Option<StatusPublisher>,
+    /// Paces what this session sends (bytes per second): a client holds itself to its
+    /// user's rate, so its cells wait in the session, before any clock starts on them,
+    /// rather than in queues in front of the first hops that enforce it (which would time
+    /// out and be resent, spending the rate twice).
+    pub pace: Option<braid_proto::rate::TokenBucket>,
     pub shutdown: CancellationToken,
 }
 
@@ -304,8 +308,13 @@ fn rebuild(
         .collect();
     // A mailbox whose relay id cannot be put in an envelope (the Hello bounds it) gets no
     // prefix; the downstream drops its cells and the path is rested.
-    let gone = table.rebuild(&links, mailboxes, |b| {
-        encode_envelope_prefix(b).unwrap_or_default()
+    // Each downstream reads its own address for the mailbox (`envelope::via_address`).
+    let gone = table.rebuild(&links, mailboxes, |downstream, b| {
+        let via = Mailbox {
+            relay: b.relay.clone(),
+            id: via_address(&b.id, downstream),
+        };
+        encode_envelope_prefix(&via).unwrap_or_default()
     });
     for id in gone {
         session.path_lost(id);
@@ -339,6 +348,8 @@ impl SessionTask {
         let id = self.session.id();
         let mut reported = SessionStats::default();
         let mut send_welcome = self.role.central().is_some();
+        // When the pacer lets the next cell go.
+        let mut paced_until = Instant::now();
         debug!(node = %self.node, session = %id, "session running");
         self.publish_status(&table, streams.len());
 
@@ -446,6 +457,9 @@ impl SessionTask {
                     blocked_on_paths = !table.live().is_empty();
                     break;
                 }
+                if self.pace.is_some() && Instant::now() < paced_until {
+                    break;
+                }
                 let Some(t) = self.session.poll_transmit(now, &writable) else {
                     break;
                 };
@@ -462,6 +476,7 @@ impl SessionTask {
                         m
                     };
                     tap(&self.tap, &self.node, TapPoint::Sent, &msg);
+                    let msg_len = msg.len();
                     // Links are shared (the central's sessions share each downstream), so the
                     // room seen above may be gone: wait for it rather than drop the cell. A
                     // closed link is withdrawn from `links`, and its cells are resent then.
@@ -472,6 +487,10 @@ impl SessionTask {
                     };
                     if sent {
                         Metrics::inc(&self.metrics.cells_out);
+                        if let Some(p) = &mut self.pace {
+                            let now = Instant::now();
+                            paced_until = now + p.take_paced(msg_len as f64, now.into_std());
+                        }
                     }
                     if !sent || tx.capacity() == 0 {
                         writable.retain(|p| *p != t.path);
@@ -503,9 +522,12 @@ impl SessionTask {
                 .central()
                 .and_then(|c| c.mailbox_policy.due())
                 .map(Instant::from_std);
+            let paced =
+                (self.pace.is_some() && paced_until > Instant::now()).then_some(paced_until);
             let wake = [
                 timeout,
                 retry,
+                paced,
                 stall_check,
                 sweep,
                 mailboxes_due,
@@ -547,9 +569,9 @@ impl SessionTask {
                     // This cell, then whatever else is queued (at most the queue's bound).
                     let mut next = Some(cell);
                     while let Some(mut cell) = next {
-                        if cell.first() == Some(&CellKind::HELLO.0) {
-                            // A copy of the Hello: answered once already.
-                        } else if let Err(e) = self.session.handle_cell(now, &mut cell) {
+                        // Routed here by label or mailbox: a sealed cell (its kind is masked,
+                        // so it may read as any kind) or garbage the seal refuses.
+                        if let Err(e) = self.session.handle_cell(now, &mut cell) {
                             trace!(node = %self.node, session = %id, error = %e, "cell dropped");
                         } else if let Some(c) = self.role.central() {
                             c.gauge

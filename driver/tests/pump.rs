@@ -81,22 +81,33 @@ fn ends() -> (SharedStream, SharedStream) {
 
 /// The two ends of one inner stream, both charging `budget`.
 fn ends_within(budget: Arc<ResendBudget>) -> (SharedStream, SharedStream) {
+    ends_charging(budget.clone(), budget)
+}
+
+/// The two ends of one inner stream, the client's charging `client`, the gateway's `gateway`
+/// (two processes).
+fn ends_charging(
+    client: Arc<ResendBudget>,
+    gateway: Arc<ResendBudget>,
+) -> (SharedStream, SharedStream) {
     let mut rng = rand::rng();
-    let gateway = StaticKeypair::generate(&mut rng);
+    let gateway_key = StaticKeypair::generate(&mut rng);
     let req = OpenRequest {
         target: TargetAddr::Domain("example.com".into(), 80),
         early_data: Vec::new(),
     };
-    let (open, first) = inner::client_open(&mut rng, &gateway.public(), &req, 0).unwrap();
-    let (accepted, _) = inner::gateway_accept(&gateway, &first[2..]).unwrap();
+    let (open, first) = inner::client_open(&mut rng, &gateway_key.public(), &req, 0).unwrap();
+    let (accepted, _) = inner::gateway_accept(&gateway_key, &first[2..]).unwrap();
     let mut reply = Vec::new();
     let g = accepted
         .reply(&mut rng, OpenStatus::OK, &mut reply)
         .unwrap();
     let (_, _, c) = open.finish(&reply[2..]).unwrap();
     (
-        SharedStream::new(ReliableStream::new(c, 0), budget.clone()),
-        SharedStream::new(ReliableStream::new(g, 0), budget),
+        SharedStream::new(ReliableStream::new(c, 0), client),
+        // As the gateway does: it reads ahead by the client's whole resend buffer.
+        SharedStream::new(ReliableStream::new(g, 0), gateway)
+            .reading_ahead(inner::reliable::MIN_BUFFER + inner::MAX_RECORD_DATA),
     )
 }
 
@@ -331,6 +342,46 @@ async fn a_shared_budget_bounds_what_streams_keep_and_they_still_finish() {
     );
     drop((c, g));
     assert_eq!(budget.used(), 0);
+}
+
+/// An echo target behind a gateway whose budget is full. The gateway holds back reading the
+/// target until the client acknowledges; the target, unable to write, stops reading; the
+/// client's acknowledgements come after its data in the carrier. The gateway must take
+/// them even while the target is not reading, or nothing moves again: it opens what the
+/// carrier brings into a queue for the target (bounded by what the client may send before
+/// an ack) and acknowledges only what the target took.
+#[tokio::test]
+async fn an_echo_target_behind_a_full_budget_does_not_deadlock() {
+    const LIMIT: usize = 16 * 1024;
+    let (c, g) = ends_charging(
+        Arc::new(ResendBudget::new(usize::MAX)),
+        Arc::new(ResendBudget::new(LIMIT)),
+    );
+    // Small pipes, so the target blocks writing as soon as the gateway stops reading it.
+    let (c_user, mut c_app) = tokio::io::duplex(64 * 1024);
+    let (mut g_target, mut g_app) = tokio::io::duplex(4 * 1024);
+    let up = pattern(2_000_000, 11);
+    let user = app(up.clone(), c_user);
+    let echo = tokio::spawn(async move {
+        let (mut r, mut w) = tokio::io::split(&mut g_target);
+        tokio::io::copy(&mut r, &mut w).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let ends = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        both_legs(
+            &c,
+            &g,
+            &mut c_app,
+            &mut g_app,
+            carrier(usize::MAX, usize::MAX),
+        ),
+    )
+    .await
+    .expect("the echo deadlocked");
+    assert_eq!(ends, (LegEnd::Done, LegEnd::Done));
+    echo.await.unwrap();
+    assert_eq!(user.await.unwrap(), up);
 }
 
 /// One stream whose peer never acknowledges fills the whole budget; another stream sharing

@@ -123,6 +123,7 @@ async fn pair(o: Opts) -> Pair {
     let hello = SessionHello {
         window_cells: 1024,
         mailboxes: vec![mailbox],
+        limits_pass: Vec::new(),
     };
     let mut client_cfg = config();
     client_cfg.keepalive = o.keepalive;
@@ -183,6 +184,7 @@ async fn pair(o: Opts) -> Pair {
         idle_timeout: Duration::from_secs(3600),
         reassembly_timeout: Duration::from_secs(60),
         status: Some(status),
+        pace: None,
         shutdown: shutdown.clone(),
     };
     let (central_cmd_tx, central_cmd_rx) = mpsc::channel(256);
@@ -223,6 +225,7 @@ async fn pair(o: Opts) -> Pair {
         idle_timeout: o.idle_timeout,
         reassembly_timeout: Duration::from_secs(60),
         status: Some(central_status),
+        pace: None,
         shutdown: shutdown.clone(),
     };
     let client = tokio::spawn(async move {

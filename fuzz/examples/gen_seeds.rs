@@ -16,15 +16,26 @@ use braid_proto::inner::Record;
 use braid_proto::wire::Writer;
 use rand_core::RngCore;
 
+/// `cargo run --example gen_seeds [TARGET...]`: all targets' seeds, or only those named.
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("seeds");
-    cell(&root.join("cell"));
-    record(&root.join("record"));
-    handshake(&root.join("handshake"));
-    socks5(&root.join("socks5"));
-    config(&root.join("config"));
-    envelope(&root.join("envelope"));
-    println!("seeds written under {}", root.display());
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let gens: [(&str, fn(&Path)); 8] = [
+        ("cell", cell),
+        ("record", record),
+        ("handshake", handshake),
+        ("socks5", socks5),
+        ("config", config),
+        ("envelope", envelope),
+        ("resume", resume),
+        ("registration", registration),
+    ];
+    for (name, f) in gens {
+        if only.is_empty() || only.iter().any(|o| o == name) {
+            f(&root.join(name));
+            println!("seeds written under {}", root.join(name).display());
+        }
+    }
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
@@ -329,4 +340,72 @@ fn envelope(dir: &Path) {
     for (name, bytes) in seeds {
         write(dir, name, &bytes);
     }
+}
+
+/// Mode 0 (`0 | flip u8 | frame`): whole registrations and frames one byte short or long;
+/// mode 1 (structured): a few arbitrary byte strings (decoded by `arbitrary`).
+fn registration(dir: &Path) {
+    use braid_proto::envelope::{MailboxSecret, Registration};
+    let reg = |b: [u8; 32]| {
+        Registration {
+            secret: MailboxSecret::from_bytes(b),
+        }
+        .encode()
+    };
+    let drawn = MailboxSecret::generate(&mut FuzzRng::new(7));
+    let seeds: Vec<(&str, Vec<u8>)> = vec![
+        ("raw-zero", [&[0u8, 0][..], &reg([0; 32])].concat()),
+        ("raw-5a-flip255", [&[0u8, 255][..], &reg([0x5A; 32])].concat()),
+        ("raw-drawn", [&[0u8, 77][..], drawn.as_bytes()].concat()),
+        ("raw-short", [&[0u8, 1][..], &reg([9; 32])[..31]].concat()),
+        ("raw-long", [&[0u8, 1][..], &reg([9; 32]), &[9][..]].concat()),
+        ("raw-empty", vec![0, 0]),
+    ];
+    for (name, bytes) in seeds {
+        write(dir, name, &bytes);
+    }
+    for i in 0..4u64 {
+        write(
+            dir,
+            &format!("path-{i}"),
+            &with_mode(1, &noise_bytes(50 + i, 120 + 120 * i as usize)),
+        );
+    }
+}
+
+/// `mode | bytes` (`mode % 3`): 0 the honest client's resume request of the fixed stream, a
+/// forged copy and an open; 1 the honest gateway's answer and the unknown-stream reply;
+/// 2 client records (data, acks within and beyond what the gateway sent) for the gateway end.
+fn resume(dir: &Path) {
+    use braid_proto::inner::first_message;
+    use braid_proto::inner::reliable::{unknown_stream_reply, ReliableStream};
+    use braid_proto::inner::FirstMessage;
+    let ends = || {
+        let (c, g) = stream_keys_pair();
+        (ReliableStream::new(c, 0), ReliableStream::new(g, 0))
+    };
+    let (mut c, mut g) = ends();
+    let req = c.resume_request();
+    write(dir, "resume-honest", &with_mode(0, &req[2..]));
+    let mut forged = req[2..].to_vec();
+    *forged.last_mut().expect("a tag") ^= 1;
+    write(dir, "resume-forged-tag", &with_mode(0, &forged));
+    write(dir, "open", &with_mode(0, &[1]));
+    let Ok(FirstMessage::Resume(parsed)) = first_message(&req[2..]) else {
+        panic!("the honest resume does not parse");
+    };
+    let answer = g.accept_resume(&parsed).expect("the honest resume");
+    write(dir, "answer-honest", &with_mode(1, &answer[2..]));
+    write(dir, "answer-unknown", &with_mode(1, &unknown_stream_reply()[2..]));
+    let (mut c, _) = ends();
+    let mut stream = Vec::new();
+    for r in [
+        Record::Data(b"hello".to_vec()),
+        Record::Ack(2),
+        Record::Ack(4),
+        Record::Ack(9),
+    ] {
+        stream.extend(c.seal(&r).expect("seal"));
+    }
+    write(dir, "records-acks", &with_mode(2, &stream));
 }

@@ -7,19 +7,33 @@
 //!    the honest messages `initiate` made for the seeds ([`braid_fuzz::known_msg1s`]), and
 //!    then returns that message's payload.
 //! 1. a Noise message 2 for the fixed initiator: `finish` accepts it only if it is the
-//!    honest responder's reply carrying the payload `finish` returned.
+//!    honest responder's reply carrying the payload `finish` returned; `finish` takes
+//!    `&self`, so after a refused message 2 the same initiator still finishes the honest
+//!    reply.
 //! 2. structured: arbitrary keys, RNG seeds, prologues and payloads through
 //!    initiate → respond → reply → finish: both sides agree on payloads, keys and
 //!    handshake hash; a different prologue or static key, or any flipped bit in either
-//!    message, is refused; oversize payloads are refused; an arbitrary responder key never
-//!    panics (low-order points are refused).
+//!    message, is refused; a refused message 2 leaves the initiator able to finish the
+//!    honest one, twice, with the same keys; oversize payloads are refused; an arbitrary
+//!    responder key never panics (low-order points are refused).
 //! 3. a Hello cell for `session::accept` with the fixed central key: accepted only if its
-//!    session id and handshake message are those of an honest Hello
-//!    ([`braid_fuzz::known_hello_cells`]), giving that Hello's contents.
+//!    label (its session id) and handshake message are those of an honest Hello
+//!    ([`braid_fuzz::known_hello_cells`]), giving that Hello's contents and a Welcome of
+//!    kind WELCOME, label `Label::NONE`, epoch and seq 0, in which the session id appears
+//!    nowhere; the Hello's own client finishes it, the other known clients do not.
 //! 4. structured session: `PendingSession::start` → (one bit flipped) → `accept` →
-//!    `finish`; an accepted Hello carries what the client sent, a flipped bit anywhere but
-//!    the work nonce is refused, the Welcome finishes the client's session under the same
-//!    id, and a flipped bit anywhere in the Welcome fails.
+//!    `finish`. The Hello's label is its session id; an accepted Hello carries what the
+//!    client sent; a flipped bit anywhere but the work nonce is refused. The Welcome is
+//!    kind WELCOME with label NONE and a zero header, and does not contain the session id.
+//!    A flipped bit in the Welcome fails with the error of its place (kind: `Kind`,
+//!    version: `Version`, label: `UnknownSession`, epoch/seq/padding: `NotCanonical`,
+//!    message: a handshake error); a Welcome of another client's handshake fails both ways;
+//!    after those failed tries both pending sessions still finish with their own Welcome
+//!    under their own ids. Then the sessions talk: the client's first cells on two paths
+//!    carry the two distinct, non-zero path labels `PathLabels::label(0)`, `label(1)` (never
+//!    the id; both ends derive the same ones), the central's `LabelTable` maps each to the
+//!    session and the central opens them; the central's answer carries label NONE and the
+//!    client opens it.
 //! 5. an inner message 1 for `gateway_accept` with the fixed gateway key: accepted only if
 //!    it is an honest `client_open` message; or (when it starts with 0xFF) structured:
 //!    arbitrary open requests, statuses and reasons through client_open → gateway_accept →
@@ -28,17 +42,20 @@
 
 use arbitrary::Arbitrary;
 use braid_fuzz::*;
-use braid_proto::cell::{CellHeader, CellKind};
+use braid_proto::cell::{peek_label, CellError, CellHeader, CellKind, Label, HEADER_LEN};
 use braid_proto::frame::{Mailbox, MAX_NODE_ID_LEN};
 use braid_proto::inner::{
     self, OpenRequest, OpenStatus, MAX_EARLY_DATA, MAX_REASON, OPEN_MESSAGE_LEN, REPLY_MESSAGE_LEN,
 };
 use braid_proto::noise::{self, HandshakeError, StaticKeypair, MAX_MESSAGE, MESSAGE_OVERHEAD};
-use braid_proto::session::{self, PendingSession, SessionConfig, SessionHello};
+use braid_proto::session::{
+    self, LabelTable, PathId, PendingSession, SessionConfig, SessionError, SessionHello,
+};
 use braid_proto::TargetAddr;
 use libfuzzer_sys::fuzz_target;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
@@ -79,6 +96,12 @@ fn raw_msg1(msg1: &[u8]) {
     }
 }
 
+/// The honest message 2 for the fixed initiator, payload `ok` (made once).
+fn honest_msg2_ok() -> &'static [u8] {
+    static M: OnceLock<Vec<u8>> = OnceLock::new();
+    M.get_or_init(|| hs_honest_msg2(b"ok"))
+}
+
 fn raw_msg2(msg2: &[u8]) {
     let (init, _) = hs_initiator();
     match init.finish(msg2) {
@@ -94,6 +117,11 @@ fn raw_msg2(msg2: &[u8]) {
             if msg2.len() < MESSAGE_OVERHEAD {
                 assert_eq!(e, HandshakeError::Truncated);
             }
+            // The refused message 2 did not spoil the initiator.
+            let (payload, _) = init
+                .finish(honest_msg2_ok())
+                .expect("the honest message 2 after a refused one");
+            assert_eq!(payload, b"ok");
         }
     }
 }
@@ -163,20 +191,12 @@ fn nk(n: Nk) {
     let (m2, keys_r) = reply.expect("reply");
     assert_eq!(m2.len(), p2.len() + MESSAGE_OVERHEAD);
 
-    // Tampered message 2: refused by an identical initiator.
-    let (init2, m1b) = noise::initiate(
-        &mut FuzzRng::new(n.init_seed),
-        &server.public(),
-        &n.prologue,
-        &p1,
-    )
-    .expect("initiate again");
-    assert_eq!(m1b, m1, "initiate is deterministic given its RNG");
+    // Tampered message 2: refused, and the initiator (borrowed, not consumed) is unharmed.
     let bit = n.flip2 as usize % (m2.len() * 8);
     let mut bad = m2.clone();
     bad[bit / 8] ^= 1 << (bit % 8);
     assert!(
-        init2.finish(&bad).is_err(),
+        init.finish(&bad).is_err(),
         "message 2 with bit {bit} flipped accepted"
     );
 
@@ -186,6 +206,11 @@ fn nk(n: Nk) {
     assert_eq!(keys_i.responder_to_initiator, keys_r.responder_to_initiator);
     assert_eq!(keys_i.handshake_hash, keys_r.handshake_hash);
     assert_ne!(keys_i.initiator_to_responder, keys_i.responder_to_initiator);
+    // Finishing again gives the same.
+    let (again, keys_again) = init.finish(&m2).expect("finish again");
+    assert_eq!(again, p2);
+    assert_eq!(keys_again.initiator_to_responder, keys_i.initiator_to_responder);
+    assert_eq!(keys_again.handshake_hash, keys_i.handshake_hash);
 
     // Any 32 bytes as the responder's key: a message or WeakKey, never a panic.
     match noise::initiate(
@@ -197,6 +222,44 @@ fn nk(n: Nk) {
         Ok((_, m)) => assert_eq!(m.len(), 1 + MESSAGE_OVERHEAD),
         Err(e) => assert_eq!(e, HandshakeError::WeakKey),
     }
+}
+
+/// The clients of the known Hellos (`known_hello_cell(i)` is `known_pending()[i]`'s).
+fn known_pending() -> &'static [PendingSession] {
+    static P: OnceLock<Vec<PendingSession>> = OnceLock::new();
+    P.get_or_init(|| {
+        (0..KNOWN_HELLOS)
+            .map(|i| {
+                let p = PendingSession::start(
+                    &mut FuzzRng::new(1000 + i as u64),
+                    session_cfg(),
+                    &central_key().public(),
+                    &known_session_hello(i),
+                    0,
+                    0,
+                )
+                .expect("honest start");
+                assert_eq!(p.hello_cell(), &known_hello_cells()[i][..]);
+                p
+            })
+            .collect()
+    })
+}
+
+/// What every Welcome is: kind WELCOME, no label, a zero header, and no trace of the
+/// session id (nothing links it to its Hello).
+fn check_welcome(welcome: &[u8], size: usize, id: braid_proto::cell::SessionId) {
+    assert_eq!(welcome.len(), size);
+    let w = CellHeader::take_from(welcome).expect("a Welcome header");
+    assert_eq!(
+        (w.kind, Label(w.session.0), w.epoch, w.seq),
+        (CellKind::WELCOME, Label::NONE, 0, 0)
+    );
+    assert_eq!(peek_label(welcome), Some(Label::NONE));
+    assert!(
+        !welcome.windows(16).any(|x| x == id.0),
+        "the Welcome carries the session id"
+    );
 }
 
 fn raw_hello(cell: &[u8]) {
@@ -216,17 +279,25 @@ fn raw_hello(cell: &[u8]) {
         let i = known_hello_cells()
             .iter()
             .position(|k| {
-                CellHeader::take_from(k).map(|kh| kh.session) == Ok(h.session)
+                peek_label(k) == peek_label(cell)
                     && braid_proto::cell::handshake_message(k) == Ok(msg)
             })
             .expect("accept took a Hello the client did not make");
         assert_eq!(acc.hello, known_session_hello(i));
+        // A Hello's label is its session id.
         assert_eq!(acc.session.id(), h.session);
-        assert_eq!(acc.welcome_cell.len(), SESSION_CELL_SIZE);
-        assert_eq!(
-            CellHeader::take_from(&acc.welcome_cell).map(|w| (w.kind, w.session)),
-            Ok((CellKind::WELCOME, h.session))
-        );
+        assert_eq!(acc.session.id(), known_pending()[i].id());
+        check_welcome(&acc.welcome_cell, SESSION_CELL_SIZE, h.session);
+        // Only the Hello's own client finishes the Welcome; the others' tries fail and
+        // leave them as they were.
+        for (j, p) in known_pending().iter().enumerate() {
+            let r = p.finish(now, &acc.welcome_cell);
+            if j == i {
+                assert_eq!(r.expect("the client finishes its Welcome").id(), h.session);
+            } else {
+                assert!(r.is_err(), "client {j} finished client {i}'s Welcome");
+            }
+        }
     }
 }
 
@@ -239,7 +310,8 @@ struct Sess {
     mailboxes: Vec<(String, [u8; 16])>,
     /// Bit to flip in the Hello cell (none if out of range).
     hello_flip: u32,
-    welcome_flip: u16,
+    /// Bit to flip in the Welcome cell.
+    welcome_flip: u32,
 }
 
 fn sess(s: Sess) {
@@ -257,20 +329,24 @@ fn sess(s: Sess) {
                 id: *id,
             })
             .collect(),
+        // Opaque to the handshake (the central checks it after): any bytes round-trip.
+        limits_pass: s.window_cells.to_be_bytes().to_vec(),
     };
     let bad_names = hello
         .mailboxes
         .iter()
         .any(|m| m.relay.len() > MAX_NODE_ID_LEN);
-    let pending = PendingSession::start(
-        &mut FuzzRng::new(s.seed),
-        cfg.clone(),
-        &central.public(),
-        &hello,
-        0,
-        0,
-    );
-    let pending = match pending {
+    let start = |seed: u64| {
+        PendingSession::start(
+            &mut FuzzRng::new(seed),
+            cfg.clone(),
+            &central.public(),
+            &hello,
+            0,
+            0,
+        )
+    };
+    let pending = match start(s.seed) {
         Ok(p) => p,
         Err(e) => {
             // Refused only for a name too long for the wire (u8 length) or a Hello that
@@ -295,6 +371,8 @@ fn sess(s: Sess) {
             return;
         }
     };
+    // A Hello's label is its session id.
+    assert_eq!(peek_label(pending.hello_cell()), Some(pending.id().into()));
     let mut cell = pending.hello_cell().to_vec();
     assert_eq!(cell.len(), size);
     let msg_end = handshake_msg_end(&cell);
@@ -304,18 +382,21 @@ fn sess(s: Sess) {
         cell[bit / 8] ^= 1 << (bit % 8);
     }
     let now = Instant::now();
-    let accepted = session::accept(
-        &mut FuzzRng::new(s.seed ^ 1),
-        cfg.clone(),
-        &central,
-        now,
-        session::HelloClock::ANY,
-        &cell,
-    );
+    let accept = |rng_seed: u64, cell: &[u8]| {
+        session::accept(
+            &mut FuzzRng::new(rng_seed),
+            cfg.clone(),
+            &central,
+            now,
+            session::HelloClock::ANY,
+            cell,
+        )
+    };
+    let accepted = accept(s.seed ^ 1, &cell);
     let byte = bit / 8;
     // Every byte is bound but the proof-of-work nonce after the message (which only sets
-    // the effort): kind, version, the id (the hash of the ephemeral key), length and
-    // message; epoch, seq and padding must be zero.
+    // the effort): kind, version, the label (the id, the hash of the ephemeral key), length
+    // and message; epoch, seq and padding must be zero.
     let bound = !(msg_end..msg_end + 8).contains(&byte);
     let acc = match accepted {
         Ok(acc) => {
@@ -333,29 +414,100 @@ fn sess(s: Sess) {
     };
     // What the client sent arrived (unbound bytes, if flipped, changed nothing).
     assert_eq!(acc.hello, hello);
-    assert_eq!(acc.session.id(), pending.id());
+    let id = pending.id();
+    assert_eq!(acc.session.id(), id);
     let welcome = acc.welcome_cell.clone();
-    assert_eq!(welcome.len(), size);
+    check_welcome(&welcome, size, id);
     let wmsg_end = handshake_msg_end(&welcome);
-    // Tampering with the Welcome's message fails (into a second, identical client).
-    let twin = PendingSession::start(&mut FuzzRng::new(s.seed), cfg, &central.public(), &hello, 0, 0)
-        .expect("start again");
-    assert_eq!(
-        twin.hello_cell(),
-        pending.hello_cell(),
-        "start is deterministic"
-    );
-    // Any byte of the Welcome: header, message and padding are all bound.
-    let _ = wmsg_end;
-    let wb = usize::from(s.welcome_flip) % size;
+
+    // Any bit of the Welcome: header, message and padding are all bound, each refused
+    // for its own reason.
+    let wbit = s.welcome_flip as usize % (size * 8);
+    let wb = wbit / 8;
     let mut bad = welcome.clone();
-    bad[wb] ^= 1;
+    bad[wb] ^= 1 << (wbit % 8);
+    let err = match pending.finish(now, &bad) {
+        Ok(_) => panic!("Welcome with byte {wb} changed accepted"),
+        Err(e) => e,
+    };
+    match wb {
+        0 => assert_eq!(err, SessionError::Cell(CellError::Kind(CellKind(bad[0])))),
+        1 => assert_eq!(err, SessionError::Cell(CellError::Version)),
+        2..=17 => assert_eq!(err, SessionError::Cell(CellError::UnknownSession)),
+        18..=27 => assert_eq!(err, SessionError::NotCanonical),
+        b if b >= wmsg_end => assert_eq!(err, SessionError::NotCanonical),
+        b if b >= HEADER_LEN + 2 => assert!(
+            matches!(err, SessionError::Handshake(_)),
+            "Welcome message byte {b} changed: {err:?}"
+        ),
+        _ => {} // the length: a shorter or longer message, refused somewhere
+    }
+
+    // A Welcome of another handshake (another client of the same central) fails both ways.
+    let other = start(s.seed ^ 2).expect("the same Hello fits again");
+    assert_ne!(other.id(), id);
+    let other_acc = accept(s.seed ^ 3, other.hello_cell()).expect("an honest Hello");
+    check_welcome(&other_acc.welcome_cell, size, other.id());
     assert!(
-        twin.finish(now, &bad).is_err(),
-        "Welcome with byte {wb} changed accepted"
+        pending.finish(now, &other_acc.welcome_cell).is_err(),
+        "finished with a foreign Welcome"
     );
-    let session = pending.finish(now, &welcome).expect("finish");
-    assert_eq!(session.id(), acc.session.id());
+    assert!(
+        other.finish(now, &welcome).is_err(),
+        "finished with a foreign Welcome"
+    );
+    // The failed tries left both pending sessions usable.
+    let mut client = pending.finish(now, &welcome).expect("finish");
+    assert_eq!(client.id(), id);
+    let other_client = other
+        .finish(now, &other_acc.welcome_cell)
+        .expect("finish the other");
+    assert_eq!(other_client.id(), other.id());
+
+    // Labels: per path toward the central, none toward the client.
+    let mut central_s = acc.session;
+    let labels = client.path_labels();
+    let mut table = LabelTable::default();
+    table.insert(id, central_s.path_labels());
+    table.insert(other.id(), other_acc.session.path_labels());
+    let mut seen = Vec::new();
+    for p in 0..2u32 {
+        // Something to send on each path (the first cell may carry all that is queued).
+        client.open_stream(p + 1, "gw");
+        client.send(p + 1, b"x");
+        let t = client
+            .poll_transmit(now, &[PathId(p)])
+            .expect("the client has cells to send");
+        assert_eq!(t.path, PathId(p));
+        let mut c = t.cell;
+        let l = peek_label(&c).expect("a label");
+        assert_eq!(l, labels.label(u64::from(p)), "path {p}'s label");
+        assert_eq!(l, central_s.path_labels().label(u64::from(p)));
+        assert_ne!(l, Label::NONE);
+        assert_ne!(l, Label::from(id), "a label is the session id");
+        assert!(!c.windows(16).any(|x| x == id.0), "a cell carries the session id");
+        assert_eq!(table.lookup(l), Some(id), "the central's table misroutes path {p}");
+        central_s
+            .handle_cell(now, &mut c)
+            .unwrap_or_else(|e| panic!("the central refused path {p}'s cell: {e}"));
+        seen.push(l);
+    }
+    assert_ne!(seen[0], seen[1], "two paths, one label");
+    let mut answer = None;
+    for k in 1..=10u64 {
+        let later = now + Duration::from_millis(100 * k);
+        central_s.handle_timeout(later);
+        if let Some(t) = central_s.poll_transmit(later, &[PathId(7)]) {
+            answer = Some((later, t));
+            break;
+        }
+    }
+    let (later, t) = answer.expect("the central acknowledges");
+    let mut c = t.cell;
+    assert_eq!(peek_label(&c), Some(Label::NONE), "a label toward the client");
+    client
+        .handle_cell(later, &mut c)
+        .unwrap_or_else(|e| panic!("the client refused the central's cell: {e}"));
 }
 
 fn raw_open(msg1: &[u8]) {

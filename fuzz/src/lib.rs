@@ -193,6 +193,7 @@ pub fn known_session_hello(i: usize) -> SessionHello {
     SessionHello {
         window_cells: 64 << i,
         mailboxes,
+        limits_pass: Vec::new(),
     }
 }
 

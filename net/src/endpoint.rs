@@ -305,3 +305,13 @@ pub fn peer_tls_key(conn: &quinn::Connection) -> Option<[u8; 32]> {
         .ok()?;
     ed25519_key_of_cert(certs.first()?).ok()
 }
+
+/// A 32-byte key both ends of `conn` derive from its TLS session (RFC 5705 exporter) under
+/// `label`, and no one else can: for values that must differ per link, such as a hop's
+/// rewritten mailbox addresses.
+pub fn link_key(conn: &quinn::Connection, label: &[u8]) -> Option<[u8; 32]> {
+    let mut key = [0u8; 32];
+    conn.export_keying_material(&mut key, label, b"braid")
+        .ok()?;
+    Some(key)
+}

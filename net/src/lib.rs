@@ -16,7 +16,7 @@ pub mod identity;
 pub mod tls;
 
 pub use endpoint::{
-    client_endpoint, client_endpoint_with, connect, peer_tls_key, server_endpoint,
+    client_endpoint, client_endpoint_with, connect, link_key, peer_tls_key, server_endpoint,
     server_endpoint_with, transport_config, transport_config_with, ClientAuth, LinkTuning,
 };
 pub use frame::{read_frame, write_frame};

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use braid_config::Role;
 use braid_net::{read_frame, ClientAuth, PinSet};
-use braid_proto::cell::{CellHeader, CellKind, SessionId};
+use braid_proto::cell::{self, CellKind, SessionId};
 use braid_proto::noise::StaticKeypair;
 use braid_proto::session::{self, SessionConfig};
 use braid_proto::Reason;
@@ -113,6 +113,8 @@ struct Shared {
     noise: StaticKeypair,
     params: CentralParams,
     sessions: Mutex<HashMap<SessionId, SessionEntry>>,
+    /// Which session each path label belongs to (no cell carries a session id).
+    labels: Mutex<session::LabelTable>,
     downstreams: watch::Sender<Vec<Link>>,
     gateways: Mutex<HashMap<String, quinn::Connection>>,
     /// What stalled gateway streams hold over all sessions.
@@ -152,6 +154,7 @@ pub async fn run(ctx: NodeContext, params: CentralParams) -> anyhow::Result<()> 
         noise: StaticKeypair::from_secret(ctx.identity.noise_secret()),
         ctx: ctx.clone(),
         sessions: Mutex::default(),
+        labels: Mutex::default(),
         downstreams: watch::channel(Vec::new()).0,
         gateways: Mutex::default(),
         stalled: StallBudget::new(params.global_stalled_streams),
@@ -265,22 +268,24 @@ async fn from_upstream(shared: Arc<Shared>, conn: quinn::Connection) {
     }
 }
 
-/// Routes a cell to its session's task; a Hello that passes the cheap checks (id bound to
-/// its key, canonical, not seen before) waits in its link's admission queue.
+/// Routes a cell to its session's task by its path label; a Hello (a label no session
+/// holds, the Hello kind in clear) that passes the cheap checks (id bound to its key,
+/// canonical, not seen before) waits in its link's admission queue.
 fn dispatch(shared: &Arc<Shared>, link: u64, cell: Vec<u8>) {
-    let Ok(h) = CellHeader::take_from(&cell) else {
+    let Some(label) = cell::peek_label(&cell) else {
         Metrics::inc(&shared.ctx.metrics.cells_dropped);
         return;
     };
-    if let Ok(sessions) = shared.sessions.lock() {
-        if let Some(s) = sessions.get(&h.session) {
+    let owner = shared.labels.lock().ok().and_then(|mut l| l.lookup(label));
+    if let (Some(id), Ok(sessions)) = (owner, shared.sessions.lock()) {
+        if let Some(s) = sessions.get(&id) {
             if s.cells.try_send(cell).is_err() {
                 Metrics::inc(&shared.ctx.metrics.cells_dropped);
             }
             return;
         }
     }
-    if h.kind != CellKind::HELLO || shared.ctx.drain.is_cancelled() {
+    if cell::clear_kind(&cell) != Some(CellKind::HELLO) || shared.ctx.drain.is_cancelled() {
         Metrics::inc(&shared.ctx.metrics.cells_dropped);
         return;
     }
@@ -355,6 +360,16 @@ fn admit_one(shared: &Arc<Shared>, hello: QueuedHello) {
             return;
         }
     };
+    // In a network with an operator key, the Hello shows the user's limits pass: the
+    // session's stream limit and rate, and nothing of who the user is.
+    let (max_streams, rate) = match session_limits(shared, &accepted.hello.limits_pass, unix_now) {
+        Ok(l) => l,
+        Err(e) => {
+            debug!(error = %e, "hello refused");
+            Metrics::inc(&shared.ctx.metrics.hellos_refused);
+            return;
+        }
+    };
     // Only an authenticated Hello is remembered: a forged one with a copied key must not
     // block the real client's.
     // `accept` checked the Hello's time against the same window.
@@ -390,6 +405,9 @@ fn admit_one(shared: &Arc<Shared>, hello: QueuedHello) {
         },
     );
     drop(sessions);
+    if let Ok(mut labels) = shared.labels.lock() {
+        labels.insert(id, accepted.session.path_labels());
+    }
     if let Ok(mut half) = shared.half_open.lock() {
         half.push_back(HalfOpen {
             id,
@@ -442,7 +460,7 @@ fn admit_one(shared: &Arc<Shared>, hello: QueuedHello) {
             gauge,
             drain: shared.ctx.drain.clone(),
             limits: StreamLimits {
-                max_streams: shared.params.max_streams_per_session,
+                max_streams,
                 opens: TokenBucket::new(
                     shared.params.stream_open_rate,
                     shared.params.stream_open_burst,
@@ -453,6 +471,7 @@ fn admit_one(shared: &Arc<Shared>, hello: QueuedHello) {
         idle_timeout: shared.params.idle_timeout,
         reassembly_timeout: shared.params.reassembly_timeout,
         status: None,
+        pace: rate.map(|r| braid_proto::rate::TokenBucket::with_rate(r, r / 10.0, now)),
         shutdown: stop,
     };
     let shared = shared.clone();
@@ -460,6 +479,9 @@ fn admit_one(shared: &Arc<Shared>, hello: QueuedHello) {
         task.run().await;
         if let Ok(mut s) = shared.sessions.lock() {
             s.remove(&id);
+        }
+        if let Ok(mut l) = shared.labels.lock() {
+            l.remove(id);
         }
     });
 }
@@ -677,6 +699,31 @@ async fn evict_over_cap(shared: Arc<Shared>) {
             );
         }
     }
+}
+
+/// A session's limits: this central's own stream limit, lowered by the user's limits pass
+/// when the network has an operator key (which then wants a valid pass; zero in it means
+/// no limit of the user's own), and the user's rate (bytes per second) if it has one.
+fn session_limits(
+    shared: &Shared,
+    pass: &[u8],
+    unix_now: u64,
+) -> Result<(usize, Option<f64>), braid_proto::credential::PassError> {
+    use braid_proto::credential::{LimitsPass, PassError};
+    let own = shared.params.max_streams_per_session;
+    let Some(operator) = shared.ctx.directory.operator_key else {
+        return Ok((own, None));
+    };
+    if pass.is_empty() {
+        return Err(PassError::Malformed);
+    }
+    let p = LimitsPass::verify(pass, &operator, unix_now)?;
+    let streams = match p.max_streams {
+        0 => own,
+        n => own.min(usize::try_from(n).unwrap_or(usize::MAX)),
+    };
+    let rate = (p.rate_kib > 0).then(|| f64::from(p.rate_kib) * 1024.0);
+    Ok((streams, rate))
 }
 
 /// Drops the sessions answered but not confirmed in time, and the oldest of them while

@@ -1,5 +1,6 @@
 //! Downstream: takes response cells from the central and hands each to the relay its
-//! envelope names. It sees neither the client's address nor anything inside the cells.
+//! envelope names, under the mailbox address rewritten for that link. It sees neither the
+//! client's address nor anything inside the cells.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use braid_config::{NodeEntry, Role};
 use braid_net::read_frame;
-use braid_proto::envelope::{max_envelope_len, Envelope};
+use braid_proto::envelope::{max_envelope_len, Envelope, HopKey, HOP_KEY_LABEL};
 use tokio::sync::{mpsc, Mutex};
 use tracing::info;
 
@@ -123,9 +124,16 @@ async fn relay_link(
         let ctx = ctx.clone();
         let draining = draining.clone();
         async move {
+            // Mailbox addresses are rewritten for this link: the relay never sees the
+            // address the central wrote (`envelope::hop_address`).
+            let Some(key) = braid_net::link_key(&conn, HOP_KEY_LABEL) else {
+                return;
+            };
+            let key = HopKey::new(&key);
             let mut rx = rx.lock().await;
             draining.store(false, std::sync::atomic::Ordering::Relaxed);
-            ctx.forward_queue(&conn, &mut rx).await;
+            ctx.forward_queue(&conn, &mut rx, |d| key.rewrite_delivery(d))
+                .await;
             draining.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     })

@@ -102,7 +102,7 @@ fn read_local_addrs(node: &str) -> BTreeSet<std::net::IpAddr> {
 async fn refresh_local_addrs(
     ctx: NodeContext,
     every: Duration,
-    policy: watch::Sender<Arc<ExitPolicy>>,
+    policy: Arc<watch::Sender<Arc<ExitPolicy>>>,
 ) {
     while braid_driver::sleep_or_shutdown(every, &ctx.shutdown).await {
         let now = read_local_addrs(&ctx.id);
@@ -112,6 +112,32 @@ async fn refresh_local_addrs(
             p.local_addrs = now;
             policy.send_replace(Arc::new(p));
         }
+    }
+}
+
+/// Takes each reloaded config's exit policy (its classes and rules; the node and host
+/// addresses stay refused). Streams already open keep the policy they were opened under;
+/// the next opens are decided by the new one.
+async fn apply_policy_reloads(ctx: NodeContext, policy: Arc<watch::Sender<Arc<ExitPolicy>>>) {
+    let mut rx = ctx.reloaded.clone();
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            changed = rx.changed() => if changed.is_err() { return },
+        }
+        let Some(cfg) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        let braid_config::NodeConfig::Gateway(c) = &*cfg else {
+            continue;
+        };
+        let new = crate::roles::exit_policy(c);
+        let mut p = ExitPolicy::clone(&policy.borrow());
+        p.allow_loopback = new.allow_loopback;
+        p.allow_private = new.allow_private;
+        p.rules = new.rules;
+        policy.send_replace(Arc::new(p));
+        info!(node = %ctx.id, "exit policy reloaded");
     }
 }
 
@@ -184,11 +210,13 @@ pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
     }
     policy.local_addrs.extend(read_local_addrs(&ctx.id));
     let (policy_tx, policy) = watch::channel(Arc::new(policy));
+    let policy_tx = Arc::new(policy_tx);
     tokio::spawn(refresh_local_addrs(
         ctx.clone(),
         p.local_addrs_refresh,
-        policy_tx,
+        policy_tx.clone(),
     ));
+    tokio::spawn(apply_policy_reloads(ctx.clone(), policy_tx));
     let dns = DnsLimit::new(p.max_dns_lookups, p.dns_timeout);
     let tuning = braid_net::LinkTuning {
         idle_timeout: p.link_idle_timeout,
@@ -621,7 +649,8 @@ async fn serve_stream(
         }
         Metrics::add(&ctx.metrics.bytes_to_targets, req.early_data.len() as u64);
     }
-    let stream = SharedStream::new(ReliableStream::new(keys, p.resume_buffer), budget);
+    let stream = SharedStream::new(ReliableStream::new(keys, p.resume_buffer), budget)
+        .reading_ahead(p.resume_buffer.max(reliable::MIN_BUFFER) + inner::MAX_RECORD_DATA);
     let (carriers_tx, mut carriers) = mpsc::channel::<Carrier>(1);
     let mut leg = (send, source, dec);
     let mut heard = heard;

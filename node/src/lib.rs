@@ -10,10 +10,12 @@ pub mod exit;
 pub mod fair_queue;
 pub mod gateway;
 pub mod health;
+pub mod operator;
 pub mod relay;
 pub mod roles;
 pub mod stall;
 pub mod upstream;
+pub mod users;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,6 +41,9 @@ pub struct NodeContext {
     pub drain: CancellationToken,
     /// Fired last (drain deadline, or at once): stop everything now.
     pub shutdown: CancellationToken,
+    /// The node's config as last reloaded (SIGHUP, `braid-node`): None until a reload
+    /// succeeds. Roles apply what they can of it while running (`users::apply_reloads`).
+    pub reloaded: tokio::sync::watch::Receiver<Option<Arc<braid_config::NodeConfig>>>,
 }
 
 impl NodeContext {
@@ -88,11 +93,13 @@ impl NodeContext {
         &self,
         conn: &quinn::Connection,
         queue: &mut mpsc::Receiver<Vec<u8>>,
+        rewrite: impl Fn(&mut [u8]),
     ) {
         let Ok(mut send) = conn.open_uni().await else {
             return;
         };
-        while let Some(msg) = queue.recv().await {
+        while let Some(mut msg) = queue.recv().await {
+            rewrite(&mut msg);
             if braid_net::write_frame(&mut send, &msg).await.is_err() {
                 tracing::debug!(node = %self.id, "link lost; message dropped");
                 Metrics::inc(&self.metrics.cells_dropped);

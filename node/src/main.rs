@@ -1,10 +1,11 @@
-//! `braid-node --config FILE` runs one role; `braid-node keygen --out DIR` makes an identity.
+//! `braid-node --config FILE` runs one role; `braid-node keygen --out DIR` makes an identity;
+//! `braid-node operator init` and `braid-node user ...` are the operator's credential tools.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use braid_config::{load_directory, load_node_config};
+use braid_config::{load_node_config, load_trusted_directory};
 use braid_net::NodeIdentity;
 use braid_node::NodeContext;
 use clap::{Parser, Subcommand};
@@ -32,6 +33,153 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// The operator key, which signs user credentials.
+    Operator {
+        /// The operator folder.
+        #[arg(long, default_value = "operator")]
+        dir: PathBuf,
+        #[command(subcommand)]
+        cmd: OperatorCmd,
+    },
+    /// The directory: sign it with the operator key.
+    Directory {
+        /// The operator folder (`operator init` made it).
+        #[arg(long, default_value = "operator")]
+        dir: PathBuf,
+        #[command(subcommand)]
+        cmd: DirectoryCmd,
+    },
+    /// Users: credentials to hand out, and their revocation.
+    User {
+        /// The operator folder (`operator init` made it).
+        #[arg(long, default_value = "operator")]
+        dir: PathBuf,
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DirectoryCmd {
+    /// Signs FILE in place: its version goes up by one (or to --version), it expires
+    /// --valid-secs from now, and it names this operator's key.
+    Sign {
+        file: PathBuf,
+        #[arg(long)]
+        version: Option<u64>,
+        /// How long the signed directory is taken, in seconds (0: no expiry).
+        #[arg(long, default_value_t = 30 * 24 * 3600)]
+        valid_secs: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum OperatorCmd {
+    /// Makes DIR/operator.key (0600), an empty users.toml and revoked.txt; prints the
+    /// `operator_key` line for the directory.
+    Init,
+}
+
+#[derive(clap::Args)]
+struct IssueArgs {
+    /// How long the credential is valid, in seconds (default 30 days).
+    #[arg(long, default_value_t = 30 * 24 * 3600)]
+    valid_secs: u64,
+    /// When validity starts, in seconds from now (negative: in the past).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    starts_in_secs: i64,
+    /// Bytes per second over the whole network, in KiB (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    rate_kib: u32,
+    /// Concurrent sessions (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    max_sessions: u32,
+    /// Concurrent streams (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    max_streams: u32,
+    /// MiB per validity window (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    quota_mib: u64,
+}
+
+impl IssueArgs {
+    fn options(&self) -> braid_node::operator::IssueOptions {
+        braid_node::operator::IssueOptions {
+            valid_secs: self.valid_secs,
+            starts_in_secs: self.starts_in_secs,
+            limits: braid_proto::credential::UserLimits {
+                rate_kib: self.rate_kib,
+                max_sessions: self.max_sessions,
+                max_streams: self.max_streams,
+                quota_mib: self.quota_mib,
+            },
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Issues NAME a credential; writes DIR/NAME.cred (0600) to hand to the user.
+    Add {
+        name: String,
+        #[command(flatten)]
+        issue: IssueArgs,
+    },
+    /// Every credential issued.
+    List,
+    /// NAME's credentials.
+    Show { name: String },
+    /// Revokes NAME's credentials; rewrites DIR/revoked.txt for the first hops.
+    Revoke { name: String },
+    /// Issues NAME a new credential (new key, new validity); the old one runs out.
+    Renew {
+        name: String,
+        #[command(flatten)]
+        issue: IssueArgs,
+    },
+}
+
+fn operator_cmd(dir: &std::path::Path, cmd: OperatorCmd) -> anyhow::Result<()> {
+    match cmd {
+        OperatorCmd::Init => {
+            let key = braid_node::operator::Operator::init(dir)?;
+            println!("operator_key = \"{key}\"");
+            Ok(())
+        }
+    }
+}
+
+fn user_cmd(dir: &std::path::Path, cmd: UserCmd) -> anyhow::Result<()> {
+    use braid_node::operator::{describe, Operator};
+    let op = Operator::open(dir)?;
+    match cmd {
+        UserCmd::Add { name, issue } => {
+            println!("{}", op.issue(&name, issue.options(), false)?.display());
+        }
+        UserCmd::Renew { name, issue } => {
+            println!("{}", op.issue(&name, issue.options(), true)?.display());
+        }
+        UserCmd::List => {
+            for c in op.list()? {
+                println!("{}", describe(&c));
+            }
+        }
+        UserCmd::Show { name } => {
+            let mine: Vec<_> = op.list()?.into_iter().filter(|c| c.name == name).collect();
+            anyhow::ensure!(!mine.is_empty(), "no user {name}");
+            for c in mine {
+                println!("{}", describe(&c));
+            }
+        }
+        UserCmd::Revoke { name } => {
+            let n = op.revoke(&name)?;
+            println!(
+                "{name}: {n} credential(s) revoked; {} lists them",
+                dir.join("revoked.txt").display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,6 +187,26 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match (cli.cmd, cli.config) {
         (Some(Cmd::Keygen { out }), _) => keygen(&out),
+        (Some(Cmd::Operator { dir, cmd }), _) => operator_cmd(&dir, cmd),
+        (Some(Cmd::User { dir, cmd }), _) => user_cmd(&dir, cmd),
+        (Some(Cmd::Directory { dir, cmd }), _) => {
+            let op = braid_node::operator::Operator::open(&dir)?;
+            match cmd {
+                DirectoryCmd::Sign {
+                    file,
+                    version,
+                    valid_secs,
+                } => {
+                    let v = op.sign_directory(&file, version, valid_secs)?;
+                    println!(
+                        "{}: version {v}, signed by {}",
+                        file.display(),
+                        op.public_hex()
+                    );
+                }
+            }
+            Ok(())
+        }
         (None, Some(config)) => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(run(config))
@@ -59,17 +227,120 @@ fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// On SIGHUP, and when the config file or its revocation list changes (looked at every
+/// `reload_watch_ms`), reads the config file again. One that does not load, that names
+/// another role or id, or whose `log_level` does not parse is refused: the node keeps
+/// running on the old one and logs why. One that loads sets the log level and goes to the
+/// roles, which apply what they can while running (revocation list, source lists, per-user
+/// usage, the exit policy); the rest needs a restart.
+fn reload_on_hangup_or_change(
+    path: PathBuf,
+    mut running: braid_config::NodeConfig,
+    tx: tokio::sync::watch::Sender<Option<Arc<braid_config::NodeConfig>>>,
+    logs: braid_driver::logs::LogControl,
+) {
+    tokio::spawn(async move {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                tracing::warn!("SIGHUP cannot be caught: reloads only on a file change");
+                None
+            }
+        };
+        let mut seen = watched_state(&path, &running);
+        loop {
+            let every = running.common().reload_watch();
+            tokio::select! {
+                got = async { match &mut hup { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    if got.is_none() {
+                        hup = None;
+                        continue;
+                    }
+                }
+                _ = async { match every { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => {
+                    let now = watched_state(&path, &running);
+                    if now == seen {
+                        continue;
+                    }
+                    tracing::info!(config = %path.display(), "a watched file changed; reloading");
+                }
+            }
+            seen = watched_state(&path, &running);
+            let new = match load_node_config(&path) {
+                Ok(new) => new,
+                Err(e) => {
+                    tracing::warn!("config reload failed; keeping the old config: {e}");
+                    continue;
+                }
+            };
+            if new.role() != running.role() || new.common().id != running.common().id {
+                tracing::warn!(
+                    config = %path.display(),
+                    "config reload refused: the role or id changed (that needs a restart); keeping the old config"
+                );
+                continue;
+            }
+            let level = new.common().log_level.clone();
+            if level != running.common().log_level {
+                let set = match &level {
+                    Some(l) => logs.set(l),
+                    None => logs.set(&std::env::var("BRAID_LOG_FILTER").unwrap_or("info".into())),
+                };
+                if let Err(e) = set {
+                    tracing::warn!("config reload failed; keeping the old config: {e}");
+                    continue;
+                }
+            }
+            tracing::info!(config = %path.display(), "config reloaded");
+            running = new.clone();
+            seen = watched_state(&path, &running);
+            let _ = tx.send(Some(Arc::new(new)));
+        }
+    });
+}
+
+/// What the reload watch compares: each watched file's modification time and length (None
+/// while it cannot be read).
+fn watched_state(
+    config: &std::path::Path,
+    running: &braid_config::NodeConfig,
+) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    let revoked = match running {
+        braid_config::NodeConfig::Upstream(c) => c.revoked.clone(),
+        braid_config::NodeConfig::Relay(c) => c.revoked.clone(),
+        _ => None,
+    };
+    std::iter::once(config.to_path_buf())
+        .chain(revoked)
+        .map(|p| {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        })
+        .collect()
+}
+
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     let cfg = load_node_config(&path)?;
     let common = cfg.common().clone();
-    braid_driver::logs::init_logs(common.log);
+    let logs = braid_driver::logs::init_logs(common.log, common.log_level.as_deref());
+    if let Some(l) = &common.log_level {
+        // A level the config names but that does not parse is an error at start.
+        braid_driver::logs::parse_filter(l).map_err(anyhow::Error::msg)?;
+    }
     // A gateway holds a target socket per stream; the other roles hold a few sockets.
     let streams = match &cfg {
         braid_config::NodeConfig::Gateway(g) => u64::from(g.max_streams),
         _ => 0,
     };
     braid_driver::fd_limit::raise_for("max_streams", streams);
-    let directory = Arc::new(load_directory(&common.directory)?);
+    // The newest directory version taken is kept beside the node's keys: an older one is
+    // refused, also after a restart.
+    let directory = Arc::new(load_trusted_directory(
+        &common.directory,
+        common.directory_key.as_ref(),
+        Some(&common.identity.join("directory.version")),
+        braid_driver::unix_now(),
+    )?);
     cfg.directory_entry(&directory)?;
     let identity = NodeIdentity::load(&common.identity)?;
     let entry = cfg.directory_entry(&directory)?.clone();
@@ -82,6 +353,8 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     }
     let shutdown = CancellationToken::new();
     let drain = CancellationToken::new();
+    let (reload_tx, reloaded) = tokio::sync::watch::channel(None);
+    reload_on_hangup_or_change(path.clone(), cfg.clone(), reload_tx, logs);
     let ctx = NodeContext {
         id: common.id.clone(),
         identity,
@@ -90,6 +363,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         tap: None,
         drain: drain.clone(),
         shutdown: shutdown.clone(),
+        reloaded,
     };
     if let Some(admin) = common.admin {
         let l = braid_node::admin::bind(admin)

@@ -1,5 +1,6 @@
 //! Relay: a Poisson mix in front of clients' mailboxes. Downstreams push cells addressed to
-//! a mailbox; each waits an exponentially distributed delay in the pool, then goes to the
+//! a mailbox (under the address as their link carries it: each downstream rewrites it per
+//! link, `envelope::hop_address`); each waits an exponentially distributed delay in the pool, then goes to the
 //! client that registered the mailbox. The relay knows the client's address, never what
 //! the cells hold or where the streams go.
 //!
@@ -19,18 +20,25 @@ use std::time::Duration;
 
 use braid_config::Role;
 use braid_net::{read_frame, write_frame, ClientAuth, PinSet};
-use braid_proto::envelope::{address_of, delivery_len, Delivery, Registration};
+use braid_proto::envelope::{
+    address_of, delivery_len, via_address, Delivery, HopKey, Registration, HOP_KEY_LABEL,
+};
 use braid_proto::frame::MailboxId;
 use braid_proto::mix::MixPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::users::Allowance;
 use crate::NodeContext;
 use braid_driver::metrics::Metrics;
 use braid_driver::tap::{tap, TapPoint};
 
 pub struct RelayParams {
+    /// The credential check for clients, when the directory has an operator key.
+    pub auth: Option<Arc<crate::users::FirstHopAuth>>,
+    /// Which client sources it serves (downstreams are not filtered).
+    pub sources: crate::users::SourceFilter,
     pub listen: SocketAddr,
     /// How many client and downstream connections it takes.
     pub accept: crate::AcceptLimits,
@@ -132,10 +140,21 @@ enum Refusal {
     RelayCap,
 }
 
-/// Mailboxes by address, and how many each connection holds.
+/// A mailbox's address as a link from `downstream` carries it: the central's per-downstream
+/// address, rewritten by the downstream for its link.
+fn link_address(key: &HopKey, downstream: &str, address: &MailboxId) -> MailboxId {
+    key.address(&via_address(address, downstream))
+}
+
+/// Mailboxes by address, how many each connection holds, and each address as it arrives
+/// on each downstream link (rewritten there: `envelope::hop_address`).
 struct Registry {
     boxes: HashMap<MailboxId, Holder>,
     per_conn: HashMap<usize, usize>,
+    /// Downstream links (by `stable_id`): their hop key and the downstream's id.
+    hop_keys: HashMap<usize, (HopKey, String)>,
+    /// (downstream link, address as that link carries it) → address.
+    hops: HashMap<(usize, MailboxId), MailboxId>,
     next_reg: u64,
     max_total: usize,
     max_per_conn: usize,
@@ -146,6 +165,8 @@ impl Registry {
         Registry {
             boxes: HashMap::new(),
             per_conn: HashMap::new(),
+            hop_keys: HashMap::new(),
+            hops: HashMap::new(),
             next_reg: 0,
             max_total,
             max_per_conn,
@@ -189,6 +210,11 @@ impl Registry {
         if let Some(old) = self.boxes.insert(address, holder) {
             self.release(old.conn);
             old.evicted.cancel();
+        } else {
+            for (link, (key, downstream)) in &self.hop_keys {
+                self.hops
+                    .insert((*link, link_address(key, downstream, &address)), address);
+            }
         }
         *self.per_conn.entry(conn).or_default() += 1;
         Ok(reg)
@@ -199,6 +225,10 @@ impl Registry {
         if self.boxes.get(address).is_some_and(|h| h.reg == reg) {
             if let Some(h) = self.boxes.remove(address) {
                 self.release(h.conn);
+                for (link, (key, downstream)) in &self.hop_keys {
+                    self.hops
+                        .remove(&(*link, link_address(key, downstream, address)));
+                }
             }
         }
     }
@@ -210,6 +240,26 @@ impl Registry {
                 self.per_conn.remove(&conn);
             }
         }
+    }
+
+    /// A downstream link came up: its hop addresses for every mailbox held.
+    fn add_link(&mut self, link: usize, key: HopKey, downstream: String) {
+        for address in self.boxes.keys() {
+            self.hops
+                .insert((link, link_address(&key, &downstream, address)), *address);
+        }
+        self.hop_keys.insert(link, (key, downstream));
+    }
+
+    fn remove_link(&mut self, link: usize) {
+        if self.hop_keys.remove(&link).is_some() {
+            self.hops.retain(|(l, _), _| *l != link);
+        }
+    }
+
+    /// The mailbox a delivery on `link` is for, from the address that link carries.
+    fn resolve(&self, link: usize, hop: &MailboxId) -> Option<MailboxId> {
+        self.hops.get(&(link, *hop)).copied()
     }
 
     /// Where cells for `address` go, if it is registered.
@@ -248,14 +298,22 @@ pub async fn run(ctx: NodeContext, p: RelayParams) -> anyhow::Result<()> {
         p.pool_cells,
     ));
 
+    let gate = crate::users::FirstHop::new(&ctx, p.auth.clone(), p.sources.clone());
     let c = ctx.clone();
     ctx.accept_until_drain(&ep, p.accept, move |conn| {
-        let (ctx, mix_tx, mailboxes) = (c.clone(), mix_tx.clone(), mailboxes.clone());
+        let (ctx, mix_tx, mailboxes, gate) =
+            (c.clone(), mix_tx.clone(), mailboxes.clone(), gate.clone());
         async move {
             match braid_net::peer_tls_key(&conn) {
                 // The TLS verifier admitted only downstream keys.
-                Some(_) => from_downstream(ctx, conn, mix_tx).await,
-                None => serve_client(ctx, conn, mailboxes).await,
+                Some(_) => from_downstream(ctx, conn, mix_tx, mailboxes).await,
+                None => {
+                    let (c, conn2) = (ctx.clone(), conn.clone());
+                    gate.serve(&ctx, &conn, move |allowance| {
+                        serve_client(c, conn2, mailboxes, allowance)
+                    })
+                    .await;
+                }
             }
         }
     })
@@ -270,11 +328,32 @@ async fn from_downstream(
     ctx: NodeContext,
     conn: quinn::Connection,
     mix_tx: mpsc::Sender<(MailboxId, Vec<u8>)>,
+    mailboxes: Arc<Mailboxes>,
 ) {
     let cell_size = ctx.cell_size();
+    let link = conn.stable_id();
+    let downstream = braid_net::peer_tls_key(&conn)
+        .and_then(|k| ctx.directory.by_tls_key(&k))
+        .map(|n| n.id.clone());
+    let (Some(key), Some(downstream)) = (braid_net::link_key(&conn, HOP_KEY_LABEL), downstream)
+    else {
+        return;
+    };
+    mailboxes
+        .registry()
+        .add_link(link, HopKey::new(&key), downstream);
+    // Forget the link's addresses when it goes, however this task ends.
+    struct Unlink(Arc<Mailboxes>, usize);
+    impl Drop for Unlink {
+        fn drop(&mut self) {
+            self.0.registry().remove_link(self.1);
+        }
+    }
+    let _unlink = Unlink(mailboxes.clone(), link);
     while let Ok(mut recv) = conn.accept_uni().await {
         let ctx = ctx.clone();
         let mix_tx = mix_tx.clone();
+        let mailboxes = mailboxes.clone();
         tokio::spawn(async move {
             let mut buf = Vec::new();
             while let Ok(true) = read_frame(&mut recv, delivery_len(cell_size), &mut buf).await {
@@ -284,7 +363,11 @@ async fn from_downstream(
                     Metrics::inc(&ctx.metrics.cells_dropped);
                     continue;
                 };
-                if mix_tx.send((d.mailbox, d.cell.to_vec())).await.is_err() {
+                let Some(mailbox) = mailboxes.registry().resolve(link, &d.mailbox) else {
+                    Metrics::inc(&ctx.metrics.cells_dropped);
+                    continue;
+                };
+                if mix_tx.send((mailbox, d.cell.to_vec())).await.is_err() {
                     return;
                 }
             }
@@ -330,7 +413,12 @@ async fn mix(
 }
 
 /// A client registers each mailbox on a bidirectional stream and reads its cells from it.
-async fn serve_client(ctx: NodeContext, conn: quinn::Connection, mailboxes: Arc<Mailboxes>) {
+async fn serve_client(
+    ctx: NodeContext,
+    conn: quinn::Connection,
+    mailboxes: Arc<Mailboxes>,
+    allowance: Option<Arc<Allowance>>,
+) {
     let registered = Arc::new(AtomicBool::new(false));
     let pending = Arc::new(AtomicUsize::new(0));
     // A connection that never registers only holds a slot: it goes at the deadline.
@@ -364,8 +452,8 @@ async fn serve_client(ctx: NodeContext, conn: quinn::Connection, mailboxes: Arc<
             conn.clone(),
             mailboxes.clone(),
             (send, recv),
-            registered.clone(),
-            pending.clone(),
+            (registered.clone(), pending.clone()),
+            allowance.clone(),
         ));
     }
 }
@@ -383,8 +471,8 @@ async fn serve_mailbox(
     conn: quinn::Connection,
     mailboxes: Arc<Mailboxes>,
     (mut send, mut recv): (quinn::SendStream, quinn::RecvStream),
-    registered: Arc<AtomicBool>,
-    pending: Arc<AtomicUsize>,
+    (registered, pending): (Arc<AtomicBool>, Arc<AtomicUsize>),
+    allowance: Option<Arc<Allowance>>,
 ) {
     let mut buf = Vec::new();
     let read = tokio::time::timeout(
@@ -428,6 +516,15 @@ async fn serve_mailbox(
         tokio::select! {
             q = rx.recv() => {
                 let Some(q) = q else { break };
+                // The user's share of its rate here: while it waits, the mailbox queue
+                // fills and the pool drops what does not fit, which the central resends.
+                if let Some(a) = &allowance {
+                    if let Err(r) = a.spend(q.cell.len()).await {
+                        Metrics::inc(&ctx.metrics.users_over_quota);
+                        crate::users::close_refused(&conn, r);
+                        break;
+                    }
+                }
                 if write_frame(&mut send, &q.cell).await.is_err() {
                     break;
                 }

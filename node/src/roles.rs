@@ -6,19 +6,26 @@ use std::net::SocketAddr;
 use braid_config::{CentralConfig, GatewayConfig, NodeConfig, RelayConfig, UpstreamConfig};
 
 use crate::exit::ExitPolicy;
+use crate::users::{FirstHopAuth, SourceFilter};
 use crate::{central, downstream, gateway, relay, upstream, NodeContext};
 
 /// Runs the role `cfg` names until `ctx` stops it. `bind` is where a node that only dials
 /// (downstream, gateway) binds its endpoint.
 pub async fn run(ctx: NodeContext, cfg: NodeConfig, bind: SocketAddr) -> anyhow::Result<()> {
     match cfg {
-        NodeConfig::Upstream(c) => upstream::run(ctx, upstream_params(&c)).await,
+        NodeConfig::Upstream(c) => {
+            let params = upstream_params(&c, &ctx)?;
+            upstream::run(ctx, params).await
+        }
         NodeConfig::Central(c) => {
             let params = central_params(&c, &ctx);
             central::run(ctx, params).await
         }
         NodeConfig::Downstream(_) => downstream::run(ctx, bind).await,
-        NodeConfig::Relay(c) => relay::run(ctx, relay_params(&c)).await,
+        NodeConfig::Relay(c) => {
+            let params = relay_params(&c, &ctx)?;
+            relay::run(ctx, params).await
+        }
         NodeConfig::Gateway(c) => gateway::run(ctx, gateway_params(&c, bind)).await,
     }
 }
@@ -69,13 +76,27 @@ fn stalled_streams(mib: u64, c: &CentralConfig) -> usize {
         .max(1)
 }
 
-pub fn upstream_params(c: &UpstreamConfig) -> upstream::UpstreamParams {
-    upstream::UpstreamParams {
+pub fn upstream_params(
+    c: &UpstreamConfig,
+    ctx: &NodeContext,
+) -> anyhow::Result<upstream::UpstreamParams> {
+    Ok(upstream::UpstreamParams {
+        auth: FirstHopAuth::from_config(
+            &ctx.directory,
+            braid_config::Role::Upstream,
+            c.revoked.as_deref(),
+            c.auth_timeout(),
+            c.per_user_usage,
+        )?,
+        sources: SourceFilter {
+            allow: c.allow_sources.clone(),
+            deny: c.deny_sources.clone(),
+        },
         listen: c.listen,
         accept: accept_limits(&c.node),
         client_queue_cells: c.client_queue_cells as usize,
         central_queue_cells: c.central_queue_cells as usize,
-    }
+    })
 }
 
 /// `[node]`'s connection limits for a listening role.
@@ -87,8 +108,19 @@ pub fn accept_limits(n: &braid_config::NodeCommon) -> crate::AcceptLimits {
     }
 }
 
-pub fn relay_params(c: &RelayConfig) -> relay::RelayParams {
-    relay::RelayParams {
+pub fn relay_params(c: &RelayConfig, ctx: &NodeContext) -> anyhow::Result<relay::RelayParams> {
+    Ok(relay::RelayParams {
+        auth: FirstHopAuth::from_config(
+            &ctx.directory,
+            braid_config::Role::Relay,
+            c.revoked.as_deref(),
+            c.registration_timeout(),
+            c.per_user_usage,
+        )?,
+        sources: SourceFilter {
+            allow: c.allow_sources.clone(),
+            deny: c.deny_sources.clone(),
+        },
         listen: c.listen,
         accept: accept_limits(&c.node),
         mix_delay: c.mix_delay(),
@@ -98,6 +130,19 @@ pub fn relay_params(c: &RelayConfig) -> relay::RelayParams {
         max_mailboxes: c.max_mailboxes as usize,
         max_mailboxes_per_connection: c.max_mailboxes_per_connection as usize,
         registration_timeout: c.registration_timeout(),
+    })
+}
+
+/// The exit policy a gateway config sets (at start and on each reload).
+pub fn exit_policy(c: &GatewayConfig) -> ExitPolicy {
+    ExitPolicy {
+        allow_loopback: c.exit.allow_loopback,
+        allow_private: c.exit.allow_private,
+        rules: c.exit.rules.clone(),
+        // gateway::run adds the directory's node addresses.
+        node_addrs: Default::default(),
+        // gateway::run reads the host's interfaces.
+        local_addrs: Default::default(),
     }
 }
 
@@ -105,15 +150,7 @@ pub fn gateway_params(c: &GatewayConfig, bind: SocketAddr) -> gateway::GatewayPa
     gateway::GatewayParams {
         bind,
         connect_timeout: c.connect_timeout(),
-        policy: ExitPolicy {
-            allow_loopback: c.exit.allow_loopback,
-            allow_private: c.exit.allow_private,
-            rules: c.exit.rules.clone(),
-            // gateway::run adds the directory's node addresses.
-            node_addrs: Default::default(),
-            // gateway::run reads the host's interfaces.
-            local_addrs: Default::default(),
-        },
+        policy: exit_policy(c),
         hosts: c.hosts.clone(),
         reconnect_min: c.reconnect_min(),
         reconnect_max: c.reconnect_max(),

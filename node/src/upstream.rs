@@ -18,9 +18,14 @@ use braid_driver::tap::{tap, TapPoint};
 use braid_driver::Backoff;
 
 use crate::fair_queue::{ClientSlot, FairQueue};
+use crate::users::{close_refused, Allowance, FirstHop, FirstHopAuth, SourceFilter};
 use crate::NodeContext;
 
 pub struct UpstreamParams {
+    /// The credential check, when the directory has an operator key.
+    pub auth: Option<Arc<FirstHopAuth>>,
+    /// Which client sources it serves.
+    pub sources: SourceFilter,
     pub listen: SocketAddr,
     /// How many client connections it takes.
     pub accept: crate::AcceptLimits,
@@ -47,9 +52,11 @@ pub async fn run(ctx: NodeContext, params: UpstreamParams) -> anyhow::Result<()>
             .collect(),
     );
     let link = tokio::spawn(central_links(&ctx, ep.clone(), queues.clone())?);
+
     let c = ctx.clone();
+    let gate = FirstHop::new(&ctx, params.auth.clone(), params.sources.clone());
     ctx.accept_until_drain(&ep, params.accept, move |conn| {
-        let (ctx, queues) = (c.clone(), queues.clone());
+        let (ctx, queues, gate) = (c.clone(), queues.clone(), gate.clone());
         async move {
             if let Some(k) = braid_net::peer_tls_key(&conn) {
                 // A node with a certificate has no business here unless it is listed.
@@ -59,7 +66,11 @@ pub async fn run(ctx: NodeContext, params: UpstreamParams) -> anyhow::Result<()>
                     return;
                 }
             }
-            serve_client(ctx, conn, queues).await;
+            let (c, conn2) = (ctx.clone(), conn.clone());
+            gate.serve(&ctx, &conn, move |allowance| {
+                serve_client(c, conn2, queues, allowance)
+            })
+            .await;
         }
     })
     .await;
@@ -72,7 +83,12 @@ pub async fn run(ctx: NodeContext, params: UpstreamParams) -> anyhow::Result<()>
 
 type CentralQueues = Arc<HashMap<String, Arc<FairQueue>>>;
 
-async fn serve_client(ctx: NodeContext, conn: quinn::Connection, queues: CentralQueues) {
+async fn serve_client(
+    ctx: NodeContext,
+    conn: quinn::Connection,
+    queues: CentralQueues,
+    allowance: Option<Arc<Allowance>>,
+) {
     let cell_size = ctx.cell_size();
     // All of this connection's streams share its place in each central's queue.
     let client = ClientSlot::new(conn.stable_id() as u64);
@@ -84,6 +100,7 @@ async fn serve_client(ctx: NodeContext, conn: quinn::Connection, queues: Central
         let ctx = ctx.clone();
         let queues = queues.clone();
         let client = client.clone();
+        let (allowance, conn) = (allowance.clone(), conn.clone());
         tokio::spawn(async move {
             // The stream's first message routes its cells to one central.
             let mut buf = Vec::with_capacity(cell_size);
@@ -101,6 +118,15 @@ async fn serve_client(ctx: NodeContext, conn: quinn::Connection, queues: Central
             loop {
                 match read_frame(&mut recv, cell_size, &mut buf).await {
                     Ok(true) if buf.len() == cell_size => {
+                        // The user's share of its rate here holds back the reading, so the
+                        // client's QUIC flow control slows it down; nothing is dropped.
+                        if let Some(a) = &allowance {
+                            if let Err(r) = a.spend(cell_size).await {
+                                Metrics::inc(&ctx.metrics.users_over_quota);
+                                close_refused(&conn, r);
+                                return;
+                            }
+                        }
                         Metrics::inc(&ctx.metrics.cells_in);
                         tap(&ctx.tap, &ctx.id, TapPoint::Received, &buf);
                         // Waits while this client's share of the queue is full.

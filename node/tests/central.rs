@@ -6,19 +6,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use braid_config::{Directory, NodeEntry, Role};
+use braid_config::Role;
 use braid_driver::Metrics;
 use braid_net::NodeIdentity;
-use braid_node::{central, NodeContext};
+use braid_node::central;
 use braid_proto::session::{PendingSession, SessionConfig, SessionHello};
 use tokio_util::sync::CancellationToken;
 
-fn free_udp(ip: [u8; 4]) -> SocketAddr {
-    std::net::UdpSocket::bind(SocketAddr::from((ip, 0)))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+mod common;
+use common::TestNet;
 
 struct Net {
     central_addr: SocketAddr,
@@ -46,49 +42,14 @@ async fn start_central_admitting(
     idle_timeout: Duration,
     admission: central::AdmissionParams,
 ) -> Net {
-    let mut rng = rand::rng();
-    let ids: Vec<NodeIdentity> = (0..5)
-        .map(|_| NodeIdentity::generate(&mut rng).unwrap())
-        .collect();
-    let central_addr = free_udp([127, 31, 9, 4]);
-    let roles = [
-        Role::Central,
-        Role::Upstream,
-        Role::Downstream,
-        Role::Relay,
-        Role::Gateway,
-    ];
-    let entries = ids
-        .iter()
-        .zip(roles)
-        .enumerate()
-        .map(|(i, (id, role))| {
-            let addr = match role {
-                Role::Central => Some(central_addr),
-                Role::Downstream | Role::Gateway => None,
-                _ => Some(free_udp([127, 31, 9, 10 + i as u8])),
-            };
-            NodeEntry::new(
-                format!("{}-1", role.as_str()),
-                role,
-                addr,
-                id.noise_public(),
-                id.tls_public(),
-            )
-        })
-        .collect();
-    let directory = Arc::new(Directory::validated(4096, entries).unwrap());
-    let metrics = Arc::new(Metrics::default());
-    let stop = CancellationToken::new();
-    let ctx = NodeContext {
-        id: "central-1".into(),
-        identity: ids[0].clone(),
-        directory: directory.clone(),
-        metrics: metrics.clone(),
-        tap: None,
-        drain: stop.clone(),
-        shutdown: stop.clone(),
-    };
+    let net = TestNet::new(
+        4096,
+        [127, 31, 9],
+        &[Role::Central, Role::Upstream, Role::Relay],
+    );
+    let central_addr = net.addr(Role::Central);
+    let directory = net.directory.clone();
+    let (ctx, metrics, stop) = net.context(Role::Central);
     tokio::spawn(central::run(
         ctx,
         central::CentralParams {
@@ -113,8 +74,8 @@ async fn start_central_admitting(
     tokio::time::sleep(Duration::from_millis(100)).await;
     Net {
         central_addr,
-        central: ids[0].clone(),
-        upstream: ids[1].clone(),
+        central: net.identity(Role::Central).clone(),
+        upstream: net.identity(Role::Upstream).clone(),
         metrics,
         stop,
     }
@@ -181,6 +142,7 @@ fn hello_cell(net: &Net, unix_secs: u64) -> Vec<u8> {
     let hello = SessionHello {
         window_cells: 64,
         mailboxes: Vec::new(),
+        limits_pass: Vec::new(),
     };
     PendingSession::start(
         &mut rand::rng(),

@@ -3,23 +3,18 @@
 //! it) cannot hold the gateway's stream slots with streams that say nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use braid_config::{Directory, NodeEntry, Role};
+use braid_config::Role;
 use braid_driver::Metrics;
-use braid_net::{ClientAuth, NodeIdentity, PinSet};
+use braid_net::{ClientAuth, PinSet};
 use braid_node::exit::ExitPolicy;
-use braid_node::{gateway, NodeContext};
+use braid_node::gateway;
 use tokio_util::sync::CancellationToken;
 
-fn free_udp(ip: [u8; 4]) -> SocketAddr {
-    std::net::UdpSocket::bind(SocketAddr::from((ip, 0)))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+mod common;
+use common::TestNet;
 
 /// A hand-driven central and a real gateway linked to it.
 struct Net {
@@ -30,57 +25,23 @@ struct Net {
 }
 
 async fn start(handshake_timeout: Duration) -> Net {
-    let mut rng = rand::rng();
-    let central = NodeIdentity::generate(&mut rng).unwrap();
-    let gw = NodeIdentity::generate(&mut rng).unwrap();
-    let central_addr = free_udp([127, 31, 10, 4]);
-    // The other roles only fill the directory.
-    let mut entries: Vec<NodeEntry> = [Role::Upstream, Role::Downstream, Role::Relay]
+    let net = TestNet::new(
+        4096,
+        [127, 31, 10],
+        &[Role::Central, Role::Upstream, Role::Relay],
+    );
+    let central_addr = net.addr(Role::Central);
+    let pins: PinSet = [net.identity(Role::Gateway).tls_public()]
         .into_iter()
-        .enumerate()
-        .map(|(i, role)| {
-            let id = NodeIdentity::generate(&mut rng).unwrap();
-            let addr = (role != Role::Downstream).then(|| free_udp([127, 31, 10, 10 + i as u8]));
-            NodeEntry::new(
-                format!("{}-1", role.as_str()),
-                role,
-                addr,
-                id.noise_public(),
-                id.tls_public(),
-            )
-        })
         .collect();
-    entries.extend([
-        NodeEntry::new(
-            "central-1".to_string(),
-            Role::Central,
-            Some(central_addr),
-            central.noise_public(),
-            central.tls_public(),
-        ),
-        NodeEntry::new(
-            "gateway-1".to_string(),
-            Role::Gateway,
-            None,
-            gw.noise_public(),
-            gw.tls_public(),
-        ),
-    ]);
-    let directory = Arc::new(Directory::validated(4096, entries).unwrap());
-    let pins: PinSet = [gw.tls_public()].into_iter().collect();
-    let ep =
-        braid_net::server_endpoint(central_addr, &central, pins, ClientAuth::Required).unwrap();
-    let metrics = Arc::new(Metrics::default());
-    let stop = CancellationToken::new();
-    let ctx = NodeContext {
-        id: "gateway-1".to_string(),
-        identity: gw,
-        directory,
-        metrics: metrics.clone(),
-        tap: None,
-        drain: stop.clone(),
-        shutdown: stop.clone(),
-    };
+    let ep = braid_net::server_endpoint(
+        central_addr,
+        net.identity(Role::Central),
+        pins,
+        ClientAuth::Required,
+    )
+    .unwrap();
+    let (ctx, metrics, stop) = net.context(Role::Gateway);
     let params = gateway::GatewayParams {
         bind: "127.0.0.1:0".parse().unwrap(),
         connect_timeout: Duration::from_secs(5),

@@ -9,23 +9,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use braid_config::{Directory, NodeEntry, Role};
-use braid_driver::Metrics;
-use braid_net::{ClientAuth, NodeIdentity, PinSet};
+use braid_config::Role;
+use braid_net::{ClientAuth, PinSet};
 use braid_node::exit::ExitPolicy;
 use braid_node::gateway::{self, GatewayParams};
-use braid_node::NodeContext;
 use braid_proto::inner::{self, MessageDecoder, OpenRequest, OpenStatus};
 use braid_proto::TargetAddr;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-fn free_udp(ip: [u8; 4]) -> SocketAddr {
-    std::net::UdpSocket::bind(SocketAddr::from((ip, 0)))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+mod common;
+use common::TestNet;
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -43,51 +37,22 @@ struct Net {
 }
 
 async fn start_gateway(window_secs: u64, cache: usize) -> Net {
-    let mut rng = rand::rng();
-    let ids: Vec<NodeIdentity> = (0..5)
-        .map(|_| NodeIdentity::generate(&mut rng).unwrap())
-        .collect();
-    let central_addr = free_udp([127, 31, 10, 4]);
-    let roles = [
-        Role::Central,
-        Role::Upstream,
-        Role::Downstream,
-        Role::Relay,
-        Role::Gateway,
-    ];
-    let entries = ids
-        .iter()
-        .zip(roles)
-        .enumerate()
-        .map(|(i, (id, role))| {
-            let addr = match role {
-                Role::Central => Some(central_addr),
-                Role::Downstream | Role::Gateway => None,
-                _ => Some(free_udp([127, 31, 10, 10 + i as u8])),
-            };
-            NodeEntry::new(
-                format!("{}-1", role.as_str()),
-                role,
-                addr,
-                id.noise_public(),
-                id.tls_public(),
-            )
-        })
-        .collect();
-    let directory = Arc::new(Directory::validated(4096, entries).unwrap());
+    let net = TestNet::new(
+        4096,
+        [127, 31, 10],
+        &[Role::Central, Role::Upstream, Role::Relay],
+    );
+    let central_addr = net.addr(Role::Central);
     let pins = PinSet::new();
-    pins.insert(ids[4].tls_public());
-    let ep = braid_net::server_endpoint(central_addr, &ids[0], pins, ClientAuth::Required).unwrap();
-    let stop = CancellationToken::new();
-    let ctx = NodeContext {
-        id: "gateway-1".into(),
-        identity: ids[4].clone(),
-        directory,
-        metrics: Arc::new(Metrics::default()),
-        tap: None,
-        drain: stop.clone(),
-        shutdown: stop.clone(),
-    };
+    pins.insert(net.identity(Role::Gateway).tls_public());
+    let ep = braid_net::server_endpoint(
+        central_addr,
+        net.identity(Role::Central),
+        pins,
+        ClientAuth::Required,
+    )
+    .unwrap();
+    let (ctx, _, stop) = net.context(Role::Gateway);
     let params = GatewayParams {
         bind: "127.31.10.20:0".parse().unwrap(),
         connect_timeout: Duration::from_secs(5),
@@ -121,7 +86,7 @@ async fn start_gateway(window_secs: u64, cache: usize) -> Net {
     .expect("the gateway dials its central");
     Net {
         conn,
-        gateway_key: ids[4].noise_public(),
+        gateway_key: net.identity(Role::Gateway).noise_public(),
         stop,
         _ep: ep,
     }

@@ -8,22 +8,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use braid_config::{Directory, NodeEntry, Role};
+use braid_config::Role;
 use braid_driver::Metrics;
 use braid_net::{read_frame, write_frame, LinkTuning, NodeIdentity};
-use braid_node::{relay, NodeContext};
-use braid_proto::envelope::{Delivery, MailboxSecret, Registration};
+use braid_node::relay;
+use braid_proto::envelope::{
+    hop_address, via_address, Delivery, MailboxSecret, Registration, HOP_KEY_LABEL,
+};
 use braid_proto::frame::MailboxId;
 use tokio_util::sync::CancellationToken;
 
 const CELL: usize = 1024;
 
-fn free_udp(ip: [u8; 4]) -> SocketAddr {
-    std::net::UdpSocket::bind(SocketAddr::from((ip, 0)))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+mod common;
+use common::TestNet;
 
 struct Net {
     relay_addr: SocketAddr,
@@ -62,6 +60,8 @@ impl Default for Limits {
 
 fn params(listen: SocketAddr, l: Limits) -> relay::RelayParams {
     relay::RelayParams {
+        auth: None,
+        sources: Default::default(),
         listen,
         accept: braid_node::AcceptLimits {
             max_connections: 64,
@@ -79,57 +79,21 @@ fn params(listen: SocketAddr, l: Limits) -> relay::RelayParams {
 }
 
 async fn start_relay(tune: impl FnOnce(&mut Limits)) -> Net {
-    let mut rng = rand::rng();
-    let ids: Vec<NodeIdentity> = (0..5)
-        .map(|_| NodeIdentity::generate(&mut rng).unwrap())
-        .collect();
-    let relay_addr = free_udp([127, 31, 10, 6]);
-    let roles = [
-        Role::Relay,
-        Role::Downstream,
-        Role::Central,
-        Role::Upstream,
-        Role::Gateway,
-    ];
-    let entries = ids
-        .iter()
-        .zip(roles)
-        .enumerate()
-        .map(|(i, (id, role))| {
-            let addr = match role {
-                Role::Relay => Some(relay_addr),
-                Role::Downstream | Role::Gateway => None,
-                _ => Some(free_udp([127, 31, 10, 10 + i as u8])),
-            };
-            NodeEntry::new(
-                format!("{}-1", role.as_str()),
-                role,
-                addr,
-                id.noise_public(),
-                id.tls_public(),
-            )
-        })
-        .collect();
-    let directory = Arc::new(Directory::validated(CELL as u32, entries).unwrap());
-    let metrics = Arc::new(Metrics::default());
-    let stop = CancellationToken::new();
-    let ctx = NodeContext {
-        id: "relay-1".into(),
-        identity: ids[0].clone(),
-        directory,
-        metrics: metrics.clone(),
-        tap: None,
-        drain: stop.clone(),
-        shutdown: stop.clone(),
-    };
+    let net = TestNet::new(
+        CELL as u32,
+        [127, 31, 10],
+        &[Role::Relay, Role::Central, Role::Upstream],
+    );
+    let relay_addr = net.addr(Role::Relay);
+    let (ctx, metrics, stop) = net.context(Role::Relay);
     let mut limits = Limits::default();
     tune(&mut limits);
     tokio::spawn(relay::run(ctx, params(relay_addr, limits)));
     tokio::time::sleep(Duration::from_millis(100)).await;
     Net {
         relay_addr,
-        relay: ids[0].clone(),
-        downstream: ids[1].clone(),
+        relay: net.identity(Role::Relay).clone(),
+        downstream: net.identity(Role::Downstream).clone(),
         metrics,
         stop,
     }
@@ -208,6 +172,8 @@ impl Mailbox {
 struct Downstream {
     send: quinn::SendStream,
     _conn: quinn::Connection,
+    /// The link's hop key: addresses are rewritten with it, as a downstream does.
+    hop_key: [u8; 32],
 }
 
 impl Downstream {
@@ -219,22 +185,41 @@ impl Downstream {
             .await
             .unwrap();
         let send = conn.open_uni().await.unwrap();
-        Downstream { send, _conn: conn }
+        let hop_key = braid_net::link_key(&conn, HOP_KEY_LABEL).unwrap();
+        Downstream {
+            send,
+            _conn: conn,
+            hop_key,
+        }
     }
 
-    /// Delivers `n` cells to `to`, the first byte of each being `tag`.
+    /// Delivers `n` cells to `to`, the first byte of each being `tag`, under the address
+    /// as this link carries it (the central's address for this downstream, rewritten).
     async fn deliver(&mut self, to: MailboxId, tag: u8, n: usize) {
+        let hop = self.link_address(&to);
+        self.deliver_as(hop, tag, n).await;
+    }
+
+    fn link_address(&self, to: &MailboxId) -> MailboxId {
+        hop_address(&self.hop_key, &via_address(to, DOWNSTREAM_ID))
+    }
+
+    /// Delivers under `wire` exactly as given.
+    async fn deliver_as(&mut self, wire: MailboxId, tag: u8, n: usize) {
         let mut cell = vec![0u8; CELL];
         cell[0] = tag;
         for _ in 0..n {
             let d = Delivery {
-                mailbox: to,
+                mailbox: wire,
                 cell: &cell,
             };
             write_frame(&mut self.send, &d.to_vec()).await.unwrap();
         }
     }
 }
+
+/// The test downstream's id in the directory (`start_relay`).
+const DOWNSTREAM_ID: &str = "downstream-1";
 
 fn fresh() -> MailboxSecret {
     MailboxSecret::generate(&mut rand::rng())
@@ -427,4 +412,54 @@ async fn mailboxes_together_queue_at_most_the_budget() {
     eprintln!("budget of 10 cells: {total} of 300 cells queued for 3 clients that did not read");
     // 10 cells of budget, and per mailbox up to 4 in its window and 1 being written.
     assert!((10..=10 + 3 * 5).contains(&total), "received {total}");
+}
+
+/// The address a downstream got from the central never reaches the relay: a delivery under
+/// it is dropped, and one under the address rewritten for the link arrives. Two links
+/// carry the same mailbox under unrelated addresses, and a mailbox registered after a
+/// link came up is reachable through it too.
+#[tokio::test]
+async fn the_relay_takes_only_addresses_rewritten_for_their_link() {
+    let net = start_relay(|_| {}).await;
+    let mut first = Downstream::connect(&net).await;
+    let secret = fresh();
+    let address = secret.address();
+    let c = client(&net).await;
+    let mut inbox = register(&c, &secret).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    first.deliver_as(address, 1, 3).await;
+    assert!(
+        !matches!(inbox.next(Duration::from_millis(500)).await, Got::Cell(_)),
+        "a delivery under the central's address was taken"
+    );
+    first.deliver(address, 2, 1).await;
+    assert!(matches!(inbox.next(Duration::from_secs(2)).await, Got::Cell(c) if c[0] == 2));
+
+    let mut second = Downstream::connect(&net).await;
+    let (a1, a2) = (first.link_address(&address), second.link_address(&address));
+    assert!(a1 != a2 && a1 != address && a2 != address);
+    // Nor does the address the downstream read from the central work.
+    first
+        .deliver_as(via_address(&address, DOWNSTREAM_ID), 6, 1)
+        .await;
+    assert!(!matches!(
+        inbox.next(Duration::from_millis(500)).await,
+        Got::Cell(_)
+    ));
+    // The first link's address is nothing on the second link.
+    second.deliver_as(a1, 3, 1).await;
+    assert!(!matches!(
+        inbox.next(Duration::from_millis(500)).await,
+        Got::Cell(_)
+    ));
+    second.deliver(address, 4, 1).await;
+    assert!(matches!(inbox.next(Duration::from_secs(2)).await, Got::Cell(c) if c[0] == 4));
+
+    // Registered after both links came up.
+    let late = fresh();
+    let mut late_inbox = register(&c, &late).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    second.deliver(late.address(), 5, 1).await;
+    assert!(matches!(late_inbox.next(Duration::from_secs(2)).await, Got::Cell(c) if c[0] == 5));
 }

@@ -4,24 +4,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use braid_config::{Directory, NodeEntry, Role};
+use braid_config::Role;
 use braid_driver::Metrics;
-use braid_net::{ClientAuth, LinkTuning, NodeIdentity, PinSet};
+use braid_net::{ClientAuth, LinkTuning, PinSet};
 use braid_node::upstream::{self, UpstreamParams};
-use braid_node::NodeContext;
 use tokio_util::sync::CancellationToken;
 
 const CELL: usize = 4096;
 
-fn free_udp(ip: [u8; 4]) -> SocketAddr {
-    std::net::UdpSocket::bind(SocketAddr::from((ip, 0)))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+mod common;
+use common::TestNet;
 
 /// A client: one connection to the upstream, `streams` streams routed to `central-1`, each
 /// sending cells tagged `tag` as fast as the upstream takes them.
@@ -56,52 +50,31 @@ async fn client(addr: SocketAddr, key: [u8; 32], streams: usize, tag: u8, stop: 
 /// turn, so the honest client got about a ninth.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_client_gets_no_more_than_its_share() {
-    let mut rng = rand::rng();
-    let ids: Vec<NodeIdentity> = (0..5)
-        .map(|_| NodeIdentity::generate(&mut rng).unwrap())
-        .collect();
-    let central_addr = free_udp([127, 31, 10, 4]);
-    let upstream_addr = free_udp([127, 31, 10, 2]);
-    let roles = [
-        Role::Central,
-        Role::Upstream,
-        Role::Downstream,
-        Role::Relay,
-        Role::Gateway,
-    ];
-    let entries = ids
-        .iter()
-        .zip(roles)
-        .enumerate()
-        .map(|(i, (id, role))| {
-            let addr = match role {
-                Role::Central => Some(central_addr),
-                Role::Upstream => Some(upstream_addr),
-                Role::Relay => Some(free_udp([127, 31, 10, 10 + i as u8])),
-                _ => None,
-            };
-            NodeEntry::new(
-                format!("{}-1", role.as_str()),
-                role,
-                addr,
-                id.noise_public(),
-                id.tls_public(),
-            )
-        })
-        .collect();
-    let directory = Arc::new(Directory::validated(CELL as u32, entries).unwrap());
+    let net = TestNet::new(
+        CELL as u32,
+        [127, 31, 10],
+        &[Role::Central, Role::Upstream, Role::Relay],
+    );
+    let (central_addr, upstream_addr) = (net.addr(Role::Central), net.addr(Role::Upstream));
     let stop = CancellationToken::new();
 
     // The central: takes the upstream's link and reads about a cell a millisecond, with a
     // small stream window so that what waits, waits in the upstream's queue.
-    let pins: PinSet = [ids[1].tls_public()].into_iter().collect();
+    let pins: PinSet = [net.identity(Role::Upstream).tls_public()]
+        .into_iter()
+        .collect();
     let tuning = LinkTuning {
         stream_window: 16 * CELL as u32,
         ..LinkTuning::default()
     };
-    let central =
-        braid_net::server_endpoint_with(central_addr, &ids[0], pins, ClientAuth::Required, tuning)
-            .unwrap();
+    let central = braid_net::server_endpoint_with(
+        central_addr,
+        net.identity(Role::Central),
+        pins,
+        ClientAuth::Required,
+        tuning,
+    )
+    .unwrap();
     let counted = tokio::spawn(async move {
         let conn = central.accept().await.unwrap().await.unwrap();
         let mut recv = conn.accept_uni().await.unwrap();
@@ -126,19 +99,12 @@ async fn a_flooding_client_gets_no_more_than_its_share() {
         (flood, honest)
     });
 
-    let metrics = Arc::new(Metrics::default());
-    let ctx = NodeContext {
-        id: "upstream-1".to_string(),
-        identity: ids[1].clone(),
-        directory: directory.clone(),
-        metrics: metrics.clone(),
-        tap: None,
-        drain: stop.clone(),
-        shutdown: stop.clone(),
-    };
+    let (ctx, metrics, ctx_stop) = net.context(Role::Upstream);
     tokio::spawn(upstream::run(
         ctx,
         UpstreamParams {
+            auth: None,
+            sources: Default::default(),
             listen: upstream_addr,
             client_queue_cells: 64,
             central_queue_cells: 1024,
@@ -152,12 +118,13 @@ async fn a_flooding_client_gets_no_more_than_its_share() {
         },
     ));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let key = ids[1].tls_public();
+    let key = net.identity(Role::Upstream).tls_public();
     let flooder = tokio::spawn(client(upstream_addr, key, 8, 1, stop.clone()));
     let honest = tokio::spawn(client(upstream_addr, key, 1, 2, stop.clone()));
 
     let (flood, honest_cells) = counted.await.unwrap();
     stop.cancel();
+    ctx_stop.cancel();
     let _ = (flooder.await, honest.await);
     let share = honest_cells as f64 / (flood + honest_cells) as f64;
     eprintln!("steady state: flooder {flood} cells, honest {honest_cells} ({share:.2})");

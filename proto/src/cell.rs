@@ -2,16 +2,31 @@
 //!
 //! ```text
 //! offset  size  field
-//! 0       1     kind      CellKind (open newtype: unknown kinds decode, policy drops them)
-//! 1       1     version   1
-//! 2       16    session   SessionId, random, chosen by the client
-//! 18      2     epoch     key epoch (rekey counter) for sealed kinds
-//! 20      8     seq       sequence number within (direction, kind)
+//! 0       1     kind      CellKind; masked (header protection) in sealed cells
+//! 1       1     version   2
+//! 2       16    label     what forwarders route by (see below); never the session id
+//! 18      2     epoch     key epoch (rekey counter) for sealed kinds; masked
+//! 20      8     seq       sequence number within (direction, kind); masked
 //! 28      ..    body      sealed: ciphertext || 16-byte tag; handshake: u16 len || message
 //! ```
-//! The 28 header bytes are the associated data of the seal, and the nonce is
-//! `direction | kind | epoch | seq`: a (key, nonce) pair can repeat only if a sequence number
-//! does, and senders never reuse one. Padding lives inside the seal.
+//! The seal's associated data is the same 28 bytes with the real [`SessionId`] in place of
+//! the label and nothing masked: the id never travels, yet a cell opens only in its own
+//! session. The nonce is `direction | kind | epoch | seq`: a (key, nonce) pair can repeat
+//! only if a sequence number does, and senders never reuse one. Padding lives inside the
+//! seal.
+//!
+//! **Labels** are per hop, like Tor's circuit ids. Toward the central each client path
+//! (one upstream connection) carries its own label `HMAC(label key, index)`, a fresh index
+//! after every reconnect, so two upstreams (or one upstream before and after the client
+//! moved) see unrelated labels; only the central maps them to a session. Toward the
+//! client the label is zero: the relay mailbox, fresh per session and rewritten between
+//! downstream and relay, names the session. A Hello's label is its session id (a hash of
+//! its ephemeral key, which the Hello shows anyway); a Welcome's is zero (the client tries
+//! it against each Hello it has out), so nothing links a Welcome to its Hello.
+//!
+//! **Header protection**, as QUIC's: kind, epoch and seq of a sealed cell are XORed with
+//! `HMAC(header key, first 16 ciphertext bytes)`, so forwarders cannot read sequence
+//! numbers (cell counts) or tell data from acknowledgements.
 
 use std::fmt;
 
@@ -21,7 +36,11 @@ use crate::open_enum::open_enum;
 use crate::wire::{Reader, WireError, Writer};
 
 pub const HEADER_LEN: usize = 28;
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
+/// Where the label sits in a cell.
+pub const LABEL_AT: std::ops::Range<usize> = 2..18;
+/// Ciphertext bytes the header-protection mask is computed from (the first of the body).
+const SAMPLE_LEN: usize = 16;
 pub const MIN_CELL_SIZE: usize = 1024;
 pub const MAX_CELL_SIZE: usize = 16 * 1024;
 
@@ -65,6 +84,49 @@ impl fmt::Display for SessionId {
     }
 }
 
+/// What a forwarding node routes a cell by on one hop (see the module notes).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Label(pub [u8; 16]);
+
+impl Label {
+    pub const NONE: Label = Label([0; 16]);
+}
+
+impl fmt::Debug for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0[..6] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<SessionId> for Label {
+    fn from(id: SessionId) -> Self {
+        Label(id.0)
+    }
+}
+
+/// A cell's label (what forwarders and the central route by).
+pub fn peek_label(cell: &[u8]) -> Option<Label> {
+    cell.get(LABEL_AT)
+        .and_then(|b| b.try_into().ok())
+        .map(Label)
+}
+
+/// Puts `label` on a cell for its next hop. The label is outside the seal, so a sealed cell
+/// can be relabelled (a retransmission on another path, a hop's rewrite).
+pub fn set_label(cell: &mut [u8], label: Label) {
+    if let Some(b) = cell.get_mut(LABEL_AT) {
+        b.copy_from_slice(&label.0);
+    }
+}
+
+/// The kind byte as it travels: true for Hello and Welcome, masked for sealed cells.
+pub fn clear_kind(cell: &[u8]) -> Option<CellKind> {
+    cell.first().map(|k| CellKind(*k))
+}
+
 /// Which way a cell travels; part of every nonce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
@@ -72,6 +134,9 @@ pub enum Direction {
     CentralToClient = 1,
 }
 
+/// A cell's header fields. As the seal's associated data `session` is the real session id;
+/// read off the wire (`take_from`) it is the label, and a sealed cell's other fields are
+/// masked until [`DirectionKeys::unprotect`] removes the mask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CellHeader {
     pub kind: CellKind,
@@ -103,11 +168,6 @@ impl CellHeader {
             seq: r.u64()?,
         })
     }
-}
-
-/// Reads the session id of a cell without opening it: what forwarding nodes route by.
-pub fn peek_session(cell: &[u8]) -> Option<SessionId> {
-    CellHeader::take_from(cell).ok().map(|h| h.session)
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -151,13 +211,13 @@ pub fn handshake_capacity(cell_size: usize) -> usize {
 pub fn handshake_cell(
     cell_size: usize,
     kind: CellKind,
-    session: SessionId,
+    label: Label,
     msg: &[u8],
 ) -> Result<Vec<u8>, CellError> {
     let mut cell = vec![0u8; cell_size];
     CellHeader {
         kind,
-        session,
+        session: SessionId(label.0),
         epoch: 0,
         seq: 0,
     }
@@ -187,6 +247,8 @@ pub type SealAudit = Box<dyn FnMut(&[u8; 32], &[u8; NONCE_LEN]) + Send>;
 pub struct DirectionKeys {
     audit: Option<SealAudit>,
     base: [u8; 32],
+    /// Header protection: the mask over kind, epoch and seq.
+    header_key: ring::hmac::Key,
     alg: AeadAlgorithm,
     dir: Direction,
     epoch_cells: u64,
@@ -197,8 +259,13 @@ pub struct DirectionKeys {
 
 impl DirectionKeys {
     pub fn new(base: [u8; 32], alg: AeadAlgorithm, dir: Direction, epoch_cells: u64) -> Self {
+        let header_key = zeroize::Zeroizing::new(crate::noise::hmac256(
+            &base,
+            &[b"braid header protection", &[dir as u8]],
+        ));
         DirectionKeys {
             audit: None,
+            header_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &header_key[..]),
             base,
             alg,
             dir,
@@ -247,7 +314,30 @@ impl DirectionKeys {
         n
     }
 
-    /// Seals `plaintext` (at most `sealed_capacity` bytes, zero-padded) into a new cell.
+    /// The mask over a sealed cell's kind (1 byte) and epoch and seq (10 bytes), from the
+    /// first ciphertext bytes.
+    fn header_mask(&self, cell: &[u8]) -> Result<[u8; 11], CellError> {
+        let sample = cell
+            .get(HEADER_LEN..HEADER_LEN + SAMPLE_LEN)
+            .ok_or(WireError::Truncated)?;
+        let tag = ring::hmac::sign(&self.header_key, sample);
+        let mut mask = [0u8; 11];
+        mask.copy_from_slice(&tag.as_ref()[..11]);
+        Ok(mask)
+    }
+
+    /// XORs the header mask over kind, epoch and seq: protects and unprotects alike.
+    fn toggle_mask(&self, cell: &mut [u8]) -> Result<(), CellError> {
+        let mask = self.header_mask(cell)?;
+        cell[0] ^= mask[0];
+        for (b, m) in cell[LABEL_AT.end..HEADER_LEN].iter_mut().zip(&mask[1..]) {
+            *b ^= m;
+        }
+        Ok(())
+    }
+
+    /// Seals `plaintext` (at most `sealed_capacity` bytes, zero-padded) into a new cell of
+    /// `session`, header protected, with no label yet ([`set_label`] puts one on per path).
     pub fn seal(
         &mut self,
         cell_size: usize,
@@ -261,15 +351,21 @@ impl DirectionKeys {
         if plaintext.len() > cap {
             return Err(WireError::NoSpace.into());
         }
-        let mut cell = vec![0u8; cell_size];
         let header = CellHeader {
             kind,
             session,
             epoch,
             seq,
         };
-        header.write_onto(&mut cell)?;
-        let (hdr, body) = cell.split_at_mut(HEADER_LEN);
+        let mut aad = [0u8; HEADER_LEN];
+        header.write_onto(&mut aad)?;
+        let mut cell = vec![0u8; cell_size];
+        CellHeader {
+            session: SessionId(Label::NONE.0),
+            ..header
+        }
+        .write_onto(&mut cell)?;
+        let body = &mut cell[HEADER_LEN..];
         body[..plaintext.len()].copy_from_slice(plaintext);
         let nonce = self.nonce(kind, epoch, seq);
         if let Some(audit) = self.audit.as_mut() {
@@ -277,15 +373,60 @@ impl DirectionKeys {
             audit(&key, &nonce);
         }
         let (ct, tag_out) = body.split_at_mut(cap);
-        let tag = self.aead(epoch).seal(nonce, hdr, ct);
+        let tag = self.aead(epoch).seal(nonce, &aad, ct);
         tag_out.copy_from_slice(&tag);
+        self.toggle_mask(&mut cell)?;
         Ok(cell)
     }
 
-    /// Opens a sealed cell in place; returns its header and the padded plaintext.
+    /// Removes header protection in place and returns the header, with `session` (the id
+    /// of the session the caller routed the cell to) in place of the label. A cell of
+    /// another session yields garbage fields, and its seal fails later.
+    pub fn unprotect(&self, session: SessionId, cell: &mut [u8]) -> Result<CellHeader, CellError> {
+        self.toggle_mask(cell)?;
+        let header = CellHeader::take_from(cell)?;
+        Ok(CellHeader { session, ..header })
+    }
+
+    /// Opens a sealed cell in place once [`Self::unprotect`] gave its header; returns the
+    /// padded plaintext.
+    pub fn open_unprotected<'c>(
+        &mut self,
+        cell_size: usize,
+        header: &CellHeader,
+        cell: &'c mut [u8],
+    ) -> Result<&'c [u8], CellError> {
+        if cell.len() != cell_size {
+            return Err(CellError::Size {
+                got: cell.len(),
+                expected: cell_size,
+            });
+        }
+        if !header.kind.is_sealed() {
+            return Err(CellError::Kind(header.kind));
+        }
+        if self.epoch_for(header.seq)? != header.epoch {
+            return Err(CellError::Epoch);
+        }
+        let mut aad = [0u8; HEADER_LEN];
+        header.write_onto(&mut aad)?;
+        let nonce = self.nonce(header.kind, header.epoch, header.seq);
+        let cap = sealed_capacity(cell_size);
+        let (ct, tag) = cell[HEADER_LEN..].split_at_mut(cap);
+        let mut t = [0u8; TAG_LEN];
+        t.copy_from_slice(tag);
+        self.aead(header.epoch)
+            .open(nonce, &aad, ct, &t)
+            .map_err(|_| CellError::Auth)?;
+        Ok(&*ct)
+    }
+
+    /// Unprotects and opens a sealed cell of `session` in place; returns its header and the
+    /// padded plaintext.
     pub fn open<'c>(
         &mut self,
         cell_size: usize,
+        session: SessionId,
         cell: &'c mut [u8],
     ) -> Result<(CellHeader, &'c [u8]), CellError> {
         if cell.len() != cell_size {
@@ -294,23 +435,9 @@ impl DirectionKeys {
                 expected: cell_size,
             });
         }
-        let header = CellHeader::take_from(cell)?;
-        if !header.kind.is_sealed() {
-            return Err(CellError::Kind(header.kind));
-        }
-        if self.epoch_for(header.seq)? != header.epoch {
-            return Err(CellError::Epoch);
-        }
-        let nonce = self.nonce(header.kind, header.epoch, header.seq);
-        let cap = sealed_capacity(cell_size);
-        let (hdr, body) = cell.split_at_mut(HEADER_LEN);
-        let (ct, tag) = body.split_at_mut(cap);
-        let mut t = [0u8; TAG_LEN];
-        t.copy_from_slice(tag);
-        self.aead(header.epoch)
-            .open(nonce, hdr, ct, &t)
-            .map_err(|_| CellError::Auth)?;
-        Ok((header, &*ct))
+        let header = self.unprotect(session, cell)?;
+        let plain = self.open_unprotected(cell_size, &header, cell)?;
+        Ok((header, plain))
     }
 }
 
@@ -403,7 +530,7 @@ mod tests {
         let sid = SessionId([3; 16]);
         for seq in 0..20 {
             let mut cell = tx.seal(1024, CellKind::DATA, sid, seq, b"payload").unwrap();
-            let (h, p) = rx.open(1024, &mut cell).unwrap();
+            let (h, p) = rx.open(1024, sid, &mut cell).unwrap();
             assert_eq!(h.seq, seq);
             assert_eq!(h.epoch, (seq / 4) as u16);
             assert_eq!(&p[..7], b"payload");
@@ -412,31 +539,74 @@ mod tests {
     }
 
     #[test]
-    fn header_is_bound() {
+    fn header_is_bound_but_the_label_is_free() {
         let mut tx = keys(Direction::ClientToCentral);
         let sid = SessionId([3; 16]);
         let cell = tx.seal(1024, CellKind::DATA, sid, 5, b"x").unwrap();
-        // Any header byte changed: other session, kind, sequence, epoch.
-        for i in [0usize, 2, 19, 27] {
+        // Any protected header byte changed: kind, version, epoch, sequence.
+        for i in [0usize, 1, 19, 27] {
             let mut c = cell.clone();
             c[i] ^= 1;
             assert!(
-                keys(Direction::ClientToCentral).open(1024, &mut c).is_err(),
+                keys(Direction::ClientToCentral)
+                    .open(1024, sid, &mut c)
+                    .is_err(),
                 "{i}"
             );
         }
-        // The other direction's keys don't open it.
+        // Relabelled (another path, another hop), it still opens in its session...
+        let mut c = cell.clone();
+        set_label(&mut c, Label([0xaa; 16]));
+        let (h, _) = keys(Direction::ClientToCentral)
+            .open(1024, sid, &mut c)
+            .unwrap();
+        assert_eq!((h.kind, h.seq, h.session), (CellKind::DATA, 5, sid));
+        // ...and in no other: the session id is bound though it never travels.
         let mut c = cell.clone();
         assert_eq!(
-            keys(Direction::CentralToClient).open(1024, &mut c).err(),
+            keys(Direction::ClientToCentral)
+                .open(1024, SessionId([4; 16]), &mut c)
+                .err(),
             Some(CellError::Auth)
         );
+        assert!(!cell.windows(16).any(|w| w == sid.0));
+        // The other direction's keys don't open it.
+        let mut c = cell.clone();
+        assert!(keys(Direction::CentralToClient)
+            .open(1024, sid, &mut c)
+            .is_err());
         let mut c = cell.clone();
         c.truncate(1000);
         assert!(matches!(
-            keys(Direction::ClientToCentral).open(1024, &mut c),
+            keys(Direction::ClientToCentral).open(1024, sid, &mut c),
             Err(CellError::Size { .. })
         ));
+    }
+
+    #[test]
+    fn kind_epoch_and_seq_are_unreadable_in_transit() {
+        let mut tx = keys(Direction::ClientToCentral);
+        let sid = SessionId([3; 16]);
+        let mut kinds = std::collections::HashSet::new();
+        let mut seqs = std::collections::HashSet::new();
+        for seq in 0..64u64 {
+            let cell = tx.seal(1024, CellKind::DATA, sid, seq, b"same").unwrap();
+            let wire = CellHeader::take_from(&cell).unwrap();
+            assert_ne!(wire.seq, seq);
+            kinds.insert(wire.kind);
+            seqs.insert(wire.seq);
+            let mut c = cell.clone();
+            let h = keys(Direction::ClientToCentral)
+                .unprotect(sid, &mut c)
+                .unwrap();
+            assert_eq!(
+                (h.kind, h.epoch, h.seq),
+                (CellKind::DATA, (seq / 4) as u16, seq)
+            );
+        }
+        // The same kind shows as many kinds; consecutive numbers as unrelated ones.
+        assert!(kinds.len() > 32, "{}", kinds.len());
+        assert_eq!(seqs.len(), 64);
     }
 
     #[test]
@@ -476,7 +646,7 @@ mod tests {
             let mut rx = keys(Direction::CentralToClient);
             let mut cell = tx.seal(size, CellKind::DATA, SessionId([1; 16]), seq, &data).unwrap();
             prop_assert_eq!(cell.len(), size);
-            let (h, p) = rx.open(size, &mut cell).unwrap();
+            let (h, p) = rx.open(size, SessionId([1; 16]), &mut cell).unwrap();
             prop_assert_eq!(h.seq, seq);
             prop_assert_eq!(&p[..data.len()], &data[..]);
         }
@@ -484,7 +654,7 @@ mod tests {
         #[test]
         fn garbage_cells_are_refused_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1100)) {
             let mut b = bytes.clone();
-            prop_assert!(keys(Direction::ClientToCentral).open(1024, &mut b).is_err());
+            prop_assert!(keys(Direction::ClientToCentral).open(1024, SessionId([0; 16]), &mut b).is_err());
             let _ = CellHeader::take_from(&bytes);
             let _ = handshake_message(&bytes);
         }

@@ -21,6 +21,15 @@
 //! the client's TLS link. The relay files a registration under the address its secret
 //! hashes to, so knowing an address is not enough to take the mailbox over.
 //!
+//! **Per hop, like Tor's circuit ids.** The central does not write the address itself but
+//! [`via_address`]`(address, downstream)`, so each downstream reads its own value, and no
+//! downstream can derive another's (that takes the address). A downstream does not pass
+//! it on as it got it: it delivers under [`hop_address`]`(link key, …)`, where the link
+//! key comes from the TLS session of its link to the relay (an exporter both ends derive,
+//! no one else). The relay, which knows each address, computes both steps for each mailbox
+//! it holds and each downstream link. So no value a downstream reads reaches a relay or
+//! another downstream.
+//!
 //! The central prepends the same envelope prefix to every cell of a path, so
 //! [`write_envelope_prefix`] / [`encode_envelope_prefix`] build just the prefix once.
 
@@ -263,6 +272,61 @@ impl MailboxSecret {
     pub fn address(&self) -> MailboxId {
         address_of(&self.digest())
     }
+}
+
+/// The address the central writes for a mailbox in envelopes to `downstream` (see the
+/// module notes).
+pub fn via_address(address: &MailboxId, downstream: &str) -> MailboxId {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, address);
+    let tag = ring::hmac::sign(
+        &key,
+        &[b"braid mailbox via ", downstream.as_bytes()].concat(),
+    );
+    let mut id = [0u8; MAILBOX_ID_LEN];
+    id.copy_from_slice(&tag.as_ref()[..MAILBOX_ID_LEN]);
+    id
+}
+
+/// The TLS exporter label of a downstream → relay link's key ([`hop_address`]).
+pub const HOP_KEY_LABEL: &[u8] = b"braid mailbox hop key";
+
+/// One downstream → relay link's key for [`hop_address`], set up once per link (the HMAC
+/// key schedule is not redone per cell).
+#[derive(Clone)]
+pub struct HopKey(ring::hmac::Key);
+
+impl HopKey {
+    pub fn new(link_key: &[u8; 32]) -> Self {
+        HopKey(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, link_key))
+    }
+
+    /// [`hop_address`] under this link's key.
+    pub fn address(&self, address: &MailboxId) -> MailboxId {
+        let tag = ring::hmac::sign(&self.0, address);
+        let mut id = [0u8; MAILBOX_ID_LEN];
+        id.copy_from_slice(&tag.as_ref()[..MAILBOX_ID_LEN]);
+        id
+    }
+
+    /// Rewrites a delivery's mailbox in place for this link (`mailbox | cell`; a message
+    /// too short to hold a mailbox is left as it is and refused by the relay).
+    pub fn rewrite_delivery(&self, delivery: &mut [u8]) {
+        if let Some(at) = delivery.get_mut(..MAILBOX_ID_LEN) {
+            let mut address = [0u8; MAILBOX_ID_LEN];
+            address.copy_from_slice(at);
+            at.copy_from_slice(&self.address(&address));
+        }
+    }
+}
+
+/// A mailbox address as it travels on one downstream → relay link (see the module notes).
+pub fn hop_address(link_key: &[u8; 32], address: &MailboxId) -> MailboxId {
+    HopKey::new(link_key).address(address)
+}
+
+/// [`HopKey::rewrite_delivery`] with a one-off key.
+pub fn rewrite_delivery(link_key: &[u8; 32], delivery: &mut [u8]) {
+    HopKey::new(link_key).rewrite_delivery(delivery)
 }
 
 /// The address a [`MailboxSecret::digest`] stands for (its first [`MAILBOX_ID_LEN`] bytes).

@@ -4,9 +4,11 @@
 
 pub mod aead;
 pub mod cell;
+pub mod credential;
 pub mod envelope;
 pub mod frame;
 pub mod inner;
+pub mod join;
 pub mod mix;
 pub mod noise;
 mod open_enum;

@@ -264,23 +264,26 @@ pub fn initiate(
 }
 
 impl NkInitiator {
-    /// Reads message 2; returns its payload and the transport keys.
-    pub fn finish(mut self, msg2: &[u8]) -> Result<(Vec<u8>, TransportKeys), HandshakeError> {
+    /// Reads message 2; returns its payload and the transport keys. The initiator is left
+    /// as it was, so a message 2 of another handshake fails here without spoiling this one
+    /// (a client tries a Welcome against each Hello it has out).
+    pub fn finish(&self, msg2: &[u8]) -> Result<(Vec<u8>, TransportKeys), HandshakeError> {
         if msg2.len() < MESSAGE_OVERHEAD {
             return Err(HandshakeError::Truncated);
         }
+        let mut state = self.state.clone();
         let mut re = [0u8; 32];
         re.copy_from_slice(&msg2[..DH_LEN]);
-        self.state.mix_hash(&re);
-        self.state.mix_key(&dh(&self.e, &re)?[..]);
-        let payload = self.state.decrypt_and_hash(&msg2[DH_LEN..])?;
-        let (k1, k2) = self.state.split();
+        state.mix_hash(&re);
+        state.mix_key(&dh(&self.e, &re)?[..]);
+        let payload = state.decrypt_and_hash(&msg2[DH_LEN..])?;
+        let (k1, k2) = state.split();
         Ok((
             payload,
             TransportKeys {
                 initiator_to_responder: k1,
                 responder_to_initiator: k2,
-                handshake_hash: self.state.h,
+                handshake_hash: state.h,
             },
         ))
     }

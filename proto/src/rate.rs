@@ -24,6 +24,30 @@ impl TokenBucket {
         }
     }
 
+    /// A full bucket of `rate` tokens per second (bytes, say) holding at most `burst`.
+    pub fn with_rate(rate: f64, burst: f64, now: Instant) -> Self {
+        let burst = burst.max(1.0);
+        TokenBucket {
+            rate: rate.max(0.0),
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    /// Takes `n` tokens whether or not they are there (the balance may go below zero) and
+    /// returns how long the taker should wait for the balance to be paid back: callers
+    /// that wait it out pass, together, at the rate on average, whatever their sizes.
+    pub fn take_paced(&mut self, n: f64, now: Instant) -> std::time::Duration {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst) - n;
+        if self.tokens >= 0.0 || self.rate <= 0.0 {
+            return std::time::Duration::ZERO;
+        }
+        std::time::Duration::from_secs_f64(-self.tokens / self.rate)
+    }
+
     /// Takes one token if there is one.
     pub fn try_take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
@@ -56,5 +80,27 @@ mod tests {
         assert_eq!((0..20).filter(|_| b.try_take(t2)).count(), 2);
         // Time going backwards takes nothing and gives nothing.
         assert!(!b.try_take(t0));
+    }
+
+    #[test]
+    fn paced_takers_pass_at_the_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::with_rate(1000.0, 100.0, t0);
+        // The burst passes at once; past it, each taker waits for its own debt.
+        assert_eq!(b.take_paced(100.0, t0), Duration::ZERO);
+        assert_eq!(b.take_paced(500.0, t0), Duration::from_millis(500));
+        assert_eq!(b.take_paced(500.0, t0), Duration::from_millis(1000));
+        // A taker that waited its time finds the debt paid.
+        let t1 = t0 + Duration::from_millis(1000);
+        assert_eq!(b.take_paced(0.0, t1), Duration::ZERO);
+        // Ten seconds of takers at the rate: each waits at most a take's worth.
+        let mut t = t1;
+        let mut passed = 0.0;
+        while t < t1 + Duration::from_secs(10) {
+            t += b.take_paced(250.0, t);
+            passed += 250.0;
+        }
+        let rate = passed / (t - t1).as_secs_f64();
+        assert!((rate - 1000.0).abs() < 30.0, "{rate}");
     }
 }

@@ -40,6 +40,7 @@ fn pair(
             relay: "r".into(),
             id: [0; 16],
         }],
+        limits_pass: Vec::new(),
     };
     let p = PendingSession::start(rng, cfg.clone(), &central.public(), &hello, 0, 0).unwrap();
     let acc = session::accept(

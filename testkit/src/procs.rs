@@ -24,6 +24,10 @@ pub struct ProcOptions {
     pub client_extra: String,
     /// Extra top-level TOML lines for every gateway's config (grace, buffers).
     pub gateway_extra: String,
+    /// An operator key in the directory (made by `braid-node operator init` in the
+    /// overlay's `operator` folder): first hops want credentials, and the client gets one
+    /// (`braid-node user add client`).
+    pub operator: bool,
 }
 
 impl Default for ProcOptions {
@@ -35,6 +39,7 @@ impl Default for ProcOptions {
             node_extra: String::new(),
             client_extra: String::new(),
             gateway_extra: String::new(),
+            operator: false,
         }
     }
 }
@@ -58,7 +63,7 @@ pub struct ProcOverlay {
     pub client_admin: SocketAddr,
     client: Option<Child>,
     /// More client processes (`add_client`), killed with the overlay.
-    extra_clients: Vec<Child>,
+    extra_clients: Vec<(String, Child)>,
 }
 
 /// A workspace binary (`braid-node`, `braid`): it sits beside the test binary's folder
@@ -77,6 +82,24 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 
 pub fn braid_node_bin() -> PathBuf {
     workspace_bin("braid-node")
+}
+
+/// Runs `braid-node ARGS --dir DIR` (`operator init`, `user ...`); its standard output.
+fn run_tool(dir: &Path, args: &[&str]) -> String {
+    let (group, rest) = args.split_first().unwrap();
+    let out = Command::new(braid_node_bin())
+        .arg(group)
+        .arg("--dir")
+        .arg(dir)
+        .args(rest)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "braid-node {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 fn spawn(bin: &Path, args: &[&str], log: &Path) -> Child {
@@ -118,6 +141,15 @@ impl ProcOverlay {
         let net = [127, 64 + (seed % 180) as u8, 1 + ((seed >> 8) % 250) as u8];
         let ip = |host: u8| IpAddr::V4(Ipv4Addr::new(net[0], net[1], net[2], host));
         let layout = o.layout.nodes();
+        let operator_key = o.operator.then(|| {
+            let out = run_tool(&dir.path().join("operator"), &["operator", "init"]);
+            let hex = out
+                .trim()
+                .strip_prefix("operator_key = \"")
+                .and_then(|s| s.strip_suffix('"'))
+                .expect("operator init prints the key");
+            braid_config::hex32::decode(hex).unwrap()
+        });
 
         let mut entries = Vec::new();
         let mut nodes = Vec::new();
@@ -137,7 +169,12 @@ impl ProcOverlay {
             ));
             let mut cfg = format!("role = \"{}\"\n", role.as_str());
             match role {
-                Role::Upstream | Role::Relay => cfg += &format!("listen = \"{addr}\"\n"),
+                Role::Upstream | Role::Relay => {
+                    cfg += &format!("listen = \"{addr}\"\n");
+                    if o.operator {
+                        cfg += "revoked = \"operator/revoked.txt\"\n";
+                    }
+                }
                 Role::Central => cfg += &format!("listen = \"{addr}\"\n{}\n", o.central_extra),
                 Role::Gateway => cfg += &format!("{}\n", o.gateway_extra),
                 Role::Downstream => {}
@@ -146,6 +183,10 @@ impl ProcOverlay {
             cfg += &format!(
                 "\n[node]\nid = \"{id}\"\ndirectory = \"directory.toml\"\nidentity = \"keys/{id}\"\nadmin = \"{admin}\"\n"
             );
+            // With an operator, the directory is signed and every node pins its key.
+            if let Some(k) = operator_key {
+                cfg += &format!("directory_key = \"{}\"\n", hex::encode(k));
+            }
             if role == Role::Gateway {
                 cfg += "\n[exit]\nallow_loopback = true\n";
             }
@@ -160,12 +201,23 @@ impl ProcOverlay {
                 child: None,
             });
         }
-        let directory = Directory::validated(o.cell_size, entries).unwrap();
-        std::fs::write(
-            dir.path().join("directory.toml"),
-            directory.to_toml_string(),
-        )
-        .unwrap();
+        let mut directory = Directory::validated(o.cell_size, entries).unwrap();
+        directory.operator_key = operator_key;
+        let directory_file = dir.path().join("directory.toml");
+        std::fs::write(&directory_file, directory.to_toml_string()).unwrap();
+        if o.operator {
+            run_tool(
+                &dir.path().join("operator"),
+                &[
+                    "directory",
+                    "sign",
+                    directory_file.to_str().unwrap(),
+                    "--version",
+                    "1",
+                ],
+            );
+            directory = braid_config::load_directory(&directory_file).unwrap();
+        }
         let bin = braid_node_bin();
         for n in &mut nodes {
             let log = dir.path().join(format!("{}.log", n.id));
@@ -207,8 +259,63 @@ impl ProcOverlay {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        ov.start_client(&o.client_extra);
+        if o.operator {
+            ov.user(&["add", "client"]);
+            ov.start_client(&format!(
+                "credential = \"operator/client.cred\"\n{}",
+                o.client_extra
+            ));
+        } else {
+            ov.start_client(&o.client_extra);
+        }
         ov
+    }
+
+    /// Runs `braid-node user ARGS` on the overlay's operator folder; its output.
+    pub fn user(&self, args: &[&str]) -> String {
+        let mut all = vec!["user"];
+        all.extend_from_slice(args);
+        run_tool(&self.dir.path().join("operator"), &all)
+    }
+
+    /// Starts `braid run` as NAME with `extra` config lines and waits for it to exit, at
+    /// most `deadline`: (whether it exited, how long it ran, its log).
+    pub fn client_until_exit(
+        &self,
+        name: &str,
+        extra: &str,
+        deadline: Duration,
+    ) -> (bool, Duration, String) {
+        let ip = IpAddr::V4(Ipv4Addr::new(self.net[0], self.net[1], self.net[2], 1));
+        let socks = SocketAddr::new(ip, free_port(ip, false));
+        let admin = SocketAddr::new(ip, free_port(ip, false));
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "directory = \"directory.toml\"\nsocks_listen = \"{socks}\"\nadmin = \"{admin}\"\n{extra}\n"
+            ),
+        )
+        .unwrap();
+        let log = self.dir.path().join(format!("{name}.log"));
+        let start = Instant::now();
+        let mut child = spawn(
+            &workspace_bin("braid"),
+            &["run", "--config", path.to_str().unwrap()],
+            &log,
+        );
+        let exited = loop {
+            if child.try_wait().unwrap().is_some() {
+                break true;
+            }
+            if start.elapsed() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        (exited, start.elapsed(), self.log(name))
     }
 
     fn start_client(&mut self, extra: &str) {
@@ -222,16 +329,28 @@ impl ProcOverlay {
     /// its own session; returns its SOCKS5 address.
     pub fn add_client(&mut self, name: &str, extra: &str) -> SocketAddr {
         let (child, socks, _) = self.spawn_client(name, extra);
-        self.extra_clients.push(child);
+        self.extra_clients.push((name.to_string(), child));
         socks
+    }
+
+    /// The process id of the client `add_client` started as `name`.
+    pub fn client_pid(&self, name: &str) -> Option<u32> {
+        self.extra_clients
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.id())
     }
 
     fn spawn_client(&self, name: &str, extra: &str) -> (Child, SocketAddr, SocketAddr) {
         let ip = IpAddr::V4(Ipv4Addr::new(self.net[0], self.net[1], self.net[2], 1));
         let socks = SocketAddr::new(ip, free_port(ip, false));
         let admin = SocketAddr::new(ip, free_port(ip, false));
+        let pin = match self.directory.operator_key {
+            Some(k) => format!("directory_key = \"{}\"\n", hex::encode(k)),
+            None => String::new(),
+        };
         let cfg = format!(
-            "directory = \"directory.toml\"\nsocks_listen = \"{socks}\"\nadmin = \"{admin}\"\n{extra}\n"
+            "directory = \"directory.toml\"\n{pin}socks_listen = \"{socks}\"\nadmin = \"{admin}\"\n{extra}\n"
         );
         let path = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, cfg).unwrap();
@@ -293,6 +412,11 @@ impl ProcOverlay {
         let pid = self.pid(id).to_string();
         let st = Command::new("kill").args([sig, &pid]).status().unwrap();
         assert!(st.success());
+    }
+
+    /// SIGHUP: the node reloads what it can (its revocation list).
+    pub fn sighup(&self, id: &str) {
+        self.signal(id, "-HUP");
     }
 
     /// SIGTERM, without waiting: the node drains.
@@ -411,7 +535,7 @@ impl Drop for ProcOverlay {
             .iter_mut()
             .filter_map(|n| n.child.as_mut())
             .chain(self.client.as_mut())
-            .chain(self.extra_clients.iter_mut())
+            .chain(self.extra_clients.iter_mut().map(|(_, c)| c))
         {
             let _ = c.kill();
             let _ = c.wait();

@@ -61,12 +61,30 @@ pub struct NodeCommon {
     /// Folder holding `noise.key`, `tls.key` and `tls.crt`. Resolved against the config
     /// file's folder when loaded.
     pub identity: PathBuf,
+    /// The operator's public key (hex) this node trusts the directory from: the directory
+    /// must be signed by it, unexpired, and no older than the last one taken. Unset: an
+    /// unsigned directory is taken (a signed one must still verify).
+    #[serde(
+        default,
+        with = "crate::directory::hex32_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub directory_key: Option<[u8; 32]>,
     /// Admin HTTP address (`/health`, `/metrics`); none by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<SocketAddr>,
     /// Log format.
     #[serde(default)]
     pub log: LogFormat,
+    /// What to log, as `tracing` filter directives (`"info"`, `"debug,quinn=warn"`).
+    /// Unset: `BRAID_LOG_FILTER`, else `info`. Reloadable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+    /// How often the node looks at its config file (and its revocation list) for a change,
+    /// and reloads as on SIGHUP when one changed, in milliseconds (default 2000; 0: only
+    /// on SIGHUP).
+    #[serde(default = "default_reload_watch_ms")]
+    pub reload_watch_ms: u64,
     /// On SIGTERM the node stops accepting, lets live streams finish for at most this
     /// long, then closes.
     #[serde(default = "default_drain_timeout_secs")]
@@ -82,6 +100,10 @@ pub struct NodeCommon {
     /// yet validated is sent a Retry first (default 64; 0 validates every address).
     #[serde(default = "default_retry_above_handshakes")]
     pub retry_above_handshakes: u32,
+}
+
+fn default_reload_watch_ms() -> u64 {
+    2000
 }
 
 fn default_drain_timeout_secs() -> u64 {
@@ -106,14 +128,22 @@ impl NodeCommon {
         Duration::from_secs(self.drain_timeout_secs)
     }
 
+    /// How often to look for a changed config file; None: only on SIGHUP.
+    pub fn reload_watch(&self) -> Option<Duration> {
+        (self.reload_watch_ms > 0).then(|| Duration::from_millis(self.reload_watch_ms))
+    }
+
     /// `[node]` for `id` with the given files and every other setting at its default.
     pub fn new(id: impl Into<String>, directory: PathBuf, identity: PathBuf) -> Self {
         NodeCommon {
             id: id.into(),
             directory,
             identity,
+            directory_key: None,
             admin: None,
             log: LogFormat::default(),
+            log_level: None,
+            reload_watch_ms: default_reload_watch_ms(),
             drain_timeout_secs: default_drain_timeout_secs(),
             max_connections: default_max_connections(),
             max_connections_per_ip: default_max_connections_per_ip(),
@@ -218,16 +248,6 @@ impl NodeConfig {
             NodeConfig::Downstream(c) => &c.node,
             NodeConfig::Relay(c) => &c.node,
             NodeConfig::Gateway(c) => &c.node,
-        }
-    }
-
-    fn common_mut(&mut self) -> &mut NodeCommon {
-        match self {
-            NodeConfig::Upstream(c) => &mut c.node,
-            NodeConfig::Central(c) => &mut c.node,
-            NodeConfig::Downstream(c) => &mut c.node,
-            NodeConfig::Relay(c) => &mut c.node,
-            NodeConfig::Gateway(c) => &mut c.node,
         }
     }
 
@@ -361,8 +381,16 @@ impl ConfigFile for NodeConfig {
     }
 
     fn relative_paths(&mut self) -> Vec<&mut PathBuf> {
-        let common = self.common_mut();
-        vec![&mut common.directory, &mut common.identity]
+        let (common, revoked) = match self {
+            NodeConfig::Upstream(c) => (&mut c.node, c.revoked.as_mut()),
+            NodeConfig::Relay(c) => (&mut c.node, c.revoked.as_mut()),
+            NodeConfig::Central(c) => (&mut c.node, None),
+            NodeConfig::Downstream(c) => (&mut c.node, None),
+            NodeConfig::Gateway(c) => (&mut c.node, None),
+        };
+        let mut paths = vec![&mut common.directory, &mut common.identity];
+        paths.extend(revoked);
+        paths
     }
 
     /// Check the rules that need no file system: id syntax, non-empty paths, then the

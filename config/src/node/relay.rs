@@ -1,7 +1,7 @@
 //! `role = "relay"`: the mix; delays and batches response cells into client mailboxes.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -42,6 +42,23 @@ pub struct RelayConfig {
     /// closed (default 5000 ms).
     #[serde(default = "default_registration_timeout_ms")]
     pub registration_timeout_ms: u64,
+    /// Client source networks allowed to connect (CIDR, e.g. `"203.0.113.0/24"`); empty
+    /// (default) allows every source. Directory peers are not filtered.
+    #[serde(default)]
+    pub allow_sources: Vec<crate::Cidr>,
+    /// Client source networks refused, even inside `allow_sources` (default none).
+    #[serde(default)]
+    pub deny_sources: Vec<crate::Cidr>,
+    /// The revocation list: credential ids (hex, one per line, `#` comments) this first
+    /// hop refuses even though the operator signed them. Read at start. Only used when the
+    /// directory has an `operator_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<PathBuf>,
+    /// Count each user's bytes by name in `/metrics` (`braid_user_bytes_by_user_total`).
+    /// Off by default: per-user counters are a record of who used how much; the aggregate
+    /// `braid_user_bytes_total` is always there. Reloadable.
+    #[serde(default)]
+    pub per_user_usage: bool,
     /// Common settings.
     pub node: NodeCommon,
 }
@@ -82,6 +99,10 @@ impl RelayConfig {
             max_mailboxes: default_max_mailboxes(),
             max_mailboxes_per_connection: default_max_mailboxes_per_connection(),
             registration_timeout_ms: default_registration_timeout_ms(),
+            allow_sources: Vec::new(),
+            deny_sources: Vec::new(),
+            revoked: None,
+            per_user_usage: false,
             node,
         }
     }

@@ -117,6 +117,9 @@ pub struct ReliableStream {
     peer_acked: u64,
     /// Records opened.
     received: u64,
+    /// The first opened record whose data the owner has not yet passed to its application
+    /// ([`Self::hold_from`]); acknowledgements stop before it.
+    held_from: Option<u64>,
     /// The count last told to the peer.
     told_peer: u64,
     /// Index of our half-close record, once sealed.
@@ -142,6 +145,7 @@ impl ReliableStream {
             unacked_bytes: 0,
             peer_acked: 0,
             received: 0,
+            held_from: None,
             told_peer: 0,
             half_close_at: None,
             half_close_received: false,
@@ -170,6 +174,33 @@ impl ReliableStream {
         self.unacked_bytes
     }
 
+    /// The most bytes this end keeps unacknowledged: the cap given at creation (at least
+    /// [`MIN_BUFFER`]), which [`Self::can_take_data`] may pass by one record.
+    pub fn buffer_cap(&self) -> usize {
+        self.buffer_cap
+    }
+
+    /// Records opened so far; the last one opened has index `received() - 1`.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Says that the data of record `first` (and of any later one) has not reached the
+    /// application yet, or with `None` that everything opened has. Acknowledgements count
+    /// only records before it, so the peer keeps the rest and sends at most its buffer cap
+    /// past what the application took: an owner may open records ahead of a slow
+    /// application (to see the acknowledgements among them) and queue their data, and the
+    /// queue stays within the peer's cap. A resume still reports every record opened: the
+    /// queue is the owner's and outlives the carrier.
+    pub fn hold_from(&mut self, first: Option<u64>) {
+        self.held_from = first.map(|f| f.min(self.received));
+    }
+
+    /// How many records an acknowledgement may count now.
+    fn ack_point(&self) -> u64 {
+        self.held_from.unwrap_or(self.received)
+    }
+
     fn sent(&self) -> u64 {
         self.peer_acked + self.unacked.len() as u64
     }
@@ -184,8 +215,11 @@ impl ReliableStream {
         }
         if let Record::Ack(n) = rec {
             self.told_peer = *n;
-            self.ack_owed = false;
-            self.unacked_content = false;
+            // An ack that stops at a held record leaves the rest owed.
+            if *n >= self.received {
+                self.ack_owed = false;
+                self.unacked_content = false;
+            }
         }
         self.unacked_bytes += out.len();
         self.unacked.push_back(out.clone());
@@ -194,15 +228,17 @@ impl ReliableStream {
 
     /// An acknowledgement to send now, if the peer has not been told everything opened.
     pub fn seal_ack(&mut self) -> Result<Option<Vec<u8>>, InnerError> {
-        if self.received == self.told_peer {
+        let at = self.ack_point();
+        // After a resume the peer was told every record opened; never count back.
+        if at <= self.told_peer {
             return Ok(None);
         }
-        self.seal(&Record::Ack(self.received)).map(Some)
+        self.seal(&Record::Ack(at)).map(Some)
     }
 
     /// Whether an acknowledgement is owed: enough records opened since the last one.
     pub fn ack_due(&self) -> bool {
-        self.received - self.told_peer >= ACK_EVERY
+        self.ack_point().saturating_sub(self.told_peer) >= ACK_EVERY
     }
 
     /// Whether a record other than an ack was opened and not acknowledged yet (an ack goes
@@ -210,7 +246,7 @@ impl ReliableStream {
     /// its process's budget may be waiting for it). Acks alone never call for one, so two
     /// idle ends do not acknowledge each other's acks forever.
     pub fn ack_pending(&self) -> bool {
-        self.unacked_content && self.received > self.told_peer
+        self.unacked_content && self.ack_point() > self.told_peer
     }
 
     fn acked(&mut self, n: u64) -> Result<(), InnerError> {
@@ -327,6 +363,11 @@ impl ReliableStream {
         }
         let received = r.u64()?;
         let tag: [u8; TAG] = r.array()?;
+        // One length only (the central sees it): nothing may follow (fuzz finding: an
+        // answer with trailing bytes was taken).
+        if !r.rest().is_empty() {
+            return Err(WireError::Invalid("trailing bytes after a resume answer").into());
+        }
         let id = self.next_resume_id();
         if !tags_equal(&mac(&self.resume_key, b"resumed", &id, received), &tag) {
             return Err(InnerError::ResumeAuth);
@@ -403,6 +444,51 @@ mod tests {
         assert_eq!(c.buffered(), 0);
     }
 
+    /// Records opened ahead of the application are not acknowledged until the owner says
+    /// their data went through; a resume still counts them (the owner's queue has them).
+    #[test]
+    fn acks_stop_at_the_first_record_held_for_the_application() {
+        let (mut c, mut g) = ends(3);
+        let mut wire = Vec::new();
+        for i in 0..2 * ACK_EVERY {
+            wire.extend(c.seal(&data(&[i as u8; 100])).unwrap());
+        }
+        let sent = c.buffered();
+        deliver(&mut g, &wire);
+        // The application took the first three records only.
+        g.hold_from(Some(3));
+        assert!(!g.ack_due(), "3 records is below the ack interval");
+        let ack = g.seal_ack().unwrap().unwrap();
+        deliver(&mut c, &ack);
+        assert_eq!(c.buffered(), sent - 3 * (sent / (2 * ACK_EVERY as usize)));
+        assert_eq!(
+            g.seal_ack().unwrap(),
+            None,
+            "held records are not acknowledged"
+        );
+        // Everything went through: the rest is acknowledged.
+        g.hold_from(None);
+        assert!(g.ack_due());
+        let ack = g.seal_ack().unwrap().unwrap();
+        deliver(&mut c, &ack);
+        assert_eq!(c.buffered(), 0);
+        // A resume after holding reports every record opened, and acks never count back.
+        let (mut c, mut g) = ends(4);
+        let mut wire = Vec::new();
+        for i in 0..4 {
+            wire.extend(c.seal(&data(&[i; 10])).unwrap());
+        }
+        deliver(&mut g, &wire);
+        g.hold_from(Some(1));
+        let req = g.resume_request();
+        let Ok(crate::inner::FirstMessage::Resume(req)) = crate::inner::first_message(&req[2..])
+        else {
+            panic!("the resume does not parse");
+        };
+        assert_eq!(req.received, 4);
+        assert_eq!(g.seal_ack().unwrap(), None, "the resume told the peer more");
+    }
+
     #[test]
     fn data_calls_for_a_late_ack_and_acks_alone_do_not() {
         let (mut c, mut g) = ends(9);
@@ -430,6 +516,23 @@ mod tests {
         );
         // Acks and closes still go out.
         c.seal(&Record::HalfClose).unwrap();
+    }
+
+    /// Fuzz finding (`resume`): the honest answer with bytes after it was taken. An answer
+    /// has one length; anything longer is refused, and the honest one still works after.
+    #[test]
+    fn a_resume_answer_with_trailing_bytes_is_refused() {
+        let (mut c, mut g) = ends(5);
+        let req = c.resume_request();
+        let Ok(crate::inner::FirstMessage::Resume(req)) = crate::inner::first_message(&req[2..])
+        else {
+            panic!("the resume does not parse");
+        };
+        let honest = g.accept_resume(&req).unwrap();
+        let mut longer = honest[2..].to_vec();
+        longer.extend_from_slice(&[0, 0, 0]);
+        assert!(c.finish_resume(&longer).is_err());
+        c.finish_resume(&honest[2..]).unwrap();
     }
 
     #[test]

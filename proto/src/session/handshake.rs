@@ -7,7 +7,8 @@ use rand_core::CryptoRng;
 
 use super::{Session, SessionConfig, SessionError, Side};
 use crate::cell::{
-    handshake_cell, handshake_message, CellError, CellHeader, CellKind, SessionId, HEADER_LEN,
+    handshake_cell, handshake_message, CellError, CellHeader, CellKind, Label, SessionId,
+    HEADER_LEN,
 };
 use crate::frame::{Frame, Mailbox};
 use crate::noise::{self, NkInitiator, StaticKeypair};
@@ -18,22 +19,33 @@ use crate::wire::{Reader, WireError, Writer};
 pub struct SessionHello {
     pub window_cells: u32,
     pub mailboxes: Vec<Mailbox>,
+    /// The user's limits pass (`credential::LimitsPass`), empty without one. It names no
+    /// user: the central only learns the stream limit.
+    pub limits_pass: Vec<u8>,
 }
 
-/// Handshake payloads: `window u32 | Mailboxes frame | stream_window u32 | unix_secs u64`
-/// (Hello) and `window u32 | stream_window u32` (Welcome). The Hello's time bounds how long
+/// Handshake payloads: `window u32 | Mailboxes frame | stream_window u32 | unix_secs u64 |
+/// pass_len u16 | limits_pass` (Hello) and `window u32 | stream_window u32` (Welcome). The Hello's time bounds how long
 /// a central must remember it to refuse a replay.
+/// The longest limits pass a Hello carries (room for a newer pass layout).
+const MAX_PASS_LEN: usize = 256;
+
 impl SessionHello {
     fn encode(&self, stream_window: u64, unix_secs: u64) -> Result<Vec<u8>, WireError> {
         let f = Frame::Mailboxes {
             boxes: self.mailboxes.clone(),
         };
-        let mut buf = vec![0u8; 16 + f.encoded_len()];
+        if self.limits_pass.len() > MAX_PASS_LEN {
+            return Err(WireError::Invalid("limits pass too long"));
+        }
+        let mut buf = vec![0u8; 18 + f.encoded_len() + self.limits_pass.len()];
         let mut w = Writer::new(&mut buf);
         w.u32(self.window_cells)?;
         f.write_onto(&mut w)?;
         w.u32(clamp_u32(stream_window))?;
         w.u64(unix_secs)?;
+        w.u16(self.limits_pass.len() as u16)?;
+        w.bytes(&self.limits_pass)?;
         Ok(buf)
     }
 
@@ -46,10 +58,16 @@ impl SessionHello {
         };
         let stream_window = u64::from(r.u32()?);
         let unix_secs = r.u64()?;
+        let pass_len = usize::from(r.u16()?);
+        if pass_len > MAX_PASS_LEN {
+            return Err(WireError::Invalid("limits pass too long"));
+        }
+        let limits_pass = r.bytes(pass_len)?.to_vec();
         Ok((
             SessionHello {
                 window_cells,
                 mailboxes,
+                limits_pass,
             },
             stream_window,
             unix_secs,
@@ -190,7 +208,7 @@ impl PendingSession {
             &hello.encode(cfg.stream_window, unix_secs)?,
         )?;
         let id = session_id_of(msg.get(..32).ok_or(WireError::Truncated)?);
-        let mut hello_cell = handshake_cell(cfg.cell_size, CellKind::HELLO, id, &msg)?;
+        let mut hello_cell = handshake_cell(cfg.cell_size, CellKind::HELLO, id.into(), &msg)?;
         let nonce = solve_pow(id, effort);
         let at = HEADER_LEN + 2 + msg.len();
         hello_cell
@@ -215,12 +233,15 @@ impl PendingSession {
         &self.hello_cell
     }
 
-    pub fn finish(self, now: Instant, welcome: &[u8]) -> Result<Session, SessionError> {
+    /// Opens the session if `welcome` answers this Hello. A Welcome carries no id (its label
+    /// is zero: a forwarder of the Hello must not be able to spot its answer), so a client
+    /// with several Hellos out tries each; a failed try leaves this one as it was.
+    pub fn finish(&self, now: Instant, welcome: &[u8]) -> Result<Session, SessionError> {
         let h = CellHeader::take_from(welcome)?;
         if h.kind != CellKind::WELCOME {
             return Err(CellError::Kind(h.kind).into());
         }
-        if h.session != self.id || welcome.len() != self.cfg.cell_size {
+        if Label(h.session.0) != Label::NONE || welcome.len() != self.cfg.cell_size {
             return Err(CellError::UnknownSession.into());
         }
         // Nothing a forwarding node could read beyond the message: header fields zero,
@@ -236,7 +257,7 @@ impl PendingSession {
         let mut session = Session::new(
             self.id,
             Side::Client,
-            self.cfg,
+            self.cfg.clone(),
             keys.initiator_to_responder,
             keys.responder_to_initiator,
             u64::from(peer_window),
@@ -303,7 +324,7 @@ pub fn accept(
     let mut welcome = (cfg.window_cells as u32).to_be_bytes().to_vec();
     welcome.extend_from_slice(&clamp_u32(cfg.stream_window).to_be_bytes());
     let (msg2, keys) = resp.reply(rng, &welcome)?;
-    let welcome_cell = handshake_cell(cfg.cell_size, CellKind::WELCOME, h.session, &msg2)?;
+    let welcome_cell = handshake_cell(cfg.cell_size, CellKind::WELCOME, Label::NONE, &msg2)?;
     let peer_window = u64::from(hello.window_cells).min(cfg.window_cells.max(1) * 4);
     let mut session = Session::new(
         h.session,

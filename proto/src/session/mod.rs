@@ -27,6 +27,7 @@ use crate::noise::HandshakeError;
 use crate::wire::WireError;
 
 mod handshake;
+mod labels;
 mod mailbox_policy;
 mod path_table;
 mod paths;
@@ -51,6 +52,7 @@ pub use handshake::{
     accept, check_hello, session_id_of, Accepted, HelloClock, HelloTicket, PendingSession,
     SessionHello, MAX_EFFORT,
 };
+pub use labels::{LabelTable, PathLabels, LABELS_AHEAD, MAX_LABELS};
 pub use mailbox_policy::MailboxPolicy;
 pub use path_table::{LivePath, PathTable};
 pub use paths::{PathScheduler, UnknownPathScheduler};
@@ -242,7 +244,13 @@ pub enum SessionError {
 
 pub struct Session {
     id: SessionId,
+    side: Side,
     cfg: SessionConfig,
+    /// Client side: the label each path's cells carry (`labels` of the next index), drawn
+    /// anew after the path is lost.
+    labels: PathLabels,
+    path_labels: HashMap<PathId, cell::Label>,
+    next_label: u64,
     tx_keys: DirectionKeys,
     rx_keys: DirectionKeys,
 
@@ -307,8 +315,16 @@ impl Session {
             Side::Central => (Direction::CentralToClient, Direction::ClientToCentral),
         };
         let window = cfg.window_cells.max(1);
+        let labels = PathLabels::from_base(match side {
+            Side::Client => &tx,
+            Side::Central => &rx,
+        });
         Session {
             id,
+            side,
+            labels,
+            path_labels: HashMap::new(),
+            next_label: 0,
             tx_keys: DirectionKeys::new(tx, cfg.aead, tx_dir, cfg.epoch_cells),
             rx_keys: DirectionKeys::new(rx, cfg.aead, rx_dir, cfg.epoch_cells),
             next_seq: 0,
@@ -384,6 +400,26 @@ impl Session {
     /// The next cell to send, if any, on one of `paths` (the ones that can take a cell now).
     /// Nothing once the session has failed.
     pub fn poll_transmit(&mut self, now: Instant, paths: &[PathId]) -> Option<Transmit> {
+        let mut t = self.poll_unlabelled(now, paths)?;
+        // Toward the client the mailbox names the session: no label at all.
+        if self.side == Side::Client {
+            let (next, labels) = (&mut self.next_label, &self.labels);
+            let label = *self.path_labels.entry(t.path).or_insert_with(|| {
+                *next += 1;
+                labels.label(*next - 1)
+            });
+            cell::set_label(&mut t.cell, label);
+        }
+        Some(t)
+    }
+
+    /// What a session's labels derive from: the central registers them
+    /// ([`LabelTable`]).
+    pub fn path_labels(&self) -> PathLabels {
+        self.labels.clone()
+    }
+
+    fn poll_unlabelled(&mut self, now: Instant, paths: &[PathId]) -> Option<Transmit> {
         if paths.is_empty() || self.failed.is_some() {
             return None;
         }

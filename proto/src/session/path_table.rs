@@ -53,13 +53,13 @@ impl<L> Default for PathTable<L> {
 impl<L: Clone> PathTable<L> {
     /// Replaces the live paths with those of `links`: without `mailboxes` (client side) one
     /// path per link with an empty prefix; with them (central side) one path per (link,
-    /// mailbox) pair, links outermost, each with `prefix(mailbox)`. Returns the ids that were
+    /// mailbox) pair, links outermost, each with `prefix(link name, mailbox)`. Returns the ids that were
     /// live and are no longer: the caller tells the session (`Session::path_lost`).
     pub fn rebuild(
         &mut self,
         links: &[(String, L)],
         mailboxes: Option<&[Mailbox]>,
-        prefix: impl Fn(&Mailbox) -> Vec<u8>,
+        prefix: impl Fn(&str, &Mailbox) -> Vec<u8>,
     ) -> Vec<PathId> {
         let mut live = Vec::new();
         for (name, link) in links {
@@ -67,7 +67,7 @@ impl<L: Clone> PathTable<L> {
                 None => live.push(self.path(name, link, None, Vec::new())),
                 Some(boxes) => {
                     for b in boxes {
-                        live.push(self.path(name, link, Some(b.clone()), prefix(b)));
+                        live.push(self.path(name, link, Some(b.clone()), prefix(name, b)));
                     }
                 }
             }
@@ -176,7 +176,7 @@ mod tests {
             .collect()
     }
 
-    fn no_prefix(_: &Mailbox) -> Vec<u8> {
+    fn no_prefix(_: &str, _: &Mailbox) -> Vec<u8> {
         Vec::new()
     }
 
@@ -220,7 +220,7 @@ mod tests {
     fn central_paths_are_link_mailbox_pairs() {
         let mut t = PathTable::default();
         let boxes = [mb("relay-0", 1), mb("relay-1", 2)];
-        let prefix = |b: &Mailbox| b.relay.as_bytes().to_vec();
+        let prefix = |_: &str, b: &Mailbox| b.relay.as_bytes().to_vec();
         t.rebuild(&links(&["d0", "d1"]), Some(&boxes), prefix);
         let live: Vec<(PathId, usize, &str)> = t
             .live()

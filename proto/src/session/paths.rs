@@ -202,6 +202,7 @@ impl Session {
     /// about it, its counters too. Call [`Self::path_lost`] first if it was live.
     pub fn path_forgotten(&mut self, path: PathId) {
         self.paths.remove(&path);
+        self.path_labels.remove(&path);
         self.path_counters.remove(&path);
     }
 
@@ -213,5 +214,7 @@ impl Session {
             }
         }
         self.paths.remove(&path);
+        // Back again it is a new connection, perhaps from a new address: a new label.
+        self.path_labels.remove(&path);
     }
 }

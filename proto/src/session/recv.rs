@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::{PathId, Session, SessionEvent, Transmit};
-use crate::cell::{CellError, CellHeader, CellKind};
+use crate::cell::{CellError, CellKind};
 use crate::frame::{self, AckBlock, Frame};
 use crate::wire::Writer;
 
@@ -83,10 +83,15 @@ impl Session {
     }
 
     fn handle_cell_inner(&mut self, now: Instant, cell: &mut [u8]) -> Result<(), CellError> {
-        let h = CellHeader::take_from(cell)?;
-        if h.session != self.id {
-            return Err(CellError::UnknownSession);
+        if cell.len() != self.cfg.cell_size {
+            return Err(CellError::Size {
+                got: cell.len(),
+                expected: self.cfg.cell_size,
+            });
         }
+        // The caller routed the cell here by its label (or mailbox); the seal checks that it
+        // belongs to this session.
+        let h = self.rx_keys.unprotect(self.id, cell)?;
         let is_data = h.kind == CellKind::DATA;
         if is_data {
             if let Err(e) = self.reorder.accepts(h.seq) {
@@ -101,7 +106,9 @@ impl Session {
         } else {
             return Err(CellError::Kind(h.kind));
         }
-        let (h, body) = self.rx_keys.open(self.cfg.cell_size, cell)?;
+        let body = self
+            .rx_keys
+            .open_unprotected(self.cfg.cell_size, &h, cell)?;
         let (ack, frames) = frame::parse_cell_body(body)?;
         if !is_data {
             self.ack_replay.commit(h.seq);

@@ -30,6 +30,7 @@ pub(super) fn pair_with_mailboxes(
     let hello = SessionHello {
         window_cells: cfg.window_cells as u32,
         mailboxes,
+        limits_pass: Vec::new(),
     };
     let pending =
         PendingSession::start(&mut rng, cfg.clone(), &central.public(), &hello, 0, 0).unwrap();
@@ -142,10 +143,9 @@ fn duplicates_and_foreign_cells_are_dropped() {
     assert!(s.handle_cell(now, &mut tampered).is_err());
     let (_, mut other, _) = pair_seeded(SessionConfig::with_cell_size(1024), 8);
     let mut c2 = t.cell.clone();
-    assert_eq!(
-        other.handle_cell(now, &mut c2),
-        Err(CellError::UnknownSession)
-    );
+    // Another session's keys unmask garbage and its seal fails: nothing is delivered.
+    assert!(other.handle_cell(now, &mut c2).is_err());
+    assert!(other.poll_event().is_none());
     assert_eq!(
         drain(&mut s),
         b"hello".to_vec(),
@@ -340,4 +340,90 @@ fn no_keepalive_timer_when_the_peer_grants_no_credit() {
         "a timer that is always due would spin the driver"
     );
     assert_eq!(failures(&mut c), vec![]);
+}
+
+/// Each client path carries its own label, a lost path that comes back (a reconnect,
+/// perhaps from a new address) carries a new one, the central's table maps them all to the
+/// session, and the central's cells carry no label.
+#[test]
+fn labels_are_per_path_new_after_a_loss_and_known_to_the_central() {
+    let (mut c, mut s, now) = pair(SessionConfig::with_cell_size(1024));
+    let mut table = LabelTable::default();
+    table.insert(s.id(), s.path_labels());
+    fn label_on(
+        c: &mut Session,
+        s: &mut Session,
+        table: &mut LabelTable,
+        now: Instant,
+        path: u32,
+    ) -> cell::Label {
+        let stream = c.tracked_streams() as u32 + 100;
+        c.open_stream(stream, "gw");
+        c.send(stream, b"x");
+        let t = c.poll_transmit(now, &[PathId(path)]).unwrap();
+        assert_eq!(t.path, PathId(path));
+        let mut cell = t.cell;
+        let label = cell::peek_label(&cell).unwrap();
+        assert_eq!(table.lookup(label), Some(s.id()));
+        // After a loss the first cell may be a resend the central already has.
+        let r = s.handle_cell(now, &mut cell);
+        assert!(
+            matches!(r, Ok(()) | Err(CellError::Replay)),
+            "path {path}: {r:?}"
+        );
+        label
+    }
+    let a = label_on(&mut c, &mut s, &mut table, now, 1);
+    let b = label_on(&mut c, &mut s, &mut table, now, 2);
+    assert_ne!(a, b);
+    assert_eq!(
+        label_on(&mut c, &mut s, &mut table, now, 1),
+        a,
+        "a path keeps its label while it lives"
+    );
+    assert!(
+        a.0 != s.id().0 && b.0 != s.id().0,
+        "no label is the session id"
+    );
+    c.path_lost(PathId(1));
+    let a2 = label_on(&mut c, &mut s, &mut table, now, 1);
+    assert!(a2 != a && a2 != b, "a path back after a loss is new");
+    // Toward the client: no label.
+    let mut t = None;
+    for _ in 0..10 {
+        s.handle_timeout(now + Duration::from_secs(1));
+        t = s.poll_transmit(now + Duration::from_secs(1), &[PathId(9)]);
+        if t.is_some() {
+            break;
+        }
+    }
+    let t = t.expect("the central acknowledges");
+    assert_eq!(cell::peek_label(&t.cell), Some(cell::Label::NONE));
+}
+
+/// Hygiene (issue 8, item 10): a Hello whose padding carries anything is refused before
+/// any public-key work, so its free bytes are no covert channel; the honest one passes.
+#[test]
+fn a_hello_with_anything_in_its_padding_is_refused() {
+    let cfg = SessionConfig::with_cell_size(2048);
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let central = StaticKeypair::generate(&mut rng);
+    let hello = SessionHello {
+        window_cells: 64,
+        mailboxes: Vec::new(),
+        limits_pass: Vec::new(),
+    };
+    let pending =
+        PendingSession::start(&mut rng, cfg.clone(), &central.public(), &hello, 0, 0).unwrap();
+    let honest = pending.hello_cell().to_vec();
+    assert!(check_hello(&cfg, &honest).is_ok());
+    for at in [honest.len() - 1, honest.len() - 100] {
+        let mut marked = honest.clone();
+        marked[at] ^= 0x01;
+        assert_eq!(
+            check_hello(&cfg, &marked).map(|_| ()),
+            Err(SessionError::NotCanonical),
+            "padding byte {at}"
+        );
+    }
 }

@@ -8,7 +8,7 @@ use rand_chacha::ChaCha20Rng;
 
 use super::net::{GwMsg, Link, Msg, Outbox};
 use super::{ByteLog, GATEWAY};
-use crate::cell::{peek_session, CellHeader, CellKind};
+use crate::cell::{clear_kind, peek_label, CellKind};
 use crate::frame::{Mailbox, StreamId};
 use crate::noise::StaticKeypair;
 use crate::session::{self, PathId, PathTable, Session, SessionConfig, SessionEvent};
@@ -18,6 +18,7 @@ pub struct Central {
     key: StaticKeypair,
     pub(super) session: Option<Session>,
     welcome: Vec<u8>,
+    labels: session::LabelTable,
     /// The mailboxes the client registered last: responses go to these.
     pub active_boxes: Vec<Mailbox>,
     /// Downstreams the central believes usable.
@@ -45,6 +46,7 @@ impl Central {
             key,
             session: None,
             welcome: Vec::new(),
+            labels: session::LabelTable::default(),
             active_boxes: Vec::new(),
             downstreams: (0..downstreams).collect(),
             paths: PathTable::default(),
@@ -76,7 +78,7 @@ impl Central {
             .collect();
         let gone = self
             .paths
-            .rebuild(&links, Some(&self.active_boxes), |_| Vec::new());
+            .rebuild(&links, Some(&self.active_boxes), |_, _| Vec::new());
         if let Some(s) = self.session.as_mut() {
             for p in gone {
                 s.path_lost(p);
@@ -118,10 +120,8 @@ impl Central {
         out: &mut Outbox,
     ) {
         self.log.add(&cell);
-        let Ok(h) = CellHeader::take_from(&cell) else {
-            return;
-        };
-        if h.kind == CellKind::HELLO {
+        let known = peek_label(&cell).and_then(|l| self.labels.lookup(l));
+        if known.is_none() && clear_kind(&cell) == Some(CellKind::HELLO) {
             if self.session.is_none() {
                 let acc = session::accept(
                     rng,
@@ -138,6 +138,8 @@ impl Central {
                 }
                 self.set_mailboxes(acc.hello.mailboxes);
                 self.welcome = acc.welcome_cell;
+                self.labels
+                    .insert(acc.session.id(), acc.session.path_labels());
                 self.session = Some(acc.session);
             }
             // A repeated Hello means the Welcome was lost: send the same bytes again.
@@ -152,7 +154,8 @@ impl Central {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        if peek_session(&cell) != Some(s.id()) {
+        // Routed by the path label, as the central node does.
+        if known != Some(s.id()) {
             return;
         }
         if s.handle_cell(now, &mut cell).is_ok() {

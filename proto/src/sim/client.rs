@@ -7,7 +7,7 @@ use std::time::Instant;
 use rand_chacha::ChaCha20Rng;
 
 use super::{EARLY_DATA, GATEWAY, SEAL_AHEAD};
-use crate::cell::{CellHeader, CellKind};
+use crate::cell::{clear_kind, CellKind};
 use crate::frame::{Mailbox, StreamId};
 use crate::inner::{
     self, ClientOpen, MessageDecoder, OpenRequest, OpenStatus, Record, RecordOpener, RecordSealer,
@@ -112,7 +112,7 @@ impl Client {
         let links: Vec<(String, usize)> = (self.upstreams.iter())
             .map(|&i| (format!("upstream-{i}"), i))
             .collect();
-        self.paths.rebuild(&links, None, |_| Vec::new())
+        self.paths.rebuild(&links, None, |_, _| Vec::new())
     }
 
     /// The application side: opens streams, seals upload records, feeds the session.
@@ -168,11 +168,13 @@ impl Client {
     }
 
     pub(super) fn on_cell(&mut self, now: Instant, mut cell: Vec<u8>) {
-        let kind = CellHeader::take_from(&cell).map(|h| h.kind);
-        if kind == Ok(CellKind::WELCOME) {
-            // A late or duplicated Welcome after the session started is simply ignored.
-            if let Some(p) = self.pending.take() {
-                self.session = Some(p.finish(now, &cell).expect("welcome accepted"));
+        // Until the session opens only a Welcome matters; then every cell is the session's
+        // (a sealed cell's kind is masked, and may read as anything).
+        if self.session.is_none() {
+            if clear_kind(&cell) == Some(CellKind::WELCOME) {
+                if let Some(p) = self.pending.take() {
+                    self.session = Some(p.finish(now, &cell).expect("welcome accepted"));
+                }
             }
             return;
         }

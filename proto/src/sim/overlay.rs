@@ -60,6 +60,7 @@ impl Overlay {
         let hello = SessionHello {
             window_cells: u32::try_from(cfg.window_cells).unwrap(),
             mailboxes: mailboxes.clone(),
+            limits_pass: Vec::new(),
         };
         let pending =
             PendingSession::start(&mut rng, cfg.clone(), &central_key.public(), &hello, 0, 0)
