@@ -32,6 +32,13 @@
 #   --origin-port PORT  compose only: the one port of the bridge's host side (PREFIX.1)
 #                       the gateway may reach, where deploy/test-compose.sh serves its
 #                       test file (default 18080)
+#   --exit-allow CIDR[:PORTS]
+#                       adds an allow rule to every gateway's exit policy (repeatable):
+#                       the network CIDR (an address, 10.0.0.0/8, fd12::/16), only on
+#                       PORTS (443 or 8000-8999) if given. An allow rule with a cidr also
+#                       opens the classes refused by default (private, loopback) inside
+#                       it: deploy/test-deploy.sh lets its exit reach one port of the test
+#                       host this way. Real networks: leave it out, or name public ranges
 #   --operator OPDIR    a closed, signed network: the operator folder OPDIR (made with
 #                       `braid-node operator init` if it has no key) signs the directory
 #                       (version = now in Unix seconds, so a regenerated network is newer),
@@ -55,6 +62,7 @@ root=$(cd "$here/.." && pwd)
 out="" compose="" inventory="" bin="" bind=any force=0 operator=""
 n_up=2 n_central=1 n_down=2 n_relay=1 n_gw=1 counts_given=0
 cell_size=8192 mix_ms=25.0 drain_secs=30 socks=127.0.0.1:1080 origin_port=18080
+exit_allow=()
 
 need() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"; }
 while [ $# -gt 0 ]; do
@@ -74,9 +82,10 @@ while [ $# -gt 0 ]; do
         --drain-secs) need "$@"; drain_secs=$2; shift ;;
         --socks) need "$@"; socks=$2; shift ;;
         --origin-port) need "$@"; origin_port=$2; shift ;;
+        --exit-allow) need "$@"; exit_allow+=("$2"); shift ;;
         --operator) need "$@"; operator=$2; shift ;;
         --force) force=1 ;;
-        -h|--help) sed -n '2,46p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,54p' "$0"; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
     shift
@@ -90,6 +99,19 @@ for v in "$n_up" "$n_central" "$n_down" "$n_relay" "$n_gw" "$cell_size" "$drain_
     case "$v" in ''|*[!0-9]*) die "counts, --cell-size, --drain-secs and --origin-port must be whole numbers, got '$v'" ;; esac
 done
 [ "$origin_port" -ge 1 ] && [ "$origin_port" -le 65535 ] || die "--origin-port must be 1..65535, got $origin_port"
+# --exit-allow CIDR[:PORTS] -> parallel arrays; an IPv6 CIDR has colons, so PORTS is what
+# follows the last colon only when that part has no '/' and the rest is a network.
+allow_cidrs=() allow_ports=()
+for a in "${exit_allow[@]+"${exit_allow[@]}"}"; do
+    c=$a p=""
+    case "$a" in
+        */*:*) c=${a%:*} p=${a##*:}; case "$p" in */*) c=$a p="" ;; esac ;;
+        *.*:*) c=${a%:*} p=${a##*:} ;;
+    esac
+    case "$c" in ''|*[!0-9a-fA-F.:/]*) die "--exit-allow: '$a' is not CIDR[:PORTS] (e.g. 192.0.2.1/32:8080)" ;; esac
+    case "$p" in *[!0-9-]*|-*|*-) die "--exit-allow: bad PORTS in '$a' (a port, 443, or a range, 8000-8999)" ;; esac
+    allow_cidrs+=("$c"); allow_ports+=("$p")
+done
 
 if [ -z "$bin" ]; then
     for c in "$root/target/static/dist/braid-node" \
@@ -293,6 +315,15 @@ for i in "${!ids[@]}"; do
                 echo "cidr = \"$compose.1/32\""
                 echo "ports = $origin_port"
             fi
+            for j in "${!allow_cidrs[@]}"; do
+                echo
+                echo "# Added by gen-net.sh --exit-allow ${exit_allow[$j]}: opens this network (also"
+                echo "# its private or loopback addresses) to this exit. Remove it if unintended."
+                echo "[[exit.rules]]"
+                echo "action = \"allow\""
+                echo "cidr = \"${allow_cidrs[$j]}\""
+                if [ -n "${allow_ports[$j]}" ]; then echo "ports = \"${allow_ports[$j]}\""; fi
+            done
         fi
     } >"$f"
     chmod 644 "$f" "$nd/directory.toml"

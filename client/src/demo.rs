@@ -230,6 +230,7 @@ impl Demo {
                 drain: stop.clone(),
                 shutdown: stop.clone(),
                 reloaded: tokio::sync::watch::channel(None).1,
+                joiner: None,
             };
             let dial_bind = SocketAddr::new(addr.ip(), 0);
             // The same config types and mapping as `braid-node`, with the demo's settings.
@@ -314,6 +315,8 @@ impl Demo {
             gateway_choice: opts.gateway_choice,
             central_rest: opts.central_rest,
             log_destinations: opts.log_destinations,
+            max_joined_upstreams: ClientConfig::with_directory("<demo>").max_joined_upstreams
+                as usize,
             credential,
             shutdown: shutdown.child_token(),
         })

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod first_hop;
 pub mod gateways;
 pub mod inner_stream;
+mod members;
 pub mod overlay;
 pub mod resting;
 pub mod socks;

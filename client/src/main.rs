@@ -206,6 +206,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         },
         central_rest: cfg.central_rest(),
         log_destinations: cfg.log_destinations,
+        max_joined_upstreams: cfg.max_joined_upstreams as usize,
         credential: match &cfg.credential {
             Some(path) => {
                 let c = braid_config::load_credential(path)?;

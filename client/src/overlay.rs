@@ -66,6 +66,8 @@ pub struct ClientParams {
     /// The user's credential, presented at first hops when the directory has an operator
     /// key.
     pub credential: Option<Arc<Presenter>>,
+    /// Joined upstreams (told of by the central) linked to at most.
+    pub max_joined_upstreams: usize,
     pub shutdown: CancellationToken,
 }
 
@@ -222,6 +224,31 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
             (presenter.clone(), refusals.clone()),
         ));
     }
+    // Upstreams that join later: the sessions pass on their descriptors.
+    let (members_tx, members_rx) = mpsc::channel::<Vec<u8>>(64);
+    {
+        let (ep, routes, tap, first_hop) = (
+            ep.clone(),
+            routes.clone(),
+            p.tap.clone(),
+            (presenter.clone(), refusals.clone()),
+        );
+        tokio::spawn(crate::members::follow(
+            crate::members::JoinedUpstreams::new(dir.clone(), p.max_joined_upstreams),
+            members_rx,
+            move |entry, stop| {
+                tokio::spawn(upstream_link(
+                    ep.clone(),
+                    entry,
+                    routes.clone(),
+                    stop,
+                    tap.clone(),
+                    first_hop.clone(),
+                ));
+            },
+            p.shutdown.clone(),
+        ));
+    }
 
     let mut cfg = SessionConfig::with_cell_size(cell_size);
     cfg.window_cells = p.window_cells;
@@ -289,6 +316,7 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
         up: up_tx,
         status,
         pace: presenter.as_ref().and_then(|p| p.rate()),
+        members: members_tx,
         shutdown: p.shutdown,
     }));
     Ok(handle)
@@ -520,6 +548,8 @@ struct Supervisor {
     status: StatusPublisher,
     /// The user's rate (bytes per second), which sessions keep to.
     pace: Option<f64>,
+    /// Where the sessions pass on the descriptors of joined nodes.
+    members: mpsc::Sender<Vec<u8>>,
     shutdown: CancellationToken,
 }
 
@@ -538,6 +568,7 @@ async fn supervise(s: Supervisor) {
         up,
         status,
         pace,
+        members,
         shutdown,
     } = s;
     let (mut session, mut central) = first;
@@ -588,6 +619,7 @@ async fn supervise(s: Supervisor) {
                     std::time::Instant::now(),
                 )
             }),
+            members: Some(members.clone()),
             shutdown: rotate.clone(),
         }
         .run()

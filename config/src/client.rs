@@ -152,6 +152,10 @@ pub struct ClientConfig {
     /// (default 3600 s; 1 s to a week). Bounds what any hop can link to one session.
     #[serde(default = "default_session_lifetime_secs")]
     pub session_lifetime_secs: u64,
+    /// Upstreams that joined after the directory was written (the central tells of them,
+    /// each signed) the client links to at most (default 32).
+    #[serde(default = "default_max_joined_upstreams")]
+    pub max_joined_upstreams: u32,
     /// How long a stream whose central died keeps trying to resume through another
     /// (default 30000 ms; the gateway's own `resume_grace_ms` bounds it too).
     #[serde(default = "crate::check::default_resume_grace_ms")]
@@ -254,6 +258,10 @@ fn default_session_wait_ms() -> u64 {
     10_000
 }
 
+fn default_max_joined_upstreams() -> u32 {
+    32
+}
+
 fn default_session_lifetime_secs() -> u64 {
     3600
 }
@@ -284,6 +292,7 @@ impl ClientConfig {
             peer_timeout_ms: default_peer_timeout_ms(),
             session_wait_ms: default_session_wait_ms(),
             session_lifetime_secs: default_session_lifetime_secs(),
+            max_joined_upstreams: default_max_joined_upstreams(),
             resume_grace_ms: crate::check::default_resume_grace_ms(),
             resume_buffer_kib: crate::check::default_resume_buffer_kib(),
             resume_budget_mib: crate::check::default_resume_budget_mib(),

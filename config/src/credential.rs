@@ -87,6 +87,16 @@ impl CredentialFile {
 /// Reads a credential file, refusing one that others may read or write: it holds the
 /// user's secret key.
 pub fn load_credential(path: &Path) -> Result<UserCredential, ConfigError> {
+    let text = read_private(path, "credential")?;
+    let file: CredentialFile = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+        file: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    file.decode(path)
+}
+
+/// Reads a file that holds a secret key, refusing it if others may read or write it.
+fn read_private(path: &Path, key: &str) -> Result<String, ConfigError> {
     let read = |source| ConfigError::Read {
         file: path.to_owned(),
         source,
@@ -98,20 +108,88 @@ pub fn load_credential(path: &Path) -> Result<UserCredential, ConfigError> {
         if mode & 0o077 != 0 {
             return Err(ConfigError::Invalid {
                 file: path.to_owned(),
-                key: "credential".into(),
+                key: key.into(),
                 message: format!(
-                    "the credential file has mode {:o}: others may read it; chmod 600 it",
+                    "the {key} file has mode {:o}: others may read it; chmod 600 it",
                     mode & 0o777
                 ),
             });
         }
     }
-    let text = std::fs::read_to_string(path).map_err(read)?;
-    let file: CredentialFile = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+    std::fs::read_to_string(path).map_err(read)
+}
+
+/// A node's join file (`[node] join`): the operator's join credential and the join key's
+/// secret, with which the node signs its descriptors.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinFile {
+    /// The role the credential admits (also inside it; here for people reading the file).
+    pub role: String,
+    /// The operator-signed join credential, hex.
+    pub credential: String,
+    /// The join key's Ed25519 secret seed, hex. Whoever holds it may join as this role.
+    pub join_secret: String,
+}
+
+impl std::fmt::Debug for JoinFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinFile")
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JoinFile {
+    /// The file's text.
+    pub fn to_toml_string(&self) -> String {
+        format!(
+            "# Braid join credential ({}). Keep it private (mode 0600): whoever holds it may join the network.\n{}",
+            self.role,
+            toml::to_string(self).unwrap_or_default()
+        )
+    }
+}
+
+/// A loaded join file.
+pub struct NodeJoin {
+    /// The signed credential, as descriptors carry it.
+    pub bytes: Vec<u8>,
+    pub credential: braid_proto::join::JoinCredential,
+    pub secret: [u8; KEY_LEN],
+}
+
+impl std::fmt::Debug for NodeJoin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeJoin")
+            .field("role", &self.credential.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads a join file, refusing one that others may read or write.
+pub fn load_join(path: &Path) -> Result<NodeJoin, ConfigError> {
+    let text = read_private(path, "join")?;
+    let file: JoinFile = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
         file: path.to_owned(),
         message: e.to_string(),
     })?;
-    file.decode(path)
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        file: path.to_owned(),
+        key: key.into(),
+        message,
+    };
+    let bytes = hex::decode(&file.credential)
+        .map_err(|e| invalid("credential", format!("not hex: {e}")))?;
+    let credential = braid_proto::join::JoinCredential::parse(&bytes)
+        .map_err(|e| invalid("credential", format!("not a join credential: {e}")))?;
+    let secret = crate::directory::hex32::decode(&file.join_secret)
+        .map_err(|m| invalid("join_secret", m))?;
+    Ok(NodeJoin {
+        bytes,
+        credential,
+        secret,
+    })
 }
 
 /// Reads a revocation list: one credential id (hex) per line; blank lines and `#` comments

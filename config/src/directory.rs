@@ -66,6 +66,16 @@ impl Role {
     pub fn listens(self) -> bool {
         matches!(self, Role::Upstream | Role::Central | Role::Relay)
     }
+
+    /// The role's byte in signed join credentials and descriptors: 1 to 5, pipeline order.
+    pub fn code(self) -> u8 {
+        Role::ALL.iter().position(|r| *r == self).unwrap_or(0) as u8 + 1
+    }
+
+    /// Inverse of [`Role::code`].
+    pub fn from_code(code: u8) -> Option<Role> {
+        Role::ALL.get(usize::from(code).checked_sub(1)?).copied()
+    }
 }
 
 impl fmt::Display for Role {
@@ -111,6 +121,19 @@ pub struct NodeEntry {
 }
 
 impl NodeEntry {
+    /// The entry a verified join descriptor stands for; `None` when its role byte names no
+    /// role or its id is not a valid node id.
+    pub fn from_descriptor(d: &braid_proto::join::Descriptor) -> Option<NodeEntry> {
+        check_id(&d.id).ok()?;
+        Some(NodeEntry {
+            id: d.id.clone(),
+            role: Role::from_code(d.role)?,
+            addr: d.addr,
+            noise_key: d.noise_key,
+            tls_key: d.tls_key,
+        })
+    }
+
     /// Build an entry (checked by [`Directory::validate`]).
     pub fn new(
         id: impl Into<String>,

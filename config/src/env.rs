@@ -47,6 +47,9 @@ pub(crate) const NODE_COMMON_KEYS: &[(&str, Kind)] = &[
     ("node.max_connections", Kind::Scalar),
     ("node.max_connections_per_ip", Kind::Scalar),
     ("node.retry_above_handshakes", Kind::Scalar),
+    ("node.join", Kind::Str),
+    ("node.advertise", Kind::Str),
+    ("node.descriptor_lifetime_secs", Kind::Scalar),
 ];
 
 pub(crate) const UPSTREAM_KEYS: &[(&str, Kind)] = &[
@@ -68,6 +71,7 @@ pub(crate) const CENTRAL_KEYS: &[(&str, Kind)] = &[
     ("reassembly_timeout_secs", Kind::Scalar),
     ("idle_timeout_secs", Kind::Scalar),
     ("max_sessions", Kind::Scalar),
+    ("max_joined_nodes", Kind::Scalar),
     ("max_streams_per_session", Kind::Scalar),
     ("stream_open_rate", Kind::Scalar),
     ("stream_open_burst", Kind::Scalar),
@@ -150,6 +154,7 @@ pub(crate) const CLIENT_KEYS: &[(&str, Kind)] = &[
     ("peer_timeout_ms", Kind::Scalar),
     ("session_wait_ms", Kind::Scalar),
     ("session_lifetime_secs", Kind::Scalar),
+    ("max_joined_upstreams", Kind::Scalar),
     ("resume_grace_ms", Kind::Scalar),
     ("resume_buffer_kib", Kind::Scalar),
     ("resume_budget_mib", Kind::Scalar),

@@ -32,7 +32,8 @@ pub use client::{
     default_admin, parse_client_config, CentralChoice, ClientConfig, GatewayChoice, SocksAuthConfig,
 };
 pub use credential::{
-    load_credential, load_revocations, parse_revocations, CredentialFile, UserCredential,
+    load_credential, load_join, load_revocations, parse_revocations, CredentialFile, JoinFile,
+    NodeJoin, UserCredential,
 };
 pub use directory::{
     check_id, hex32, parse_directory, Directory, DirectoryTrust, NodeEntry, Role, UnknownRole,

@@ -122,6 +122,25 @@ pub async fn publish_link(
         }
     }
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(queue);
+    // Withdrawn when this ends, also when the caller drops it (a link given up): only
+    // this link's entry, as a newer link of the same name may have replaced it.
+    // (Weak: the list's entry is what keeps the queue open.)
+    struct Published<'a> {
+        links: &'a watch::Sender<Vec<Link>>,
+        tx: mpsc::WeakSender<Vec<u8>>,
+    }
+    impl Drop for Published<'_> {
+        fn drop(&mut self) {
+            if let Some(tx) = self.tx.upgrade() {
+                self.links
+                    .send_modify(|v| v.retain(|l| !l.tx.same_channel(&tx)));
+            }
+        }
+    }
+    let _published = Published {
+        links,
+        tx: tx.downgrade(),
+    };
     links.send_modify(|v| {
         v.retain(|l| l.name != name);
         v.push(Link {
@@ -142,5 +161,4 @@ pub async fn publish_link(
         }
     }
     tracing::warn!(link = %name, "link lost");
-    links.send_modify(|v| v.retain(|l| l.name != name));
 }

@@ -60,6 +60,8 @@ pub enum SessionCmd {
     },
     /// Client side: the relay mailboxes now reachable.
     Mailboxes(Vec<Mailbox>),
+    /// Central side: pass a member's signed descriptor on to the client.
+    Descriptor(Vec<u8>),
 }
 
 /// The central's hook: the client opened a stream to the named gateway; the hook takes
@@ -173,6 +175,9 @@ pub struct SessionTask {
     /// rather than in queues in front of the first hops that enforce it (which would time
     /// out and be resent, spending the rate twice).
     pub pace: Option<braid_proto::rate::TokenBucket>,
+    /// Client side: where the descriptors the central passes on go (the client verifies
+    /// them). Full or absent: dropped, as the node refreshes them anyway.
+    pub members: Option<mpsc::Sender<Vec<u8>>>,
     pub shutdown: CancellationToken,
 }
 
@@ -740,6 +745,13 @@ impl SessionTask {
             }
             // Handled before routing.
             SessionEvent::Failed(_) => None,
+            SessionEvent::Descriptor(bytes) => {
+                // Only a central tells of members; a client's word on them is ignored.
+                if let (SessionRole::Client, Some(members)) = (&self.role, &self.members) {
+                    let _ = members.try_send(bytes);
+                }
+                None
+            }
             SessionEvent::Mailboxes(boxes) => {
                 if let SessionRole::Central(c) = &mut self.role {
                     let boxes = MailboxPolicy::sanitize(boxes, &*c.known_relay);
@@ -838,6 +850,11 @@ impl SessionTask {
                 self.session.stream_closed(stream);
             }
             SessionCmd::Mailboxes(boxes) => self.session.set_mailboxes(boxes),
+            SessionCmd::Descriptor(bytes) => {
+                if matches!(self.role, SessionRole::Central(_)) {
+                    self.session.send_descriptor(bytes);
+                }
+            }
         }
     }
 }

@@ -185,6 +185,7 @@ async fn pair(o: Opts) -> Pair {
         reassembly_timeout: Duration::from_secs(60),
         status: Some(status),
         pace: None,
+        members: None,
         shutdown: shutdown.clone(),
     };
     let (central_cmd_tx, central_cmd_rx) = mpsc::channel(256);
@@ -226,6 +227,7 @@ async fn pair(o: Opts) -> Pair {
         reassembly_timeout: Duration::from_secs(60),
         status: Some(central_status),
         pace: None,
+        members: None,
         shutdown: shutdown.clone(),
     };
     let client = tokio::spawn(async move {

@@ -48,6 +48,10 @@ pub enum ClientAuth {
     /// Clients may come without a certificate (laptops, which authenticate later by
     /// access token); a certificate that is presented must still be pinned.
     Optional,
+    /// Every client must present an Ed25519 certificate and prove its key, pinned or not:
+    /// the central of a network nodes may join, which admits an unpinned key only once it
+    /// shows a descriptor the operator's join credential vouches for.
+    Joinable,
 }
 
 /// Transport parameters shared by every Braid link: bounded windows everywhere, so no
@@ -149,7 +153,11 @@ fn server_config(
     client_auth: ClientAuth,
     tuning: LinkTuning,
 ) -> Result<quinn::ServerConfig, NetError> {
-    let verifier = PinnedClientVerifier::new(pins, client_auth == ClientAuth::Required);
+    let verifier = PinnedClientVerifier::new(
+        pins,
+        client_auth != ClientAuth::Optional,
+        client_auth == ClientAuth::Joinable,
+    );
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(verifier))

@@ -337,14 +337,17 @@ impl ServerCertVerifier for PinnedServerVerifier {
 pub(crate) struct PinnedClientVerifier {
     pins: PinSet,
     mandatory: bool,
+    /// Unpinned keys pass too (still Ed25519, still proven): the application admits them.
+    any_key: bool,
     algs: WebPkiSupportedAlgorithms,
 }
 
 impl PinnedClientVerifier {
-    pub(crate) fn new(pins: PinSet, mandatory: bool) -> Self {
+    pub(crate) fn new(pins: PinSet, mandatory: bool, any_key: bool) -> Self {
         Self {
             pins,
             mandatory,
+            any_key,
             algs: ed25519_algorithms(),
         }
     }
@@ -369,7 +372,14 @@ impl ClientCertVerifier for PinnedClientVerifier {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        Pinned::AnyOf(&self.pins).check(end_entity)?;
+        if self.any_key {
+            ed25519_key_of_cert(end_entity).map_err(|e| {
+                tracing::debug!("peer certificate refused: {e}");
+                rustls::Error::InvalidCertificate(CertificateError::BadEncoding)
+            })?;
+        } else {
+            Pinned::AnyOf(&self.pins).check(end_entity)?;
+        }
         Ok(ClientCertVerified::assertion())
     }
 

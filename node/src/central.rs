@@ -19,10 +19,12 @@ use braid_proto::Reason;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
+use crate::members::Members;
 use crate::NodeContext;
 use braid_driver::metrics::{LinkUpGuard, Metrics};
 use braid_driver::session_task::{
-    CentralSession, RelayFilter, SendBudget, SessionGauge, SessionRole, SessionTask, StreamEvent,
+    CentralSession, RelayFilter, SendBudget, SessionCmd, SessionGauge, SessionRole, SessionTask,
+    StreamEvent,
     StreamLimits,
 };
 use braid_proto::rate::TokenBucket;
@@ -37,6 +39,8 @@ use braid_proto::session::HelloClock;
 
 pub struct CentralParams {
     pub listen: SocketAddr,
+    /// Joined nodes held at once.
+    pub max_joined: usize,
     pub session: SessionConfig,
     /// A session with no cell from its client for this long is closed.
     pub idle_timeout: Duration,
@@ -125,6 +129,7 @@ struct Shared {
     half_open: Mutex<std::collections::VecDeque<HalfOpen>>,
     send_budget: Arc<SendBudget>,
     known_relay: RelayFilter,
+    members: Arc<Members>,
 }
 
 pub async fn run(ctx: NodeContext, params: CentralParams) -> anyhow::Result<()> {
@@ -135,15 +140,18 @@ pub async fn run(ctx: NodeContext, params: CentralParams) -> anyhow::Result<()> 
         .filter(|n| matches!(n.role, Role::Upstream | Role::Downstream | Role::Gateway))
         .map(|n| n.tls_key)
         .collect();
-    // Peers of the central open only unidirectional streams (cells); the gateway streams
-    // are opened by the central, and the tuning sizes their windows.
-    let ep = braid_net::server_endpoint_with(
-        params.listen,
-        &ctx.identity,
-        pins,
-        ClientAuth::Required,
-        params.gateway_link,
-    )?;
+    let members = Members::new(ctx.directory.clone(), pins.clone(), params.max_joined);
+    // Peers of the central open unidirectional streams (cells), and joining nodes one
+    // bidirectional stream at a time (registrations); the gateway streams are opened by
+    // the central, and the tuning sizes their windows.
+    let mut tuning = params.gateway_link;
+    let auth = if members.joinable() {
+        tuning.max_bidi_streams = tuning.max_bidi_streams.max(1);
+        ClientAuth::Joinable
+    } else {
+        ClientAuth::Required
+    };
+    let ep = braid_net::server_endpoint_with(params.listen, &ctx.identity, pins, auth, tuning)?;
     info!(node = %ctx.id, listen = %params.listen, "central listening");
     let dir = ctx.directory.clone();
     let known_relay: RelayFilter =
@@ -167,7 +175,20 @@ pub async fn run(ctx: NodeContext, params: CentralParams) -> anyhow::Result<()> 
         )),
         half_open: Mutex::default(),
         params,
+        members,
     });
+    if shared.members.joinable() {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while braid_driver::sleep_or_shutdown(Duration::from_secs(1), &shared.ctx.shutdown)
+                .await
+            {
+                for id in shared.members.prune(braid_driver::unix_now()) {
+                    info!(node = %id, "joined node's descriptor lapsed");
+                }
+            }
+        });
+    }
     tokio::spawn(evict_over_cap(shared.clone()));
     for _ in 0..shared.params.admission.workers.max(1) {
         tokio::spawn(admit(shared.clone()));
@@ -210,9 +231,7 @@ pub async fn run(ctx: NodeContext, params: CentralParams) -> anyhow::Result<()> 
                     return;
                 }
             };
-            let entry = braid_net::peer_tls_key(&conn)
-                .and_then(|k| shared.ctx.directory.by_tls_key(&k).cloned());
-            let Some(entry) = entry else {
+            let Some(entry) = shared.members.identify(&conn).await else {
                 Metrics::inc(&shared.ctx.metrics.peers_refused);
                 conn.close(1u32.into(), b"unknown key");
                 return;
@@ -430,6 +449,7 @@ fn admit_one(shared: &Arc<Shared>, hello: QueuedHello) {
         }
     }
 
+    let (members_tx, members_stop) = (cmd_tx.clone(), stop.clone());
     let opener_shared = shared.clone();
     let session_stalled = StallBudget::new(shared.params.session_stalled_streams);
     let task = SessionTask {
@@ -472,8 +492,12 @@ fn admit_one(shared: &Arc<Shared>, hello: QueuedHello) {
         reassembly_timeout: shared.params.reassembly_timeout,
         status: None,
         pace: rate.map(|r| braid_proto::rate::TokenBucket::with_rate(r, r / 10.0, now)),
+        members: None,
         shutdown: stop,
     };
+    if shared.members.joinable() {
+        tokio::spawn(pass_on_members(shared.clone(), members_tx, members_stop));
+    }
     let shared = shared.clone();
     tokio::spawn(async move {
         task.run().await;
@@ -484,6 +508,36 @@ fn admit_one(shared: &Arc<Shared>, hello: QueuedHello) {
             l.remove(id);
         }
     });
+}
+
+/// Tells a session's client of every joined node, then of each registration as it comes
+/// (joins, refreshes, leavings), until the session ends.
+async fn pass_on_members(
+    shared: Arc<Shared>,
+    cmd: mpsc::Sender<SessionCmd>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut updates = shared.members.subscribe();
+    for d in shared.members.descriptors() {
+        if cmd.send(SessionCmd::Descriptor(d)).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        let d = tokio::select! {
+            _ = stop.cancelled() => return,
+            d = updates.recv() => d,
+        };
+        let d = match d {
+            Ok(d) => d,
+            // Fell behind: the nodes it missed refresh within a third of their life.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        if cmd.send(SessionCmd::Descriptor(d)).await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn to_downstream(shared: Arc<Shared>, conn: quinn::Connection, name: String) {

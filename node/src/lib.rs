@@ -10,6 +10,7 @@ pub mod exit;
 pub mod fair_queue;
 pub mod gateway;
 pub mod health;
+pub mod members;
 pub mod operator;
 pub mod relay;
 pub mod roles;
@@ -44,6 +45,9 @@ pub struct NodeContext {
     /// The node's config as last reloaded (SIGHUP, `braid-node`): None until a reload
     /// succeeds. Roles apply what they can of it while running (`users::apply_reloads`).
     pub reloaded: tokio::sync::watch::Receiver<Option<Arc<braid_config::NodeConfig>>>,
+    /// Set when this node joined the network rather than being in the directory: it
+    /// registers its descriptor on each link to a central.
+    pub joiner: Option<Arc<members::Joiner>>,
 }
 
 impl NodeContext {
@@ -68,6 +72,8 @@ impl NodeContext {
             let metrics = self.metrics.clone();
             let serve = serve.clone();
             let peer = central.clone();
+            let joiner = self.joiner.clone();
+            let drain = self.drain.clone();
             links.spawn(keep_dialing(
                 ep.clone(),
                 central,
@@ -75,10 +81,22 @@ impl NodeContext {
                 backoff.clone(),
                 move |conn| {
                     let up = LinkUpGuard::new(metrics.clone());
-                    let served = serve(peer.clone(), conn);
+                    let (serve, peer, joiner, drain) =
+                        (serve.clone(), peer.clone(), joiner.clone(), drain.clone());
                     async move {
                         let _up = up;
-                        served.await
+                        if let Some(j) = joiner {
+                            // Registered before anything else: the central serves an
+                            // unknown key nothing until then.
+                            if let Err(e) = j.register(&conn, false).await {
+                                tracing::error!(central = %peer.id, error = %e, "joining failed");
+                                return;
+                            }
+                            tracing::info!(central = %peer.id, "registered with the central");
+                            let conn2 = conn.clone();
+                            tokio::spawn(async move { j.keep_registered(&conn2, &drain).await });
+                        }
+                        serve(peer, conn).await
                     }
                 },
             ));

@@ -78,6 +78,25 @@ enum OperatorCmd {
     /// Makes DIR/operator.key (0600), an empty users.toml and revoked.txt; prints the
     /// `operator_key` line for the directory.
     Init,
+    /// Issues a join credential: nodes of ROLE with `[node] join = "FILE"` join the running
+    /// network (register with every central) without being in the directory.
+    Join {
+        /// upstream, downstream or gateway.
+        #[arg(long)]
+        role: braid_config::Role,
+        /// Where the join file goes (0600).
+        #[arg(long)]
+        out: PathBuf,
+        /// Only one node id may use it (default: any number, for a scaled service).
+        #[arg(long)]
+        single: bool,
+        /// How long it is valid, in seconds (default 30 days).
+        #[arg(long, default_value_t = 30 * 24 * 3600)]
+        valid_secs: u64,
+        /// When validity starts, in seconds from now (negative: in the past).
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        starts_in_secs: i64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -144,6 +163,18 @@ fn operator_cmd(dir: &std::path::Path, cmd: OperatorCmd) -> anyhow::Result<()> {
         OperatorCmd::Init => {
             let key = braid_node::operator::Operator::init(dir)?;
             println!("operator_key = \"{key}\"");
+            Ok(())
+        }
+        OperatorCmd::Join {
+            role,
+            out,
+            single,
+            valid_secs,
+            starts_in_secs,
+        } => {
+            let op = braid_node::operator::Operator::open(dir)?;
+            op.issue_join(role, single, valid_secs, starts_in_secs, &out)?;
+            println!("{}: join credential for {role} nodes", out.display());
             Ok(())
         }
     }
@@ -319,6 +350,87 @@ fn watched_state(
         .collect()
 }
 
+/// A node that joins rather than being in the directory: its keys (made now if its
+/// identity folder has none), its entry (`node.id = "auto"` names it by role and key) and
+/// what registers it. What the credential says is the centrals' to judge: a node whose
+/// credential is wrong here still goes, and a central logs why it refuses it.
+fn prepare_join(
+    cfg: &braid_config::NodeConfig,
+    directory: &braid_config::Directory,
+    path: &std::path::Path,
+) -> anyhow::Result<(NodeIdentity, braid_node::members::Joiner)> {
+    let common = cfg.common();
+    let role = cfg.role();
+    let join = braid_config::load_join(path)?;
+    let Some(operator) = directory.operator_key else {
+        anyhow::bail!(
+            "{} names no operator key: nodes cannot join this network",
+            common.directory.display()
+        );
+    };
+    if join.credential.role != role.code() {
+        tracing::warn!(path = %path.display(), "the join credential is not for role {role}; the centrals will refuse it");
+    }
+    if let Err(e) = braid_proto::join::JoinCredential::verify(
+        &join.bytes,
+        &operator,
+        braid_driver::unix_now(),
+    ) {
+        tracing::warn!(path = %path.display(), "the join credential does not verify: {e}; the centrals will refuse it");
+    }
+    let identity = if common.noise_key_path().is_file() {
+        NodeIdentity::load(&common.identity)?
+    } else {
+        let identity = NodeIdentity::generate(&mut rand::rng())?;
+        identity.save(&common.identity)?;
+        tracing::info!(identity = %common.identity.display(), "made this node's keys");
+        identity
+    };
+    let id = if common.id == "auto" {
+        format!("{role}-{}", &hex::encode(identity.tls_public())[..8])
+    } else {
+        common.id.clone()
+    };
+    let addr = match cfg {
+        braid_config::NodeConfig::Upstream(c) => Some(match common.advertise {
+            Some(a) => a,
+            None if !c.listen.ip().is_unspecified() => c.listen,
+            None => std::net::SocketAddr::new(route_ip(directory)?, c.listen.port()),
+        }),
+        _ => common.advertise,
+    };
+    let entry = braid_config::NodeEntry {
+        id,
+        role,
+        addr,
+        noise_key: identity.noise_public(),
+        tls_key: identity.tls_public(),
+    };
+    tracing::info!(node = %entry.id, addr = ?entry.addr, "joining the network");
+    let joiner = braid_node::members::Joiner::new(
+        entry,
+        &join,
+        std::time::Duration::from_secs(common.descriptor_lifetime_secs),
+    );
+    Ok((identity, joiner))
+}
+
+/// The local address this host reaches the first central from (no packet is sent).
+fn route_ip(directory: &braid_config::Directory) -> anyhow::Result<std::net::IpAddr> {
+    let central = directory
+        .centrals()
+        .find_map(|c| c.addr)
+        .context("the directory names no central address")?;
+    let bind: std::net::SocketAddr = if central.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let s = std::net::UdpSocket::bind(bind)?;
+    s.connect(central)?;
+    Ok(s.local_addr()?.ip())
+}
+
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     let cfg = load_node_config(&path)?;
     let common = cfg.common().clone();
@@ -341,22 +453,32 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         Some(&common.identity.join("directory.version")),
         braid_driver::unix_now(),
     )?);
-    cfg.directory_entry(&directory)?;
-    let identity = NodeIdentity::load(&common.identity)?;
-    let entry = cfg.directory_entry(&directory)?.clone();
-    if entry.tls_key != identity.tls_public() || entry.noise_key != identity.noise_public() {
-        anyhow::bail!(
-            "the keys in {} do not match the directory entry for {}",
-            common.identity.display(),
-            common.id
-        );
-    }
+    let (identity, entry, joiner) = match &common.join {
+        Some(join) if directory.by_id(&common.id).is_none() => {
+            let (identity, joiner) = prepare_join(&cfg, &directory, join)?;
+            (identity, joiner.entry().clone(), Some(Arc::new(joiner)))
+        }
+        _ => {
+            let identity = NodeIdentity::load(&common.identity)?;
+            let entry = cfg.directory_entry(&directory)?.clone();
+            if entry.tls_key != identity.tls_public()
+                || entry.noise_key != identity.noise_public()
+            {
+                anyhow::bail!(
+                    "the keys in {} do not match the directory entry for {}",
+                    common.identity.display(),
+                    common.id
+                );
+            }
+            (identity, entry, None)
+        }
+    };
     let shutdown = CancellationToken::new();
     let drain = CancellationToken::new();
     let (reload_tx, reloaded) = tokio::sync::watch::channel(None);
     reload_on_hangup_or_change(path.clone(), cfg.clone(), reload_tx, logs);
     let ctx = NodeContext {
-        id: common.id.clone(),
+        id: entry.id.clone(),
         identity,
         directory: directory.clone(),
         metrics: Arc::new(braid_driver::Metrics::default()),
@@ -364,6 +486,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         drain: drain.clone(),
         shutdown: shutdown.clone(),
         reloaded,
+        joiner,
     };
     if let Some(admin) = common.admin {
         let l = braid_node::admin::bind(admin)
@@ -371,7 +494,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
             .with_context(|| format!("binding the admin port {admin}"))?;
         tokio::spawn(braid_node::admin::serve(
             l,
-            common.id.clone(),
+            entry.id.clone(),
             cfg.role(),
             ctx.metrics.clone(),
             ctx.drain.clone(),

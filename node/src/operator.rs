@@ -142,6 +142,39 @@ impl Operator {
         hex::encode(self.key.public())
     }
 
+    /// Issues a join credential for nodes of `role` and writes it, with the join key's
+    /// secret, to `out` (0600): a node with `[node] join` pointing at it may join. Valid
+    /// from `starts_in_secs` to `valid_secs` from now; `single_use` lets one node id use it.
+    pub fn issue_join(
+        &self,
+        role: braid_config::Role,
+        single_use: bool,
+        valid_secs: u64,
+        starts_in_secs: i64,
+        out: &Path,
+    ) -> anyhow::Result<()> {
+        let mut rng = rand::rng();
+        let join_key = SigningKey::generate(&mut rng);
+        let mut id = [0u8; ID_LEN];
+        rng.fill_bytes(&mut id);
+        let not_before = now().saturating_add_signed(starts_in_secs);
+        let credential = braid_proto::join::JoinCredential {
+            id,
+            role: role.code(),
+            single_use,
+            not_before,
+            not_after: not_before.saturating_add(valid_secs),
+            join_key: join_key.public(),
+        }
+        .issue(&self.key);
+        let file = braid_config::JoinFile {
+            role: role.to_string(),
+            credential: hex::encode(credential),
+            join_secret: hex::encode(join_key.seed()),
+        };
+        write_private(out, &file.to_toml_string())
+    }
+
     fn load(&self) -> anyhow::Result<UserFile> {
         let p = self.dir.join(USERS_FILE);
         let text =

@@ -33,6 +33,7 @@ pub async fn run(ctx: NodeContext, cfg: NodeConfig, bind: SocketAddr) -> anyhow:
 pub fn central_params(c: &CentralConfig, ctx: &NodeContext) -> central::CentralParams {
     central::CentralParams {
         listen: c.listen,
+        max_joined: c.max_joined_nodes as usize,
         session: crate::central_session_config(
             &ctx.directory,
             c.reorder_window_cells,

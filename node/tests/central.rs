@@ -54,6 +54,7 @@ async fn start_central_admitting(
         ctx,
         central::CentralParams {
             listen: central_addr,
+            max_joined: 16,
             session: braid_node::central_session_config(&directory, 64, 16 << 20),
             idle_timeout,
             reassembly_timeout: Duration::from_secs(60),

@@ -93,6 +93,10 @@ pub enum Frame {
     /// The receiver of a stream lets its sender send stream bytes up to offset `max`
     /// (per-stream flow control, so one slow reader cannot stall the session's others).
     StreamCredit { stream: StreamId, max: u64 },
+    /// Central → client: a node that joined, left or refreshed, as the node signed it
+    /// ([`Descriptor`](crate::join::Descriptor)). The client verifies it from the operator
+    /// key itself, so the central cannot make up members.
+    Descriptor { bytes: Vec<u8> },
 }
 
 /// Where a client collects its responses: a relay and a mailbox id there.
@@ -110,6 +114,7 @@ mod ty {
     pub const STREAM_RESET: u8 = 4;
     pub const MAILBOXES: u8 = 5;
     pub const STREAM_CREDIT: u8 = 6;
+    pub const DESCRIPTOR: u8 = 7;
 }
 
 fn write_name(w: &mut Writer<'_>, s: &str) -> Result<(), WireError> {
@@ -144,6 +149,7 @@ impl Frame {
             Frame::StreamReset { .. } => 6,
             Frame::Mailboxes { boxes } => mailboxes_len(boxes),
             Frame::StreamCredit { .. } => 1 + 4 + 8,
+            Frame::Descriptor { bytes } => 1 + 2 + bytes.len(),
         }
     }
 
@@ -173,6 +179,14 @@ impl Frame {
                 w.u8(ty::STREAM_CREDIT)?;
                 w.u32(*stream)?;
                 w.u64(*max)
+            }
+            Frame::Descriptor { bytes } => {
+                if bytes.len() > crate::join::MAX_DESCRIPTOR_LEN {
+                    return Err(WireError::TooLong);
+                }
+                w.u8(ty::DESCRIPTOR)?;
+                w.u16(bytes.len() as u16)?;
+                w.bytes(bytes)
             }
             Frame::Mailboxes { boxes } => {
                 w.u8(ty::MAILBOXES)?;
@@ -214,6 +228,15 @@ impl Frame {
                 stream: r.u32()?,
                 max: r.u64()?,
             },
+            ty::DESCRIPTOR => {
+                let len = usize::from(r.u16()?);
+                if len > crate::join::MAX_DESCRIPTOR_LEN {
+                    return Err(WireError::TooLong);
+                }
+                Frame::Descriptor {
+                    bytes: r.bytes(len)?.to_vec(),
+                }
+            }
             ty::MAILBOXES => {
                 let n = usize::from(r.u8()?);
                 let mut boxes = Vec::with_capacity(n.min(16));
@@ -237,6 +260,7 @@ impl Frame {
         let heap = match self {
             Frame::StreamOpen { gateway, .. } => gateway.capacity(),
             Frame::StreamData { data, .. } => data.capacity(),
+            Frame::Descriptor { bytes } => bytes.capacity(),
             Frame::Mailboxes { boxes } => {
                 boxes.capacity() * std::mem::size_of::<Mailbox>()
                     + boxes.iter().map(|b| b.relay.capacity()).sum::<usize>()
@@ -279,6 +303,8 @@ mod tests {
             (any::<u32>(), any::<u64>())
                 .prop_map(|(stream, max)| Frame::StreamCredit { stream, max }),
             any::<u32>().prop_map(|stream| Frame::StreamEnd { stream }),
+            proptest::collection::vec(any::<u8>(), 0..=crate::join::MAX_DESCRIPTOR_LEN)
+                .prop_map(|bytes| Frame::Descriptor { bytes }),
             (any::<u32>(), any::<u8>())
                 .prop_map(|(stream, code)| Frame::StreamReset { stream, code }),
             proptest::collection::vec((name, any::<[u8; 16]>()), 0..4).prop_map(|v| {

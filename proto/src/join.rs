@@ -72,6 +72,41 @@ pub enum JoinRefusal {
     WrongRole,
     #[error("single-use join credential already used by another node")]
     Reused,
+    #[error("descriptor names a TLS key other than the connection's")]
+    KeyMismatch,
+    #[error("node id belongs to another node")]
+    IdTaken,
+    #[error("the central holds as many joined nodes as it may")]
+    Full,
+}
+
+impl JoinRefusal {
+    const ALL: [JoinRefusal; 11] = [
+        JoinRefusal::Malformed,
+        JoinRefusal::Forged,
+        JoinRefusal::BadDescriptorSignature,
+        JoinRefusal::NotYetValid,
+        JoinRefusal::Expired,
+        JoinRefusal::DescriptorExpired,
+        JoinRefusal::WrongRole,
+        JoinRefusal::Reused,
+        JoinRefusal::KeyMismatch,
+        JoinRefusal::IdTaken,
+        JoinRefusal::Full,
+    ];
+
+    /// The byte a central answers a refused registration with (0 is "taken").
+    pub fn code(self) -> u8 {
+        Self::ALL
+            .iter()
+            .position(|r| *r == self)
+            .map_or(u8::MAX, |i| i as u8 + 1)
+    }
+
+    /// Inverse of [`JoinRefusal::code`]; `None` for 0 and unknown codes.
+    pub fn from_code(code: u8) -> Option<JoinRefusal> {
+        Self::ALL.get(usize::from(code).checked_sub(1)?).copied()
+    }
 }
 
 impl From<WireError> for JoinRefusal {
@@ -183,7 +218,16 @@ pub struct Descriptor {
     pub expires: u64,
 }
 
+/// A descriptor whose whole life (published to expires) is this short says the node is
+/// leaving: clients stop using it at once rather than when it expires.
+pub const LEAVING_SECS: u64 = 5;
+
 impl Descriptor {
+    /// Whether the node signed this descriptor to say it is leaving (see [`LEAVING_SECS`]).
+    pub fn is_leaving(&self) -> bool {
+        self.expires.saturating_sub(self.published) <= LEAVING_SECS
+    }
+
     fn body(&self, credential: &[u8]) -> Result<Vec<u8>, WireError> {
         if self.id.is_empty() || self.id.len() > MAX_NODE_ID_LEN {
             return Err(WireError::Invalid("node id length"));
@@ -412,6 +456,20 @@ mod tests {
         );
         // Forgotten once the credential expired (it verifies no more anyway).
         assert_eq!(ledger.admit(&c, "upstream-8", 5000), Ok(()));
+    }
+
+    #[test]
+    fn refusal_codes_round_trip_and_leaving_is_a_short_life() {
+        for r in JoinRefusal::ALL {
+            assert_ne!(r.code(), 0);
+            assert_eq!(JoinRefusal::from_code(r.code()), Some(r));
+        }
+        assert_eq!(JoinRefusal::from_code(0), None);
+        assert_eq!(JoinRefusal::from_code(200), None);
+        let (_, _, _, mut d) = setup();
+        assert!(!d.is_leaving());
+        d.expires = d.published + LEAVING_SECS;
+        assert!(d.is_leaving());
     }
 
     proptest::proptest! {

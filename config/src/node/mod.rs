@@ -100,6 +100,28 @@ pub struct NodeCommon {
     /// yet validated is sent a Retry first (default 64; 0 validates every address).
     #[serde(default = "default_retry_above_handshakes")]
     pub retry_above_handshakes: u32,
+    /// A join file (`braid-node operator join`): this node is not in the directory but
+    /// joins the running network. It makes its keys in `identity` if there are none, signs
+    /// a descriptor with the file's join key and registers it with every central. Resolved
+    /// against the config file's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<PathBuf>,
+    /// The address a joining listener (upstream) announces. Unset: its listen port on the
+    /// address it reaches its centrals from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<SocketAddr>,
+    /// How long a joining node's descriptor holds, in seconds (default 120); the node
+    /// refreshes it every third of that, and a central forgets it once it lapses.
+    #[serde(default = "default_descriptor_lifetime_secs")]
+    pub descriptor_lifetime_secs: u64,
+}
+
+/// The shortest descriptor life a node may set: three refreshes must fit, and a life of
+/// `braid_proto::join::LEAVING_SECS` or less means "leaving".
+pub const MIN_DESCRIPTOR_LIFETIME_SECS: u64 = 15;
+
+fn default_descriptor_lifetime_secs() -> u64 {
+    120
 }
 
 fn default_reload_watch_ms() -> u64 {
@@ -148,6 +170,9 @@ impl NodeCommon {
             max_connections: default_max_connections(),
             max_connections_per_ip: default_max_connections_per_ip(),
             retry_above_handshakes: default_retry_above_handshakes(),
+            join: None,
+            advertise: None,
+            descriptor_lifetime_secs: default_descriptor_lifetime_secs(),
         }
     }
 
@@ -169,6 +194,13 @@ impl NodeCommon {
     /// Id syntax and non-empty paths.
     fn validate_in(&self, file: &Path) -> Result<(), ConfigError> {
         check_id(&self.id).map_err(|m| ConfigError::invalid(file, "node.id", m))?;
+        if self.descriptor_lifetime_secs < MIN_DESCRIPTOR_LIFETIME_SECS {
+            return Err(ConfigError::invalid(
+                file,
+                "node.descriptor_lifetime_secs",
+                format!("must be at least {MIN_DESCRIPTOR_LIFETIME_SECS} (a shorter life reads as leaving)"),
+            ));
+        }
         check::positive(
             file,
             &[
@@ -202,6 +234,13 @@ impl NodeCommon {
                 "the directory file",
                 &self.directory,
             ));
+        }
+        if let Some(join) = &self.join {
+            if !join.is_file() {
+                return Err(missing("node.join", "the join file", join));
+            }
+            // A joining node makes its keys when it has none.
+            return Ok(());
         }
         if !self.identity.is_dir() {
             return Err(missing(
@@ -390,6 +429,7 @@ impl ConfigFile for NodeConfig {
         };
         let mut paths = vec![&mut common.directory, &mut common.identity];
         paths.extend(revoked);
+        paths.extend(common.join.as_mut());
         paths
     }
 

@@ -87,6 +87,7 @@ impl TestNet {
             drain: stop.clone(),
             shutdown: stop.clone(),
             reloaded: tokio::sync::watch::channel(None).1,
+            joiner: None,
         };
         (ctx, metrics, stop)
     }

@@ -176,6 +176,8 @@ pub enum SessionEvent {
         code: u8,
     },
     Mailboxes(Vec<Mailbox>),
+    /// Client side: the central passed on a member's signed descriptor (unverified here).
+    Descriptor(Vec<u8>),
     /// The session cannot go on (e.g. [`SessionError::KeysExhausted`]) and sends nothing
     /// more. Reported once; the driver must end the session and, to carry on, handshake a
     /// new one.
@@ -188,6 +190,7 @@ impl SessionEvent {
         let heap = match self {
             SessionEvent::StreamData { data, .. } => data.capacity(),
             SessionEvent::StreamOpened { gateway, .. } => gateway.capacity(),
+            SessionEvent::Descriptor(bytes) => bytes.capacity(),
             SessionEvent::Mailboxes(boxes) => {
                 boxes.capacity() * std::mem::size_of::<Mailbox>()
                     + boxes.iter().map(|b| b.relay.capacity()).sum::<usize>()

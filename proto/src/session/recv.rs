@@ -145,6 +145,7 @@ impl Session {
                         SessionEvent::StreamReset { stream, code }
                     }
                     Frame::Mailboxes { boxes } => SessionEvent::Mailboxes(boxes),
+                    Frame::Descriptor { bytes } => SessionEvent::Descriptor(bytes),
                     Frame::StreamCredit { stream, max } => {
                         if !self.on_stream_credit(stream, max) {
                             continue;

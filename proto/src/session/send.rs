@@ -85,6 +85,12 @@ impl Session {
         self.push_item(stream, TxItem::Reset(code));
     }
 
+    /// Central side: tells the client of a node that joined, refreshed or is leaving (the
+    /// node's signed descriptor, passed on as it is).
+    pub fn send_descriptor(&mut self, bytes: Vec<u8>) {
+        self.control.push_back(Frame::Descriptor { bytes });
+    }
+
     pub fn set_mailboxes(&mut self, boxes: Vec<Mailbox>) {
         self.control.push_back(Frame::Mailboxes { boxes });
     }

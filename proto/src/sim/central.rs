@@ -180,8 +180,9 @@ impl Central {
                     mailboxes = Some(b);
                     continue;
                 }
-                // Flow control is the session's business here (it consumes on delivery).
-                SessionEvent::StreamCredit { .. } => continue,
+                // Flow control is the session's business here (it consumes on delivery); a
+                // client's word on members is not the central's to take.
+                SessionEvent::StreamCredit { .. } | SessionEvent::Descriptor(_) => continue,
                 SessionEvent::StreamReset { stream, code } => {
                     panic!("unexpected reset of {stream} ({code})")
                 }
