@@ -65,9 +65,9 @@ note() { echo "deploy.sh: $*" >&2; }
 here=$(cd "$(dirname "$0")" && pwd)
 usage() { sed -n '2,59p' "$0"; exit 0; }
 
-cmd=deploy
+cmd=deploy cmd_given=0
 case "${1:-}" in
-    deploy|status|logs|stop|restart|clean) cmd=$1; shift ;;
+    deploy|status|logs|stop|restart|clean) cmd=$1 cmd_given=1; shift ;;
     -h|--help) usage ;;
     "") die "usage: deploy.sh deploy|status|logs|stop|restart|clean [options] INVENTORY ... (see --help)" ;;
 esac
@@ -99,6 +99,11 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+
+# `deploy.sh --out DIR status INVENTORY`: a subcommand after the options, if no such file.
+if [ "$cmd_given" = 0 ] && [ ${#pos[@]} -gt 1 ] && [ ! -e "${pos[0]}" ]; then
+    case "${pos[0]}" in deploy|status|logs|stop|restart|clean) cmd=${pos[0]}; pos=("${pos[@]:1}") ;; esac
+fi
 
 # Options that belong to another subcommand are an error, not silently ignored.
 for o in "${opts_seen[@]+"${opts_seen[@]}"}"; do
@@ -249,7 +254,7 @@ EOF
 remote_restart=$(cat <<'EOF'
 main() {
     local limit=$2 t0 st h=- waited
-    [ -f "$dir/node.toml" ] || { echo "not installed here (no $dir/node.toml): deploy it first"; return 2; }
+    [ -f "$dir/node.toml" ] || { echo "$id: not installed here (no $dir/node.toml): deploy it first"; return 2; }
     t0=$(date +%s)
     if ! systemctl restart "$svc"; then
         journalctl -u "$svc" -n 20 --no-pager
@@ -260,10 +265,10 @@ main() {
         waited=$(( $(date +%s) - t0 ))
         if [ "$st" = active ]; then
             h=$(health)
-            if [ "$h" = ok ]; then echo "active and healthy ${waited}s after systemctl restart"; return 0; fi
+            if [ "$h" = ok ]; then echo "$id: active and healthy ${waited}s after systemctl restart"; return 0; fi
         fi
         if [ "$st" = failed ] || [ "$waited" -ge "$limit" ]; then
-            echo "not healthy ${waited}s after systemctl restart: systemd $st, health: $h; its journal:"
+            echo "$id: not healthy ${waited}s after systemctl restart: systemd $st, health: $h; its journal:"
             journalctl -u "$svc" -n 20 --no-pager
             return 1
         fi
@@ -382,7 +387,7 @@ cmd_status() {
                 central)
                     shown="$ds/$n_down downstreams, $gw/$n_gw gateways"
                     [ "$ds" != - ] && [ "$gw" != - ] || shown="-" ;;
-                *) shown="n/a" ;;   # a relay dials nothing; /metrics counts none of its links
+                *) shown="n/a"; [ "$h" != - ] || shown="-" ;;   # a relay dials nothing; /metrics counts none of its links
             esac
             printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "${ids[$i]}" "${hosts[$i]}" "$st" "$h" "$shown" "$ver" "$dv"
             [ "$st" = active ] && [ "$h" = ok ] || bad+=("${ids[$i]}")
@@ -435,17 +440,15 @@ cmd_stop() {
 cmd_restart() {
     load_hosts
     selected
-    local i k t0=$SECONDS t1 left
+    local i k t0=$SECONDS left
     for k in "${!sel[@]}"; do
         i=${sel[$k]}
-        t1=$SECONDS
         note "restart ${ids[$i]} on ${sshs[$i]} ($((k + 1))/${#sel[@]})"
         if ! on_host "$i" "$remote_restart" "$wait_secs" >&2; then
             left=()
             for i in "${sel[@]:k+1}"; do left+=("${ids[$i]}"); done
             die "${ids[sel[k]]} is not back (see above); rolling restart stopped${left[0]+, not restarted: ${left[*]}}"
         fi
-        [ "$dry" = 1 ] || note "${ids[$i]}: back in $((SECONDS - t1))s"
     done
     note "restarted ${#sel[@]} node(s) one at a time in $((SECONDS - t0))s"
 }

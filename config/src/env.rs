@@ -50,6 +50,7 @@ pub(crate) const NODE_COMMON_KEYS: &[(&str, Kind)] = &[
     ("node.join", Kind::Str),
     ("node.advertise", Kind::Str),
     ("node.descriptor_lifetime_secs", Kind::Scalar),
+    ("node.max_joined_nodes", Kind::Scalar),
 ];
 
 pub(crate) const UPSTREAM_KEYS: &[(&str, Kind)] = &[
@@ -71,7 +72,6 @@ pub(crate) const CENTRAL_KEYS: &[(&str, Kind)] = &[
     ("reassembly_timeout_secs", Kind::Scalar),
     ("idle_timeout_secs", Kind::Scalar),
     ("max_sessions", Kind::Scalar),
-    ("max_joined_nodes", Kind::Scalar),
     ("max_streams_per_session", Kind::Scalar),
     ("stream_open_rate", Kind::Scalar),
     ("stream_open_burst", Kind::Scalar),

@@ -52,6 +52,10 @@ pub enum ClientAuth {
     /// the central of a network nodes may join, which admits an unpinned key only once it
     /// shows a descriptor the operator's join credential vouches for.
     Joinable,
+    /// Clients may come without a certificate, and a certificate with any proven Ed25519
+    /// key passes: a relay, whose users come without one and whose joining downstreams
+    /// come with a key it admits by descriptor.
+    OptionalJoinable,
 }
 
 /// Transport parameters shared by every Braid link: bounded windows everywhere, so no
@@ -155,8 +159,11 @@ fn server_config(
 ) -> Result<quinn::ServerConfig, NetError> {
     let verifier = PinnedClientVerifier::new(
         pins,
-        client_auth != ClientAuth::Optional,
-        client_auth == ClientAuth::Joinable,
+        matches!(client_auth, ClientAuth::Required | ClientAuth::Joinable),
+        matches!(
+            client_auth,
+            ClientAuth::Joinable | ClientAuth::OptionalJoinable
+        ),
     );
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?

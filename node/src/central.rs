@@ -140,7 +140,13 @@ pub async fn run(ctx: NodeContext, params: CentralParams) -> anyhow::Result<()> 
         .filter(|n| matches!(n.role, Role::Upstream | Role::Downstream | Role::Gateway))
         .map(|n| n.tls_key)
         .collect();
-    let members = Members::new(ctx.directory.clone(), pins.clone(), params.max_joined);
+    let members = Members::new(
+        ctx.directory.clone(),
+        pins.clone(),
+        params.max_joined,
+        &[Role::Upstream, Role::Downstream, Role::Gateway],
+        ctx.shutdown.clone(),
+    );
     // Peers of the central open unidirectional streams (cells), and joining nodes one
     // bidirectional stream at a time (registrations); the gateway streams are opened by
     // the central, and the tuning sizes their windows.
@@ -177,18 +183,7 @@ pub async fn run(ctx: NodeContext, params: CentralParams) -> anyhow::Result<()> 
         params,
         members,
     });
-    if shared.members.joinable() {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            while braid_driver::sleep_or_shutdown(Duration::from_secs(1), &shared.ctx.shutdown)
-                .await
-            {
-                for id in shared.members.prune(braid_driver::unix_now()) {
-                    info!(node = %id, "joined node's descriptor lapsed");
-                }
-            }
-        });
-    }
+
     tokio::spawn(evict_over_cap(shared.clone()));
     for _ in 0..shared.params.admission.workers.max(1) {
         tokio::spawn(admit(shared.clone()));

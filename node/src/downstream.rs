@@ -119,11 +119,22 @@ async fn relay_link(
     }
     let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let shutdown = ctx.shutdown.clone();
+    let relay_id = relay.id.clone();
     keep_dialing(ep, relay, shutdown, backoff, |conn| {
         let rx = rx.clone();
         let ctx = ctx.clone();
         let draining = draining.clone();
+        let relay_id = relay_id.clone();
         async move {
+            if let Some(j) = ctx.joiner.clone() {
+                // A joined downstream shows the relay its descriptor first.
+                if let Err(e) = j.register(&conn, false).await {
+                    tracing::error!(relay = %relay_id, error = %e, "joining failed");
+                    return;
+                }
+                let (conn, drain) = (conn.clone(), ctx.drain.clone());
+                tokio::spawn(async move { j.keep_registered(&conn, &drain).await });
+            }
             // Mailbox addresses are rewritten for this link: the relay never sees the
             // address the central wrote (`envelope::hop_address`).
             let Some(key) = braid_net::link_key(&conn, HOP_KEY_LABEL) else {

@@ -80,11 +80,14 @@ impl NodeContext {
                 self.shutdown.clone(),
                 backoff.clone(),
                 move |conn| {
-                    let up = LinkUpGuard::new(metrics.clone());
-                    let (serve, peer, joiner, drain) =
-                        (serve.clone(), peer.clone(), joiner.clone(), drain.clone());
+                    let (serve, peer, joiner, drain, metrics) = (
+                        serve.clone(),
+                        peer.clone(),
+                        joiner.clone(),
+                        drain.clone(),
+                        metrics.clone(),
+                    );
                     async move {
-                        let _up = up;
                         if let Some(j) = joiner {
                             // Registered before anything else: the central serves an
                             // unknown key nothing until then.
@@ -96,6 +99,7 @@ impl NodeContext {
                             let conn2 = conn.clone();
                             tokio::spawn(async move { j.keep_registered(&conn2, &drain).await });
                         }
+                        let _up = LinkUpGuard::new(metrics);
                         serve(peer, conn).await
                     }
                 },

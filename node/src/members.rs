@@ -53,22 +53,44 @@ pub struct Members {
     joined: Mutex<HashMap<[u8; 32], Joined>>,
     ledger: Mutex<JoinLedger>,
     max_joined: usize,
+    /// The roles that may join to link to this node.
+    roles: &'static [Role],
     updates: broadcast::Sender<Vec<u8>>,
 }
 
 impl Members {
-    /// `pins` are the directory keys the central's endpoint accepts; joined keys are added
-    /// to and removed from it.
-    pub fn new(directory: Arc<Directory>, pins: PinSet, max_joined: usize) -> Arc<Self> {
-        Arc::new(Members {
+    /// `pins` are the directory keys the node's endpoint accepts; joined keys are added
+    /// to and removed from it. Nodes of `roles` may join (a central takes upstreams,
+    /// downstreams and gateways, a relay downstreams). Forgets lapsed nodes every second
+    /// until `shutdown`.
+    pub fn new(
+        directory: Arc<Directory>,
+        pins: PinSet,
+        max_joined: usize,
+        roles: &'static [Role],
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let members = Arc::new(Members {
             directory,
             pins,
             joined: Mutex::default(),
             ledger: Mutex::default(),
             max_joined,
+            roles,
             // A session that falls this far behind gets the rest on its next refresh.
             updates: broadcast::channel(256).0,
-        })
+        });
+        if members.joinable() {
+            let m = members.clone();
+            tokio::spawn(async move {
+                while braid_driver::sleep_or_shutdown(Duration::from_secs(1), &shutdown).await {
+                    for id in m.prune(braid_driver::unix_now()) {
+                        info!(node = %id, "joined node's descriptor lapsed");
+                    }
+                }
+            });
+        }
+        members
     }
 
     /// Whether nodes may join: the directory names an operator key to verify them with.
@@ -103,8 +125,8 @@ impl Members {
         }
         let entry = NodeEntry::from_descriptor(&d).ok_or(JoinRefusal::Malformed)?;
         // Centrals and relays are where clients and nodes start from: they stay in the
-        // signed directory. Upstreams, downstreams and gateways may join.
-        if matches!(entry.role, Role::Central | Role::Relay) {
+        // signed directory, and no node takes them by join.
+        if !self.roles.contains(&entry.role) {
             return Err(JoinRefusal::WrongRole);
         }
         if self.directory.by_id(&entry.id).is_some() {

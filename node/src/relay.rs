@@ -35,6 +35,8 @@ use braid_driver::metrics::Metrics;
 use braid_driver::tap::{tap, TapPoint};
 
 pub struct RelayParams {
+    /// Joined downstreams held at once.
+    pub max_joined: usize,
     /// The credential check for clients, when the directory has an operator key.
     pub auth: Option<Arc<crate::users::FirstHopAuth>>,
     /// Which client sources it serves (downstreams are not filtered).
@@ -274,7 +276,21 @@ pub async fn run(ctx: NodeContext, p: RelayParams) -> anyhow::Result<()> {
         .nodes_with_role(Role::Downstream)
         .map(|n| n.tls_key)
         .collect();
-    let ep = braid_net::server_endpoint(p.listen, &ctx.identity, pins, ClientAuth::Optional)?;
+    let members = crate::members::Members::new(
+        ctx.directory.clone(),
+        pins.clone(),
+        p.max_joined,
+        &[Role::Downstream],
+        ctx.shutdown.clone(),
+    );
+    // Users come without a certificate; downstreams with one, pinned or (joining) admitted
+    // by descriptor.
+    let auth = if members.joinable() {
+        ClientAuth::OptionalJoinable
+    } else {
+        ClientAuth::Optional
+    };
+    let ep = braid_net::server_endpoint(p.listen, &ctx.identity, pins, auth)?;
     info!(node = %ctx.id, listen = %p.listen, mix_ms = p.mix_delay.as_secs_f64() * 1e3, "relay listening");
     let mailboxes = Arc::new(Mailboxes {
         registry: Mutex::new(Registry::new(
@@ -301,12 +317,28 @@ pub async fn run(ctx: NodeContext, p: RelayParams) -> anyhow::Result<()> {
     let gate = crate::users::FirstHop::new(&ctx, p.auth.clone(), p.sources.clone());
     let c = ctx.clone();
     ctx.accept_until_drain(&ep, p.accept, move |conn| {
-        let (ctx, mix_tx, mailboxes, gate) =
-            (c.clone(), mix_tx.clone(), mailboxes.clone(), gate.clone());
+        let (ctx, mix_tx, mailboxes, gate, members) = (
+            c.clone(),
+            mix_tx.clone(),
+            mailboxes.clone(),
+            gate.clone(),
+            members.clone(),
+        );
         async move {
             match braid_net::peer_tls_key(&conn) {
-                // The TLS verifier admitted only downstream keys.
-                Some(_) => from_downstream(ctx, conn, mix_tx, mailboxes).await,
+                // A downstream: pinned, or one that joined and registers now.
+                Some(_) => {
+                    let Some(entry) = members.identify(&conn).await else {
+                        Metrics::inc(&ctx.metrics.peers_refused);
+                        conn.close(1u32.into(), b"unknown key");
+                        return;
+                    };
+                    if entry.role != Role::Downstream {
+                        conn.close(1u32.into(), b"role not served");
+                        return;
+                    }
+                    from_downstream(ctx, conn, entry.id, mix_tx, mailboxes).await
+                }
                 None => {
                     let (c, conn2) = (ctx.clone(), conn.clone());
                     gate.serve(&ctx, &conn, move |allowance| {
@@ -327,16 +359,13 @@ pub async fn run(ctx: NodeContext, p: RelayParams) -> anyhow::Result<()> {
 async fn from_downstream(
     ctx: NodeContext,
     conn: quinn::Connection,
+    downstream: String,
     mix_tx: mpsc::Sender<(MailboxId, Vec<u8>)>,
     mailboxes: Arc<Mailboxes>,
 ) {
     let cell_size = ctx.cell_size();
     let link = conn.stable_id();
-    let downstream = braid_net::peer_tls_key(&conn)
-        .and_then(|k| ctx.directory.by_tls_key(&k))
-        .map(|n| n.id.clone());
-    let (Some(key), Some(downstream)) = (braid_net::link_key(&conn, HOP_KEY_LABEL), downstream)
-    else {
+    let Some(key) = braid_net::link_key(&conn, HOP_KEY_LABEL) else {
         return;
     };
     mailboxes

@@ -33,7 +33,7 @@ pub async fn run(ctx: NodeContext, cfg: NodeConfig, bind: SocketAddr) -> anyhow:
 pub fn central_params(c: &CentralConfig, ctx: &NodeContext) -> central::CentralParams {
     central::CentralParams {
         listen: c.listen,
-        max_joined: c.max_joined_nodes as usize,
+        max_joined: c.node.max_joined_nodes as usize,
         session: crate::central_session_config(
             &ctx.directory,
             c.reorder_window_cells,
@@ -124,6 +124,7 @@ pub fn relay_params(c: &RelayConfig, ctx: &NodeContext) -> anyhow::Result<relay:
         },
         listen: c.listen,
         accept: accept_limits(&c.node),
+        max_joined: c.node.max_joined_nodes as usize,
         mix_delay: c.mix_delay(),
         pool_cells: c.pool_cells as usize,
         mailbox_cells: c.mailbox_cells as usize,

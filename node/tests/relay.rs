@@ -60,6 +60,7 @@ impl Default for Limits {
 
 fn params(listen: SocketAddr, l: Limits) -> relay::RelayParams {
     relay::RelayParams {
+        max_joined: 16,
         auth: None,
         sources: Default::default(),
         listen,

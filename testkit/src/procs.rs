@@ -271,6 +271,64 @@ impl ProcOverlay {
         ov
     }
 
+    /// Issues a join credential (`braid-node operator join --role ROLE ARGS`) from the
+    /// overlay's operator folder, or from `operator` (another folder, e.g. a forger's);
+    /// returns the join file's path.
+    pub fn issue_join(&self, name: &str, role: Role, args: &[&str], operator: Option<&Path>) -> PathBuf {
+        let out = self.dir.path().join(format!("{name}.join"));
+        let op = operator
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.dir.path().join("operator"));
+        let mut all = vec![
+            "operator",
+            "join",
+            "--role",
+            role.as_str(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        run_tool(&op, &all);
+        out
+    }
+
+    /// Starts a node that is not in the directory and joins with `join` (a join file):
+    /// id `id`, role `role`, a fresh host address, keys it makes itself in `keys/ID`
+    /// (or in `keys/KEYS` when given: a second process of one id rotates its key), `extra`
+    /// top-level config lines. Does not wait for it.
+    pub fn join_node(&mut self, id: &str, keys: &str, role: Role, join: &Path, extra: &str) -> &ProcNode {
+        let host = (self.nodes.len() + 2) as u8;
+        let ip = IpAddr::V4(Ipv4Addr::new(self.net[0], self.net[1], self.net[2], host));
+        let addr = SocketAddr::new(ip, free_port(ip, true));
+        let admin = SocketAddr::new(ip, free_port(ip, false));
+        let mut cfg = format!("role = \"{}\"\n", role.as_str());
+        if role == Role::Upstream {
+            cfg += &format!("listen = \"{addr}\"\nrevoked = \"operator/revoked.txt\"\n");
+        }
+        cfg += extra;
+        cfg += &format!(
+            "\n[node]\nid = \"{id}\"\ndirectory = \"directory.toml\"\nidentity = \"keys/{keys}\"\nadmin = \"{admin}\"\njoin = \"{}\"\n",
+            join.display()
+        );
+        if let Some(k) = self.directory.operator_key {
+            cfg += &format!("directory_key = \"{}\"\n", hex::encode(k));
+        }
+        let name = if keys == id { id.to_string() } else { keys.to_string() };
+        let config = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&config, cfg).unwrap();
+        let log = self.dir.path().join(format!("{name}.log"));
+        let child = spawn(&braid_node_bin(), &["--config", config.to_str().unwrap()], &log);
+        self.nodes.push(ProcNode {
+            id: name,
+            role,
+            addr,
+            admin,
+            config,
+            child: Some(child),
+        });
+        self.nodes.last().unwrap()
+    }
+
     /// Runs `braid-node user ARGS` on the overlay's operator folder; its output.
     pub fn user(&self, args: &[&str]) -> String {
         let mut all = vec!["user"];

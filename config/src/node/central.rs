@@ -37,10 +37,6 @@ pub struct CentralConfig {
     /// Most sessions held at once (default 100000); a new session beyond it is refused.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: u32,
-    /// Nodes that joined (not in the directory) the central holds at once (default 1024);
-    /// past it a new one is refused until one leaves or lapses.
-    #[serde(default = "default_max_joined_nodes")]
-    pub max_joined_nodes: u32,
     /// Most streams one session may have open at once (default 4096); past it an open is
     /// refused (`resource_limit`).
     #[serde(default = "default_max_streams_per_session")]
@@ -180,10 +176,6 @@ fn default_idle_timeout_secs() -> u64 {
     60
 }
 
-fn default_max_joined_nodes() -> u32 {
-    1024
-}
-
 fn default_max_sessions() -> u32 {
     100_000
 }
@@ -207,7 +199,6 @@ impl CentralConfig {
             reassembly_timeout_secs: default_reassembly_timeout_secs(),
             idle_timeout_secs: default_idle_timeout_secs(),
             max_sessions: default_max_sessions(),
-            max_joined_nodes: default_max_joined_nodes(),
             max_streams_per_session: default_max_streams_per_session(),
             stream_open_rate: default_stream_open_rate(),
             stream_open_burst: default_stream_open_burst(),
@@ -258,7 +249,6 @@ impl CentralConfig {
                 ("reassembly_timeout_secs", self.reassembly_timeout_secs),
                 ("idle_timeout_secs", self.idle_timeout_secs),
                 ("max_sessions", u64::from(self.max_sessions)),
-                ("max_joined_nodes", u64::from(self.max_joined_nodes)),
                 (
                     "max_streams_per_session",
                     u64::from(self.max_streams_per_session),

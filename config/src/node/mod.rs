@@ -114,6 +114,14 @@ pub struct NodeCommon {
     /// refreshes it every third of that, and a central forgets it once it lapses.
     #[serde(default = "default_descriptor_lifetime_secs")]
     pub descriptor_lifetime_secs: u64,
+    /// Nodes that joined (not in the directory) a central or relay holds at once (default
+    /// 1024); past it a new one is refused until one leaves or lapses.
+    #[serde(default = "default_max_joined_nodes")]
+    pub max_joined_nodes: u32,
+}
+
+fn default_max_joined_nodes() -> u32 {
+    1024
 }
 
 /// The shortest descriptor life a node may set: three refreshes must fit, and a life of
@@ -173,6 +181,7 @@ impl NodeCommon {
             join: None,
             advertise: None,
             descriptor_lifetime_secs: default_descriptor_lifetime_secs(),
+            max_joined_nodes: default_max_joined_nodes(),
         }
     }
 
@@ -205,6 +214,7 @@ impl NodeCommon {
             file,
             &[
                 ("node.max_connections", u64::from(self.max_connections)),
+                ("node.max_joined_nodes", u64::from(self.max_joined_nodes)),
                 (
                     "node.max_connections_per_ip",
                     u64::from(self.max_connections_per_ip),
