@@ -461,8 +461,8 @@ cmd_clean() {
     targets=$(printf '%s\n' "${sshs[@]}" | sort -u | tr '\n' ' ')
     if [ "$yes" = 0 ] && [ "$dry" = 0 ]; then
         [ -t 0 ] || die "clean removes braid-node, its units, configs and keys from ${targets}: confirm with --yes (stdin is not a terminal)"
-        echo "This stops ${#sel[@]} nodes (${ids[*]}) and removes braid-node, its units, configs and keys from: $targets"
-        printf 'Type yes to go on: '
+        echo "This stops ${#sel[@]} nodes (${ids[*]}) and removes braid-node, its units, configs and keys from: $targets" >&2
+        printf 'Type yes to go on: ' >&2
         read -r answer || true
         [ "$answer" = yes ] || die "not confirmed: nothing was removed"
     fi

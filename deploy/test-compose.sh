@@ -74,13 +74,14 @@ bindir="$root/target/static/dist"
 
 # Stop a leftover simulation before its identities are replaced.
 if [ -f "$compose_file" ]; then "${compose[@]}" down --remove-orphans -t 5 >/dev/null 2>&1 || true; fi
+if [ ${#counts[@]} -eq 0 ]; then counts=("${compose_defaults[@]}" --operator "$net/operator"); fi
 "$here/gen-net.sh" --compose "$prefix" --out "$net" --force --bin "$bindir/braid-node" \
-    --socks "$socks" --drain-secs 30 --origin-port "$origin_port" "${counts[@]+"${counts[@]}"}" 2>"$work/gen.log" ||
+    --socks "$socks" --drain-secs 30 --origin-port "$origin_port" "${counts[@]}" 2>"$work/gen.log" ||
     { cat "$work/gen.log" >&2; fail "gen-net.sh"; }
 
 # The committed root compose file is the generator's output for these defaults, with the
 # node folders under ./deploy/net/compose.
-[ ${#counts[@]} -gt 0 ] ||
+[ "$compose_file" != "$root/docker-compose.yml" ] ||
 diff -u <(sed 's#\./deploy/net/compose/#./#; /^# (deploy\/compose-file.sh)/d' "$root/docker-compose.yml" | grep -v '^#') \
         <(grep -v '^#' "$net/docker-compose.yml") >"$work/compose.diff" ||
     { cat "$work/compose.diff" >&2; fail "docker-compose.yml differs from what gen-net.sh generates (regenerate it, see deploy/README.md)"; }

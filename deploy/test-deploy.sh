@@ -49,7 +49,7 @@ while [ $# -gt 0 ]; do
         --keep) keep=1 ;;
         --rebuild-image) rebuild=1 ;;
         --mirror) mirror=${2:?--mirror needs a URL}; shift ;;
-        -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
         *) echo "test-deploy.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -227,6 +227,11 @@ n_running=$(grep -c 'install.sh: braid-node@.* is running' "$work/deploy.log") |
 dir_version=$(sed -n 's/^version = \([0-9]*\)$/\1/p' "$work/out/net/directory.toml")
 [ -n "$dir_version" ] || fail "the generated directory is not signed (no version line)"
 log "deployed 7 nodes; directory version $dir_version"
+# The old form (no subcommand) still deploys; --dry-run only prints the ssh and scp.
+ds_old=("${ds_opts[@]}" --dry-run --bin "$bindir" "$work/inventory")
+"$here/deploy.sh" "${ds_old[@]}" >"$work/dry-run.log" 2>&1 || { cat "$work/dry-run.log" >&2; fail "deploy.sh --dry-run INVENTORY"; }
+n=$(grep -c '^ssh \|^scp ' "$work/dry-run.log") || true
+[ "$n" = 21 ] || { cat "$work/dry-run.log" >&2; fail "deploy.sh --dry-run printed $n ssh/scp commands, want 21"; }
 done_step
 
 # row ID: the node's row of $work/status.txt.
@@ -400,8 +405,10 @@ check_rows "not installed"
 log "no unit, binary, /etc/braid or braid user left on the 7 hosts"
 done_step
 
-begin "remove the containers"
-remove_containers
-up=0
-done_step
+if [ "$keep" = 0 ]; then
+    begin "remove the containers"
+    remove_containers
+    up=0
+    done_step
+fi
 log "PASS"

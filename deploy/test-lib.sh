@@ -3,6 +3,12 @@
 # array pids (processes the cleanup trap kills) and, once the client runs, $client_pid.
 # shellcheck shell=bash disable=SC2154  # me, work, socks, client_pid: set by the sourcing script
 
+# The gen-net.sh flags the repo-root docker-compose.yml is generated with (beside
+# --compose 172.30.0 --out deploy/net/compose --operator deploy/net/compose/operator):
+# one directory seed per role, and `upstream` and `downstream` services that scale.
+# shellcheck disable=SC2034  # used by the sourcing scripts
+compose_defaults=(--upstreams 1 --downstreams 1 --scalable upstream=1 --scalable downstream=1)
+
 fail() { echo "$me: FAIL: $*" >&2; exit 1; }
 log() { echo "$me: $*" >&2; }
 

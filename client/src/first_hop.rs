@@ -67,7 +67,10 @@ pub struct Refusals {
     /// "upstream-1 refused: credential revoked" while every upstream refuses; None once one
     /// admits the client.
     all_upstreams: watch::Sender<Option<String>>,
+    /// The directory's upstreams.
     upstreams: usize,
+    /// Upstreams that joined and are in use (they count towards "every upstream").
+    joined: std::sync::atomic::AtomicUsize,
 }
 
 impl Refusals {
@@ -76,6 +79,11 @@ impl Refusals {
             upstreams,
             ..Refusals::default()
         })
+    }
+
+    /// How many joined upstreams the client uses now.
+    pub fn set_joined_upstreams(&self, n: usize) {
+        self.joined.store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The refusal of every upstream, while they all refuse.
@@ -102,11 +110,12 @@ impl Refusals {
             }
         }
         let refused_upstreams = m.values().filter(|e| e.1).count();
+        let upstreams = self.upstreams + self.joined.load(std::sync::atomic::Ordering::Relaxed);
         let line = match r {
-            Some(r) if upstream && self.upstreams > 0 && refused_upstreams >= self.upstreams => {
+            Some(r) if upstream && self.upstreams > 0 && refused_upstreams >= upstreams => {
                 Some(format!("{node} refused: {r}"))
             }
-            _ if refused_upstreams >= self.upstreams && self.upstreams > 0 => {
+            _ if refused_upstreams >= upstreams && self.upstreams > 0 => {
                 self.all_upstreams.borrow().clone()
             }
             _ => None,

@@ -115,11 +115,12 @@ impl JoinedUpstreams {
 }
 
 /// Follows the descriptors the sessions pass on until shutdown, linking to each new
-/// upstream with `link`.
+/// upstream with `link`; `in_use` hears how many joined upstreams are in use.
 pub(crate) async fn follow(
     mut joined: JoinedUpstreams,
     mut descriptors: mpsc::Receiver<Vec<u8>>,
     link: impl Fn(NodeEntry, CancellationToken),
+    in_use: impl Fn(usize),
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -134,6 +135,7 @@ pub(crate) async fn follow(
                 }
             }
         }
+        in_use(joined.joined.len());
     }
 }
 
@@ -180,13 +182,17 @@ mod tests {
         let (dir, _, cred, join) = setup();
         let shutdown = CancellationToken::new();
         let mut j = JoinedUpstreams::new(dir, 4);
-        let Change::Link(entry, stop) = j.take(&descriptor(&cred, &join, 7, 100, 60), 100, &shutdown)
+        let Change::Link(entry, stop) =
+            j.take(&descriptor(&cred, &join, 7, 100, 60), 100, &shutdown)
         else {
             panic!("not linked")
         };
         assert_eq!(entry.id, "upstream-9");
         // A refresh links nothing new and extends the life.
-        assert!(matches!(j.take(&descriptor(&cred, &join, 7, 130, 60), 130, &shutdown), Change::Nothing));
+        assert!(matches!(
+            j.take(&descriptor(&cred, &join, 7, 130, 60), 130, &shutdown),
+            Change::Nothing
+        ));
         j.expire(170);
         assert!(!stop.is_cancelled(), "refreshed until 190");
         // Key rotation: the same id with a new key is a second link.
@@ -195,7 +201,10 @@ mod tests {
             panic!("rotated key not linked")
         };
         // The old key says it is leaving: its link stops at once, the new one stays.
-        assert!(matches!(j.take(&descriptor(&cred, &join, 7, 140, 3), 140, &shutdown), Change::Nothing));
+        assert!(matches!(
+            j.take(&descriptor(&cred, &join, 7, 140, 3), 140, &shutdown),
+            Change::Nothing
+        ));
         assert!(stop.is_cancelled());
         assert!(!stop2.is_cancelled());
         j.expire(190);
@@ -218,8 +227,14 @@ mod tests {
         .issue(&other);
         let shutdown = CancellationToken::new();
         let mut j = JoinedUpstreams::new(dir, 4);
-        assert!(matches!(j.take(&descriptor(&forged, &join, 7, 100, 60), 100, &shutdown), Change::Nothing));
-        assert!(matches!(j.take(b"garbage", 100, &shutdown), Change::Nothing));
+        assert!(matches!(
+            j.take(&descriptor(&forged, &join, 7, 100, 60), 100, &shutdown),
+            Change::Nothing
+        ));
+        assert!(matches!(
+            j.take(b"garbage", 100, &shutdown),
+            Change::Nothing
+        ));
         assert_eq!(j.len(), 0);
     }
 

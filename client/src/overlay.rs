@@ -227,6 +227,7 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
     // Upstreams that join later: the sessions pass on their descriptors.
     let (members_tx, members_rx) = mpsc::channel::<Vec<u8>>(64);
     {
+        let refusals_joined = refusals.clone();
         let (ep, routes, tap, first_hop) = (
             ep.clone(),
             routes.clone(),
@@ -246,6 +247,7 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
                     first_hop.clone(),
                 ));
             },
+            move |n| refusals_joined.set_joined_upstreams(n),
             p.shutdown.clone(),
         ));
     }

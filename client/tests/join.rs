@@ -43,11 +43,7 @@ async fn wait_used(ov: &ProcOverlay, id: &str, limit: Duration) -> Duration {
 
 /// An upload and a download of `n` bytes each at about 1.5 MB/s, in tasks: each resolves
 /// to whether what arrived is what was sent.
-fn transfers(
-    socks: SocketAddr,
-    origin: SocketAddr,
-    n: u64,
-) -> [tokio::task::JoinHandle<bool>; 2] {
+fn transfers(socks: SocketAddr, origin: SocketAddr, n: u64) -> [tokio::task::JoinHandle<bool>; 2] {
     let down = tokio::spawn(async move {
         let url = format!("http://{origin}/bytes/{n}");
         let (ok, body) = support::curl(socks, &["--limit-rate", "1500K", &url]).await;
@@ -97,7 +93,11 @@ async fn a_joined_upstream_carries_cells_within_10_s_and_leaves_without_losing_a
         started.elapsed()
     );
     assert!(used < Duration::from_secs(10));
-    assert_eq!(ov.metric("upstream-9", "braid_links_up"), 1, "linked to the central");
+    assert_eq!(
+        ov.metric("upstream-9", "braid_links_up"),
+        1,
+        "linked to the central"
+    );
     let running = || !down.is_finished() && !up.is_finished();
     ov.wait_cells("upstream-9", 100, running).await;
 
@@ -116,8 +116,16 @@ async fn a_joined_upstream_carries_cells_within_10_s_and_leaves_without_losing_a
     // it while it still drains what it has.
     let carried = ov.metric("upstream-9", "braid_cells_in_total");
     ov.sigterm("upstream-9");
-    let took = wait_for_log(&ov, "client", "joined upstream is leaving", Duration::from_secs(5)).await;
-    eprintln!("the client stopped using upstream-9 {took:?} after SIGTERM ({carried} cells carried)");
+    let took = wait_for_log(
+        &ov,
+        "client",
+        "joined upstream is leaving",
+        Duration::from_secs(5),
+    )
+    .await;
+    eprintln!(
+        "the client stopped using upstream-9 {took:?} after SIGTERM ({carried} cells carried)"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let at_leave = ov.metric("upstream-9", "braid_cells_in_total");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -147,7 +155,13 @@ async fn rotating_a_joined_upstreams_key_during_transfers_loses_no_byte() {
     let moved = wait_used(&ov, "upstream-9-new", Duration::from_secs(10)).await;
     eprintln!("the new key carried cells {moved:?} after it started");
     ov.sigterm("upstream-9");
-    wait_for_log(&ov, "client", "joined upstream is leaving", Duration::from_secs(5)).await;
+    wait_for_log(
+        &ov,
+        "client",
+        "joined upstream is leaving",
+        Duration::from_secs(5),
+    )
+    .await;
     let before = ov.metric("upstream-9-new", "braid_cells_in_total");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(

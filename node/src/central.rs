@@ -24,8 +24,7 @@ use crate::NodeContext;
 use braid_driver::metrics::{LinkUpGuard, Metrics};
 use braid_driver::session_task::{
     CentralSession, RelayFilter, SendBudget, SessionCmd, SessionGauge, SessionRole, SessionTask,
-    StreamEvent,
-    StreamLimits,
+    StreamEvent, StreamLimits,
 };
 use braid_proto::rate::TokenBucket;
 

@@ -371,11 +371,9 @@ fn prepare_join(
     if join.credential.role != role.code() {
         tracing::warn!(path = %path.display(), "the join credential is not for role {role}; the centrals will refuse it");
     }
-    if let Err(e) = braid_proto::join::JoinCredential::verify(
-        &join.bytes,
-        &operator,
-        braid_driver::unix_now(),
-    ) {
+    if let Err(e) =
+        braid_proto::join::JoinCredential::verify(&join.bytes, &operator, braid_driver::unix_now())
+    {
         tracing::warn!(path = %path.display(), "the join credential does not verify: {e}; the centrals will refuse it");
     }
     let identity = if common.noise_key_path().is_file() {
@@ -461,8 +459,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         _ => {
             let identity = NodeIdentity::load(&common.identity)?;
             let entry = cfg.directory_entry(&directory)?.clone();
-            if entry.tls_key != identity.tls_public()
-                || entry.noise_key != identity.noise_public()
+            if entry.tls_key != identity.tls_public() || entry.noise_key != identity.noise_public()
             {
                 anyhow::bail!(
                     "the keys in {} do not match the directory entry for {}",

@@ -380,3 +380,147 @@ impl Joiner {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use braid_proto::join::JoinCredential;
+
+    const NOW: u64 = 1_000_000;
+
+    struct Net {
+        members: Arc<Members>,
+        pins: PinSet,
+        op: SigningKey,
+    }
+
+    fn net(max: usize) -> Net {
+        let op = SigningKey::from_seed(&[1; 32]);
+        let mut dir = Directory::new(
+            1024,
+            vec![NodeEntry::new(
+                "upstream-1",
+                Role::Upstream,
+                Some(([127, 0, 0, 2], 7100).into()),
+                [1; 32],
+                [1; 32],
+            )],
+        );
+        dir.operator_key = Some(op.public());
+        let pins = PinSet::new();
+        let members = Members::new(
+            Arc::new(dir),
+            pins.clone(),
+            max,
+            &[Role::Upstream, Role::Downstream],
+            CancellationToken::new(),
+        );
+        Net { members, pins, op }
+    }
+
+    /// A descriptor for `id` with TLS key `[key; 32]`, under a credential for `role`.
+    fn signed(n: &Net, id: &str, key: u8, role: Role, cred_id: u8, life: u64) -> Vec<u8> {
+        let join = SigningKey::from_seed(&[cred_id; 32]);
+        let cred = JoinCredential {
+            id: [cred_id; 16],
+            role: role.code(),
+            single_use: false,
+            not_before: 0,
+            not_after: NOW + 3600,
+            join_key: join.public(),
+        }
+        .issue(&n.op);
+        Descriptor {
+            id: id.into(),
+            role: role.code(),
+            addr: Some(([127, 0, 0, 9], 7100).into()),
+            noise_key: [key; 32],
+            tls_key: [key; 32],
+            published: NOW,
+            expires: NOW + life,
+        }
+        .sign(&cred, &join)
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_verified_node_joins_is_pinned_and_forgotten_when_it_lapses() {
+        let n = net(8);
+        let d = signed(&n, "upstream-9", 9, Role::Upstream, 2, 60);
+        let mut updates = n.members.subscribe();
+        let e = n.members.admit(&d, &[9; 32], NOW).unwrap();
+        assert_eq!(e.id, "upstream-9");
+        assert!(n.pins.contains(&[9; 32]));
+        assert_eq!(
+            n.members.by_tls_key(&[9; 32], NOW).unwrap().id,
+            "upstream-9"
+        );
+        assert_eq!(updates.try_recv().unwrap(), d, "passed on to the sessions");
+        assert_eq!(n.members.descriptors(), vec![d]);
+        assert!(n.members.prune(NOW + 59).is_empty());
+        assert_eq!(n.members.prune(NOW + 60), vec!["upstream-9".to_string()]);
+        assert!(!n.pins.contains(&[9; 32]));
+        assert!(n.members.by_tls_key(&[9; 32], NOW + 60).is_none());
+    }
+
+    #[tokio::test]
+    async fn registrations_that_do_not_fit_are_refused_with_their_reason() {
+        let n = net(1);
+        let d = signed(&n, "upstream-9", 9, Role::Upstream, 2, 60);
+        // Shown on another node's connection.
+        assert_eq!(
+            n.members.admit(&d, &[8; 32], NOW),
+            Err(JoinRefusal::KeyMismatch)
+        );
+        // A directory node's id.
+        let d1 = signed(&n, "upstream-1", 9, Role::Upstream, 2, 60);
+        assert_eq!(
+            n.members.admit(&d1, &[9; 32], NOW),
+            Err(JoinRefusal::IdTaken)
+        );
+        // A role this node does not take.
+        let g = signed(&n, "gateway-9", 7, Role::Gateway, 3, 60);
+        assert_eq!(
+            n.members.admit(&g, &[7; 32], NOW),
+            Err(JoinRefusal::WrongRole)
+        );
+        // Garbage.
+        assert_eq!(
+            n.members.admit(b"BRDN", &[9; 32], NOW),
+            Err(JoinRefusal::Malformed)
+        );
+        n.members.admit(&d, &[9; 32], NOW).unwrap();
+        // The same id under another credential.
+        let other = signed(&n, "upstream-9", 6, Role::Upstream, 4, 60);
+        assert_eq!(
+            n.members.admit(&other, &[6; 32], NOW),
+            Err(JoinRefusal::IdTaken)
+        );
+        // Full: one joined node at most.
+        let full = signed(&n, "downstream-9", 5, Role::Downstream, 5, 60);
+        assert_eq!(
+            n.members.admit(&full, &[5; 32], NOW),
+            Err(JoinRefusal::Full)
+        );
+        assert_eq!(n.members.joined_count(), 1);
+        // A refresh of the one held is taken.
+        assert!(n.members.admit(&d, &[9; 32], NOW).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_rotated_key_overlaps_the_old_one_under_the_same_credential() {
+        let n = net(8);
+        let old = signed(&n, "upstream-9", 9, Role::Upstream, 2, 60);
+        let new = signed(&n, "upstream-9", 10, Role::Upstream, 2, 60);
+        n.members.admit(&old, &[9; 32], NOW).unwrap();
+        n.members.admit(&new, &[10; 32], NOW).unwrap();
+        assert_eq!(n.members.joined_count(), 2);
+        // The old one leaves: a 5 s life, then gone.
+        let leaving = signed(&n, "upstream-9", 9, Role::Upstream, 2, 5);
+        n.members.admit(&leaving, &[9; 32], NOW).unwrap();
+        assert_eq!(n.members.prune(NOW + 5), vec!["upstream-9".to_string()]);
+        assert!(n.pins.contains(&[10; 32]));
+        assert!(!n.pins.contains(&[9; 32]));
+    }
+}

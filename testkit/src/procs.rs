@@ -274,7 +274,13 @@ impl ProcOverlay {
     /// Issues a join credential (`braid-node operator join --role ROLE ARGS`) from the
     /// overlay's operator folder, or from `operator` (another folder, e.g. a forger's);
     /// returns the join file's path.
-    pub fn issue_join(&self, name: &str, role: Role, args: &[&str], operator: Option<&Path>) -> PathBuf {
+    pub fn issue_join(
+        &self,
+        name: &str,
+        role: Role,
+        args: &[&str],
+        operator: Option<&Path>,
+    ) -> PathBuf {
         let out = self.dir.path().join(format!("{name}.join"));
         let op = operator
             .map(Path::to_path_buf)
@@ -296,7 +302,14 @@ impl ProcOverlay {
     /// id `id`, role `role`, a fresh host address, keys it makes itself in `keys/ID`
     /// (or in `keys/KEYS` when given: a second process of one id rotates its key), `extra`
     /// top-level config lines. Does not wait for it.
-    pub fn join_node(&mut self, id: &str, keys: &str, role: Role, join: &Path, extra: &str) -> &ProcNode {
+    pub fn join_node(
+        &mut self,
+        id: &str,
+        keys: &str,
+        role: Role,
+        join: &Path,
+        extra: &str,
+    ) -> &ProcNode {
         let host = (self.nodes.len() + 2) as u8;
         let ip = IpAddr::V4(Ipv4Addr::new(self.net[0], self.net[1], self.net[2], host));
         let addr = SocketAddr::new(ip, free_port(ip, true));
@@ -313,11 +326,19 @@ impl ProcOverlay {
         if let Some(k) = self.directory.operator_key {
             cfg += &format!("directory_key = \"{}\"\n", hex::encode(k));
         }
-        let name = if keys == id { id.to_string() } else { keys.to_string() };
+        let name = if keys == id {
+            id.to_string()
+        } else {
+            keys.to_string()
+        };
         let config = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(&config, cfg).unwrap();
         let log = self.dir.path().join(format!("{name}.log"));
-        let child = spawn(&braid_node_bin(), &["--config", config.to_str().unwrap()], &log);
+        let child = spawn(
+            &braid_node_bin(),
+            &["--config", config.to_str().unwrap()],
+            &log,
+        );
         self.nodes.push(ProcNode {
             id: name,
             role,
