@@ -156,9 +156,12 @@ if [ "$rebuild" = 1 ] || ! docker image inspect "$image" >/dev/null 2>&1; then
         bookworm "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 ||
         { tail -n 20 "$work/debootstrap.log" >&2; fail "debootstrap (log: $work/debootstrap.log)"; }
     rm -f "$work/rootfs/var/cache/apt/archives/"*.deb
+    old_image=$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null) || true
     tar -C "$work/rootfs" -c . | docker import -c 'CMD ["/sbin/init"]' \
         -c "LABEL org.braid.recipe=debootstrap-minbase-bookworm" - "$image" >/dev/null ||
         fail "docker import"
+    # --rebuild-image: the previous image, now untagged, is not left behind.
+    if [ -n "$old_image" ]; then docker rmi "$old_image" >/dev/null 2>&1 || true; fi
     remove_rootfs "$work/rootfs"
     log "$image: $(docker image ls --format '{{.Size}}' "$image")"
     done_step

@@ -62,7 +62,7 @@ impl JoinedUpstreams {
             return Change::Nothing;
         };
         if entry.role != Role::Upstream
-            || entry.addr.is_none()
+            || !entry.dialable()
             || self.directory.by_id(&entry.id).is_some()
         {
             return Change::Nothing;

@@ -112,6 +112,11 @@ pub struct NodeEntry {
     /// (normally absent) for downstream and gateway, which only dial.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addr: Option<SocketAddr>,
+    /// Instead of `addr`: a DNS name and port (`"central-1:7400"`) dialled by name, looked
+    /// up at each dial. For orchestrators that name nodes but do not fix their addresses
+    /// (a docker swarm stack). A listening node needs `addr` or `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// X25519 static public key (Noise), hex in TOML.
     #[serde(with = "hex32")]
     pub noise_key: [u8; 32],
@@ -129,6 +134,7 @@ impl NodeEntry {
             id: d.id.clone(),
             role: Role::from_code(d.role)?,
             addr: d.addr,
+            host: None,
             noise_key: d.noise_key,
             tls_key: d.tls_key,
         })
@@ -146,9 +152,49 @@ impl NodeEntry {
             id: id.into(),
             role,
             addr,
+            host: None,
             noise_key,
             tls_key,
         }
+    }
+
+    /// Whether other nodes can dial this one (it has an `addr` or a `host`).
+    pub fn dialable(&self) -> bool {
+        self.addr.is_some() || self.host.is_some()
+    }
+
+    /// Where to dial this node now: its `addr`, or its `host` looked up (blocking: for
+    /// start-up; links look up with tokio). `None` when it has neither or the name does
+    /// not resolve.
+    pub fn resolve_blocking(&self) -> Option<SocketAddr> {
+        use std::net::ToSocketAddrs;
+        match (&self.addr, &self.host) {
+            (Some(a), _) => Some(*a),
+            (None, Some(h)) => h.to_socket_addrs().ok()?.next(),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Checks a `host` value: `NAME:PORT`, NAME a DNS name (letters, digits, `-`, `.`; at
+/// most 253 characters), PORT not 0.
+pub fn check_host(host: &str) -> Result<(), String> {
+    let Some((name, port)) = host.rsplit_once(':') else {
+        return Err(format!("host `{host}` has no port (want NAME:PORT)"));
+    };
+    if name.is_empty()
+        || name.len() > 253
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
+        return Err(format!(
+            "host `{host}`: `{name}` is not a DNS name (letters, digits, '-' and '.')"
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("host `{host}` has no valid port")),
     }
 }
 
@@ -271,12 +317,21 @@ impl ConfigFile for Directory {
                     format!("duplicate node id `{}` (also used by nodes[{first}])", n.id),
                 ));
             }
+            if let Some(h) = &n.host {
+                check_host(h).map_err(|m| invalid(at("host"), m))?;
+                if n.addr.is_some() {
+                    return Err(invalid(
+                        at("host"),
+                        format!("node `{}` has both addr and host: give one", n.id),
+                    ));
+                }
+            }
             match n.addr {
-                None if n.role.listens() => {
+                None if n.role.listens() && n.host.is_none() => {
                     return Err(invalid(
                         at("addr"),
                         format!(
-                            "node `{}` is a {} and listens for connections, so it needs an addr",
+                            "node `{}` is a {} and listens for connections, so it needs an addr (or a host)",
                             n.id, n.role
                         ),
                     ))
@@ -343,7 +398,7 @@ impl Directory {
     /// comments and key order do not matter.
     pub fn signed_body(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(64 + self.nodes.len() * 110);
-        b.extend_from_slice(b"BRDD\x01");
+        b.extend_from_slice(b"BRDD\x02");
         b.extend_from_slice(&self.cell_size.to_be_bytes());
         b.extend_from_slice(&self.version.to_be_bytes());
         b.extend_from_slice(&self.expires.to_be_bytes());
@@ -354,6 +409,9 @@ impl Directory {
             b.extend_from_slice(n.id.as_bytes());
             b.push(Role::ALL.iter().position(|r| *r == n.role).unwrap_or(0) as u8);
             braid_proto::join::put_addr(&mut b, n.addr);
+            let host = n.host.as_deref().unwrap_or_default().as_bytes();
+            b.push(host.len().min(255) as u8);
+            b.extend_from_slice(&host[..host.len().min(255)]);
             b.extend_from_slice(&n.noise_key);
             b.extend_from_slice(&n.tls_key);
         }
@@ -457,6 +515,9 @@ impl Directory {
             out.push_str(&format!("role = \"{}\"\n", n.role));
             if let Some(addr) = n.addr {
                 out.push_str(&format!("addr = \"{addr}\"\n"));
+            }
+            if let Some(host) = &n.host {
+                out.push_str(&format!("host = {}\n", toml_quote(host)));
             }
             out.push_str(&format!("noise_key = \"{}\"\n", hex::encode(n.noise_key)));
             out.push_str(&format!("tls_key = \"{}\"\n", hex::encode(n.tls_key)));

@@ -36,7 +36,7 @@ pub use credential::{
     NodeJoin, UserCredential,
 };
 pub use directory::{
-    check_id, hex32, parse_directory, Directory, DirectoryTrust, NodeEntry, Role, UnknownRole,
+    check_host, check_id, hex32, parse_directory, Directory, DirectoryTrust, NodeEntry, Role, UnknownRole,
     MAX_CELL_SIZE, MIN_CELL_SIZE,
 };
 pub use env::env_var_name;

@@ -304,6 +304,10 @@ fn a_signed_directory_verifies_and_any_edit_expiry_or_rollback_is_refused() {
     d.nodes[1].tls_key[0] ^= 1;
     edits.push(d);
     let mut d = dir.clone();
+    d.nodes[0].addr = None;
+    d.nodes[0].host = Some("evil.example:7000".into());
+    edits.push(d);
+    let mut d = dir.clone();
     let mut extra = d.nodes[0].clone();
     extra.id = "upstream-9".into();
     d.nodes.push(extra);
@@ -330,4 +334,33 @@ fn a_signed_directory_verifies_and_any_edit_expiry_or_rollback_is_refused() {
         d.verify(&pin, 1_000, 0),
         Err(DirectoryTrust::MalformedSignature)
     );
+}
+
+#[test]
+fn a_node_may_be_named_by_host_instead_of_addr() {
+    let mut dir = sample_directory();
+    let up = dir.nodes.iter().position(|n| n.id == "upstream-1").unwrap();
+    dir.nodes[up].addr = None;
+    dir.nodes[up].host = Some("upstream-1.swarm:7100".into());
+    dir.validate().unwrap();
+    let back = Directory::from_toml_str(&dir.to_toml_string()).unwrap();
+    assert_eq!(back.nodes[up].host.as_deref(), Some("upstream-1.swarm:7100"));
+    assert!(back.nodes[up].dialable());
+    // Both, neither (for a listener), or a malformed host: refused, naming the field.
+    for (addr, host, want) in [
+        (Some("127.0.0.9:7100"), Some("upstream-1:7100"), "both addr and host"),
+        (None, None, "needs an addr (or a host)"),
+        (None, Some("upstream-1"), "no port"),
+        (None, Some("up stream:7100"), "not a DNS name"),
+        (None, Some("upstream-1:0"), "no valid port"),
+    ] {
+        let mut d = dir.clone();
+        d.nodes[up].addr = addr.map(|a| a.parse().unwrap());
+        d.nodes[up].host = host.map(str::to_string);
+        let err = d.validate().unwrap_err().to_string();
+        assert!(err.contains(want), "{addr:?} {host:?}: {err}");
+    }
+    // A host that resolves gives the address to dial.
+    dir.nodes[up].host = Some("localhost:7100".into());
+    assert_eq!(dir.nodes[up].resolve_blocking().map(|a| a.port()), Some(7100));
 }

@@ -61,11 +61,29 @@ pub async fn keep_dialing<F, Fut>(
     F: FnMut(quinn::Connection) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let Some(addr) = peer.addr else {
+    if !peer.dialable() {
         tracing::warn!(peer = %peer.id, "peer has no address in the directory");
         return;
-    };
+    }
     loop {
+        // A `host` is looked up at each dial: its address may change (a rescheduled task).
+        let addr = match (peer.addr, &peer.host) {
+            (Some(a), _) => Some(a),
+            (None, Some(h)) => match tokio::net::lookup_host(h.as_str()).await {
+                Ok(mut a) => a.next(),
+                Err(e) => {
+                    tracing::debug!(peer = %peer.id, error = %e, "looking up the peer's host failed");
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        let Some(addr) = addr else {
+            if !sleep_or_shutdown(backoff.next_delay(), &shutdown).await {
+                return;
+            }
+            continue;
+        };
         let dial = braid_net::connect(&ep, addr, peer.tls_key);
         let conn = tokio::select! {
             _ = shutdown.cancelled() => return,

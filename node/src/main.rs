@@ -401,6 +401,7 @@ fn prepare_join(
         id,
         role,
         addr,
+        host: None,
         noise_key: identity.noise_public(),
         tls_key: identity.tls_public(),
     };
@@ -417,8 +418,8 @@ fn prepare_join(
 fn route_ip(directory: &braid_config::Directory) -> anyhow::Result<std::net::IpAddr> {
     let central = directory
         .centrals()
-        .find_map(|c| c.addr)
-        .context("the directory names no central address")?;
+        .find_map(|c| c.resolve_blocking())
+        .context("no central's address in the directory resolves")?;
     let bind: std::net::SocketAddr = if central.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
