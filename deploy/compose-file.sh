@@ -13,7 +13,7 @@
 set -euo pipefail
 
 die() { echo "compose-file.sh: $*" >&2; exit 1; }
-prefix="" path="" uid=65534 gid=65534 drain=30 scalable=()
+prefix="" path="" uid=65534 gid=65534 drain=30 scalable=() socks=127.0.0.1:1080
 while [ $# -gt 0 ]; do
     case "$1" in
         --prefix) prefix=${2:?}; shift ;;
@@ -22,6 +22,7 @@ while [ $# -gt 0 ]; do
         --gid) gid=${2:?}; shift ;;
         --drain-secs) drain=${2:?}; shift ;;
         --scalable) scalable+=("${2:?}"); shift ;;
+        --socks) socks=${2:?}; shift ;;
         --) shift; break ;;
         *) die "unknown argument: $1" ;;
     esac
@@ -37,7 +38,7 @@ cat <<YAML
 # Services named after a role alone (upstream, downstream) scale: their replicas join
 # with the operator's join credential (docker-compose up -d --scale upstream=5). The
 # others are in the signed directory; see deploy/README.md.
-version: "2.4"
+version: "3.8"
 
 x-node: &node
   image: braid:dev
@@ -82,7 +83,7 @@ for s in "${scalable[@]+"${scalable[@]}"}"; do
     cat <<YAML
   $role:
     <<: *node
-    scale: $n
+    deploy: {replicas: $n}
     command: ["--config", "/net/$role/node.toml"]
     volumes: ["$path/$role:/net/$role:ro"]
     # Each replica makes its keys at start; they live as long as the container.
@@ -91,10 +92,22 @@ for s in "${scalable[@]+"${scalable[@]}"}"; do
 YAML
 done
 cat <<YAML
+  # The client: SOCKS5 on the host's \$BRAID_SOCKS (default $socks):
+  # curl --proxy socks5h://$socks ...
+  client:
+    <<: *node
+    container_name: braid-client
+    entrypoint: ["/usr/local/bin/braid"]
+    command: ["run", "--config", "/net/client/client.toml"]
+    volumes: ["$path/client:/net/client:ro"]
+    # docker-compose binds the host address given; a swarm's ingress binds every one.
+    ports: ["\${BRAID_SOCKS:-$socks}:1080"]
+    networks: [braidnet]
 
 networks:
   braidnet:
-    driver: bridge
+    # No driver named: a bridge under docker-compose, an overlay under docker stack deploy.
+    attachable: true
     driver_opts:
       com.docker.network.bridge.name: br-braid
     ipam:

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # End-to-end check of the image and the compose simulation: build braid:dev, generate
-# the default network (2 upstreams, central, 2 downstreams, relay, gateway) on
-# 172.30.0.0/24 into deploy/net/compose, check the repo-root docker-compose.yml matches
-# what the generator writes, `docker-compose up -d`, run the client on the host against
-# the container addresses, fetch a 32 MiB random file served by python3 -m http.server on
+# the default network (directory seeds upstream-1, central-1, downstream-1, relay-1,
+# gateway-1, one replica each of the joining `upstream` and `downstream` services, and the
+# `client` service) on 172.30.0.0/24 into deploy/net/compose, check the repo-root
+# docker-compose.yml matches what the generator writes, `docker-compose up -d`, use the
+# client service's SOCKS5 port, fetch a 32 MiB random file served by python3 -m http.server on
 # the bridge's host side (172.30.0.1) through socks5h (by address and by a name the
 # gateway resolves from /etc/hosts), compare sha256, check that forbidden targets are
-# refused (curl exit 97), stop with SIGTERM and check the exit codes, `docker-compose down`.
+# refused (curl exit 97), stop with SIGTERM and check every container's exit code,
+# `docker-compose down`.
 #
 #   deploy/test-compose.sh [--no-build] [--mb N] [--keep] [--upstreams N] [--downstreams N] [--relays N]
 #
@@ -75,8 +77,9 @@ bindir="$root/target/static/dist"
 # Stop a leftover simulation before its identities are replaced.
 if [ -f "$compose_file" ]; then "${compose[@]}" down --remove-orphans -t 5 >/dev/null 2>&1 || true; fi
 if [ ${#counts[@]} -eq 0 ]; then counts=("${compose_defaults[@]}" --operator "$net/operator"); fi
+export BRAID_SOCKS=$socks
 "$here/gen-net.sh" --compose "$prefix" --out "$net" --force --bin "$bindir/braid-node" \
-    --socks "$socks" --drain-secs 30 --origin-port "$origin_port" "${counts[@]}" 2>"$work/gen.log" ||
+    --drain-secs 30 --origin-port "$origin_port" "${counts[@]}" 2>"$work/gen.log" ||
     { cat "$work/gen.log" >&2; fail "gen-net.sh"; }
 
 # The committed root compose file is the generator's output for these defaults, with the
@@ -93,13 +96,9 @@ ids=()
 while read -r id; do ids+=("$id"); done < <(sed -n 's/^id = "\(.*\)"$/\1/p' "$net/directory.toml")
 deadline=$((SECONDS + 30))
 for id in "${ids[@]}"; do
-    wait_health "$id" "$(sed -n 's/^admin = "\(.*\)"$/\1/p' "$net/$id/node.toml")" "$deadline"
+    wait_health "$id" "$(container_ip "braid-$id"):9100" "$deadline"
 done
 log "${#ids[@]} containers healthy $((SECONDS - t1))s after docker-compose up: ${ids[*]}"
-
-"$bindir/braid" run --config "$net/client/client.toml" >"$work/client.log" 2>&1 &
-client_pid=$!
-pids+=("$client_pid")
 
 serve_blob "$prefix.1" "$mb" "$origin_port"
 # A second server on another port of the same host: the exit's rule names only the first.
@@ -113,24 +112,22 @@ log "sha256 of the served file $want"
 fetch "$origin/blob" "by address ($prefix.1)"
 fetch "http://origin.braid.test:$port/blob" "by name (origin.braid.test, resolved in the gateway container)"
 
-central_ip=$(sed -n 's/^listen = "\(.*\):7400"$/\1/p' "$net/central-1/node.toml")
+central_ip=$(container_ip braid-central-1)
 refused "http://$central_ip:7400/" "the central's container address"
 refused "http://127.0.0.1:$port/" "loopback"
 refused "http://169.254.169.254/latest/meta-data/" "cloud metadata"
 refused "http://$prefix.9:$port/" "another address of the bridge network (not allowed by the rule)"
 refused "http://$prefix.1:$other_port/" "another port of the bridge's host side (not allowed by the rule)"
 refused "http://$prefix.1:25/" "a mail port"
+"${compose[@]}" logs --no-color client >"$work/client.log" 2>&1 || true
 grep -q 'refus' "$work/client.log" || log "note: the client's log does not mention the refusals"
 
-# Stop: the client with SIGTERM, the containers with docker-compose stop (SIGTERM, then
-# the grace period); every node must exit 0 on its own.
-kill -TERM "$client_pid"
-rc=0; wait "$client_pid" || rc=$?
-case "$rc" in 0) log "client exited (status $rc)" ;; *) fail "client exited with $rc after SIGTERM" ;; esac
+# Stop: the containers with docker-compose stop (SIGTERM, then the grace period); every
+# node and the client must exit 0 on their own.
 t2=$SECONDS
 "${compose[@]}" stop >"$work/stop.log" 2>&1 || { cat "$work/stop.log" >&2; fail "docker-compose stop"; }
 log "docker-compose stop took $((SECONDS - t2))s"
-for id in "${ids[@]}"; do
+for id in "${ids[@]}" client; do
     code=$(docker inspect -f '{{.State.ExitCode}} {{.State.OOMKilled}}' "braid-$id")
     [ "$code" = "0 false" ] || fail "$id: exit code/OOM after SIGTERM: $code"
 done

@@ -9,6 +9,11 @@
 # shellcheck disable=SC2034  # used by the sourcing scripts
 compose_defaults=(--upstreams 1 --downstreams 1 --scalable upstream=1 --scalable downstream=1)
 
+# container_ip NAME: a container's address on its (first) network.
+container_ip() {
+    docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$1" | awk '{print $1}'
+}
+
 fail() { echo "$me: FAIL: $*" >&2; exit 1; }
 log() { echo "$me: $*" >&2; }
 
@@ -37,7 +42,7 @@ serve_blob() {
 wait_through() {
     local deadline=$((SECONDS + $2))
     until curl -fsS -o /dev/null --max-time 5 --proxy "socks5h://$socks" "$1" 2>/dev/null; do
-        kill -0 "$client_pid" 2>/dev/null || fail "the client exited"
+        [ -z "${client_pid:-}" ] || kill -0 "$client_pid" 2>/dev/null || fail "the client exited"
         [ $SECONDS -lt $deadline ] || fail "no answer through the overlay within $2 s"
         sleep 0.5
     done

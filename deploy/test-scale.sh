@@ -2,8 +2,8 @@
 # Scaling the compose simulation while transfers run (issue 10): build braid:dev, generate
 # the repo-root docker-compose.yml's network into deploy/net/compose (signed directory with
 # one seed per role; `upstream` and `downstream` services whose replicas join with the
-# operator's join credential), `docker-compose up -d` with the default counts, run the
-# client on the host, then:
+# operator's join credential; the `client` service), `docker-compose up -d` with the
+# default counts, then through the client's SOCKS5 port:
 #   1. a download of --mb MiB (default 256) at --rate (default 16M/s) while
 #      `docker-compose up -d --scale upstream=5 --scale downstream=3` adds replicas: every
 #      new replica must carry cells (its braid_cells_in_total) before the download ends;
@@ -35,7 +35,7 @@ me=test-scale.sh
 prefix=172.30.0
 net="$here/net/compose"
 compose=(docker-compose -p braid -f "$root/docker-compose.yml")
-socks=127.0.0.1:11081
+socks=127.0.0.1:11080
 origin_port=18080
 work=$(mktemp -d /tmp/braid-test-scale.XXXXXX)
 pids=()
@@ -47,7 +47,7 @@ cleanup() {
     if [ "$rc" != 0 ] && [ "$up" = 1 ]; then
         log "container logs of the failed run (last lines):"
         "${compose[@]}" logs --no-color --tail 15 >&2 || true
-        [ -f "$work/client.log" ] && { echo "--- client"; tail -n 30 "$work/client.log"; } >&2
+
     fi
     if [ "$up" = 1 ]; then "${compose[@]}" down --remove-orphans -t 5 >/dev/null 2>&1 || true; fi
     if [ "$keep" = 1 ] || [ "$rc" != 0 ]; then log "work folder kept: $work"; else rm -rf "$work"; fi
@@ -69,8 +69,9 @@ fi
 bindir="$root/target/static/dist"
 
 if [ -f "$root/docker-compose.yml" ]; then "${compose[@]}" down --remove-orphans -t 5 >/dev/null 2>&1 || true; fi
+export BRAID_SOCKS=$socks
 "$here/gen-net.sh" --compose "$prefix" --out "$net" --force --bin "$bindir/braid-node" \
-    --socks "$socks" --drain-secs 30 --origin-port "$origin_port" \
+    --drain-secs 30 --origin-port "$origin_port" \
     "${compose_defaults[@]}" --operator "$net/operator" 2>"$work/gen.log" ||
     { cat "$work/gen.log" >&2; fail "gen-net.sh"; }
 diff -u <(sed 's#\./deploy/net/compose/#./#; /^# (deploy\/compose-file.sh)/d' "$root/docker-compose.yml" | grep -v '^#') \
@@ -127,15 +128,12 @@ ids=()
 while read -r id; do ids+=("$id"); done < <(sed -n 's/^id = "\(.*\)"$/\1/p' "$net/directory.toml")
 deadline=$((SECONDS + 60))
 for id in "${ids[@]}"; do
-    wait_health "$id" "$(sed -n 's/^admin = "\(.*\)"$/\1/p' "$net/$id/node.toml")" "$deadline"
+    wait_health "$id" "$(container_ip "braid-$id"):9100" "$deadline"
 done
 wait_replicas upstream 1 "$deadline"
 wait_replicas downstream 1 "$deadline"
 log "up: ${ids[*]} and one replica each of upstream and downstream, healthy after $((SECONDS - t1))s"
 
-"$bindir/braid" run --config "$net/client/client.toml" >"$work/client.log" 2>&1 &
-client_pid=$!
-pids+=("$client_pid")
 serve_blob "$prefix.1" "$mb" "$origin_port"
 origin="http://$prefix.1:$port"
 wait_through "$origin/" 60
@@ -179,11 +177,10 @@ log "scaled down to 2 and 2 in $((SECONDS - t3 - 2))s (the removed replicas drai
 [ "$(replicas upstream | wc -l)" = 2 ] && [ "$(replicas downstream | wc -l)" = 2 ] ||
     fail "after scaling down: $(replicas upstream | wc -l) upstream and $(replicas downstream | wc -l) downstream replicas"
 finished second "$second_pid" "$t3"
+"${compose[@]}" logs --no-color client >"$work/client.log" 2>&1 || true
 grep -q "joined upstream is leaving" "$work/client.log" ||
     fail "the client never heard that a removed upstream was leaving"
 
-kill -TERM "$client_pid"
-wait "$client_pid" || true
 "${compose[@]}" down -t 40 >/dev/null 2>&1 || fail "docker-compose down"
 up=0
 log "PASS (total $((SECONDS - t0))s)"

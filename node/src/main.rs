@@ -49,6 +49,14 @@ enum Cmd {
         #[command(subcommand)]
         cmd: DirectoryCmd,
     },
+    /// Asks a node's admin port: prints its /health (exit 0 when healthy, 1 if not) or,
+    /// with --metrics, its /metrics. For health checks where no HTTP client exists (the
+    /// FROM scratch image: `docker exec NODE braid-node admin 127.0.0.1:9100`).
+    Admin {
+        addr: std::net::SocketAddr,
+        #[arg(long)]
+        metrics: bool,
+    },
     /// Users: credentials to hand out, and their revocation.
     User {
         /// The operator folder (`operator init` made it).
@@ -218,6 +226,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match (cli.cmd, cli.config) {
         (Some(Cmd::Keygen { out }), _) => keygen(&out),
+        (Some(Cmd::Admin { addr, metrics }), _) => admin_get(addr, metrics),
         (Some(Cmd::Operator { dir, cmd }), _) => operator_cmd(&dir, cmd),
         (Some(Cmd::User { dir, cmd }), _) => user_cmd(&dir, cmd),
         (Some(Cmd::Directory { dir, cmd }), _) => {
@@ -348,6 +357,30 @@ fn watched_state(
             Some((m.modified().ok()?, m.len()))
         })
         .collect()
+}
+
+/// `braid-node admin`: one GET on a node's admin port; the body goes to stdout.
+fn admin_get(addr: std::net::SocketAddr, metrics: bool) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let path = if metrics { "/metrics" } else { "/health" };
+    let timeout = std::time::Duration::from_secs(5);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connecting to the admin port {addr}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes())?;
+    let mut answer = Vec::new();
+    s.take(16 << 20).read_to_end(&mut answer)?;
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    print!("{body}");
+    let ok = head
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|code| code == "200");
+    if !ok {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 /// A node that joins rather than being in the directory: its keys (made now if its
