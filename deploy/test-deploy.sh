@@ -142,9 +142,17 @@ if [ -z "$bindir" ]; then
     bindir=$("$here/build-image.sh" --no-docker 2>"$work/build.log" | tail -n 1) ||
         { tail -n 30 "$work/build.log" >&2; fail "build-image.sh --no-docker"; }
 fi
-for b in braid-node braid; do [ -x "$bindir/$b" ] || fail "no executable $bindir/$b"; done
+# A copy: a build elsewhere may replace target/static/dist while this runs, and the
+# directory must be signed and checked by the same build.
+mkdir -p "$work/bin"
+from=$bindir
+for b in braid-node braid; do
+    [ -x "$bindir/$b" ] || fail "no executable $bindir/$b"
+    cp "$bindir/$b" "$work/bin/$b"
+done
+bindir="$work/bin"
 bin_version=$("$bindir/braid-node" --version | awk '{ print $NF }')
-log "binaries in $bindir (braid-node $bin_version)"
+log "binaries from $from (braid-node $bin_version), copied to $bindir"
 done_step
 
 # ---- the host image -----------------------------------------------------------------------

@@ -114,11 +114,19 @@ for s in central-1 relay-1 gateway-1 upstream-1 downstream-1 upstream downstream
         sleep 1
     done
 done
-until [ -n "$(tasks client)" ]; do
+until c=$(docker ps -q --no-trunc --filter "label=com.docker.swarm.service.name=${stack}_client" \
+        --filter status=running | head -n 1) && [ -n "$c" ]; do
     [ "$SECONDS" -lt "$deadline" ] || fail "${stack}_client: no running task"
     sleep 1
 done
-log "stack deployed and healthy in $((SECONDS - t1))s"
+# The client task's SOCKS5 port, at its docker_gwbridge address: this engine sets up no
+# ingress routing mesh (no DOCKER-INGRESS rules), so the published port answers nowhere
+# here; on a real swarm, socks5h://HOST:1080 works.
+client_ip=$(docker network inspect docker_gwbridge \
+    -f "{{range \$k, \$v := .Containers}}{{if eq \$k \"$c\"}}{{\$v.IPv4Address}}{{end}}{{end}}")
+[ -n "$client_ip" ] || fail "the client task has no docker_gwbridge address"
+socks="${client_ip%/*}:1080"
+log "stack deployed and healthy in $((SECONDS - t1))s; the client's SOCKS5 port is $socks"
 
 serve_blob "$gw_ip" "$mb" "$origin_port"
 origin="http://$gw_ip:$port"
