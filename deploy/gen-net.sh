@@ -5,14 +5,13 @@
 #   deploy/gen-net.sh --out DIR (--compose PREFIX | --inventory FILE) [options]
 #
 # Address schemes (pick one):
-#   --compose PREFIX    a docker network PREFIX.0/24 (e.g. 172.30.0): the bridge's host
-#                       side is PREFIX.1, nodes get PREFIX.2, .3, ... in the order
-#                       upstreams, centrals, downstreams, relays, gateways (docker-compose;
-#                       a swarm stack assigns its own). The directory names listeners by
-#                       service name (`host = "central-1:7400"`), nodes listen on 0.0.0.0,
-#                       and the client runs as the `client` service (SOCKS5 published on
-#                       the host's --socks port). Also writes DIR/docker-compose.yml
-#                       (image braid:dev), which `docker stack deploy` takes too.
+#   --compose PREFIX    a docker network PREFIX.0/24 (e.g. 172.30.0; under docker-compose
+#                       the bridge's host side is PREFIX.1). Docker assigns the addresses:
+#                       the directory names listeners by service (`host = "central-1:7400"`),
+#                       nodes listen on 0.0.0.0, and the client runs as the `client` service
+#                       (SOCKS5 published on the host's --socks port, or $BRAID_SOCKS).
+#                       Also writes DIR/docker-compose.yml (image braid:dev), which
+#                       `docker stack deploy` takes too.
 #   --inventory FILE    real hosts, one node per line: `ROLE PUBLIC-ADDR [ssh-target]`
 #                       (ROLE: upstream|central|downstream|relay|gateway; PUBLIC-ADDR is
 #                       HOST or HOST:PORT, IPv6 as [addr] or [addr]:port; `#` comments).
@@ -97,7 +96,7 @@ while [ $# -gt 0 ]; do
         --operator) need "$@"; operator=$2; shift ;;
         --scalable) need "$@"; scalable+=("$2"); shift ;;
         --force) force=1 ;;
-        -h|--help) sed -n '2,61p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,64p' "$0"; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
     shift
