@@ -218,3 +218,49 @@ async fn forged_expired_and_wrong_role_joins_are_refused_with_the_reason_in_the_
     // The client never heard of them.
     assert!(!ov.log("client").contains("joined upstream"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_upstream_outlives_its_descriptor_by_refreshing_and_lapses_when_it_dies() {
+    let mut ov = ProcOverlay::start(options());
+    let join = ov.issue_join("upstream-9", Role::Upstream, &[], None);
+    // A 15 s descriptor, refreshed every 5 s.
+    ov.join_node(
+        "upstream-9",
+        "upstream-9",
+        Role::Upstream,
+        &join,
+        "descriptor_lifetime_secs = 15",
+    );
+    wait_for_log(
+        &ov,
+        "client",
+        "joined upstream: linking to it",
+        Duration::from_secs(10),
+    )
+    .await;
+    // Past its first descriptor's life it is still a member: the refreshes hold it.
+    tokio::time::sleep(Duration::from_secs(18)).await;
+    assert!(!ov.log("central-1").contains("descriptor lapsed"));
+    assert!(!ov.log("client").contains("descriptor lapsed"));
+    assert!(
+        ov.log("upstream-9")
+            .matches("registered with the central")
+            .count()
+            >= 1
+    );
+    // Killed without a word: no refresh, so within one life the central and the client
+    // forget it.
+    ov.kill9("upstream-9");
+    let killed = Instant::now();
+    wait_for_log(&ov, "client", "descriptor lapsed", Duration::from_secs(20)).await;
+    wait_for_log(
+        &ov,
+        "central-1",
+        "descriptor lapsed",
+        Duration::from_secs(5),
+    )
+    .await;
+    let took = killed.elapsed();
+    eprintln!("the killed upstream's descriptor lapsed {took:?} after kill -9");
+    assert!(took <= Duration::from_secs(17), "took {took:?}");
+}

@@ -36,8 +36,8 @@ pub use credential::{
     NodeJoin, UserCredential,
 };
 pub use directory::{
-    check_host, check_id, hex32, parse_directory, Directory, DirectoryTrust, NodeEntry, Role, UnknownRole,
-    MAX_CELL_SIZE, MIN_CELL_SIZE,
+    check_host, check_id, hex32, parse_directory, Directory, DirectoryTrust, NodeEntry, Role,
+    UnknownRole, MAX_CELL_SIZE, MIN_CELL_SIZE,
 };
 pub use env::env_var_name;
 pub use error::ConfigError;

@@ -53,6 +53,15 @@ fn upstream() -> String {
     sample("upstream.toml")
 }
 
+/// The upstream sample as a node in the directory, with no join file to fall back on.
+fn upstream_without_join() -> String {
+    upstream()
+        .lines()
+        .filter(|l| !l.starts_with("join ="))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn directory() -> String {
     sample("directory.toml")
 }
@@ -618,7 +627,7 @@ fn load_err(tmp: &tempfile::TempDir, name: &str) -> (ConfigError, String) {
 #[test]
 fn missing_key_file_names_path_and_field() {
     for missing in ["noise.key", "tls.key", "tls.crt"] {
-        let tmp = node_tree("upstream-1", "upstream.toml", &upstream());
+        let tmp = node_tree("upstream-1", "upstream.toml", &upstream_without_join());
         let gone = tmp.path().join("keys/upstream-1").join(missing);
         fs::remove_file(&gone).unwrap();
         let (e, file) = load_err(&tmp, "upstream.toml");
@@ -646,11 +655,23 @@ fn missing_identity_folder() {
     let tmp = node_tree(
         "upstream-1",
         "upstream.toml",
-        &upstream().replace("keys/upstream-1", "keys/nobody"),
+        &upstream_without_join().replace("keys/upstream-1", "keys/nobody"),
     );
     let (e, file) = load_err(&tmp, "upstream.toml");
     let folder = tmp.path().join("keys/nobody").display().to_string();
     says(&e, &file, &["`node.identity`", "identity folder", &folder]);
+}
+
+#[test]
+fn a_joining_node_needs_its_join_file_not_keys() {
+    // No identity: the node makes its keys, so only the join file must exist.
+    let text = upstream().replace("keys/upstream-1", "keys/nobody");
+    let tmp = node_tree("upstream-1", "upstream.toml", &text);
+    let (e, file) = load_err(&tmp, "upstream.toml");
+    let join = tmp.path().join("upstream.join").display().to_string();
+    says(&e, &file, &["`node.join`", "join file", &join]);
+    fs::write(tmp.path().join("upstream.join"), "").unwrap();
+    load_node_config_with_env(tmp.path().join("upstream.toml"), &no_env).unwrap();
 }
 
 #[test]

@@ -344,11 +344,18 @@ fn a_node_may_be_named_by_host_instead_of_addr() {
     dir.nodes[up].host = Some("upstream-1.swarm:7100".into());
     dir.validate().unwrap();
     let back = Directory::from_toml_str(&dir.to_toml_string()).unwrap();
-    assert_eq!(back.nodes[up].host.as_deref(), Some("upstream-1.swarm:7100"));
+    assert_eq!(
+        back.nodes[up].host.as_deref(),
+        Some("upstream-1.swarm:7100")
+    );
     assert!(back.nodes[up].dialable());
     // Both, neither (for a listener), or a malformed host: refused, naming the field.
     for (addr, host, want) in [
-        (Some("127.0.0.9:7100"), Some("upstream-1:7100"), "both addr and host"),
+        (
+            Some("127.0.0.9:7100"),
+            Some("upstream-1:7100"),
+            "both addr and host",
+        ),
         (None, None, "needs an addr (or a host)"),
         (None, Some("upstream-1"), "no port"),
         (None, Some("up stream:7100"), "not a DNS name"),
@@ -362,5 +369,8 @@ fn a_node_may_be_named_by_host_instead_of_addr() {
     }
     // A host that resolves gives the address to dial.
     dir.nodes[up].host = Some("localhost:7100".into());
-    assert_eq!(dir.nodes[up].resolve_blocking().map(|a| a.port()), Some(7100));
+    assert_eq!(
+        dir.nodes[up].resolve_blocking().map(|a| a.port()),
+        Some(7100)
+    );
 }

@@ -367,7 +367,9 @@ fn admin_get(addr: std::net::SocketAddr, metrics: bool) -> anyhow::Result<()> {
     let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("connecting to the admin port {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes())?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes(),
+    )?;
     let mut answer = Vec::new();
     s.take(16 << 20).read_to_end(&mut answer)?;
     let answer = String::from_utf8_lossy(&answer);

@@ -92,9 +92,9 @@ fn an_operator_network_is_signed_pinned_and_closed() {
     let cred = braid_config::load_credential(client.credential.as_ref().unwrap()).unwrap();
     assert_eq!(cred.credential.name, "client");
     assert!(!cred.limits_pass.is_empty());
-    // An edited copy (one more upstream's address moved) is refused.
+    // An edited copy (an upstream's name changed) is refused.
     let text = std::fs::read_to_string(&client.directory).unwrap();
-    let edited = text.replacen("172.30.0.2:", "172.30.0.99:", 1);
+    let edited = text.replacen("upstream-1:7100", "evil-1:7100", 1);
     assert_ne!(edited, text);
     let copy = out.path().join("edited.toml");
     std::fs::write(&copy, edited).unwrap();

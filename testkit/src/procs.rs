@@ -301,7 +301,7 @@ impl ProcOverlay {
     /// Starts a node that is not in the directory and joins with `join` (a join file):
     /// id `id`, role `role`, a fresh host address, keys it makes itself in `keys/ID`
     /// (or in `keys/KEYS` when given: a second process of one id rotates its key), `extra`
-    /// top-level config lines. Does not wait for it.
+    /// more `[node]` lines. Does not wait for it.
     pub fn join_node(
         &mut self,
         id: &str,
@@ -318,9 +318,8 @@ impl ProcOverlay {
         if role == Role::Upstream {
             cfg += &format!("listen = \"{addr}\"\nrevoked = \"operator/revoked.txt\"\n");
         }
-        cfg += extra;
         cfg += &format!(
-            "\n[node]\nid = \"{id}\"\ndirectory = \"directory.toml\"\nidentity = \"keys/{keys}\"\nadmin = \"{admin}\"\njoin = \"{}\"\n",
+            "\n[node]\nid = \"{id}\"\ndirectory = \"directory.toml\"\nidentity = \"keys/{keys}\"\nadmin = \"{admin}\"\njoin = \"{}\"\n{extra}\n",
             join.display()
         );
         if let Some(k) = self.directory.operator_key {

@@ -245,11 +245,18 @@ impl NodeCommon {
                 &self.directory,
             ));
         }
-        if let Some(join) = &self.join {
+        let identity_complete = [
+            self.noise_key_path(),
+            self.tls_key_path(),
+            self.tls_cert_path(),
+        ]
+        .iter()
+        .all(|p| p.is_file());
+        if let (Some(join), false) = (&self.join, identity_complete) {
+            // A joining node makes its keys when it has none, with its join file.
             if !join.is_file() {
                 return Err(missing("node.join", "the join file", join));
             }
-            // A joining node makes its keys when it has none.
             return Ok(());
         }
         if !self.identity.is_dir() {
