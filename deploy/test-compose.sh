@@ -46,20 +46,7 @@ origin_port=18080
 work=$(mktemp -d /tmp/braid-test-compose.XXXXXX)
 pids=()
 up=0
-cleanup() {
-    local rc=$? p
-    for p in "${pids[@]+"${pids[@]}"}"; do kill -KILL "$p" 2>/dev/null || true; done
-    { wait; } 2>/dev/null || true
-    if [ "$rc" != 0 ] && [ "$up" = 1 ]; then
-        log "container logs of the failed run (last lines):"
-        "${compose[@]}" logs --no-color --tail 15 >&2 || true
-        [ -f "$work/client.log" ] && { echo "--- client"; tail -n 15 "$work/client.log"; } >&2
-    fi
-    if [ "$up" = 1 ]; then "${compose[@]}" down --remove-orphans -t 5 >/dev/null 2>&1 || true; fi
-    if [ "$keep" = 1 ] || [ "$rc" != 0 ]; then log "work folder kept: $work"; else rm -rf "$work"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
+trap compose_cleanup EXIT
 trap 'exit 130' INT TERM
 
 command -v docker-compose >/dev/null || fail "docker-compose (v1) is not installed"

@@ -1,7 +1,7 @@
-# Shared by test-local.sh and test-compose.sh (sourced, not run). Expects: $me (the
+# Shared by the deploy tests (sourced, not run). Expects: $me (the
 # script's name), $work (its work folder), $socks (the client's SOCKS5 address), the
 # array pids (processes the cleanup trap kills) and, once the client runs, $client_pid.
-# shellcheck shell=bash disable=SC2154  # me, work, socks, client_pid: set by the sourcing script
+# shellcheck shell=bash disable=SC2154  # me, work, socks, client_pid, compose, up, keep: set by the sourcing script
 
 # The gen-net.sh flags the repo-root docker-compose.yml is generated with (beside
 # --compose 172.30.0 --out deploy/net/compose --operator deploy/net/compose/operator):
@@ -15,6 +15,22 @@ container_ip() {
 }
 
 fail() { echo "$me: FAIL: $*" >&2; exit 1; }
+
+# compose_cleanup: the EXIT trap of the compose tests (needs compose, up, keep, work,
+# pids): kills what they started, shows the containers' last lines after a failure, takes
+# the simulation down, and keeps the work folder of a failed or --keep run.
+compose_cleanup() {
+    local rc=$? p
+    for p in "${pids[@]+"${pids[@]}"}"; do kill -KILL "$p" 2>/dev/null || true; done
+    { wait; } 2>/dev/null || true
+    if [ "$rc" != 0 ] && [ "$up" = 1 ]; then
+        log "container logs of the failed run (last lines):"
+        "${compose[@]}" logs --no-color --tail 15 >&2 || true
+    fi
+    if [ "$up" = 1 ]; then "${compose[@]}" down --remove-orphans -t 5 >/dev/null 2>&1 || true; fi
+    if [ "$keep" = 1 ] || [ "$rc" != 0 ]; then log "work folder kept: $work"; else rm -rf "$work"; fi
+    exit "$rc"
+}
 log() { echo "$me: $*" >&2; }
 
 # wait_health ID ADMIN DEADLINE [PID]: until ADMIN answers /health (by SECONDS=DEADLINE);

@@ -12,20 +12,6 @@ use braid_config::Role;
 use braid_testkit as support;
 use support::procs::{ProcOptions, ProcOverlay};
 
-/// Waits until `id`'s log has `line` (at most `limit`); how long it took.
-async fn wait_for_log(ov: &ProcOverlay, id: &str, line: &str, limit: Duration) -> Duration {
-    let t = Instant::now();
-    while !ov.log(id).contains(line) {
-        assert!(
-            t.elapsed() < limit,
-            "{id} never logged {line:?}:\n{}",
-            ov.log(id)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    t.elapsed()
-}
-
 /// Waits until node `id` has taken in a cell; how long it took (at most `limit`).
 async fn wait_used(ov: &ProcOverlay, id: &str, limit: Duration) -> Duration {
     let t = Instant::now();
@@ -79,13 +65,14 @@ fn options() -> ProcOptions {
 async fn a_joined_upstream_carries_cells_within_10_s_and_leaves_without_losing_a_byte() {
     let origin = support::start_origin([127, 0, 0, 1]).await;
     let mut ov = ProcOverlay::start(options());
-    let [down, up] = transfers(ov.socks, origin, 16 << 20);
+    let [down, up] = transfers(ov.socks, origin, 24 << 20);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let join = ov.issue_join("upstream-9", Role::Upstream, &[], None);
     let started = Instant::now();
     ov.join_node("upstream-9", "upstream-9", Role::Upstream, &join, "");
-    wait_for_log(&ov, "central-1", "node joined", Duration::from_secs(10)).await;
+    ov.wait_for_log("central-1", "node joined", 1, Duration::from_secs(10))
+        .await;
     let registered = started.elapsed();
     let used = wait_used(&ov, "upstream-9", Duration::from_secs(10)).await;
     eprintln!(
@@ -98,7 +85,7 @@ async fn a_joined_upstream_carries_cells_within_10_s_and_leaves_without_losing_a
         1,
         "linked to the central"
     );
-    let running = || !down.is_finished() && !up.is_finished();
+    let running = || !down.is_finished() || !up.is_finished();
     ov.wait_cells("upstream-9", 100, running).await;
 
     // A downstream joins too, one use only: the central and the relay take it, and the
@@ -108,7 +95,7 @@ async fn a_joined_upstream_carries_cells_within_10_s_and_leaves_without_losing_a
     ov.join_node("downstream-9", "downstream-9", Role::Downstream, &join, "");
     let used = wait_used(&ov, "downstream-9", Duration::from_secs(10)).await;
     eprintln!("downstream-9 carried its first cell {used:?} after start");
-    ov.wait_cells("downstream-9", 100, running).await;
+    ov.wait_cells("downstream-9", 50, running).await;
     assert!(started.elapsed() < Duration::from_secs(30));
     ov.sigterm("downstream-9");
 
@@ -116,13 +103,14 @@ async fn a_joined_upstream_carries_cells_within_10_s_and_leaves_without_losing_a
     // it while it still drains what it has.
     let carried = ov.metric("upstream-9", "braid_cells_in_total");
     ov.sigterm("upstream-9");
-    let took = wait_for_log(
-        &ov,
-        "client",
-        "joined upstream is leaving",
-        Duration::from_secs(5),
-    )
-    .await;
+    let took = ov
+        .wait_for_log(
+            "client",
+            "joined upstream is leaving",
+            1,
+            Duration::from_secs(5),
+        )
+        .await;
     eprintln!(
         "the client stopped using upstream-9 {took:?} after SIGTERM ({carried} cells carried)"
     );
@@ -155,10 +143,10 @@ async fn rotating_a_joined_upstreams_key_during_transfers_loses_no_byte() {
     let moved = wait_used(&ov, "upstream-9-new", Duration::from_secs(10)).await;
     eprintln!("the new key carried cells {moved:?} after it started");
     ov.sigterm("upstream-9");
-    wait_for_log(
-        &ov,
+    ov.wait_for_log(
         "client",
         "joined upstream is leaving",
+        1,
         Duration::from_secs(5),
     )
     .await;
@@ -209,9 +197,12 @@ async fn forged_expired_and_wrong_role_joins_are_refused_with_the_reason_in_the_
     ];
     for (id, file, reason) in &cases {
         ov.join_node(id, id, Role::Upstream, file, "");
-        let took = wait_for_log(&ov, "central-1", reason, Duration::from_secs(10)).await;
+        let took = ov
+            .wait_for_log("central-1", reason, 1, Duration::from_secs(10))
+            .await;
         eprintln!("{id}: refused after {took:?}: {reason}");
-        wait_for_log(&ov, id, "joining failed", Duration::from_secs(5)).await;
+        ov.wait_for_log(id, "joining failed", 1, Duration::from_secs(5))
+            .await;
         assert_eq!(ov.metric(id, "braid_links_up"), 0);
     }
     assert!(!ov.log("central-1").contains("node joined"));
@@ -231,10 +222,10 @@ async fn a_joined_upstream_outlives_its_descriptor_by_refreshing_and_lapses_when
         &join,
         "descriptor_lifetime_secs = 15",
     );
-    wait_for_log(
-        &ov,
+    ov.wait_for_log(
         "client",
         "joined upstream: linking to it",
+        1,
         Duration::from_secs(10),
     )
     .await;
@@ -252,14 +243,10 @@ async fn a_joined_upstream_outlives_its_descriptor_by_refreshing_and_lapses_when
     // forget it.
     ov.kill9("upstream-9");
     let killed = Instant::now();
-    wait_for_log(&ov, "client", "descriptor lapsed", Duration::from_secs(20)).await;
-    wait_for_log(
-        &ov,
-        "central-1",
-        "descriptor lapsed",
-        Duration::from_secs(5),
-    )
-    .await;
+    ov.wait_for_log("client", "descriptor lapsed", 1, Duration::from_secs(20))
+        .await;
+    ov.wait_for_log("central-1", "descriptor lapsed", 1, Duration::from_secs(5))
+        .await;
     let took = killed.elapsed();
     eprintln!("the killed upstream's descriptor lapsed {took:?} after kill -9");
     assert!(took <= Duration::from_secs(17), "took {took:?}");

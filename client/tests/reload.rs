@@ -10,26 +10,6 @@ use braid_testkit as support;
 use support::procs::{ProcOptions, ProcOverlay};
 use support::socks::{echo, socks_connect, start_echo, try_socks_connect};
 
-/// Waits until `id`'s log has `line` `times` times (at most `limit`); how long it took.
-async fn wait_for_log(
-    ov: &ProcOverlay,
-    id: &str,
-    line: &str,
-    times: usize,
-    limit: Duration,
-) -> Duration {
-    let t = Instant::now();
-    while ov.log(id).matches(line).count() < times {
-        assert!(
-            t.elapsed() < limit,
-            "{id} never logged {line:?}:\n{}",
-            ov.log(id)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    t.elapsed()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_file_reloads_the_exit_policy_and_log_level_and_drops_no_stream() {
     let target = start_echo().await;
@@ -45,14 +25,14 @@ async fn a_changed_file_reloads_the_exit_policy_and_log_level_and_drops_no_strea
         .replace("[node]\n", "[node]\nlog_level = \"debug\"\n");
     assert_ne!(closed, good);
     std::fs::write(&path, &closed).unwrap();
-    let took = wait_for_log(
-        &ov,
-        "gateway-1",
-        "exit policy reloaded",
-        1,
-        Duration::from_secs(5),
-    )
-    .await;
+    let took = ov
+        .wait_for_log(
+            "gateway-1",
+            "exit policy reloaded",
+            1,
+            Duration::from_secs(5),
+        )
+        .await;
     eprintln!("the gateway took the changed file after {took:?}");
     // New streams to loopback are refused by the policy (SOCKS 02: not allowed)...
     assert_eq!(
@@ -71,8 +51,7 @@ async fn a_changed_file_reloads_the_exit_policy_and_log_level_and_drops_no_strea
 
     // Back as it was: opens pass again.
     std::fs::write(&path, &good).unwrap();
-    wait_for_log(
-        &ov,
+    ov.wait_for_log(
         "gateway-1",
         "exit policy reloaded",
         2,
@@ -96,8 +75,7 @@ async fn a_broken_changed_file_keeps_the_old_config() {
         .replace("allow_loopback = true", "allow_loopback = false")
         .replace("[node]\n", "[node]\nlog_level = \"=[\"\n");
     std::fs::write(&path, &broken).unwrap();
-    wait_for_log(
-        &ov,
+    ov.wait_for_log(
         "gateway-1",
         "config reload failed; keeping the old config",
         1,

@@ -515,6 +515,26 @@ impl ProcOverlay {
         }
     }
 
+    /// Waits until `id`'s log has `line` `times` times (at most `limit`); how long it took.
+    pub async fn wait_for_log(
+        &self,
+        id: &str,
+        line: &str,
+        times: usize,
+        limit: Duration,
+    ) -> Duration {
+        let t = Instant::now();
+        while self.log(id).matches(line).count() < times {
+            assert!(
+                t.elapsed() < limit,
+                "{id} never logged {line:?}:\n{}",
+                self.log(id)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        t.elapsed()
+    }
+
     /// A node's `/health` answer: the status line's code and the body.
     pub fn health(&self, id: &str) -> Option<(u16, String)> {
         let r = http_get(self.node(id).admin, "/health")?;
