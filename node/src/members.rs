@@ -37,6 +37,7 @@ const JOIN_REFUSED_CLOSE: u32 = 0x200;
 struct Joined {
     entry: NodeEntry,
     descriptor: Vec<u8>,
+    published: u64,
     expires: u64,
     /// The join credential's id: a node that rotates its key keeps its id only under the
     /// same credential.
@@ -147,12 +148,22 @@ impl Members {
             .lock()
             .map_err(|_| JoinRefusal::Full)?
             .admit(&c, &entry.id, now)?;
+        // A refresh goes to every session, so a node may not send them faster than its own
+        // pace (a third of its descriptor's life): quicker or older ones are answered but
+        // neither kept nor passed on. Leaving always is.
+        if let Some(held) = joined.get(peer_key) {
+            let pace = held.expires.saturating_sub(held.published) / 3;
+            if !d.is_leaving() && d.published < held.published.saturating_add(pace.max(1)) {
+                return Ok(entry);
+            }
+        }
         let fresh = joined
             .insert(
                 *peer_key,
                 Joined {
                     entry: entry.clone(),
                     descriptor: bytes.to_vec(),
+                    published: d.published,
                     expires: d.expires,
                     credential: c.id,
                 },
@@ -506,6 +517,24 @@ mod tests {
         assert_eq!(n.members.joined_count(), 1);
         // A refresh of the one held is taken.
         assert!(n.members.admit(&d, &[9; 32], NOW).is_ok());
+    }
+
+    #[tokio::test]
+    async fn refreshes_faster_than_a_third_of_the_life_are_not_passed_on() {
+        let n = net(8);
+        let mut updates = n.members.subscribe();
+        let d = signed(&n, "upstream-9", 9, Role::Upstream, 2, 60);
+        n.members.admit(&d, &[9; 32], NOW).unwrap();
+        assert!(updates.try_recv().is_ok());
+        // The same descriptor again (a flood of refreshes): answered, not passed on.
+        for _ in 0..100 {
+            n.members.admit(&d, &[9; 32], NOW).unwrap();
+        }
+        assert!(updates.try_recv().is_err(), "no session hears the flood");
+        // Leaving is passed on at once.
+        let leaving = signed(&n, "upstream-9", 9, Role::Upstream, 2, 5);
+        n.members.admit(&leaving, &[9; 32], NOW).unwrap();
+        assert_eq!(updates.try_recv().unwrap(), leaving);
     }
 
     #[tokio::test]
