@@ -328,6 +328,7 @@ impl Demo {
             listener,
             client.clone(),
             opts.socks_limits.clone(),
+            crate::socks::Front::Mixed,
             shutdown.clone(),
         ));
         let admin = match admin_listener {

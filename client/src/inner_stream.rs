@@ -13,6 +13,7 @@ use braid_driver::stream::{self, StreamReceiver, StreamSender};
 use braid_driver::Metrics;
 use braid_proto::inner::{self, InnerError, MessageDecoder, OpenRequest, Record, ReliableStream};
 use braid_proto::{Reason, TargetAddr};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -316,6 +317,27 @@ impl OpenedStream {
     /// cleanly, or resets it if the gateway's side failed. When the carrier dies, resumes
     /// the stream on a new one (see [`resume`]).
     pub async fn relay(self, h: &ClientHandle, tcp: &mut TcpStream) -> RelayEnd {
+        let (mut tcp_r, mut tcp_w) = tcp.split();
+        let end = self.relay_halves(h, &mut tcp_r, &mut tcp_w).await;
+        if end == RelayEnd::Reset {
+            // No FIN: the app must not take a cut stream for a finished one.
+            let _ = tcp.set_zero_linger();
+        }
+        end
+    }
+
+    /// [`relay`](Self::relay) over any byte stream's halves (the HTTP proxy's forwarding
+    /// side uses an in-memory pipe). On [`RelayEnd::Reset`] the caller cuts its side.
+    pub async fn relay_halves<R, W>(
+        self,
+        h: &ClientHandle,
+        tcp_r: &mut R,
+        tcp_w: &mut W,
+    ) -> RelayEnd
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         let OpenedStream {
             mut tx,
             mut rx,
@@ -323,12 +345,11 @@ impl OpenedStream {
             stream,
             gateway,
         } = self;
-        let (mut tcp_r, mut tcp_w) = tcp.split();
         let stop = CancellationToken::new();
         loop {
             let end = pump::run_leg(
-                &mut tcp_r,
-                &mut tcp_w,
+                tcp_r,
+                tcp_w,
                 &stream,
                 &mut tx,
                 &mut rx,
@@ -344,7 +365,6 @@ impl OpenedStream {
                     return RelayEnd::Closed;
                 }
                 LegEnd::Aborted => {
-                    let _ = tcp_w.as_ref().set_zero_linger();
                     tx.reset(Reason::GENERAL_FAILURE).await;
                     return RelayEnd::Reset;
                 }
@@ -367,9 +387,6 @@ impl OpenedStream {
                         }
                         Err(e) => {
                             info!(stream = old, gateway = %gateway.id, error = %e, "stream lost with its carrier");
-                            // A reset, not a clean close: the app must not take a cut
-                            // stream for a finished one.
-                            let _ = tcp_w.as_ref().set_zero_linger();
                             return RelayEnd::Reset;
                         }
                     }

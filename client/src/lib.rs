@@ -5,6 +5,7 @@
 pub mod demo;
 pub mod first_hop;
 pub mod gateways;
+pub mod http_proxy;
 pub mod inner_stream;
 mod members;
 pub mod overlay;

@@ -12,12 +12,14 @@ use anyhow::Context;
 #[cfg(feature = "demo")]
 use braid_client::demo::{Demo, DemoOptions};
 use braid_client::gateways::ChoicePolicy;
+use braid_client::http_proxy::HttpLimits;
 use braid_client::overlay::{self, ClientParams};
-use braid_client::socks::{SocksAuth, SocksLimits};
+use braid_client::socks::{Front, SocksAuth, SocksLimits};
 #[cfg(feature = "demo")]
 use braid_config::{Layout, LogFormat};
 #[cfg(feature = "demo")]
 use braid_proto::cell::{MAX_CELL_SIZE, MIN_CELL_SIZE};
+use braid_proto::http1::HeadLimits;
 #[cfg(feature = "demo")]
 use braid_proto::session::PathScheduler;
 use clap::{Parser, Subcommand};
@@ -138,11 +140,15 @@ async fn demo(opts: DemoOptions) -> anyhow::Result<()> {
     print!("{}", demo.topology());
     println!("NOTE: the demo gateway's exit policy admits loopback targets so that it can be tried on one machine.");
     println!("SOCKS5 listening on {}", demo.socks);
+    println!(
+        "(the same port speaks SOCKS4/4a and HTTP: HTTP_PROXY=http://{})",
+        demo.socks
+    );
     if let Some(admin) = demo.admin {
         println!("admin port on {admin}: braid status --admin {admin}");
     }
     println!(
-        "try:  curl --proxy socks5h://{} http://example.com/",
+        "try:  curl --proxy socks5h://{0} http://example.com/   or   curl --proxy http://{0} http://example.com/",
         demo.socks
     );
     println!("Ctrl-C stops it.");
@@ -169,6 +175,14 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
                 SocksAuth::new(a.username.as_bytes(), a.password.as_bytes())
                     .with_context(|| format!("{}: [auth]", path.display()))?,
             ),
+        },
+        http: HttpLimits {
+            head: HeadLimits {
+                max_head_bytes: cfg.http_max_header_bytes as usize,
+                max_headers: cfg.http_max_headers as usize,
+            },
+            keepalive_idle: cfg.http_keepalive(),
+            max_body: cfg.http_max_body(),
         },
     };
     // The newest directory version taken is kept beside the directory file (best effort:
@@ -222,31 +236,52 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     })
     .await?;
     let listener = braid_client::socks::bind(cfg.socks_listen)
-        .with_context(|| format!("binding the SOCKS5 port {}", cfg.socks_listen))?;
+        .with_context(|| format!("binding the proxy port {}", cfg.socks_listen))?;
+    let http_listener = match cfg.http_listen {
+        Some(addr) => Some(
+            braid_client::socks::bind(addr)
+                .with_context(|| format!("binding the HTTP proxy port {addr}"))?,
+        ),
+        None => None,
+    };
     tracing::info!(
         socks = %cfg.socks_listen,
+        http = ?cfg.http_listen,
         auth = limits.auth.is_some(),
         handshake_timeout_secs = cfg.handshake_timeout_secs,
         max_connections = limits.max_connections,
         max_connections_per_source = limits.max_per_source,
         limit_loopback_sources = limits.limit_loopback,
         admin = %cfg.admin,
-        "SOCKS5 proxy ready"
+        "proxy ready (SOCKS5, SOCKS4, HTTP)"
     );
     let admin = tokio::spawn(braid_client::status::serve(
         admin,
         handle.clone(),
         shutdown.clone(),
     ));
+    let http_serve = http_listener.map(|l| {
+        tokio::spawn(braid_client::socks::serve(
+            l,
+            handle.clone(),
+            limits.clone(),
+            Front::Http,
+            shutdown.clone(),
+        ))
+    });
     let serve = tokio::spawn(braid_client::socks::serve(
         listener,
         handle,
         limits,
+        Front::Mixed,
         shutdown.clone(),
     ));
     braid_driver::wait_for_signal().await;
     shutdown.cancel();
     let _ = serve.await;
+    if let Some(s) = http_serve {
+        let _ = s.await;
+    }
     let _ = admin.await;
     Ok(())
 }

@@ -57,6 +57,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use braid_proto::http1;
+use braid_proto::socks4;
 use braid_proto::socks5::{self, AuthPolicy, Command, Progress, ReplyCode, Socks5Handshake};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -64,6 +66,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::http_proxy::HttpLimits;
 use crate::inner_stream::{self, OpenFailure, RelayEnd};
 use crate::overlay::ClientHandle;
 
@@ -118,6 +121,12 @@ impl SocksAuth {
         &self.username
     }
 
+    /// Whether `username`/`password` are the pair (HTTP `Proxy-Authorization`).
+    pub fn check(&self, username: &[u8], password: &[u8]) -> bool {
+        // `&`, not `&&`: both are compared, so timing says little about which one failed.
+        ct_eq(username, &self.username) & ct_eq(password, &self.password)
+    }
+
     fn policy(&self) -> AuthPolicy {
         let (u, p) = (self.username.clone(), self.password.clone());
         // `&`, not `&&`: both are compared, so timing says little about which one failed.
@@ -154,8 +163,11 @@ pub struct SocksLimits {
     /// Whether `max_per_source` also counts loopback sources. Off by default: on a laptop
     /// every application comes from 127.0.0.1, so only `max_connections` bounds them.
     pub limit_loopback: bool,
-    /// RFC 1929 username/password to require; `None` asks for no authentication.
+    /// RFC 1929 username/password to require (HTTP: `Proxy-Authorization: Basic`);
+    /// `None` asks for no authentication.
     pub auth: Option<SocksAuth>,
+    /// The HTTP side of the port.
+    pub http: HttpLimits,
 }
 
 impl Default for SocksLimits {
@@ -166,6 +178,7 @@ impl Default for SocksLimits {
             max_per_source: MAX_CONNECTIONS_PER_SOURCE,
             limit_loopback: false,
             auth: None,
+            http: HttpLimits::default(),
         }
     }
 }
@@ -271,6 +284,7 @@ pub async fn serve(
     listener: TcpListener,
     handle: ClientHandle,
     limits: SocksLimits,
+    front: Front,
     shutdown: CancellationToken,
 ) {
     let gate = Arc::new(Gate {
@@ -300,7 +314,7 @@ pub async fn serve(
                 let handle = handle.clone();
                 let limits = limits.clone();
                 tokio::spawn(async move {
-                    serve_conn(tcp, peer, handle, &limits).await;
+                    serve_conn(tcp, peer, handle, &limits, front).await;
                     drop(ticket);
                 });
             }
@@ -308,7 +322,7 @@ pub async fn serve(
                 Ok(slot) => {
                     debug!(%peer, ?over, "SOCKS5 connection over the limit: refusing (05 02)");
                     let limits = limits.clone();
-                    tokio::spawn(refuse(tcp, limits, slot));
+                    tokio::spawn(refuse(tcp, limits, front, slot));
                 }
                 Err(_) => {
                     debug!(%peer, ?over, "SOCKS5 refusals saturated: 05 FF and drop");
@@ -320,15 +334,86 @@ pub async fn serve(
     }
 }
 
+/// What a connection speaks, from its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Socks5,
+    Socks4,
+    Http,
+}
+
+impl Protocol {
+    /// 5 and 4 are SOCKS versions; an HTTP request starts with its method's first letter.
+    fn from_first_byte(b: u8) -> Option<Protocol> {
+        match b {
+            socks5::VERSION => Some(Protocol::Socks5),
+            socks4::VERSION => Some(Protocol::Socks4),
+            b'A'..=b'Z' | b'a'..=b'z' => Some(Protocol::Http),
+            _ => None,
+        }
+    }
+}
+
+/// Which protocols a listening port serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// SOCKS5, SOCKS4/4a and HTTP: the first byte decides (`socks_listen`).
+    Mixed,
+    /// HTTP only (`http_listen`).
+    Http,
+}
+
+/// Which protocol the connection speaks: looked at, not read, within `deadline`. `None`:
+/// neither SOCKS nor HTTP, or nothing came.
+async fn sniff(tcp: &TcpStream, front: Front, deadline: Duration) -> Option<Protocol> {
+    if front == Front::Http {
+        return Some(Protocol::Http);
+    }
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(deadline, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) => Protocol::from_first_byte(first[0]),
+        _ => None,
+    }
+}
+
 /// One admitted connection, from accept to close.
-async fn serve_conn(mut tcp: TcpStream, peer: SocketAddr, h: ClientHandle, limits: &SocksLimits) {
+async fn serve_conn(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    h: ClientHandle,
+    limits: &SocksLimits,
+    front: Front,
+) {
     let _ = tcp.set_nodelay(true);
-    match tokio::time::timeout(
-        limits.handshake_deadline,
-        handshake(&mut tcp, limits.policy()),
-    )
-    .await
-    {
+    match sniff(&tcp, front, limits.handshake_deadline).await {
+        Some(Protocol::Socks5) => {
+            if serve_socks5(&mut tcp, peer, h, limits).await == RelayEnd::Reset {
+                return;
+            }
+        }
+        Some(Protocol::Socks4) => match serve_socks4(&mut tcp, &h, limits).await {
+            Ok(RelayEnd::Reset) => return,
+            Ok(RelayEnd::Closed) => {}
+            Err(e) => debug!(%peer, error = %e, "SOCKS4 connection ended"),
+        },
+        Some(Protocol::Http) => {
+            if crate::http_proxy::serve(&mut tcp, &h, limits).await == RelayEnd::Reset {
+                return;
+            }
+        }
+        None => debug!(%peer, "neither SOCKS nor HTTP, or silent: closed"),
+    }
+    close(tcp).await;
+}
+
+/// A SOCKS5 connection: handshake, connect, relay.
+async fn serve_socks5(
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    h: ClientHandle,
+    limits: &SocksLimits,
+) -> RelayEnd {
+    match tokio::time::timeout(limits.handshake_deadline, handshake(tcp, limits.policy())).await {
         // Closed without a reply; see the module documentation.
         Err(_) => debug!(%peer, "SOCKS5 handshake deadline passed"),
         Ok(Err(e)) => debug!(%peer, error = %e, "SOCKS5 handshake failed"),
@@ -338,24 +423,94 @@ async fn serve_conn(mut tcp: TcpStream, peer: SocketAddr, h: ClientHandle, limit
                 (None, Some(u)) => h.gateways.pin_by_username(&u),
                 _ => None,
             };
-            match handle_conn(&mut tcp, h, req, pinned, early).await {
+            match handle_conn(tcp, h, req, pinned, early).await {
                 // Set to reset on drop: no FIN first.
-                Ok(RelayEnd::Reset) => return,
+                Ok(RelayEnd::Reset) => return RelayEnd::Reset,
                 Ok(RelayEnd::Closed) => {}
                 Err(e) => debug!(%peer, error = %e, "socks connection ended"),
             }
         }
     }
-    close(tcp).await;
+    RelayEnd::Closed
 }
 
-/// An over-limit connection: the usual handshake, then `05 02` instead of a connect.
-async fn refuse(mut tcp: TcpStream, limits: Arc<SocksLimits>, _slot: OwnedSemaphorePermit) {
+/// Reads a SOCKS4/4a request within the handshake deadline; a malformed one is answered
+/// 91 (SOCKS4 has no finer code) before the error returns.
+async fn socks4_request(tcp: &mut TcpStream) -> anyhow::Result<(socks4::Socks4Request, Vec<u8>)> {
+    let mut buf: Vec<u8> = Vec::with_capacity(socks4::MAX_REQUEST_LEN);
+    let mut chunk = [0u8; 1024];
+    loop {
+        match socks4::parse_request(&buf) {
+            Ok(Some((req, consumed))) => {
+                return Ok((req, buf.get(consumed..).unwrap_or_default().to_vec()));
+            }
+            Ok(None) => {
+                let n = tcp.read(&mut chunk).await?;
+                anyhow::ensure!(n > 0, "client closed during the SOCKS4 request");
+                buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+            }
+            Err(e) => {
+                if !matches!(e, socks4::Socks4Error::BadVersion(_)) {
+                    tcp.write_all(&socks4::reply(false)).await?;
+                }
+                anyhow::bail!("bad SOCKS4 request: {e}");
+            }
+        }
+    }
+}
+
+/// A SOCKS4/4a connection. SOCKS4 carries no password, so under `[auth]` it is refused
+/// (91): only SOCKS5 and HTTP can log in.
+async fn serve_socks4(
+    tcp: &mut TcpStream,
+    h: &ClientHandle,
+    limits: &SocksLimits,
+) -> anyhow::Result<RelayEnd> {
+    let (req, early) = tokio::time::timeout(limits.handshake_deadline, socks4_request(tcp))
+        .await
+        .map_err(|_| anyhow::anyhow!("SOCKS4 request deadline passed"))??;
+    if limits.auth.is_some() {
+        tcp.write_all(&socks4::reply(false)).await?;
+        anyhow::bail!("SOCKS4 refused: the port requires a password");
+    }
+    let pinned = h.gateways.pin_by_username(&req.user_id);
+    match inner_stream::open(h, &req.target, pinned.as_deref(), early).await {
+        Ok(stream) => {
+            tcp.write_all(&socks4::reply(true)).await?;
+            Ok(stream.relay(h, tcp).await)
+        }
+        Err(e) => {
+            tcp.write_all(&socks4::reply(false)).await?;
+            Err(e.into())
+        }
+    }
+}
+
+/// An over-limit connection: refused in its own protocol. SOCKS5 runs the usual handshake
+/// and gets `05 02` instead of a connect; SOCKS4 gets 91; HTTP gets a 503 page.
+async fn refuse(
+    mut tcp: TcpStream,
+    limits: Arc<SocksLimits>,
+    front: Front,
+    _slot: OwnedSemaphorePermit,
+) {
     let _ = tcp.set_nodelay(true);
     let deadline = limits.handshake_deadline.min(REFUSAL_DEADLINE);
     let _ = tokio::time::timeout(deadline, async {
-        if handshake(&mut tcp, limits.policy()).await.is_ok() {
-            let _ = tcp.write_all(&REPLY_NOT_ALLOWED).await;
+        match sniff(&tcp, front, deadline).await {
+            Some(Protocol::Socks5) => {
+                if handshake(&mut tcp, limits.policy()).await.is_ok() {
+                    let _ = tcp.write_all(&REPLY_NOT_ALLOWED).await;
+                }
+            }
+            Some(Protocol::Socks4) => {
+                let _ = tcp.write_all(&socks4::reply(false)).await;
+            }
+            Some(Protocol::Http) => {
+                let page = http1::error_response(503, "too many connections", true);
+                let _ = tcp.write_all(&page).await;
+            }
+            None => {}
         }
     })
     .await;

@@ -74,9 +74,27 @@ pub struct ClientConfig {
     /// the directory has an `operator_key`; refused if others may read it (mode 0600).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<PathBuf>,
-    /// Local SOCKS5 listen address (default 127.0.0.1:1080).
+    /// The local proxy port (default 127.0.0.1:1080): SOCKS5, SOCKS4/4a and HTTP on one
+    /// port, told apart by the first byte.
     #[serde(default = "default_socks_listen")]
     pub socks_listen: SocketAddr,
+    /// A second port that speaks only HTTP (CONNECT and `http://` forwarding); none by
+    /// default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<SocketAddr>,
+    /// Longest HTTP request head, in bytes (default 32768): 431 beyond.
+    #[serde(default = "default_http_max_header_bytes")]
+    pub http_max_header_bytes: u32,
+    /// Most header fields in an HTTP request (default 100): 431 beyond.
+    #[serde(default = "default_http_max_headers")]
+    pub http_max_headers: u32,
+    /// A kept-alive HTTP connection with no new request for this long is closed
+    /// (default 90 s).
+    #[serde(default = "default_http_keepalive_secs")]
+    pub http_keepalive_secs: u64,
+    /// Longest HTTP request body forwarded, in MiB: 413 beyond. 0 (default): no limit.
+    #[serde(default)]
+    pub http_max_body_mib: u64,
     /// The admin port `braid status` reads (default 127.0.0.1:1081). Loopback only: it
     /// shows the session's central, paths and streams to whoever connects.
     #[serde(default = "default_admin")]
@@ -213,6 +231,18 @@ fn default_handshake_timeout_secs() -> u64 {
     10
 }
 
+fn default_http_max_header_bytes() -> u32 {
+    32 * 1024
+}
+
+fn default_http_max_headers() -> u32 {
+    100
+}
+
+fn default_http_keepalive_secs() -> u64 {
+    90
+}
+
 fn default_max_connections() -> u32 {
     16_384
 }
@@ -274,6 +304,11 @@ impl ClientConfig {
             directory_key: None,
             credential: None,
             socks_listen: default_socks_listen(),
+            http_listen: None,
+            http_max_header_bytes: default_http_max_header_bytes(),
+            http_max_headers: default_http_max_headers(),
+            http_keepalive_secs: default_http_keepalive_secs(),
+            http_max_body_mib: 0,
             admin: default_admin(),
             gateway: None,
             gateway_choice: GatewayChoice::default(),
@@ -299,6 +334,16 @@ impl ClientConfig {
             log_destinations: false,
             auth: None,
         }
+    }
+
+    /// [`http_keepalive_secs`](Self::http_keepalive_secs) as a duration.
+    pub fn http_keepalive(&self) -> Duration {
+        Duration::from_secs(self.http_keepalive_secs)
+    }
+
+    /// [`http_max_body_mib`](Self::http_max_body_mib) in bytes; `None`: no limit.
+    pub fn http_max_body(&self) -> Option<u64> {
+        (self.http_max_body_mib > 0).then(|| self.http_max_body_mib.saturating_mul(1 << 20))
     }
 
     /// [`handshake_timeout_secs`](Self::handshake_timeout_secs) as a duration.
@@ -427,6 +472,30 @@ impl ConfigFile for ClientConfig {
             return Err(invalid(
                 "handshake_timeout_secs",
                 "must be within 1..=86400 seconds".into(),
+            ));
+        }
+        if !(1..=86_400).contains(&self.http_keepalive_secs) {
+            return Err(invalid(
+                "http_keepalive_secs",
+                "must be within 1..=86400 seconds".into(),
+            ));
+        }
+        if !(1024..=1 << 20).contains(&self.http_max_header_bytes) {
+            return Err(invalid(
+                "http_max_header_bytes",
+                "must be within 1024..=1048576 bytes".into(),
+            ));
+        }
+        if !(1..=10_000).contains(&self.http_max_headers) {
+            return Err(invalid(
+                "http_max_headers",
+                "must be within 1..=10000".into(),
+            ));
+        }
+        if self.http_listen == Some(self.socks_listen) {
+            return Err(invalid(
+                "http_listen",
+                "must differ from socks_listen (which serves HTTP too)".into(),
             ));
         }
         check::positive(

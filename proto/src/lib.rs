@@ -7,6 +7,7 @@ pub mod cell;
 pub mod credential;
 pub mod envelope;
 pub mod frame;
+pub mod http1;
 pub mod inner;
 pub mod join;
 pub mod mix;
@@ -18,6 +19,7 @@ pub mod replay;
 pub mod session;
 #[cfg(feature = "test-util")]
 pub mod sim;
+pub mod socks4;
 pub mod socks5;
 pub mod target;
 pub mod wire;
