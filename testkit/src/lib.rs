@@ -4,6 +4,7 @@
 //! Test code: it panics on setup failures, which is what a test wants.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod http_origin;
 pub mod netns;
 pub mod origin;
 pub mod procs;
