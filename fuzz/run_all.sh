@@ -9,7 +9,7 @@ set -u
 cd "$(dirname "$0")/.."
 secs=${1:-600}
 shift || true
-targets=${*:-cell record handshake socks5 config envelope resume admission registration credential join}
+targets=${*:-cell record handshake socks5 config envelope resume admission registration credential join http socks4}
 mkdir -p fuzz/logs
 export RUSTC_BOOTSTRAP=1
 cargo fuzz build || exit 1

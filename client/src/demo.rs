@@ -53,6 +53,8 @@ pub struct DemoOptions {
     pub exit_rules: Vec<ExitRule>,
     /// The SOCKS5 port's handshake deadline, connection limits and authentication.
     pub socks_limits: SocksLimits,
+    /// A DNS port (UDP and TCP) resolving at the gateways; none by default.
+    pub dns: Option<SocketAddr>,
     /// The client's keepalive, peer timeout and wait for a session (`braid run`'s
     /// `keepalive_ms`, `peer_timeout_ms`, `session_wait_ms`).
     pub keepalive: Duration,
@@ -99,6 +101,7 @@ impl Default for DemoOptions {
             exit_allow_loopback: true,
             exit_rules: Vec::new(),
             socks_limits: SocksLimits::default(),
+            dns: None,
             keepalive: client_defaults.keepalive(),
             peer_timeout: client_defaults.peer_timeout(),
             session_wait: client_defaults.session_wait(),
@@ -131,6 +134,8 @@ pub struct DemoNode {
 pub struct Demo {
     pub socks: SocketAddr,
     /// Where the admin port listens, if the options asked for one.
+    /// The DNS port, if one was asked for.
+    pub dns: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub directory: Arc<Directory>,
     pub nodes: Vec<DemoNode>,
@@ -331,6 +336,22 @@ impl Demo {
             crate::socks::Front::Mixed,
             shutdown.clone(),
         ));
+        let dns = match opts.dns {
+            Some(addr) => {
+                let (udp, tcp) = crate::dns::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the DNS port {addr}"))?;
+                let bound = udp.local_addr()?;
+                tokio::spawn(crate::dns::serve(
+                    udp,
+                    tcp,
+                    client.clone(),
+                    shutdown.clone(),
+                ));
+                Some(bound)
+            }
+            None => None,
+        };
         let admin = match admin_listener {
             Some(l) => {
                 let addr = l.local_addr()?;
@@ -341,6 +362,7 @@ impl Demo {
         };
         Ok(Demo {
             socks,
+            dns,
             admin,
             directory,
             nodes,

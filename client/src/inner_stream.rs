@@ -11,7 +11,9 @@ use braid_driver::pump::{self, LegEnd, SharedStream};
 use braid_driver::session_task::StreamEvent;
 use braid_driver::stream::{self, StreamReceiver, StreamSender};
 use braid_driver::Metrics;
-use braid_proto::inner::{self, InnerError, MessageDecoder, OpenRequest, Record, ReliableStream};
+use braid_proto::inner::{
+    self, InnerError, MessageDecoder, OpenRequest, Record, ReliableStream, StreamKind,
+};
 use braid_proto::{Reason, TargetAddr};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -87,6 +89,18 @@ pub async fn open(
     pinned: Option<&str>,
     early_data: Vec<u8>,
 ) -> Result<OpenedStream, OpenFailure> {
+    open_kind(h, target, pinned, early_data, StreamKind::CONNECT).await
+}
+
+/// [`open`] for a stream of any kind: a TCP connection, a UDP association or a DNS
+/// stream (the target then only steers the gateway choice).
+pub async fn open_kind(
+    h: &ClientHandle,
+    target: &TargetAddr,
+    pinned: Option<&str>,
+    early_data: Vec<u8>,
+    kind: StreamKind,
+) -> Result<OpenedStream, OpenFailure> {
     // Every upstream refused this user: no stream can work, say so at once.
     if let Some(line) = h.refused() {
         return Err(OpenFailure::UserRefused(line));
@@ -101,6 +115,7 @@ pub async fn open(
     let mut early_data = early_data;
     let rest = early_data.split_off(early_data.len().min(inner::MAX_EARLY_DATA));
     let req = OpenRequest {
+        kind,
         target: target.clone(),
         early_data,
     };

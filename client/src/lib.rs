@@ -3,6 +3,7 @@
 
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod dns;
 pub mod first_hop;
 pub mod gateways;
 pub mod http_proxy;
@@ -12,5 +13,6 @@ pub mod overlay;
 pub mod resting;
 pub mod socks;
 pub mod status;
+pub mod udp;
 
 pub use overlay::{ClientHandle, ClientParams};

@@ -184,6 +184,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
             keepalive_idle: cfg.http_keepalive(),
             max_body: cfg.http_max_body(),
         },
+        udp_idle: cfg.udp_idle(),
     };
     // The newest directory version taken is kept beside the directory file (best effort:
     // a read-only folder keeps none), so an older one is refused after a restart too.
@@ -260,6 +261,21 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         handle.clone(),
         shutdown.clone(),
     ));
+    let dns_serve = match cfg.dns_listen {
+        Some(addr) => {
+            let (udp, tcp) = braid_client::dns::bind(addr)
+                .await
+                .with_context(|| format!("binding the DNS port {addr}"))?;
+            tracing::info!(dns = %addr, "DNS port ready (resolved at the gateways)");
+            Some(tokio::spawn(braid_client::dns::serve(
+                udp,
+                tcp,
+                handle.clone(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let http_serve = http_listener.map(|l| {
         tokio::spawn(braid_client::socks::serve(
             l,
@@ -280,6 +296,9 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     shutdown.cancel();
     let _ = serve.await;
     if let Some(s) = http_serve {
+        let _ = s.await;
+    }
+    if let Some(s) = dns_serve {
         let _ = s.await;
     }
     let _ = admin.await;

@@ -168,6 +168,8 @@ pub struct SocksLimits {
     pub auth: Option<SocksAuth>,
     /// The HTTP side of the port.
     pub http: HttpLimits,
+    /// A UDP association with no datagram either way for this long ends.
+    pub udp_idle: Duration,
 }
 
 impl Default for SocksLimits {
@@ -179,6 +181,7 @@ impl Default for SocksLimits {
             limit_loopback: false,
             auth: None,
             http: HttpLimits::default(),
+            udp_idle: crate::udp::IDLE,
         }
     }
 }
@@ -423,7 +426,12 @@ async fn serve_socks5(
                 (None, Some(u)) => h.gateways.pin_by_username(&u),
                 _ => None,
             };
-            match handle_conn(tcp, h, req, pinned, early).await {
+            let result = if req.command == Command::UDP_ASSOCIATE {
+                crate::udp::associate(tcp, &h, &req.target, pinned, limits.udp_idle).await
+            } else {
+                handle_conn(tcp, h, req, pinned, early).await
+            };
+            match result {
                 // Set to reset on drop: no FIN first.
                 Ok(RelayEnd::Reset) => return RelayEnd::Reset,
                 Ok(RelayEnd::Closed) => {}
@@ -539,7 +547,7 @@ async fn handshake(
     tcp: &mut TcpStream,
     policy: AuthPolicy,
 ) -> anyhow::Result<(socks5::Request, Vec<u8>, Option<Vec<u8>>)> {
-    let mut hs = Socks5Handshake::new(policy);
+    let mut hs = Socks5Handshake::new(policy).allow_command(Command::UDP_ASSOCIATE);
     // `NeedMore` only while less than one whole message is buffered, so this stays below
     // MAX_MESSAGE_LEN + one read.
     let mut buf: Vec<u8> = Vec::with_capacity(socks5::MAX_MESSAGE_LEN);

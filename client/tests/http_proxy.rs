@@ -624,12 +624,35 @@ fn malformed_requests(o: SocketAddr) -> Vec<Vec<u8>> {
     let valid = format!(
         "POST http://{o}/sha256 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
     );
-    let mut all: Vec<Vec<u8>> = (1..valid.len()).map(|cut| valid.as_bytes()[..cut].to_vec()).collect();
+    let mut all: Vec<Vec<u8>> = (1..valid.len())
+        .map(|cut| valid.as_bytes()[..cut].to_vec())
+        .collect();
     for kib in [5, 16, 33, 64, 100] {
-        all.push(format!("GET http://{o}/ HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(kib * 1024)).into_bytes());
-        all.push(format!("GET http://{o}/ HTTP/1.1\r\n{}\r\n", "X-A: 1\r\n".repeat(kib * 10)).into_bytes());
+        all.push(
+            format!(
+                "GET http://{o}/ HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(kib * 1024)
+            )
+            .into_bytes(),
+        );
+        all.push(
+            format!(
+                "GET http://{o}/ HTTP/1.1\r\n{}\r\n",
+                "X-A: 1\r\n".repeat(kib * 10)
+            )
+            .into_bytes(),
+        );
     }
-    for size in ["zz", "-1", "0x5", "ffffffffffffffffff", " 5", "5 5", "", "5\n"] {
+    for size in [
+        "zz",
+        "-1",
+        "0x5",
+        "ffffffffffffffffff",
+        " 5",
+        "5 5",
+        "",
+        "5\n",
+    ] {
         all.push(format!("POST http://{o}/sha256 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\nhello\r\n0\r\n\r\n").into_bytes());
     }
     let smuggles = [
@@ -694,7 +717,8 @@ async fn malformed_flood_beside_an_honest_download() {
         async move {
             run({
                 let mut c = curl();
-                c.args(["--proxy", &format!("http://{p}"), &url, "-o"]).arg(file);
+                c.args(["--proxy", &format!("http://{p}"), &url, "-o"])
+                    .arg(file);
                 c
             })
             .await
@@ -714,8 +738,14 @@ async fn malformed_flood_beside_an_honest_download() {
                     let _ = s.write_all(&r).await;
                     let _ = s.shutdown().await;
                     let mut out = Vec::new();
-                    let done = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out)).await;
-                    assert!(done.is_ok(), "no answer nor close within 30 s for {:?}", String::from_utf8_lossy(&r[..r.len().min(120)]));
+                    let done =
+                        tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))
+                            .await;
+                    assert!(
+                        done.is_ok(),
+                        "no answer nor close within 30 s for {:?}",
+                        String::from_utf8_lossy(&r[..r.len().min(120)])
+                    );
                     let text = String::from_utf8_lossy(&out).into_owned();
                     if text.is_empty() {
                         "close".to_owned()
@@ -729,20 +759,39 @@ async fn malformed_flood_beside_an_honest_download() {
             *statuses.entry(t.await.unwrap()).or_default() += 1;
         }
     }
-    eprintln!("answers to {} malformed requests: {statuses:?}", requests.len());
+    eprintln!(
+        "answers to {} malformed requests: {statuses:?}",
+        requests.len()
+    );
     for k in statuses.keys() {
         assert!(
-            k == "close" || ["HTTP/1.1 400", "HTTP/1.1 431", "HTTP/1.1 501", "HTTP/1.1 505", "HTTP/1.1 408", "HTTP/1.1 200"].contains(&k.as_str()),
+            k == "close"
+                || [
+                    "HTTP/1.1 400",
+                    "HTTP/1.1 431",
+                    "HTTP/1.1 501",
+                    "HTTP/1.1 505",
+                    "HTTP/1.1 408",
+                    "HTTP/1.1 200"
+                ]
+                .contains(&k.as_str()),
             "unexpected answer {k:?}"
         );
     }
-    assert!(statuses.get("HTTP/1.1 400").copied().unwrap_or(0) >= 10, "smuggling attempts get 400");
+    assert!(
+        statuses.get("HTTP/1.1 400").copied().unwrap_or(0) >= 10,
+        "smuggling attempts get 400"
+    );
     let out = honest.await.unwrap();
     // Before the download is read back into this process.
     let grown = rss_kib().saturating_sub(rss_before);
     eprintln!("RSS grew {grown} KiB over the flood and the 64 MiB download (the whole overlay is this process)");
     assert!(grown < 64 * 1024, "RSS grew {grown} KiB");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got = std::fs::read(&file).unwrap();
     assert_eq!(got.len(), n, "the honest download is whole");
     assert!(got == pattern(n), "the honest download is intact");

@@ -95,6 +95,14 @@ pub struct ClientConfig {
     /// Longest HTTP request body forwarded, in MiB: 413 beyond. 0 (default): no limit.
     #[serde(default)]
     pub http_max_body_mib: u64,
+    /// A local DNS port (UDP and TCP) whose queries are resolved at a gateway, through the
+    /// overlay; none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_listen: Option<SocketAddr>,
+    /// A SOCKS5 UDP association with no datagram either way for this long ends (default
+    /// 120 s; it also ends with its TCP control connection).
+    #[serde(default = "default_udp_idle_secs")]
+    pub udp_idle_secs: u64,
     /// The admin port `braid status` reads (default 127.0.0.1:1081). Loopback only: it
     /// shows the session's central, paths and streams to whoever connects.
     #[serde(default = "default_admin")]
@@ -239,6 +247,10 @@ fn default_http_max_headers() -> u32 {
     100
 }
 
+fn default_udp_idle_secs() -> u64 {
+    120
+}
+
 fn default_http_keepalive_secs() -> u64 {
     90
 }
@@ -309,6 +321,8 @@ impl ClientConfig {
             http_max_headers: default_http_max_headers(),
             http_keepalive_secs: default_http_keepalive_secs(),
             http_max_body_mib: 0,
+            dns_listen: None,
+            udp_idle_secs: default_udp_idle_secs(),
             admin: default_admin(),
             gateway: None,
             gateway_choice: GatewayChoice::default(),
@@ -334,6 +348,11 @@ impl ClientConfig {
             log_destinations: false,
             auth: None,
         }
+    }
+
+    /// [`udp_idle_secs`](Self::udp_idle_secs) as a duration.
+    pub fn udp_idle(&self) -> Duration {
+        Duration::from_secs(self.udp_idle_secs)
     }
 
     /// [`http_keepalive_secs`](Self::http_keepalive_secs) as a duration.
@@ -471,6 +490,12 @@ impl ConfigFile for ClientConfig {
         if !(1..=86_400).contains(&self.handshake_timeout_secs) {
             return Err(invalid(
                 "handshake_timeout_secs",
+                "must be within 1..=86400 seconds".into(),
+            ));
+        }
+        if !(1..=86_400).contains(&self.udp_idle_secs) {
+            return Err(invalid(
+                "udp_idle_secs",
                 "must be within 1..=86400 seconds".into(),
             ));
         }

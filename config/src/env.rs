@@ -128,6 +128,9 @@ pub(crate) const GATEWAY_KEYS: &[(&str, Kind)] = &[
     ("dns_timeout_ms", Kind::Scalar),
     ("local_addrs_refresh_secs", Kind::Scalar),
     ("log_destinations", Kind::Scalar),
+    ("udp", Kind::Scalar),
+    ("udp_idle_secs", Kind::Scalar),
+    ("dns_ttl_secs", Kind::Scalar),
 ];
 
 /// Overridable keys of the client config.
@@ -141,6 +144,8 @@ pub(crate) const CLIENT_KEYS: &[(&str, Kind)] = &[
     ("http_max_headers", Kind::Scalar),
     ("http_keepalive_secs", Kind::Scalar),
     ("http_max_body_mib", Kind::Scalar),
+    ("dns_listen", Kind::Str),
+    ("udp_idle_secs", Kind::Scalar),
     ("admin", Kind::Str),
     ("gateway", Kind::Str),
     ("gateway_choice", Kind::Str),

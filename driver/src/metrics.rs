@@ -46,6 +46,14 @@ pub struct Metrics {
     pub streams_resumed: AtomicU64,
     /// Inner streams waiting for a resume now (a gauge).
     pub streams_detached: AtomicU64,
+    /// UDP datagrams relayed (client: from apps; gateway: to targets).
+    pub datagrams_sent: AtomicU64,
+    /// UDP datagrams dropped: fragmented, malformed, from a stranger, queue full, too big.
+    pub datagrams_dropped: AtomicU64,
+    /// Gateway: UDP datagrams refused by the exit policy.
+    pub datagrams_refused: AtomicU64,
+    /// DNS queries answered (client: on its DNS port; gateway: resolved).
+    pub dns_queries: AtomicU64,
     /// Stream bytes (sealed inner records) handed to sessions to send.
     pub stream_bytes_sent: AtomicU64,
     /// Stream bytes sessions delivered to their streams' owners.
@@ -125,7 +133,27 @@ impl Metrics {
 
     /// Prometheus text exposition format.
     pub fn render(&self, node: &str, role: &str) -> String {
-        let rows: [(&str, &AtomicU64, &str); 29] = [
+        let rows: [(&str, &AtomicU64, &str); 33] = [
+            (
+                "braid_datagrams_sent_total",
+                &self.datagrams_sent,
+                "UDP datagrams relayed",
+            ),
+            (
+                "braid_datagrams_dropped_total",
+                &self.datagrams_dropped,
+                "UDP datagrams dropped (fragmented, malformed, stranger, queue full)",
+            ),
+            (
+                "braid_datagrams_refused_total",
+                &self.datagrams_refused,
+                "UDP datagrams refused by the exit policy",
+            ),
+            (
+                "braid_dns_queries_total",
+                &self.dns_queries,
+                "DNS queries answered",
+            ),
             (
                 "braid_streams_resumed_total",
                 &self.streams_resumed,

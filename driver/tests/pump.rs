@@ -93,6 +93,7 @@ fn ends_charging(
     let mut rng = rand::rng();
     let gateway_key = StaticKeypair::generate(&mut rng);
     let req = OpenRequest {
+        kind: Default::default(),
         target: TargetAddr::Domain("example.com".into(), 80),
         early_data: Vec::new(),
     };

@@ -555,6 +555,7 @@ fn open(o: Open) {
         early.resize(MAX_EARLY_DATA + 1 + early.len() % 16, 0x33);
     }
     let req = OpenRequest {
+        kind: Default::default(),
         target,
         early_data: early,
     };

@@ -229,14 +229,17 @@ pub fn gateway_key() -> StaticKeypair {
 pub fn known_open_request(i: usize) -> OpenRequest {
     match i {
         0 => OpenRequest {
+            kind: Default::default(),
             target: TargetAddr::Domain("example.com".into(), 443),
             early_data: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
         },
         1 => OpenRequest {
+            kind: Default::default(),
             target: TargetAddr::Ip("192.0.2.7:80".parse().expect("addr")),
             early_data: Vec::new(),
         },
         _ => OpenRequest {
+            kind: Default::default(),
             target: TargetAddr::Ip("[2001:db8::1]:8080".parse().expect("addr")),
             early_data: vec![0xAB; 64],
         },

@@ -26,6 +26,7 @@ use braid_proto::inner::reliable::{self, ID_LEN};
 use braid_proto::inner::ResumeRequest;
 use braid_proto::inner::{
     self, FirstMessage, MessageDecoder, OpenStatus, ReliableStream, ReplayCache, ReplayRefusal,
+    StreamKind,
 };
 use braid_proto::noise::StaticKeypair;
 use braid_proto::target::TargetAddr;
@@ -84,6 +85,12 @@ pub struct GatewayParams {
     pub local_addrs_refresh: Duration,
     /// Log lines name destinations (off: `[redacted]:PORT`).
     pub log_destinations: bool,
+    /// Serve UDP associations.
+    pub udp: bool,
+    /// An association idle this long ends.
+    pub udp_idle: Duration,
+    /// The TTL of DNS answers to clients.
+    pub dns_ttl: u32,
 }
 
 /// The host's interface addresses, or none (with a warning) when they cannot be read.
@@ -304,7 +311,7 @@ struct Exit {
 
 /// Why an open failed: the SOCKS status and a reason for the client's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct OpenFailure {
+pub(crate) struct OpenFailure {
     status: OpenStatus,
     reason: String,
 }
@@ -324,8 +331,21 @@ impl From<Refusal> for OpenFailure {
     }
 }
 
+/// The application side of a gateway stream: a target's TCP socket, or a pipe to the
+/// UDP or DNS service of the gateway.
+type AppRead = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+type AppWrite = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+/// Bytes in flight between a stream's pump and the gateway's UDP or DNS service.
+const PIPE_BYTES: usize = 64 * 1024;
+
+fn split_boxed(near: tokio::io::DuplexStream) -> (AppRead, AppWrite) {
+    let (r, w) = tokio::io::split(near);
+    (Box::new(r), Box::new(w))
+}
+
 /// The system resolver: one `getaddrinfo` call.
-async fn system_lookup(name: String, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+pub(crate) async fn system_lookup(name: String, port: u16) -> std::io::Result<Vec<SocketAddr>> {
     Ok(tokio::net::lookup_host((name, port)).await?.collect())
 }
 
@@ -333,7 +353,7 @@ async fn system_lookup(name: String, port: u16) -> std::io::Result<Vec<SocketAdd
 /// `lookup` is `FnOnce`: a name is looked up at most once per open, and the addresses
 /// returned are the ones that get checked and connected to (no second lookup to rebind
 /// between them). Failure reasons name neither the name nor an address.
-async fn resolve<L, F>(
+pub(crate) async fn resolve<L, F>(
     p: &GatewayParams,
     dns: &DnsLimit,
     target: &TargetAddr,
@@ -618,7 +638,49 @@ async fn serve_stream(
         req.target.reveal().to_string().as_bytes(),
     );
     tap(&ctx.tap, &ctx.id, TapPoint::Decrypted, &req.early_data);
-    let result = connect_target(&p, &exit.policy, &exit.dns, &req.target, system_lookup).await;
+    let result = match req.kind {
+        StreamKind::CONNECT => {
+            connect_target(&p, &exit.policy, &exit.dns, &req.target, system_lookup)
+                .await
+                .map(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                    let (r, w) = tcp.into_split();
+                    (Box::new(r) as AppRead, Box::new(w) as AppWrite)
+                })
+        }
+        StreamKind::UDP if p.udp => {
+            let (near, far) = tokio::io::duplex(PIPE_BYTES);
+            tokio::spawn(crate::exit_udp::serve(
+                crate::exit_udp::UdpExit {
+                    params: p.clone(),
+                    policy: exit.policy.clone(),
+                    dns: exit.dns.clone(),
+                    metrics: ctx.metrics.clone(),
+                    idle: p.udp_idle,
+                },
+                far,
+            ));
+            Ok(split_boxed(near))
+        }
+        StreamKind::DNS => {
+            let (near, far) = tokio::io::duplex(PIPE_BYTES);
+            tokio::spawn(crate::exit_dns::serve(
+                crate::exit_dns::DnsExit {
+                    params: p.clone(),
+                    policy: exit.policy.clone(),
+                    dns: exit.dns.clone(),
+                    metrics: ctx.metrics.clone(),
+                    ttl: p.dns_ttl,
+                },
+                far,
+            ));
+            Ok(split_boxed(near))
+        }
+        _ => Err(OpenFailure::new(
+            OpenStatus::COMMAND_NOT_SUPPORTED,
+            format!("this gateway does not serve {} streams", req.kind),
+        )),
+    };
     let (status, reason) = match &result {
         Ok(_) => (OpenStatus::OK, ""),
         Err(f) => (f.status, f.reason.as_str()),
@@ -630,7 +692,7 @@ async fn serve_stream(
     if send.write_all(&out).await.is_err() {
         return;
     }
-    let tcp = match result {
+    let (mut tcp_r, mut tcp_w) = match result {
         Ok(t) => t,
         Err(f) => {
             Metrics::inc(&ctx.metrics.streams_refused);
@@ -641,8 +703,6 @@ async fn serve_stream(
         }
     };
     Metrics::inc(&ctx.metrics.streams_opened);
-    let _ = tcp.set_nodelay(true);
-    let (mut tcp_r, mut tcp_w) = tcp.into_split();
     if !req.early_data.is_empty() {
         if tcp_w.write_all(&req.early_data).await.is_err() {
             return;
@@ -817,6 +877,9 @@ mod tests {
             dns_timeout: Duration::from_secs(10),
             local_addrs_refresh: Duration::from_secs(60),
             log_destinations: false,
+            udp: true,
+            udp_idle: Duration::from_secs(120),
+            dns_ttl: 60,
         }
     }
 

@@ -7,6 +7,8 @@ pub mod admission;
 pub mod central;
 pub mod downstream;
 pub mod exit;
+mod exit_dns;
+mod exit_udp;
 pub mod fair_queue;
 pub mod gateway;
 pub mod health;

@@ -170,5 +170,8 @@ pub fn gateway_params(c: &GatewayConfig, bind: SocketAddr) -> gateway::GatewayPa
         dns_timeout: c.dns_timeout(),
         local_addrs_refresh: c.local_addrs_refresh(),
         log_destinations: c.log_destinations,
+        udp: c.udp,
+        udp_idle: c.udp_idle(),
+        dns_ttl: c.dns_ttl_secs,
     }
 }

@@ -66,6 +66,9 @@ async fn start(handshake_timeout: Duration) -> Net {
         dns_timeout: Duration::from_secs(10),
         local_addrs_refresh: Duration::from_secs(60),
         log_destinations: false,
+        udp: true,
+        udp_idle: std::time::Duration::from_secs(120),
+        dns_ttl: 60,
     };
     tokio::spawn(gateway::run(ctx, params));
     let link = tokio::time::timeout(Duration::from_secs(10), async {

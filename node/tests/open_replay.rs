@@ -77,6 +77,9 @@ async fn start_gateway(window_secs: u64, cache: usize) -> Net {
         dns_timeout: Duration::from_secs(10),
         local_addrs_refresh: Duration::from_secs(60),
         log_destinations: false,
+        udp: true,
+        udp_idle: Duration::from_secs(120),
+        dns_ttl: 60,
     };
     tokio::spawn(gateway::run(ctx, params));
     let conn = tokio::time::timeout(Duration::from_secs(10), async {
@@ -135,6 +138,7 @@ async fn send_open(net: &Net, first: &[u8]) -> Vec<u8> {
 
 fn open_to(target: SocketAddr, net: &Net, sent_at: u64) -> (inner::ClientOpen, Vec<u8>) {
     let req = OpenRequest {
+        kind: Default::default(),
         target: TargetAddr::Ip(target),
         early_data: b"hello".to_vec(),
     };

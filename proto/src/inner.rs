@@ -38,6 +38,7 @@ use rand_core::CryptoRng;
 
 use crate::aead::{AeadAlgorithm, CellAead, RingAead, TAG_LEN};
 use crate::noise::{self, HandshakeError, NkInitiator, NkResponder, StaticKeypair};
+use crate::open_enum::open_enum;
 use crate::target::TargetAddr;
 use crate::wire::{Reader, WireError, Writer};
 use zeroize::Zeroizing;
@@ -63,8 +64,8 @@ pub const MAX_REASON: usize = 256;
 const MAX_TARGET: usize = 1 + 1 + 255 + 2;
 /// Early data an open carries at most; the client sends the rest as the first records.
 pub const MAX_EARLY_DATA: usize = 1024;
-/// The open payload's fixed length.
-const OPEN_PAYLOAD: usize = 8 + MAX_TARGET + 2 + MAX_EARLY_DATA;
+/// The open payload's fixed length: `sent_at u64 | kind u8 | target | early len u16 | early`.
+const OPEN_PAYLOAD: usize = 8 + 1 + MAX_TARGET + 2 + MAX_EARLY_DATA;
 /// Every open on the wire, framed: `len | kind | e | sealed payload`.
 pub const OPEN_MESSAGE_LEN: usize = 2 + 1 + noise::MESSAGE_OVERHEAD + OPEN_PAYLOAD;
 /// The reply payload's fixed length.
@@ -109,10 +110,34 @@ pub enum InnerError {
 /// success. Its values 0–8 are the SOCKS5 reply values, as they always were on the wire.
 pub use crate::reason::Reason as OpenStatus;
 
+open_enum! {
+    /// What a stream carries, named in its open.
+    pub struct StreamKind(u8) {
+        /// A TCP connection to the target (SOCKS CONNECT, HTTP CONNECT and forwarding).
+        CONNECT = 0 => "connect",
+        /// A UDP association (SOCKS5 UDP ASSOCIATE): datagrams framed by
+        /// [`crate::datagram`], each with its own destination; the target is unused.
+        UDP = 1 => "udp",
+        /// DNS queries resolved at the gateway: messages framed as DNS over TCP (a u16
+        /// length each); the target is unused.
+        DNS = 2 => "dns",
+    }
+    unknown = "stream kind {:#04x}";
+    debug = display;
+}
+
+impl Default for StreamKind {
+    fn default() -> Self {
+        StreamKind::CONNECT
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenRequest {
     pub target: TargetAddr,
     pub early_data: Vec<u8>,
+    /// What the stream carries; the gateway refuses kinds it does not serve.
+    pub kind: StreamKind,
 }
 
 impl OpenRequest {
@@ -121,6 +146,8 @@ impl OpenRequest {
         let mut buf = vec![0u8; OPEN_PAYLOAD];
         let (head, rest) = buf.split_at_mut(8);
         head.copy_from_slice(&sent_at.to_be_bytes());
+        let (kind, rest) = rest.split_at_mut(1);
+        kind[0] = self.kind.0;
         let (target, rest) = rest.split_at_mut(MAX_TARGET);
         self.target.write_onto(&mut Writer::new(target))?;
         let mut w = Writer::new(rest);
@@ -137,13 +164,21 @@ impl OpenRequest {
         }
         let mut r = Reader::new(b);
         let sent_at = r.u64()?;
+        let kind = StreamKind(r.u8()?);
         let target = TargetAddr::take_from(&mut Reader::new(r.bytes(MAX_TARGET)?))?;
         let n = usize::from(r.u16()?);
         if n > MAX_EARLY_DATA {
             return Err(WireError::Invalid("early data over the budget"));
         }
         let early_data = r.bytes(n)?.to_vec();
-        Ok((OpenRequest { target, early_data }, sent_at))
+        Ok((
+            OpenRequest {
+                target,
+                early_data,
+                kind,
+            },
+            sent_at,
+        ))
     }
 }
 
@@ -512,6 +547,7 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(5);
         let gw = StaticKeypair::generate(&mut rng);
         let req = OpenRequest {
+            kind: Default::default(),
             target: TargetAddr::Domain("example.com".into(), 443),
             early_data: b"GET /".to_vec(),
         };
@@ -540,6 +576,7 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(9);
         let gw = StaticKeypair::generate(&mut rng);
         let req = OpenRequest {
+            kind: Default::default(),
             target: TargetAddr::Domain("localhost".into(), 22),
             early_data: Vec::new(),
         };
@@ -632,7 +669,11 @@ mod tests {
             ),
         ];
         for (target, early_data) in opens {
-            let req = OpenRequest { target, early_data };
+            let req = OpenRequest {
+                target,
+                early_data,
+                kind: StreamKind::UDP,
+            };
             let (_, bytes) = client_open(&mut rng, &gw.public(), &req, 77).unwrap();
             assert_eq!(bytes.len(), OPEN_MESSAGE_LEN, "{}", req.target);
             let (g, got) = gateway_accept(&gw, &bytes[2..]).unwrap();
@@ -646,6 +687,7 @@ mod tests {
         }
         // Over the early-data budget: the caller sends the rest as records.
         let req = OpenRequest {
+            kind: Default::default(),
             target: TargetAddr::Domain("a.io".into(), 80),
             early_data: vec![0; MAX_EARLY_DATA + 1],
         };
@@ -661,6 +703,7 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(12);
         let gw = StaticKeypair::generate(&mut rng);
         let req = OpenRequest {
+            kind: Default::default(),
             target: TargetAddr::Domain("localhost".into(), 22),
             early_data: Vec::new(),
         };

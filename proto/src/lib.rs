@@ -5,6 +5,7 @@
 pub mod aead;
 pub mod cell;
 pub mod credential;
+pub mod datagram;
 pub mod envelope;
 pub mod frame;
 pub mod http1;

@@ -99,6 +99,17 @@ pub struct GatewayConfig {
     /// show `[redacted]:PORT`).
     #[serde(default)]
     pub log_destinations: bool,
+    /// Serve UDP associations (SOCKS5 UDP ASSOCIATE), each datagram's destination checked
+    /// against the exit policy (default true).
+    #[serde(default = "default_true")]
+    pub udp: bool,
+    /// A UDP association with no datagram either way for this long ends (default 120 s).
+    #[serde(default = "default_udp_idle_secs")]
+    pub udp_idle_secs: u64,
+    /// The TTL of every DNS answer given to clients (default 60 s; the system resolver
+    /// gives none, and a short one keeps sites from tagging users by their cached answers).
+    #[serde(default = "default_dns_ttl_secs")]
+    pub dns_ttl_secs: u32,
     /// Exit policy switches.
     #[serde(default)]
     pub exit: ExitConfig,
@@ -107,6 +118,18 @@ pub struct GatewayConfig {
     pub hosts: BTreeMap<String, IpAddr>,
     /// Common settings.
     pub node: NodeCommon,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_udp_idle_secs() -> u64 {
+    120
+}
+
+fn default_dns_ttl_secs() -> u32 {
+    60
 }
 
 fn default_connect_timeout_secs() -> u64 {
@@ -187,10 +210,18 @@ impl GatewayConfig {
             dns_timeout_ms: default_dns_timeout_ms(),
             local_addrs_refresh_secs: default_local_addrs_refresh_secs(),
             log_destinations: false,
+            udp: true,
+            udp_idle_secs: default_udp_idle_secs(),
+            dns_ttl_secs: default_dns_ttl_secs(),
             exit: ExitConfig::default(),
             hosts: BTreeMap::new(),
             node,
         }
+    }
+
+    /// [`Self::udp_idle_secs`] as a `Duration`.
+    pub fn udp_idle(&self) -> Duration {
+        Duration::from_secs(self.udp_idle_secs)
     }
 
     /// [`Self::connect_timeout_secs`] as a `Duration`.

@@ -402,6 +402,7 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let gw = StaticKeypair::generate(&mut rng);
         let req = OpenRequest {
+            kind: Default::default(),
             target: TargetAddr::Domain("example.com".into(), 22),
             early_data: Vec::new(),
         };

@@ -129,6 +129,7 @@ impl Client {
                 let early = st.upload[..st.upload.len().min(EARLY_DATA)].to_vec();
                 st.sealed = early.len();
                 let req = OpenRequest {
+                    kind: Default::default(),
                     target: st.target.clone(),
                     early_data: early,
                 };

@@ -99,6 +99,7 @@ mod reply;
 pub mod testing;
 #[cfg(test)]
 mod tests;
+pub mod udp;
 
 use crate::open_enum::open_enum;
 use crate::target::TargetAddr;
