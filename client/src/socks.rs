@@ -507,9 +507,10 @@ async fn refuse(
     let _ = tokio::time::timeout(deadline, async {
         match sniff(&tcp, front, deadline).await {
             Some(Protocol::Socks5) => {
-                if handshake(&mut tcp, limits.policy()).await.is_ok() {
-                    let _ = tcp.write_all(&REPLY_NOT_ALLOWED).await;
-                }
+                // Answered only once the request is whole; nothing after a bad handshake.
+                let done = handshake(&mut tcp, limits.policy()).await.is_ok();
+                let reply: &[u8] = if done { &REPLY_NOT_ALLOWED } else { &[] };
+                let _ = tcp.write_all(reply).await;
             }
             Some(Protocol::Socks4) => {
                 let _ = tcp.write_all(&socks4::reply(false)).await;

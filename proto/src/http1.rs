@@ -484,7 +484,7 @@ fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
             _ => return None,
         } as u32)
     }
-    if s.len() % 4 != 0 || s.len() > 4 * 256 {
+    if !s.len().is_multiple_of(4) || s.len() > 4 * 256 {
         return None;
     }
     let mut out = Vec::with_capacity(s.len() / 4 * 3);
@@ -592,7 +592,7 @@ impl ResponseHead {
         let mut out = Vec::with_capacity(256);
         let _ = write!(
             StrSink(&mut out),
-            "HTTP/1.1 {} {}\r\n",
+            "HTTP/1.1 {:03} {}\r\n",
             self.status,
             self.reason
         );

@@ -121,12 +121,12 @@ pub fn parse_request(input: &[u8]) -> Result<Option<(Socks4Request, usize)>, Soc
     )))
 }
 
+/// A zero-terminated field and the bytes after its zero.
+type Field<'a> = (&'a [u8], &'a [u8]);
+
 /// The bytes before the first zero and those after it; `None` while no zero has arrived
 /// within [`MAX_FIELD_LEN`] bytes, `too_long` once more have.
-fn zero_terminated(
-    input: &[u8],
-    too_long: Socks4Error,
-) -> Result<Option<(&[u8], &[u8])>, Socks4Error> {
+fn zero_terminated(input: &[u8], too_long: Socks4Error) -> Result<Option<Field<'_>>, Socks4Error> {
     match input.iter().take(MAX_FIELD_LEN + 1).position(|&b| b == 0) {
         Some(i) => Ok(Some((&input[..i], &input[i + 1..]))),
         None if input.len() > MAX_FIELD_LEN => Err(too_long),

@@ -326,3 +326,12 @@ proptest! {
         prop_assert_eq!(out, want);
     }
 }
+
+/// Found by the `http` fuzz target: a status under 100 lost its leading zero when forwarded.
+#[test]
+fn forwarded_status_keeps_three_digits() {
+    let r = resp("HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n");
+    assert!(r
+        .forward_head(BodyFraming::Length(0), false, false)
+        .starts_with(b"HTTP/1.1 099 Odd\r\n"));
+}
