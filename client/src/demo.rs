@@ -55,6 +55,10 @@ pub struct DemoOptions {
     pub socks_limits: SocksLimits,
     /// A DNS port (UDP and TCP) resolving at the gateways; none by default.
     pub dns: Option<SocketAddr>,
+    /// Isolated sessions at most, and how long one without streams lives
+    /// (`max_isolated_sessions`, `isolation_idle_secs`).
+    pub max_isolated_sessions: usize,
+    pub isolation_idle: Duration,
     /// The client's keepalive, peer timeout and wait for a session (`braid run`'s
     /// `keepalive_ms`, `peer_timeout_ms`, `session_wait_ms`).
     pub keepalive: Duration,
@@ -102,6 +106,8 @@ impl Default for DemoOptions {
             exit_rules: Vec::new(),
             socks_limits: SocksLimits::default(),
             dns: None,
+            max_isolated_sessions: crate::isolation::MAX_SESSIONS,
+            isolation_idle: crate::isolation::IDLE,
             keepalive: client_defaults.keepalive(),
             peer_timeout: client_defaults.peer_timeout(),
             session_wait: client_defaults.session_wait(),
@@ -133,6 +139,8 @@ pub struct DemoNode {
 
 pub struct Demo {
     pub socks: SocketAddr,
+    /// The client's sessions: the first, and one per isolation key in use.
+    pub sessions: Arc<crate::isolation::Sessions>,
     /// Where the admin port listens, if the options asked for one.
     /// The DNS port, if one was asked for.
     pub dns: Option<SocketAddr>,
@@ -302,7 +310,7 @@ impl Demo {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-        let client = overlay::connect(ClientParams {
+        let params = ClientParams {
             directory: directory.clone(),
             gateway: opts.gateway.clone(),
             bind: SocketAddr::new(ip(1), 0),
@@ -324,14 +332,22 @@ impl Demo {
                 as usize,
             credential,
             shutdown: shutdown.child_token(),
-        })
-        .await?;
+        };
+        let client = overlay::connect(params.clone()).await?;
         let listener = crate::socks::bind(opts.socks)
             .with_context(|| format!("binding the SOCKS5 port {}", opts.socks))?;
         let socks = listener.local_addr()?;
+        let sessions = crate::isolation::Sessions::isolating(
+            client.clone(),
+            socks.port(),
+            crate::isolation::start_like(params),
+            opts.max_isolated_sessions,
+            opts.isolation_idle,
+            shutdown.child_token(),
+        );
         let socks_task = tokio::spawn(crate::socks::serve(
             listener,
-            client.clone(),
+            sessions.clone(),
             opts.socks_limits.clone(),
             crate::socks::Front::Mixed,
             shutdown.clone(),
@@ -362,6 +378,7 @@ impl Demo {
         };
         Ok(Demo {
             socks,
+            sessions,
             dns,
             admin,
             directory,

@@ -38,8 +38,9 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::inner_stream::{self, RelayEnd};
+use crate::isolation::Sessions;
 use crate::overlay::ClientHandle;
-use crate::socks::SocksLimits;
+use crate::socks::{isolation_key, SocksLimits};
 
 /// What the HTTP side of a front lets a client hold.
 #[derive(Debug, Clone, Copy)]
@@ -76,9 +77,18 @@ enum Ending {
     Reset,
 }
 
+/// What a kept forwarding stream may be reused for: the destination, the pinned gateway,
+/// and the session (a stream is never shared across isolated sessions).
+type UpstreamKey = (TargetAddr, Option<String>, usize);
+
+/// Which session a handle is.
+fn lease_id(h: &ClientHandle) -> usize {
+    std::sync::Arc::as_ptr(&h.metrics) as usize
+}
+
 /// A forwarding stream kept for the next request to the same place.
 struct Upstream {
-    key: (TargetAddr, Option<String>),
+    key: UpstreamKey,
     r: ReadHalf<DuplexStream>,
     w: WriteHalf<DuplexStream>,
     /// Bytes read past the last response (none, on a healthy server).
@@ -88,7 +98,7 @@ struct Upstream {
 
 /// Serves HTTP on `tcp` (nothing read from it yet) until the client or a limit ends it.
 /// Returns how the connection must be closed: `RelayEnd::Reset` means "drop without FIN".
-pub async fn serve(tcp: &mut TcpStream, h: &ClientHandle, limits: &SocksLimits) -> RelayEnd {
+pub async fn serve(tcp: &mut TcpStream, sessions: &Sessions, limits: &SocksLimits) -> RelayEnd {
     let http = limits.http;
     let mut buf: Vec<u8> = Vec::with_capacity(IO_CHUNK);
     let mut upstream: Option<Upstream> = None;
@@ -119,7 +129,7 @@ pub async fn serve(tcp: &mut TcpStream, h: &ClientHandle, limits: &SocksLimits) 
         };
         first = false;
         buf.drain(..len.min(buf.len()));
-        let pinned = match authorize(&head, h, limits) {
+        let pinned = match authorize(&head, sessions.default_handle(), limits) {
             Ok(p) => p,
             Err(()) => {
                 let page = http1::error_response(407, "proxy authentication required", true);
@@ -127,6 +137,18 @@ pub async fn serve(tcp: &mut TcpStream, h: &ClientHandle, limits: &SocksLimits) 
                 return RelayEnd::Closed;
             }
         };
+        // Another proxy user, another session (isolation); each request asks, since a
+        // connection may carry several users.
+        let user = head.basic_credentials().map(|(u, _)| u);
+        let lease = match sessions.lease(isolation_key(tcp, user)).await {
+            Ok(l) => l,
+            Err(e) => {
+                let page = http1::error_response(e.reason().http_status(), &e.to_string(), true);
+                let _ = tcp.write_all(&page).await;
+                return RelayEnd::Closed;
+            }
+        };
+        let h = &lease.handle;
         match &head.target {
             RequestTarget::Tunnel(target) => {
                 return tunnel(tcp, h, target, pinned, std::mem::take(&mut buf)).await;
@@ -143,7 +165,7 @@ pub async fn serve(tcp: &mut TcpStream, h: &ClientHandle, limits: &SocksLimits) 
                         return RelayEnd::Closed;
                     }
                 }
-                let key = (target.clone(), pinned);
+                let key = (target.clone(), pinned, lease_id(h));
                 match forward(tcp, &mut buf, &mut upstream, h, &head, key, &http).await {
                     Ok(true) => {}
                     Ok(false) => return RelayEnd::Closed,
@@ -268,7 +290,7 @@ async fn forward(
     upstream: &mut Option<Upstream>,
     h: &ClientHandle,
     head: &RequestHead,
-    key: (TargetAddr, Option<String>),
+    key: UpstreamKey,
     limits: &HttpLimits,
 ) -> Result<bool, Ending> {
     let Some(out_head) = head.forward_head() else {

@@ -48,6 +48,8 @@ pub enum OpenFailure {
     UserRefused(String),
     #[error("no gateway for the stream: {0}")]
     NoGateway(#[from] NoGateway),
+    #[error("{0}")]
+    Isolation(String),
 }
 
 impl OpenFailure {
@@ -63,6 +65,7 @@ impl OpenFailure {
             OpenFailure::SessionGone | OpenFailure::NoSession => Reason::SESSION_CLOSED,
             OpenFailure::UserRefused(_) => Reason::NOT_ALLOWED,
             OpenFailure::NoGateway(e) => e.reason(),
+            OpenFailure::Isolation(_) => Reason::RESOURCE_LIMIT,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod first_hop;
 pub mod gateways;
 pub mod http_proxy;
 pub mod inner_stream;
+pub mod isolation;
 mod members;
 pub mod overlay;
 pub mod resting;

@@ -199,7 +199,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     // Bound first: a port in use stops the client before it dials anything.
     let admin = braid_client::status::bind(cfg.admin).await?;
     let shutdown = CancellationToken::new();
-    let handle = overlay::connect(ClientParams {
+    let params = ClientParams {
         directory,
         gateway: cfg.gateway.clone(),
         bind: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -234,8 +234,8 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
             None => None,
         },
         shutdown: shutdown.clone(),
-    })
-    .await?;
+    };
+    let handle = overlay::connect(params.clone()).await?;
     let listener = braid_client::socks::bind(cfg.socks_listen)
         .with_context(|| format!("binding the proxy port {}", cfg.socks_listen))?;
     let http_listener = match cfg.http_listen {
@@ -276,10 +276,18 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let sessions = braid_client::isolation::Sessions::isolating(
+        handle.clone(),
+        listener.local_addr()?.port(),
+        braid_client::isolation::start_like(params),
+        cfg.max_isolated_sessions as usize,
+        cfg.isolation_idle(),
+        shutdown.clone(),
+    );
     let http_serve = http_listener.map(|l| {
         tokio::spawn(braid_client::socks::serve(
             l,
-            handle.clone(),
+            sessions.clone(),
             limits.clone(),
             Front::Http,
             shutdown.clone(),
@@ -287,7 +295,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     });
     let serve = tokio::spawn(braid_client::socks::serve(
         listener,
-        handle,
+        sessions,
         limits,
         Front::Mixed,
         shutdown.clone(),

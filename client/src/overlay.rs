@@ -31,6 +31,7 @@ use crate::first_hop::{present, Presenter, Refusals};
 use crate::gateways::{ChoicePolicy, Gateway, Gateways};
 use crate::resting::Resting;
 
+#[derive(Clone)]
 pub struct ClientParams {
     pub directory: Arc<Directory>,
     /// Gateway to use; any gateway in the directory when None.

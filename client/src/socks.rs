@@ -68,6 +68,7 @@ use tracing::{debug, warn};
 
 use crate::http_proxy::HttpLimits;
 use crate::inner_stream::{self, OpenFailure, RelayEnd};
+use crate::isolation::{IsolationKey, Sessions};
 use crate::overlay::ClientHandle;
 
 /// Default for [`SocksLimits::handshake_deadline`] (slowloris guard).
@@ -285,7 +286,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Serves SOCKS5 on `listener` until `shutdown`, within `limits`.
 pub async fn serve(
     listener: TcpListener,
-    handle: ClientHandle,
+    sessions: Arc<Sessions>,
     limits: SocksLimits,
     front: Front,
     shutdown: CancellationToken,
@@ -314,10 +315,10 @@ pub async fn serve(
         let source = peer.ip().to_canonical();
         match gate.admit(source) {
             Ok(ticket) => {
-                let handle = handle.clone();
+                let sessions = sessions.clone();
                 let limits = limits.clone();
                 tokio::spawn(async move {
-                    serve_conn(tcp, peer, handle, &limits, front).await;
+                    serve_conn(tcp, peer, &sessions, &limits, front).await;
                     drop(ticket);
                 });
             }
@@ -383,24 +384,24 @@ async fn sniff(tcp: &TcpStream, front: Front, deadline: Duration) -> Option<Prot
 async fn serve_conn(
     mut tcp: TcpStream,
     peer: SocketAddr,
-    h: ClientHandle,
+    sessions: &Sessions,
     limits: &SocksLimits,
     front: Front,
 ) {
     let _ = tcp.set_nodelay(true);
     match sniff(&tcp, front, limits.handshake_deadline).await {
         Some(Protocol::Socks5) => {
-            if serve_socks5(&mut tcp, peer, h, limits).await == RelayEnd::Reset {
+            if serve_socks5(&mut tcp, peer, sessions, limits).await == RelayEnd::Reset {
                 return;
             }
         }
-        Some(Protocol::Socks4) => match serve_socks4(&mut tcp, &h, limits).await {
+        Some(Protocol::Socks4) => match serve_socks4(&mut tcp, sessions, limits).await {
             Ok(RelayEnd::Reset) => return,
             Ok(RelayEnd::Closed) => {}
             Err(e) => debug!(%peer, error = %e, "SOCKS4 connection ended"),
         },
         Some(Protocol::Http) => {
-            if crate::http_proxy::serve(&mut tcp, &h, limits).await == RelayEnd::Reset {
+            if crate::http_proxy::serve(&mut tcp, sessions, limits).await == RelayEnd::Reset {
                 return;
             }
         }
@@ -409,11 +410,20 @@ async fn serve_conn(
     close(tcp).await;
 }
 
+/// What keeps this connection's streams apart from others: the port it came in on and
+/// the user it gave.
+pub(crate) fn isolation_key(tcp: &TcpStream, user: Option<Vec<u8>>) -> IsolationKey {
+    IsolationKey {
+        port: tcp.local_addr().map_or(0, |a| a.port()),
+        user,
+    }
+}
+
 /// A SOCKS5 connection: handshake, connect, relay.
 async fn serve_socks5(
     tcp: &mut TcpStream,
     peer: SocketAddr,
-    h: ClientHandle,
+    sessions: &Sessions,
     limits: &SocksLimits,
 ) -> RelayEnd {
     match tokio::time::timeout(limits.handshake_deadline, handshake(tcp, limits.policy())).await {
@@ -421,6 +431,18 @@ async fn serve_socks5(
         Err(_) => debug!(%peer, "SOCKS5 handshake deadline passed"),
         Ok(Err(e)) => debug!(%peer, error = %e, "SOCKS5 handshake failed"),
         Ok(Ok((req, early, username))) => {
+            // Another username, another session (isolation).
+            let key = isolation_key(tcp, username.clone());
+            let lease = match sessions.lease(key).await {
+                Ok(l) => l,
+                Err(e) => {
+                    debug!(%peer, error = %e, "no session for the stream");
+                    let reply = socks5::reply(e.reason().socks5_reply(), None);
+                    let _ = tcp.write_all(&reply).await;
+                    return RelayEnd::Closed;
+                }
+            };
+            let h = lease.handle.clone();
             // A username pins the stream only where it is not a login.
             let pinned = match (&limits.auth, username) {
                 (None, Some(u)) => h.gateways.pin_by_username(&u),
@@ -471,7 +493,7 @@ async fn socks4_request(tcp: &mut TcpStream) -> anyhow::Result<(socks4::Socks4Re
 /// (91): only SOCKS5 and HTTP can log in.
 async fn serve_socks4(
     tcp: &mut TcpStream,
-    h: &ClientHandle,
+    sessions: &Sessions,
     limits: &SocksLimits,
 ) -> anyhow::Result<RelayEnd> {
     let (req, early) = tokio::time::timeout(limits.handshake_deadline, socks4_request(tcp))
@@ -481,6 +503,15 @@ async fn serve_socks4(
         tcp.write_all(&socks4::reply(false)).await?;
         anyhow::bail!("SOCKS4 refused: the port requires a password");
     }
+    let user = (!req.user_id.is_empty()).then(|| req.user_id.clone());
+    let lease = match sessions.lease(isolation_key(tcp, user)).await {
+        Ok(l) => l,
+        Err(e) => {
+            tcp.write_all(&socks4::reply(false)).await?;
+            return Err(e.into());
+        }
+    };
+    let h = &lease.handle;
     let pinned = h.gateways.pin_by_username(&req.user_id);
     match inner_stream::open(h, &req.target, pinned.as_deref(), early).await {
         Ok(stream) => {

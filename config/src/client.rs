@@ -103,6 +103,14 @@ pub struct ClientConfig {
     /// 120 s; it also ends with its TCP control connection).
     #[serde(default = "default_udp_idle_secs")]
     pub udp_idle_secs: u64,
+    /// Streams with different SOCKS usernames or HTTP proxy users, or on different ports,
+    /// get sessions of their own (their own links, session and gateway choice): at most
+    /// this many besides the first (default 32; past it a new user's stream is refused).
+    #[serde(default = "default_max_isolated_sessions")]
+    pub max_isolated_sessions: u32,
+    /// An isolated session with no stream for this long is closed (default 600 s).
+    #[serde(default = "default_isolation_idle_secs")]
+    pub isolation_idle_secs: u64,
     /// The admin port `braid status` reads (default 127.0.0.1:1081). Loopback only: it
     /// shows the session's central, paths and streams to whoever connects.
     #[serde(default = "default_admin")]
@@ -247,6 +255,14 @@ fn default_http_max_headers() -> u32 {
     100
 }
 
+fn default_max_isolated_sessions() -> u32 {
+    32
+}
+
+fn default_isolation_idle_secs() -> u64 {
+    600
+}
+
 fn default_udp_idle_secs() -> u64 {
     120
 }
@@ -323,6 +339,8 @@ impl ClientConfig {
             http_max_body_mib: 0,
             dns_listen: None,
             udp_idle_secs: default_udp_idle_secs(),
+            max_isolated_sessions: default_max_isolated_sessions(),
+            isolation_idle_secs: default_isolation_idle_secs(),
             admin: default_admin(),
             gateway: None,
             gateway_choice: GatewayChoice::default(),
@@ -348,6 +366,11 @@ impl ClientConfig {
             log_destinations: false,
             auth: None,
         }
+    }
+
+    /// [`isolation_idle_secs`](Self::isolation_idle_secs) as a duration.
+    pub fn isolation_idle(&self) -> Duration {
+        Duration::from_secs(self.isolation_idle_secs)
     }
 
     /// [`udp_idle_secs`](Self::udp_idle_secs) as a duration.
@@ -491,6 +514,12 @@ impl ConfigFile for ClientConfig {
             return Err(invalid(
                 "handshake_timeout_secs",
                 "must be within 1..=86400 seconds".into(),
+            ));
+        }
+        if !(1..=86_400 * 7).contains(&self.isolation_idle_secs) {
+            return Err(invalid(
+                "isolation_idle_secs",
+                "must be within 1..=604800 seconds".into(),
             ));
         }
         if !(1..=86_400).contains(&self.udp_idle_secs) {

@@ -146,6 +146,8 @@ pub(crate) const CLIENT_KEYS: &[(&str, Kind)] = &[
     ("http_max_body_mib", Kind::Scalar),
     ("dns_listen", Kind::Str),
     ("udp_idle_secs", Kind::Scalar),
+    ("max_isolated_sessions", Kind::Scalar),
+    ("isolation_idle_secs", Kind::Scalar),
     ("admin", Kind::Str),
     ("gateway", Kind::Str),
     ("gateway_choice", Kind::Str),

@@ -1,0 +1,213 @@
+//! Stream isolation: streams that give different SOCKS usernames or HTTP proxy users, or
+//! that come in on different listening ports, never share an outer session or a gateway
+//! choice, as Tor's `IsolateSOCKSAuth` and per-port isolation keep them apart.
+//!
+//! Each isolation key (listening port, username) gets its own overlay client: its own
+//! QUIC connections to the first hops and relays, its own session, its own gateway choice.
+//! Streams with no username on the main proxy port use the client's first session.
+//!
+//! Bounds: at most `max` isolated sessions at once. A session with no stream for `idle`
+//! is closed, and its key starts afresh on its next stream. When all `max` are busy, a
+//! new key's stream is refused (`RESOURCE_LIMIT`: SOCKS 01, HTTP 503).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::inner_stream::OpenFailure;
+use crate::overlay::ClientHandle;
+
+/// Default for the config's `max_isolated_sessions`.
+pub const MAX_SESSIONS: usize = 32;
+/// Default for the config's `isolation_idle_secs`.
+pub const IDLE: Duration = Duration::from_secs(600);
+
+/// What keeps streams apart.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IsolationKey {
+    /// The local port the app connected to.
+    pub port: u16,
+    /// The SOCKS username, SOCKS4 user id or HTTP proxy user, if any.
+    pub user: Option<Vec<u8>>,
+}
+
+/// Starts one more overlay client (its own links and session) under a stop token.
+pub type StartClient = Arc<
+    dyn Fn(CancellationToken) -> Pin<Box<dyn Future<Output = anyhow::Result<ClientHandle>> + Send>>
+        + Send
+        + Sync,
+>;
+
+struct Group {
+    handle: ClientHandle,
+    stop: CancellationToken,
+    users: Arc<AtomicUsize>,
+    last_used: Arc<Mutex<Instant>>,
+}
+
+/// The client's sessions, one per isolation key.
+pub struct Sessions {
+    default: ClientHandle,
+    /// The main proxy port: streams on it without a user take `default`.
+    main_port: u16,
+    start: Option<StartClient>,
+    groups: tokio::sync::Mutex<HashMap<IsolationKey, Group>>,
+    max: usize,
+    idle: Duration,
+    shutdown: CancellationToken,
+}
+
+/// A session in use by a stream; dropping it marks the stream gone.
+pub struct Lease {
+    pub handle: ClientHandle,
+    users: Option<(Arc<AtomicUsize>, Arc<Mutex<Instant>>)>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some((users, last)) = &self.users {
+            *last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            users.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Sessions {
+    /// Every stream shares `default`: no isolation (tests, and a client without a way to
+    /// start more sessions).
+    pub fn shared(default: ClientHandle) -> Arc<Sessions> {
+        Arc::new(Sessions {
+            default,
+            main_port: 0,
+            start: None,
+            groups: Default::default(),
+            max: 0,
+            idle: IDLE,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// Isolated sessions started by `start`, at most `max`, each closed after `idle`
+    /// without streams; `main_port` is the port whose user-less streams take `default`.
+    pub fn isolating(
+        default: ClientHandle,
+        main_port: u16,
+        start: StartClient,
+        max: usize,
+        idle: Duration,
+        shutdown: CancellationToken,
+    ) -> Arc<Sessions> {
+        let s = Arc::new(Sessions {
+            default,
+            main_port,
+            start: Some(start),
+            groups: Default::default(),
+            max,
+            idle,
+            shutdown,
+        });
+        tokio::spawn(reap(Arc::downgrade(&s)));
+        s
+    }
+
+    /// The client's first session.
+    pub fn default_handle(&self) -> &ClientHandle {
+        &self.default
+    }
+
+    /// Isolated sessions open now.
+    pub async fn isolated(&self) -> usize {
+        self.groups.lock().await.len()
+    }
+
+    /// The session for a stream with this key, started if need be.
+    pub async fn lease(&self, key: IsolationKey) -> Result<Lease, OpenFailure> {
+        let Some(start) = &self.start else {
+            return Ok(self.shared_lease());
+        };
+        if key.user.is_none() && key.port == self.main_port {
+            return Ok(self.shared_lease());
+        }
+        let mut groups = self.groups.lock().await;
+        if !groups.contains_key(&key) {
+            if groups.len() >= self.max {
+                return Err(OpenFailure::Isolation(format!(
+                    "all {} isolated sessions are in use",
+                    self.max
+                )));
+            }
+            let stop = self.shutdown.child_token();
+            let handle = start(stop.clone()).await.map_err(|e| {
+                OpenFailure::Isolation(format!("could not start an isolated session: {e:#}"))
+            })?;
+            info!(isolated = groups.len() + 1, "isolated session started");
+            groups.insert(
+                key.clone(),
+                Group {
+                    handle,
+                    stop,
+                    users: Arc::default(),
+                    last_used: Arc::new(Mutex::new(Instant::now())),
+                },
+            );
+        }
+        let g = groups.get(&key).ok_or(OpenFailure::NoSession)?;
+        g.users.fetch_add(1, Ordering::SeqCst);
+        Ok(Lease {
+            handle: g.handle.clone(),
+            users: Some((g.users.clone(), g.last_used.clone())),
+        })
+    }
+
+    fn shared_lease(&self) -> Lease {
+        Lease {
+            handle: self.default.clone(),
+            users: None,
+        }
+    }
+
+    /// Closes the isolated sessions that have had no stream for `idle`.
+    async fn reap_idle(&self) {
+        let mut groups = self.groups.lock().await;
+        groups.retain(|_, g| {
+            let last = *g.last_used.lock().unwrap_or_else(|e| e.into_inner());
+            let keep = g.users.load(Ordering::SeqCst) > 0 || last.elapsed() < self.idle;
+            if !keep {
+                debug!("isolated session idle: closed");
+                g.stop.cancel();
+            }
+            keep
+        });
+    }
+}
+
+async fn reap(sessions: std::sync::Weak<Sessions>) {
+    loop {
+        let Some(s) = sessions.upgrade() else { return };
+        let pause = (s.idle / 4).max(Duration::from_millis(100));
+        let stop = s.shutdown.clone();
+        drop(s);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        let Some(s) = sessions.upgrade() else { return };
+        s.reap_idle().await;
+    }
+}
+
+/// Starts isolated clients like the first one: the same parameters, their own stop token.
+pub fn start_like(params: crate::overlay::ClientParams) -> StartClient {
+    Arc::new(move |stop| {
+        let mut p = params.clone();
+        p.shutdown = stop;
+        Box::pin(crate::overlay::connect(p))
+    })
+}
