@@ -55,6 +55,8 @@ pub struct DemoOptions {
     pub socks_limits: SocksLimits,
     /// A DNS port (UDP and TCP) resolving at the gateways; none by default.
     pub dns: Option<SocketAddr>,
+    /// The client's routing rules (`[[route]]`); none by default.
+    pub routes: Vec<braid_config::RouteRule>,
     /// Isolated sessions at most, and how long one without streams lives
     /// (`max_isolated_sessions`, `isolation_idle_secs`).
     pub max_isolated_sessions: usize,
@@ -106,6 +108,7 @@ impl Default for DemoOptions {
             exit_rules: Vec::new(),
             socks_limits: SocksLimits::default(),
             dns: None,
+            routes: Vec::new(),
             max_isolated_sessions: crate::isolation::MAX_SESSIONS,
             isolation_idle: crate::isolation::IDLE,
             keepalive: client_defaults.keepalive(),
@@ -331,6 +334,7 @@ impl Demo {
             max_joined_upstreams: ClientConfig::with_directory("<demo>").max_joined_upstreams
                 as usize,
             credential,
+            routes: Arc::new(crate::routing::Routes::new(opts.routes.clone())),
             shutdown: shutdown.child_token(),
         };
         let client = overlay::connect(params.clone()).await?;

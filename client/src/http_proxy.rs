@@ -264,7 +264,7 @@ async fn tunnel(
     pinned: Option<String>,
     early: Vec<u8>,
 ) -> RelayEnd {
-    match inner_stream::open(h, target, pinned.as_deref(), early).await {
+    match inner_stream::connect(h, target, pinned.as_deref(), early).await {
         Ok(stream) => {
             if tcp
                 .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -309,7 +309,7 @@ async fn forward(
         attempts += 1;
         let fresh = upstream.is_none();
         if fresh {
-            match inner_stream::open(h, &key.0, key.1.as_deref(), out_head.clone()).await {
+            match inner_stream::connect(h, &key.0, key.1.as_deref(), out_head.clone()).await {
                 Ok(stream) => {
                     let (near, far) = tokio::io::duplex(PIPE_BYTES);
                     let h2 = h.clone();

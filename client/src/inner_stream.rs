@@ -7,6 +7,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use braid_config::RouteVia;
 use braid_driver::pump::{self, LegEnd, SharedStream};
 use braid_driver::session_task::StreamEvent;
 use braid_driver::stream::{self, StreamReceiver, StreamSender};
@@ -15,7 +16,7 @@ use braid_proto::inner::{
     self, InnerError, MessageDecoder, OpenRequest, Record, ReliableStream, StreamKind,
 };
 use braid_proto::{Reason, TargetAddr};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +51,16 @@ pub enum OpenFailure {
     NoGateway(#[from] NoGateway),
     #[error("{0}")]
     Isolation(String),
+    #[error("blocked by routing rule {0}")]
+    Blocked(usize),
+    #[error("routing rule {rule} sends this to {routed}, but the stream is pinned to {pinned}")]
+    RouteConflict {
+        rule: usize,
+        routed: String,
+        pinned: String,
+    },
+    #[error("direct connection failed: {1}")]
+    Direct(Reason, String),
 }
 
 impl OpenFailure {
@@ -66,6 +77,114 @@ impl OpenFailure {
             OpenFailure::UserRefused(_) => Reason::NOT_ALLOWED,
             OpenFailure::NoGateway(e) => e.reason(),
             OpenFailure::Isolation(_) => Reason::RESOURCE_LIMIT,
+            OpenFailure::Blocked(_) | OpenFailure::RouteConflict { .. } => Reason::NOT_ALLOWED,
+            OpenFailure::Direct(r, _) => *r,
+        }
+    }
+}
+
+/// A stream's far end: an inner stream through the overlay, or (by a routing rule's
+/// `via = "direct"`) a TCP connection from this machine.
+pub enum Opened {
+    Overlay(OpenedStream),
+    Direct(TcpStream),
+}
+
+/// How long a direct connection may take.
+pub const DIRECT_CONNECT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Opens a TCP stream to `target` where the client's routing rules say: through the
+/// overlay (by the gateway a rule names, or `pinned`, or the usual choice), directly, or
+/// not at all.
+pub async fn connect(
+    h: &ClientHandle,
+    target: &TargetAddr,
+    pinned: Option<&str>,
+    early_data: Vec<u8>,
+) -> Result<Opened, OpenFailure> {
+    let Some((index, rule)) = h.routes.decide(target) else {
+        return open(h, target, pinned, early_data)
+            .await
+            .map(Opened::Overlay);
+    };
+    match rule.via() {
+        RouteVia::Block => Err(OpenFailure::Blocked(index)),
+        RouteVia::Gateway(g) => match pinned {
+            Some(p) if p != g => Err(OpenFailure::RouteConflict {
+                rule: index,
+                routed: g.to_owned(),
+                pinned: p.to_owned(),
+            }),
+            _ => open(h, target, Some(g), early_data)
+                .await
+                .map(Opened::Overlay),
+        },
+        RouteVia::Direct => {
+            let dial = async {
+                match target {
+                    TargetAddr::Ip(a) => TcpStream::connect(*a).await,
+                    TargetAddr::Domain(name, port) => {
+                        TcpStream::connect((name.as_str(), *port)).await
+                    }
+                }
+            };
+            let mut tcp = match tokio::time::timeout(DIRECT_CONNECT_DEADLINE, dial).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    return Err(OpenFailure::Direct(
+                        Reason::from_io_error_kind(e.kind()),
+                        e.to_string(),
+                    ))
+                }
+                Err(_) => {
+                    return Err(OpenFailure::Direct(
+                        Reason::TIMED_OUT,
+                        "timed out".to_owned(),
+                    ))
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            tcp.write_all(&early_data)
+                .await
+                .map_err(|e| OpenFailure::Direct(Reason::GENERAL_FAILURE, e.to_string()))?;
+            Ok(Opened::Direct(tcp))
+        }
+    }
+}
+
+impl Opened {
+    /// Relays `tcp` to the far end until both directions are done.
+    pub async fn relay(self, h: &ClientHandle, tcp: &mut TcpStream) -> RelayEnd {
+        match self {
+            Opened::Overlay(s) => s.relay(h, tcp).await,
+            Opened::Direct(mut d) => {
+                let _ = tokio::io::copy_bidirectional(tcp, &mut d).await;
+                RelayEnd::Closed
+            }
+        }
+    }
+
+    /// [`relay`](Self::relay) over any byte stream's halves.
+    pub async fn relay_halves<R, W>(self, h: &ClientHandle, r: &mut R, w: &mut W) -> RelayEnd
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        match self {
+            Opened::Overlay(s) => s.relay_halves(h, r, w).await,
+            Opened::Direct(mut d) => {
+                let (mut dr, mut dw) = d.split();
+                let up = async {
+                    let _ = tokio::io::copy(r, &mut dw).await;
+                    let _ = dw.shutdown().await;
+                };
+                let down = async {
+                    let _ = tokio::io::copy(&mut dr, w).await;
+                    let _ = w.shutdown().await;
+                };
+                tokio::join!(up, down);
+                RelayEnd::Closed
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod isolation;
 mod members;
 pub mod overlay;
 pub mod resting;
+pub mod routing;
 pub mod socks;
 pub mod status;
 pub mod udp;

@@ -233,6 +233,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
             }
             None => None,
         },
+        routes: Arc::new(braid_client::routing::Routes::new(cfg.route.clone())),
         shutdown: shutdown.clone(),
     };
     let handle = overlay::connect(params.clone()).await?;

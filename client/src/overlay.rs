@@ -69,6 +69,8 @@ pub struct ClientParams {
     pub credential: Option<Arc<Presenter>>,
     /// Joined upstreams (told of by the central) linked to at most.
     pub max_joined_upstreams: usize,
+    /// Where streams go by destination (`[[route]]`).
+    pub routes: Arc<crate::routing::Routes>,
     pub shutdown: CancellationToken,
 }
 
@@ -96,6 +98,8 @@ pub struct ClientHandle {
     pub log_destinations: bool,
     /// "upstream-1 refused: credential revoked" while every upstream refuses this user.
     refused: watch::Receiver<Option<String>>,
+    /// Where streams go by destination (`[[route]]`).
+    pub routes: Arc<crate::routing::Routes>,
 }
 
 impl ClientHandle {
@@ -153,6 +157,12 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
         .nodes_with_role(Role::Gateway)
         .map(|n| n.id.clone())
         .collect();
+    for g in p.routes.gateway_ids() {
+        anyhow::ensure!(
+            named.iter().any(|n| n == g),
+            "a routing rule sends streams to {g}, which is not a gateway in the directory"
+        );
+    }
     let ep = braid_net::client_endpoint(p.bind, None)?;
     let metrics = Arc::new(Metrics::default());
     // A network with an operator key wants a credential at every first hop; without one
@@ -304,6 +314,7 @@ pub async fn connect(p: ClientParams) -> anyhow::Result<ClientHandle> {
         status: status_reader,
         log_destinations: p.log_destinations,
         refused: refusals.every_upstream(),
+        routes: p.routes.clone(),
     };
     tokio::spawn(supervise(Supervisor {
         session_lifetime: p.session_lifetime,

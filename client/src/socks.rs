@@ -513,7 +513,7 @@ async fn serve_socks4(
     };
     let h = &lease.handle;
     let pinned = h.gateways.pin_by_username(&req.user_id);
-    match inner_stream::open(h, &req.target, pinned.as_deref(), early).await {
+    match inner_stream::connect(h, &req.target, pinned.as_deref(), early).await {
         Ok(stream) => {
             tcp.write_all(&socks4::reply(true)).await?;
             Ok(stream.relay(h, tcp).await)
@@ -625,7 +625,7 @@ async fn handle_conn(
             .await?;
         return Ok(RelayEnd::Closed);
     }
-    match inner_stream::open(&h, &req.target, pinned.as_deref(), early).await {
+    match inner_stream::connect(&h, &req.target, pinned.as_deref(), early).await {
         Ok(stream) => {
             tcp.write_all(&socks5::reply(ReplyCode::SUCCEEDED, None))
                 .await?;

@@ -208,10 +208,69 @@ pub struct ClientConfig {
     /// refuses a stream (default false: logs show `[redacted]:PORT`).
     #[serde(default)]
     pub log_destinations: bool,
+    /// Routing rules, first match wins: a destination (domain suffix, CIDR, ports) goes
+    /// through a named gateway, directly from this machine, or nowhere. None by default.
+    /// Not overridable from the environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub route: Vec<RouteRule>,
     /// RFC 1929 username/password the SOCKS5 port requires; none (default) means no
     /// authentication. Not overridable from the environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<SocksAuthConfig>,
+}
+
+/// One `[[route]]` table: which destinations it matches (every matcher given must match;
+/// none given matches everything) and where they go.
+///
+/// A `domain` matches names as the app gave them (the laptop resolves nothing), so a
+/// `cidr` matches only destinations given as addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    /// A domain suffix, matched on label boundaries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<crate::Cidr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<crate::PortRange>,
+    /// `"direct"` (connect from this machine, outside the overlay), `"block"` (refuse), or
+    /// the id of the gateway to exit through.
+    pub via: String,
+}
+
+/// Where a [`RouteRule`] sends what it matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteVia<'a> {
+    Direct,
+    Block,
+    Gateway(&'a str),
+}
+
+impl RouteRule {
+    pub fn via(&self) -> RouteVia<'_> {
+        match self.via.as_str() {
+            "direct" => RouteVia::Direct,
+            "block" => RouteVia::Block,
+            g => RouteVia::Gateway(g),
+        }
+    }
+
+    /// Whether the rule matches a destination given as `name` (None for an address) at
+    /// `ip` (None for a name) and `port`.
+    pub fn matches(&self, name: Option<&str>, ip: Option<std::net::IpAddr>, port: u16) -> bool {
+        let domain_ok = match (&self.domain, name) {
+            (None, _) => true,
+            (Some(d), Some(n)) => crate::domain_covers(d, n),
+            (Some(_), None) => false,
+        };
+        let cidr_ok = match (&self.cidr, ip) {
+            (None, _) => true,
+            (Some(c), Some(ip)) => c.contains(ip),
+            (Some(_), None) => false,
+        };
+        domain_ok && cidr_ok && self.ports.is_none_or(|p| p.contains(port))
+    }
 }
 
 /// The `[auth]` table: the one username/password pair the local SOCKS5 port accepts
@@ -364,6 +423,7 @@ impl ClientConfig {
             resume_buffer_kib: crate::check::default_resume_buffer_kib(),
             resume_budget_mib: crate::check::default_resume_budget_mib(),
             log_destinations: false,
+            route: Vec::new(),
             auth: None,
         }
     }
@@ -508,6 +568,16 @@ impl ConfigFile for ClientConfig {
         }
         if let Some(id) = &self.gateway {
             check_id(id).map_err(|m| invalid("gateway", m))?;
+        }
+        for r in &self.route {
+            if let RouteVia::Gateway(id) = r.via() {
+                check_id(id).map_err(|m| {
+                    invalid(
+                        "route",
+                        format!("via must be \"direct\", \"block\" or a gateway id: {m}"),
+                    )
+                })?;
+            }
         }
         check::positive(file, &[("window_cells", u64::from(self.window_cells))])?;
         if !(1..=86_400).contains(&self.handshake_timeout_secs) {

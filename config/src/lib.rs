@@ -29,7 +29,8 @@ mod node;
 mod parse;
 
 pub use client::{
-    default_admin, parse_client_config, CentralChoice, ClientConfig, GatewayChoice, SocksAuthConfig,
+    default_admin, parse_client_config, CentralChoice, ClientConfig, GatewayChoice, RouteRule,
+    RouteVia, SocksAuthConfig,
 };
 pub use credential::{
     load_credential, load_join, load_revocations, parse_revocations, CredentialFile, JoinFile,
@@ -41,7 +42,7 @@ pub use directory::{
 };
 pub use env::env_var_name;
 pub use error::ConfigError;
-pub use exit::{Cidr, ExitAction, ExitConfig, ExitRule, PortRange};
+pub use exit::{domain_covers, Cidr, ExitAction, ExitConfig, ExitRule, PortRange};
 pub use layout::Layout;
 pub use load::{
     load_client_config, load_client_config_with_env, load_directory, load_directory_with_env,

@@ -311,21 +311,9 @@ pub fn classify(ip: IpAddr) -> Option<AddrClass> {
     }
 }
 
-/// A name as matched by domain rules: lower case, without a trailing dot.
-fn normalize_name(name: &str) -> String {
-    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
-}
-
-/// `name` is `domain` or a subdomain of it (label boundary: `notexample.com` is not under
-/// `example.com`). Both are normalized.
-pub fn domain_covers(domain: &str, name: &str) -> bool {
-    let d = normalize_name(domain);
-    let n = normalize_name(name);
-    if d.is_empty() {
-        return false;
-    }
-    n == d || (n.len() > d.len() && n.ends_with(&d) && n.as_bytes()[n.len() - d.len() - 1] == b'.')
-}
+/// `name` is `domain` or a subdomain of it (one definition, shared with the client's
+/// routing rules).
+pub use braid_config::domain_covers;
 
 /// The IP addresses of every node in `directory`, for [`ExitPolicy::node_addrs`].
 pub fn node_addrs(directory: &Directory) -> BTreeSet<IpAddr> {
