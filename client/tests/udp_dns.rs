@@ -272,3 +272,118 @@ async fn dig_resolves_through_the_gateway_with_clipped_ttls_and_policy() {
     assert!(gateway_metric(&demo, |m| &m.dns_queries) >= 5);
     demo.shutdown().await;
 }
+
+/// SOCKS5 UDP ASSOCIATE by hand: the control connection and the relay address.
+async fn associate(proxy: SocketAddr) -> (tokio::net::TcpStream, SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut ctl = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    ctl.write_all(&[5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    let mut rep = [0u8; 12];
+    ctl.read_exact(&mut rep).await.unwrap();
+    assert_eq!(
+        &rep[..4],
+        &[5, 0, 5, 0],
+        "greeting and association accepted"
+    );
+    let relay = SocketAddr::from((
+        [rep[6], rep[7], rep[8], rep[9]],
+        u16::from_be_bytes([rep[10], rep[11]]),
+    ));
+    (ctl, relay)
+}
+
+/// One datagram to `to` through the relay; the reply's payload, if one came within 1 s.
+async fn through(
+    u: &UdpSocket,
+    relay: SocketAddr,
+    to: SocketAddr,
+    payload: &[u8],
+) -> Option<Vec<u8>> {
+    let TargetAddrV4(ip, port) = TargetAddrV4::of(to);
+    let mut d = vec![0, 0, 0, 1];
+    d.extend_from_slice(&ip);
+    d.extend_from_slice(&port.to_be_bytes());
+    d.extend_from_slice(payload);
+    u.send_to(&d, relay).await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    match tokio::time::timeout(std::time::Duration::from_secs(1), u.recv_from(&mut buf)).await {
+        Ok(Ok((n, _))) => Some(buf[10..n].to_vec()),
+        _ => None,
+    }
+}
+
+struct TargetAddrV4([u8; 4], u16);
+
+impl TargetAddrV4 {
+    fn of(a: SocketAddr) -> Self {
+        match a {
+            SocketAddr::V4(v4) => TargetAddrV4(v4.ip().octets(), v4.port()),
+            SocketAddr::V6(_) => panic!("IPv4 only here"),
+        }
+    }
+}
+
+/// An association ends with its control connection, after `udp_idle` on the client, and
+/// after `udp_idle_secs` on the gateway; each time the app's control connection is closed
+/// and the relay port answers no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn associations_end_with_their_control_connection_and_when_idle() {
+    use tokio::io::AsyncReadExt;
+    let echo = udp_echo().await;
+    let u = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let started = std::time::Instant::now();
+
+    // 1. The app closes its control connection: the relay port goes quiet.
+    let mut o = opts();
+    o.tune_gateway = Some(std::sync::Arc::new(|g| g.udp_idle_secs = 2));
+    o.socks_limits.udp_idle = std::time::Duration::from_secs(60);
+    let demo = Demo::start(o).await.unwrap();
+    let (ctl, relay) = associate(demo.socks).await;
+    assert_eq!(
+        through(&u, relay, echo, b"one").await.as_deref(),
+        Some(&b"one"[..])
+    );
+    drop(ctl);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        through(&u, relay, echo, b"two").await,
+        None,
+        "gone with its control connection"
+    );
+
+    // 2. The gateway's udp_idle_secs (2 s) ends it: the client closes the control connection.
+    let (mut ctl, relay) = associate(demo.socks).await;
+    assert!(through(&u, relay, echo, b"three").await.is_some());
+    let t = std::time::Instant::now();
+    let mut b = [0u8; 16];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(20), ctl.read(&mut b))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "control connection closed");
+    let waited = t.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(900),
+        "not before the gateway's idle: {waited:?}"
+    );
+    demo.shutdown().await;
+
+    // 3. The client's udp_idle (1 s) ends it.
+    let mut o = opts();
+    o.socks_limits.udp_idle = std::time::Duration::from_secs(1);
+    let demo = Demo::start(o).await.unwrap();
+    let (mut ctl, relay) = associate(demo.socks).await;
+    assert!(through(&u, relay, echo, b"four").await.is_some());
+    let t = std::time::Instant::now();
+    let n = tokio::time::timeout(std::time::Duration::from_secs(20), ctl.read(&mut b))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(t.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(through(&u, relay, echo, b"five").await, None);
+    eprintln!("association lifetimes checked in {:?}", started.elapsed());
+    demo.shutdown().await;
+}
