@@ -35,10 +35,20 @@ pub const TCP_IDLE: Duration = Duration::from_secs(10);
 pub const ANSWER_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Binds the DNS port's UDP socket and TCP listener on `addr`.
+/// With port 0, the UDP port the kernel picks may be taken for TCP: another is tried.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
-    let udp = UdpSocket::bind(addr).await?;
-    let tcp = TcpListener::bind(udp.local_addr()?).await?;
-    Ok((udp, tcp))
+    let mut tries = 0;
+    loop {
+        let udp = UdpSocket::bind(addr).await?;
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() == 0 && tries < 16 => {
+                tries += 1;
+                debug!(error = %e, "DNS port: the TCP side of a picked port is taken; another");
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Serves DNS on both until `shutdown`.

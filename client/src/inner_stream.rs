@@ -86,7 +86,7 @@ impl OpenFailure {
 /// A stream's far end: an inner stream through the overlay, or (by a routing rule's
 /// `via = "direct"`) a TCP connection from this machine.
 pub enum Opened {
-    Overlay(OpenedStream),
+    Overlay(Box<OpenedStream>),
     Direct(TcpStream),
 }
 
@@ -105,7 +105,7 @@ pub async fn connect(
     let Some((index, rule)) = h.routes.decide(target) else {
         return open(h, target, pinned, early_data)
             .await
-            .map(Opened::Overlay);
+            .map(|s| Opened::Overlay(Box::new(s)));
     };
     match rule.via() {
         RouteVia::Block => Err(OpenFailure::Blocked(index)),
@@ -117,7 +117,7 @@ pub async fn connect(
             }),
             _ => open(h, target, Some(g), early_data)
                 .await
-                .map(Opened::Overlay),
+                .map(|s| Opened::Overlay(Box::new(s))),
         },
         RouteVia::Direct => {
             let dial = async {

@@ -408,6 +408,21 @@ fn check_rule_domain(d: &str) -> Result<(), String> {
     check_host_name(d)
 }
 
+fn normalized_name(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+/// `name` is `domain` or a subdomain of it (label boundary: `notexample.com` is not under
+/// `example.com`). Both are normalized (case, a trailing dot).
+pub fn domain_covers(domain: &str, name: &str) -> bool {
+    let d = normalized_name(domain);
+    let n = normalized_name(name);
+    if d.is_empty() {
+        return false;
+    }
+    n == d || (n.len() > d.len() && n.ends_with(&d) && n.as_bytes()[n.len() - d.len() - 1] == b'.')
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -427,19 +442,4 @@ mod tests {
         assert!(host.contains("fd00:ec2::254".parse().unwrap()));
         assert!(!host.contains("fd00:ec2::255".parse().unwrap()));
     }
-}
-
-fn normalized_name(name: &str) -> String {
-    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
-}
-
-/// `name` is `domain` or a subdomain of it (label boundary: `notexample.com` is not under
-/// `example.com`). Both are normalized (case, a trailing dot).
-pub fn domain_covers(domain: &str, name: &str) -> bool {
-    let d = normalized_name(domain);
-    let n = normalized_name(name);
-    if d.is_empty() {
-        return false;
-    }
-    n == d || (n.len() > d.len() && n.ends_with(&d) && n.as_bytes()[n.len() - d.len() - 1] == b'.')
 }
