@@ -8,7 +8,8 @@
 //!
 //! Bounds: at most `max` isolated sessions at once. A session with no stream for `idle`
 //! is closed, and its key starts afresh on its next stream. When all `max` are busy, a
-//! new key's stream is refused (`RESOURCE_LIMIT`: SOCKS 01, HTTP 503).
+//! new key's stream is refused (`RESOURCE_LIMIT`: SOCKS 01, HTTP 503), as is one whose
+//! session does not start within the client's `session_wait`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -46,7 +47,8 @@ pub type StartClient = Arc<
 >;
 
 struct Group {
-    handle: ClientHandle,
+    /// Set once the group's client has started; streams of the key wait on it together.
+    handle: Arc<tokio::sync::OnceCell<ClientHandle>>,
     stop: CancellationToken,
     users: Arc<AtomicUsize>,
     last_used: Arc<Mutex<Instant>>,
@@ -58,25 +60,31 @@ pub struct Sessions {
     /// The main proxy port: streams on it without a user take `default`.
     main_port: u16,
     start: Option<StartClient>,
-    groups: tokio::sync::Mutex<HashMap<IsolationKey, Group>>,
+    /// A plain lock, never held across an await: starting one key's client does not hold
+    /// up the others.
+    groups: Mutex<HashMap<IsolationKey, Group>>,
     max: usize,
     idle: Duration,
     shutdown: CancellationToken,
 }
 
-/// A session in use by a stream; dropping it marks the stream gone.
-pub struct Lease {
-    pub handle: ClientHandle,
-    users: Option<(Arc<AtomicUsize>, Arc<Mutex<Instant>>)>,
+/// One stream's use of a session; dropping it marks the stream gone.
+struct Use {
+    users: Arc<AtomicUsize>,
+    last_used: Arc<Mutex<Instant>>,
 }
 
-impl Drop for Lease {
+impl Drop for Use {
     fn drop(&mut self) {
-        if let Some((users, last)) = &self.users {
-            *last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-            users.fetch_sub(1, Ordering::SeqCst);
-        }
+        *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.users.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// A session in use by a stream.
+pub struct Lease {
+    pub handle: ClientHandle,
+    _use: Option<Use>,
 }
 
 impl Sessions {
@@ -122,12 +130,17 @@ impl Sessions {
         &self.default
     }
 
-    /// Isolated sessions open now.
-    pub async fn isolated(&self) -> usize {
-        self.groups.lock().await.len()
+    fn groups(&self) -> std::sync::MutexGuard<'_, HashMap<IsolationKey, Group>> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The session for a stream with this key, started if need be.
+    /// Isolated sessions open (or starting) now.
+    pub async fn isolated(&self) -> usize {
+        self.groups().len()
+    }
+
+    /// The session for a stream with this key, started if need be. A start waits at most
+    /// the client's `session_wait`, like any stream waiting for a session.
     pub async fn lease(&self, key: IsolationKey) -> Result<Lease, OpenFailure> {
         let Some(start) = &self.start else {
             return Ok(self.shared_lease());
@@ -135,48 +148,76 @@ impl Sessions {
         if key.user.is_none() && key.port == self.main_port {
             return Ok(self.shared_lease());
         }
-        let mut groups = self.groups.lock().await;
-        if !groups.contains_key(&key) {
-            if groups.len() >= self.max {
-                return Err(OpenFailure::Isolation(format!(
-                    "all {} isolated sessions are in use",
-                    self.max
-                )));
+        let (cell, stop, stream_use) = {
+            let mut groups = self.groups();
+            if !groups.contains_key(&key) {
+                if groups.len() >= self.max {
+                    return Err(OpenFailure::Isolation(format!(
+                        "all {} isolated sessions are in use",
+                        self.max
+                    )));
+                }
+                groups.insert(
+                    key.clone(),
+                    Group {
+                        handle: Arc::default(),
+                        stop: self.shutdown.child_token(),
+                        users: Arc::default(),
+                        last_used: Arc::new(Mutex::new(Instant::now())),
+                    },
+                );
+                info!(isolated = groups.len(), "isolated session starting");
             }
-            let stop = self.shutdown.child_token();
-            let handle = start(stop.clone()).await.map_err(|e| {
-                OpenFailure::Isolation(format!("could not start an isolated session: {e:#}"))
-            })?;
-            info!(isolated = groups.len() + 1, "isolated session started");
-            groups.insert(
-                key.clone(),
-                Group {
-                    handle,
-                    stop,
-                    users: Arc::default(),
-                    last_used: Arc::new(Mutex::new(Instant::now())),
-                },
-            );
+            let g = groups.get(&key).ok_or(OpenFailure::NoSession)?;
+            // Counted before the start, so the reaper leaves a starting group alone.
+            g.users.fetch_add(1, Ordering::SeqCst);
+            let stream_use = Use {
+                users: g.users.clone(),
+                last_used: g.last_used.clone(),
+            };
+            (g.handle.clone(), g.stop.clone(), stream_use)
+        };
+        let wait = self.default.session_wait();
+        let started = cell
+            .get_or_try_init(|| async {
+                match tokio::time::timeout(wait, start(stop.clone())).await {
+                    Ok(Ok(h)) => Ok(h),
+                    Ok(Err(e)) => Err(format!("could not start an isolated session: {e:#}")),
+                    Err(_) => Err(format!("no isolated session within {wait:?}")),
+                }
+            })
+            .await;
+        match started {
+            Ok(h) => Ok(Lease {
+                handle: h.clone(),
+                _use: Some(stream_use),
+            }),
+            Err(why) => {
+                // Forget the failed start (if no one has started it since), so the key's
+                // next stream tries afresh.
+                stop.cancel();
+                let mut groups = self.groups();
+                if groups
+                    .get(&key)
+                    .is_some_and(|g| Arc::ptr_eq(&g.handle, &cell) && g.handle.get().is_none())
+                {
+                    groups.remove(&key);
+                }
+                Err(OpenFailure::Isolation(why))
+            }
         }
-        let g = groups.get(&key).ok_or(OpenFailure::NoSession)?;
-        g.users.fetch_add(1, Ordering::SeqCst);
-        Ok(Lease {
-            handle: g.handle.clone(),
-            users: Some((g.users.clone(), g.last_used.clone())),
-        })
     }
 
     fn shared_lease(&self) -> Lease {
         Lease {
             handle: self.default.clone(),
-            users: None,
+            _use: None,
         }
     }
 
     /// Closes the isolated sessions that have had no stream for `idle`.
-    async fn reap_idle(&self) {
-        let mut groups = self.groups.lock().await;
-        groups.retain(|_, g| {
+    fn reap_idle(&self) {
+        self.groups().retain(|_, g| {
             let last = *g.last_used.lock().unwrap_or_else(|e| e.into_inner());
             let keep = g.users.load(Ordering::SeqCst) > 0 || last.elapsed() < self.idle;
             if !keep {
@@ -199,7 +240,7 @@ async fn reap(sessions: std::sync::Weak<Sessions>) {
             _ = tokio::time::sleep(pause) => {}
         }
         let Some(s) = sessions.upgrade() else { return };
-        s.reap_idle().await;
+        s.reap_idle();
     }
 }
 
