@@ -136,6 +136,9 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default listen backlog is 5: a burst of connections would overflow
+    # it and be reset, which a proxy rightly reports as 502.
+    request_queue_size = 1024
 
 
 def main():

@@ -747,6 +747,13 @@ async fn malformed_flood_beside_an_honest_download() {
                         String::from_utf8_lossy(&r[..r.len().min(120)])
                     );
                     let text = String::from_utf8_lossy(&out).into_owned();
+                    if text.starts_with("HTTP/1.1 502") {
+                        eprintln!(
+                            "502 for {:?} ({} bytes): {text}",
+                            String::from_utf8_lossy(&r[..r.len().min(60)]),
+                            r.len()
+                        );
+                    }
                     if text.is_empty() {
                         "close".to_owned()
                     } else {
