@@ -185,6 +185,9 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
             max_body: cfg.http_max_body(),
         },
         udp_idle: cfg.udp_idle(),
+        udp_slots: Arc::new(tokio::sync::Semaphore::new(
+            cfg.max_udp_associations as usize,
+        )),
     };
     // The newest directory version taken is kept beside the directory file (best effort:
     // a read-only folder keeps none), so an older one is refused after a restart too.

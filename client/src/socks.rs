@@ -60,6 +60,7 @@ use std::time::Duration;
 use braid_proto::http1;
 use braid_proto::socks4;
 use braid_proto::socks5::{self, AuthPolicy, Command, Progress, ReplyCode, Socks5Handshake};
+use braid_proto::Reason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -171,6 +172,8 @@ pub struct SocksLimits {
     pub http: HttpLimits,
     /// A UDP association with no datagram either way for this long ends.
     pub udp_idle: Duration,
+    /// One permit per open UDP association (`max_udp_associations`), shared by the ports.
+    pub udp_slots: Arc<Semaphore>,
 }
 
 impl Default for SocksLimits {
@@ -183,6 +186,7 @@ impl Default for SocksLimits {
             auth: None,
             http: HttpLimits::default(),
             udp_idle: crate::udp::IDLE,
+            udp_slots: Arc::new(Semaphore::new(crate::udp::MAX_ASSOCIATIONS)),
         }
     }
 }
@@ -449,7 +453,19 @@ async fn serve_socks5(
                 _ => None,
             };
             let result = if req.command == Command::UDP_ASSOCIATE {
-                crate::udp::associate(tcp, &h, &req.target, pinned, limits.udp_idle).await
+                match limits.udp_slots.clone().try_acquire_owned() {
+                    Ok(_slot) => {
+                        crate::udp::associate(tcp, &h, &req.target, pinned, limits.udp_idle).await
+                    }
+                    Err(_) => {
+                        debug!(%peer, "UDP associations at their limit: refused (05 01)");
+                        let reply = socks5::reply(Reason::RESOURCE_LIMIT.socks5_reply(), None);
+                        tcp.write_all(&reply)
+                            .await
+                            .map(|()| RelayEnd::Closed)
+                            .map_err(Into::into)
+                    }
+                }
             } else {
                 handle_conn(tcp, h, req, pinned, early).await
             };

@@ -7,14 +7,17 @@
 //!   after the first datagram only from that datagram's source (as shadowsocks and
 //!   Dante do when the request names no port). Others are dropped and counted.
 //! - **No fragments.** `FRAG ≠ 0` is dropped and counted (RFC 1928 lets a server do so).
-//! - **Bounded, dropping.** The queue toward the overlay holds [`QUEUE`] datagrams. Past
-//!   it they are dropped, as a router drops them, rather than letting memory grow.
+//! - **Bounded, dropping.** The queue toward the overlay holds [`QUEUE`] datagrams and
+//!   [`QUEUE_BYTES`]. Past it they are dropped, as a router drops them, rather than
+//!   letting memory grow. At most `max_udp_associations` are open at once; past it, UDP
+//!   ASSOCIATE is answered 01.
 //! - **Lifetime.** The association lives as long as its TCP control connection, and ends
 //!   sooner when no datagram passes either way for `udp_idle_secs`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use braid_driver::drop_queue::drop_queue;
 use braid_driver::Metrics;
 use braid_proto::datagram::{self, DatagramDecoder};
 use braid_proto::inner::StreamKind;
@@ -23,14 +26,16 @@ use braid_proto::socks5::{self, ReplyCode};
 use braid_proto::TargetAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::inner_stream::{self, RelayEnd};
 use crate::overlay::ClientHandle;
 
-/// Datagrams queued toward the overlay, at most.
+/// Datagrams queued toward the overlay, at most, by count and by bytes.
 pub const QUEUE: usize = 256;
+pub const QUEUE_BYTES: usize = 256 * 1024;
+/// Default of the client's `max_udp_associations`.
+pub const MAX_ASSOCIATIONS: usize = 256;
 /// Default of the client's `udp_idle_secs`.
 pub const IDLE: Duration = Duration::from_secs(120);
 const PIPE_BYTES: usize = 256 * 1024;
@@ -72,7 +77,7 @@ pub async fn associate(
         }
     });
     let (mut from_gateway, mut to_gateway) = tokio::io::split(near);
-    let (queue_tx, mut queue_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+    let (queue, mut queue_rx) = drop_queue(QUEUE, QUEUE_BYTES);
     let writer = tokio::spawn(async move {
         while let Some(frame) = queue_rx.recv().await {
             if to_gateway.write_all(&frame).await.is_err() {
@@ -110,7 +115,7 @@ pub async fn associate(
                         .ok()
                         .and_then(|(target, payload)| datagram::encode(&target, payload).ok())
                 };
-                if frame.is_some_and(|f| queue_tx.try_send(f).is_ok()) {
+                if frame.is_some_and(|f| queue.offer(f)) {
                     app = Some(from);
                     Metrics::inc(&m.datagrams_sent);
                 } else {
@@ -136,7 +141,7 @@ pub async fn associate(
             }
         }
     }
-    drop(queue_tx);
+    drop(queue);
     drop(from_gateway);
     let _ = writer.await;
     // The pipe's ends are gone: the relay ends the stream.

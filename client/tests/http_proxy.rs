@@ -805,3 +805,26 @@ async fn malformed_flood_beside_an_honest_download() {
     assert_eq!(PANICS.load(Ordering::SeqCst), 0, "no panic anywhere");
     demo.shutdown().await;
 }
+
+/// Over `max_connections`, each protocol of the mixed port is refused in its own terms:
+/// HTTP gets a 503 page, SOCKS4 gets 91 (SOCKS5's `05 02` is in socks_edge.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_connection_limit_http_gets_503_and_socks4_gets_91() {
+    let mut o = opts();
+    o.socks_limits.max_connections = 1;
+    let demo = Demo::start(o).await.unwrap();
+    let p = demo.socks;
+    // One admitted connection, idle in its handshake.
+    let held = TcpStream::connect(p).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answer = raw_exchange(p, b"GET http://example.com/ HTTP/1.1\r\n\r\n").await;
+    assert_eq!(status_of(&answer), 503, "{answer}");
+    assert!(answer.contains("too many connections"), "{answer}");
+    let mut s = TcpStream::connect(p).await.unwrap();
+    s.write_all(&[4, 1, 0, 80, 1, 2, 3, 4, 0]).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    assert_eq!(out, [0, 91, 0, 0, 0, 0, 0, 0]);
+    drop(held);
+    demo.shutdown().await;
+}

@@ -387,3 +387,67 @@ async fn associations_end_with_their_control_connection_and_when_idle() {
     eprintln!("association lifetimes checked in {:?}", started.elapsed());
     demo.shutdown().await;
 }
+
+/// The REP of a UDP ASSOCIATE, and the control connection.
+async fn associate_rep(proxy: SocketAddr) -> (u8, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut ctl = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    ctl.write_all(&[5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    let mut rep = [0u8; 12];
+    ctl.read_exact(&mut rep).await.unwrap();
+    (rep[3], ctl)
+}
+
+/// `max_udp_associations` on the client and on the gateway: one past either is refused
+/// with REP 01, and a closed one frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_associations_are_capped_on_both_ends() {
+    let echo = udp_echo().await;
+    let u = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // The client's cap.
+    let mut o = opts();
+    o.socks_limits.udp_slots = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+    let demo = Demo::start(o).await.unwrap();
+    let (rep, first) = associate_rep(demo.socks).await;
+    assert_eq!(rep, 0);
+    let (rep, _) = associate_rep(demo.socks).await;
+    assert_eq!(rep, 1, "over the client's max_udp_associations");
+    drop(first);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (ctl, relay) = associate(demo.socks).await;
+    assert!(through(&u, relay, echo, b"room again").await.is_some());
+    drop(ctl);
+    demo.shutdown().await;
+
+    // The gateway's cap.
+    let mut o = opts();
+    o.tune_gateway = Some(std::sync::Arc::new(|g| g.max_udp_associations = 1));
+    let demo = Demo::start(o).await.unwrap();
+    let (rep, first) = associate_rep(demo.socks).await;
+    assert_eq!(rep, 0);
+    let refused = gateway_metric(&demo, |m| &m.streams_refused);
+    let (rep, _) = associate_rep(demo.socks).await;
+    assert_eq!(
+        rep, 1,
+        "over the gateway's max_udp_associations (resource_limit)"
+    );
+    assert_eq!(gateway_metric(&demo, |m| &m.streams_refused), refused + 1);
+    drop(first);
+    // The gateway frees the place once the association's stream ends.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (rep, ctl) = associate_rep(demo.socks).await;
+        if rep == 0 {
+            drop(ctl);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gateway never freed the place"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    demo.shutdown().await;
+}

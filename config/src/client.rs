@@ -103,6 +103,10 @@ pub struct ClientConfig {
     /// 120 s; it also ends with its TCP control connection).
     #[serde(default = "default_udp_idle_secs")]
     pub udp_idle_secs: u64,
+    /// SOCKS5 UDP associations open at once, at most (default 256; each may hold about
+    /// 0.5 MiB). Past it, UDP ASSOCIATE is answered 01.
+    #[serde(default = "default_max_udp_associations")]
+    pub max_udp_associations: u32,
     /// Streams with different SOCKS usernames or HTTP proxy users, or on different ports,
     /// get sessions of their own (their own links, session and gateway choice): at most
     /// this many besides the first (default 32; past it a new user's stream is refused).
@@ -322,6 +326,10 @@ fn default_isolation_idle_secs() -> u64 {
     600
 }
 
+fn default_max_udp_associations() -> u32 {
+    256
+}
+
 fn default_udp_idle_secs() -> u64 {
     120
 }
@@ -398,6 +406,7 @@ impl ClientConfig {
             http_max_body_mib: 0,
             dns_listen: None,
             udp_idle_secs: default_udp_idle_secs(),
+            max_udp_associations: default_max_udp_associations(),
             max_isolated_sessions: default_max_isolated_sessions(),
             isolation_idle_secs: default_isolation_idle_secs(),
             admin: default_admin(),

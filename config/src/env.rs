@@ -130,6 +130,7 @@ pub(crate) const GATEWAY_KEYS: &[(&str, Kind)] = &[
     ("log_destinations", Kind::Scalar),
     ("udp", Kind::Scalar),
     ("udp_idle_secs", Kind::Scalar),
+    ("max_udp_associations", Kind::Scalar),
     ("dns_ttl_secs", Kind::Scalar),
 ];
 
@@ -146,6 +147,7 @@ pub(crate) const CLIENT_KEYS: &[(&str, Kind)] = &[
     ("http_max_body_mib", Kind::Scalar),
     ("dns_listen", Kind::Str),
     ("udp_idle_secs", Kind::Scalar),
+    ("max_udp_associations", Kind::Scalar),
     ("max_isolated_sessions", Kind::Scalar),
     ("isolation_idle_secs", Kind::Scalar),
     ("admin", Kind::Str),

@@ -4,6 +4,7 @@
 //! ([`stream`]), the one sealed-record pump ([`pump`]), metrics, the test tap and signal
 //! handling. It knows no role: the roles live in `braid-node`, the front ends in `braid`.
 
+pub mod drop_queue;
 pub mod fd_limit;
 pub mod link;
 pub mod logs;

@@ -9,8 +9,9 @@
 //! - **Replies only from where the client sent.** Datagrams from any other source are
 //!   dropped: the association is no open port on the gateway.
 //! - **Bounded, dropping.** Sends never wait (a full socket buffer drops the datagram),
-//!   and replies wait in a queue of [`QUEUE`] datagrams, dropped beyond it. Memory per
-//!   association is that queue, one frame being decoded, and [`MAX_PEERS`] addresses.
+//!   and replies wait in a queue of [`QUEUE`] datagrams and [`QUEUE_BYTES`], dropped
+//!   beyond it. Memory per association is that queue, its receive buffers, one frame being
+//!   decoded, and [`MAX_PEERS`] addresses; `max_udp_associations` bounds how many.
 //! - **Idle.** With nothing either way for the gateway's `udp_idle_secs`, the
 //!   association ends.
 
@@ -19,19 +20,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use braid_driver::drop_queue::{drop_queue, DropQueue};
 use braid_driver::Metrics;
 use braid_proto::datagram::{self, DatagramDecoder};
 use braid_proto::TargetAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::exit::ExitPolicy;
 use crate::gateway::{resolve, system_lookup, DnsLimit, GatewayParams};
 
-/// Replies queued for the client, at most.
+/// Replies queued for the client, at most, by count and by bytes (so an association holds
+/// at most about 0.5 MiB: these and its receive buffers).
 pub const QUEUE: usize = 256;
+pub const QUEUE_BYTES: usize = 256 * 1024;
 /// Destinations an association remembers (replies are taken from these only).
 pub const MAX_PEERS: usize = 256;
 /// Resolved names an association remembers.
@@ -39,6 +42,8 @@ const MAX_NAMES: usize = 64;
 
 /// What one association needs of its gateway.
 pub(crate) struct UdpExit {
+    /// The association's place under `max_udp_associations`, held until it ends.
+    pub slot: tokio::sync::OwnedSemaphorePermit,
     pub params: GatewayParams,
     pub policy: Arc<ExitPolicy>,
     pub dns: DnsLimit,
@@ -50,7 +55,7 @@ pub(crate) struct UdpExit {
 /// ends it or it idles out.
 pub(crate) async fn serve(exit: UdpExit, far: DuplexStream) {
     let (mut from_client, mut to_client) = tokio::io::split(far);
-    let (queue_tx, mut queue_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+    let (queue, mut queue_rx) = drop_queue(QUEUE, QUEUE_BYTES);
     let writer = tokio::spawn(async move {
         while let Some(frame) = queue_rx.recv().await {
             if to_client.write_all(&frame).await.is_err() {
@@ -79,7 +84,7 @@ pub(crate) async fn serve(exit: UdpExit, far: DuplexStream) {
                         Ok(None) => break,
                         Err(e) => {
                             debug!(error = %e, "malformed datagram frame: association ended");
-                            drop(queue_tx);
+                            drop(queue);
                             let _ = writer.await;
                             return;
                         }
@@ -113,16 +118,17 @@ pub(crate) async fn serve(exit: UdpExit, far: DuplexStream) {
                     }
                 }
             }
-            r = recv(&v4, &mut rbuf4) => reply(r, &rbuf4, &peers, &queue_tx, m),
-            r = recv(&v6, &mut rbuf6) => reply(r, &rbuf6, &peers, &queue_tx, m),
+            r = recv(&v4, &mut rbuf4) => reply(r, &rbuf4, &peers, &queue, m),
+            r = recv(&v6, &mut rbuf6) => reply(r, &rbuf6, &peers, &queue, m),
             _ = idle => {
                 debug!("UDP association idle: ended");
                 break;
             }
         }
     }
-    drop(queue_tx);
+    drop(queue);
     let _ = writer.await;
+    drop(exit.slot);
 }
 
 /// Receives on `sock`, or waits forever if there is none yet.
@@ -138,7 +144,7 @@ fn reply(
     r: std::io::Result<(usize, SocketAddr)>,
     buf: &[u8],
     peers: &Peers,
-    queue: &mpsc::Sender<Vec<u8>>,
+    queue: &DropQueue,
     m: &Metrics,
 ) {
     let Ok((n, from)) = r else { return };
@@ -152,7 +158,7 @@ fn reply(
         return;
     };
     Metrics::add(&m.bytes_from_targets, n as u64);
-    if queue.try_send(frame).is_err() {
+    if !queue.offer(frame) {
         Metrics::inc(&m.datagrams_dropped);
     }
 }

@@ -89,6 +89,8 @@ pub struct GatewayParams {
     pub udp: bool,
     /// An association idle this long ends.
     pub udp_idle: Duration,
+    /// Associations open at once, at most.
+    pub max_udp_associations: usize,
     /// The TTL of DNS answers to clients.
     pub dns_ttl: u32,
 }
@@ -237,6 +239,7 @@ pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
     let live_streams = live.clone();
     let resumable = Resumable::default();
     let budget = Arc::new(ResendBudget::new(p.resume_budget));
+    let udp_slots = Arc::new(Semaphore::new(p.max_udp_associations));
     let replay = Arc::new(Mutex::new(ReplayCache::new(
         p.open_replay_window_secs,
         p.open_replay_cache,
@@ -251,6 +254,7 @@ pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
         let resumable = resumable.clone();
         let budget = budget.clone();
         let replay = replay.clone();
+        let udp_slots = udp_slots.clone();
         async move {
             info!(node = %ctx.id, central = %central.id, "gateway linked to a central");
             while let Ok((mut send, recv)) = conn.accept_bi().await {
@@ -271,6 +275,7 @@ pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
                 let resumable = resumable.clone();
                 let budget = budget.clone();
                 let replay = replay.clone();
+                let udp_slots = udp_slots.clone();
                 live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
                     let shared = Shared {
@@ -278,6 +283,7 @@ pub async fn run(ctx: NodeContext, p: GatewayParams) -> anyhow::Result<()> {
                         resumable,
                         budget,
                         replay,
+                        udp_slots,
                     };
                     serve_stream(ctx, p, shared, send, recv).await;
                     live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
@@ -525,6 +531,8 @@ struct Shared {
     resumable: Resumable,
     budget: Arc<ResendBudget>,
     replay: Arc<Mutex<ReplayCache>>,
+    /// One permit per open UDP association.
+    udp_slots: Arc<Semaphore>,
 }
 
 async fn serve_stream(
@@ -539,6 +547,7 @@ async fn serve_stream(
         resumable,
         budget,
         replay,
+        udp_slots,
     } = shared;
     let noise = StaticKeypair::from_secret(ctx.identity.noise_secret());
     let mut dec = MessageDecoder::default();
@@ -648,20 +657,27 @@ async fn serve_stream(
                     (Box::new(r) as AppRead, Box::new(w) as AppWrite)
                 })
         }
-        StreamKind::UDP if p.udp => {
-            let (near, far) = tokio::io::duplex(PIPE_BYTES);
-            tokio::spawn(crate::exit_udp::serve(
-                crate::exit_udp::UdpExit {
-                    params: p.clone(),
-                    policy: exit.policy.clone(),
-                    dns: exit.dns.clone(),
-                    metrics: ctx.metrics.clone(),
-                    idle: p.udp_idle,
-                },
-                far,
-            ));
-            Ok(split_boxed(near))
-        }
+        StreamKind::UDP if p.udp => match udp_slots.try_acquire_owned() {
+            Err(_) => Err(OpenFailure::new(
+                OpenStatus::RESOURCE_LIMIT,
+                format!("all {} UDP associations are in use", p.max_udp_associations),
+            )),
+            Ok(slot) => {
+                let (near, far) = tokio::io::duplex(PIPE_BYTES);
+                tokio::spawn(crate::exit_udp::serve(
+                    crate::exit_udp::UdpExit {
+                        slot,
+                        params: p.clone(),
+                        policy: exit.policy.clone(),
+                        dns: exit.dns.clone(),
+                        metrics: ctx.metrics.clone(),
+                        idle: p.udp_idle,
+                    },
+                    far,
+                ));
+                Ok(split_boxed(near))
+            }
+        },
         StreamKind::DNS => {
             let (near, far) = tokio::io::duplex(PIPE_BYTES);
             tokio::spawn(crate::exit_dns::serve(
@@ -879,6 +895,7 @@ mod tests {
             log_destinations: false,
             udp: true,
             udp_idle: Duration::from_secs(120),
+            max_udp_associations: 16,
             dns_ttl: 60,
         }
     }

@@ -172,6 +172,7 @@ pub fn gateway_params(c: &GatewayConfig, bind: SocketAddr) -> gateway::GatewayPa
         log_destinations: c.log_destinations,
         udp: c.udp,
         udp_idle: c.udp_idle(),
+        max_udp_associations: c.max_udp_associations as usize,
         dns_ttl: c.dns_ttl_secs,
     }
 }

@@ -68,6 +68,7 @@ async fn start(handshake_timeout: Duration) -> Net {
         log_destinations: false,
         udp: true,
         udp_idle: std::time::Duration::from_secs(120),
+        max_udp_associations: 16,
         dns_ttl: 60,
     };
     tokio::spawn(gateway::run(ctx, params));

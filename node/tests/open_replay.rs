@@ -79,6 +79,7 @@ async fn start_gateway(window_secs: u64, cache: usize) -> Net {
         log_destinations: false,
         udp: true,
         udp_idle: Duration::from_secs(120),
+        max_udp_associations: 16,
         dns_ttl: 60,
     };
     tokio::spawn(gateway::run(ctx, params));

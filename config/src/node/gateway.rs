@@ -106,6 +106,11 @@ pub struct GatewayConfig {
     /// A UDP association with no datagram either way for this long ends (default 120 s).
     #[serde(default = "default_udp_idle_secs")]
     pub udp_idle_secs: u64,
+    /// UDP associations open at once, at most (default 1024; each may hold about 0.5 MiB:
+    /// its receive buffers and 256 KiB of queued replies). Past it an association is
+    /// refused (`resource_limit`).
+    #[serde(default = "default_max_udp_associations")]
+    pub max_udp_associations: u32,
     /// The TTL of every DNS answer given to clients (default 60 s; the system resolver
     /// gives none, and a short one keeps sites from tagging users by their cached answers).
     #[serde(default = "default_dns_ttl_secs")]
@@ -122,6 +127,10 @@ pub struct GatewayConfig {
 
 fn default_true() -> bool {
     true
+}
+
+fn default_max_udp_associations() -> u32 {
+    1024
 }
 
 fn default_udp_idle_secs() -> u64 {
@@ -212,6 +221,7 @@ impl GatewayConfig {
             log_destinations: false,
             udp: true,
             udp_idle_secs: default_udp_idle_secs(),
+            max_udp_associations: default_max_udp_associations(),
             dns_ttl_secs: default_dns_ttl_secs(),
             exit: ExitConfig::default(),
             hosts: BTreeMap::new(),
