@@ -55,6 +55,7 @@ pub struct DemoOptions {
     pub socks_limits: SocksLimits,
     /// A DNS port (UDP and TCP) resolving at the gateways; none by default.
     pub dns: Option<SocketAddr>,
+    pub dns_limits: crate::dns::DnsLimits,
     /// The client's routing rules (`[[route]]`); none by default.
     pub routes: Vec<braid_config::RouteRule>,
     /// Isolated sessions at most, and how long one without streams lives
@@ -108,6 +109,7 @@ impl Default for DemoOptions {
             exit_rules: Vec::new(),
             socks_limits: SocksLimits::default(),
             dns: None,
+            dns_limits: crate::dns::DnsLimits::default(),
             routes: Vec::new(),
             max_isolated_sessions: crate::isolation::MAX_SESSIONS,
             isolation_idle: crate::isolation::IDLE,
@@ -366,6 +368,7 @@ impl Demo {
                     udp,
                     tcp,
                     client.clone(),
+                    opts.dns_limits,
                     shutdown.clone(),
                 ));
                 Some(bound)

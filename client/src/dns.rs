@@ -7,8 +7,9 @@
 //! gets `FORMERR`. A query the overlay cannot carry (no session, no gateway, timeout) gets
 //! `SERVFAIL`. Nothing is answered from the laptop.
 //!
-//! Bounds: at most [`MAX_INFLIGHT`] queries at once (UDP queries past it are dropped, as
-//! a busy resolver drops them), and a TCP connection idle for [`TCP_IDLE`] is closed.
+//! Bounds ([`DnsLimits`], from the config): at most `dns_max_inflight` queries at once
+//! (UDP queries past it are dropped, as a busy resolver drops them), and a TCP connection
+//! idle for `dns_tcp_idle_secs` is closed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,10 +28,29 @@ use tracing::debug;
 use crate::inner_stream;
 use crate::overlay::ClientHandle;
 
-/// Queries being resolved at once, at most.
+/// Default of [`DnsLimits::max_inflight`] (`dns_max_inflight`).
 pub const MAX_INFLIGHT: usize = 256;
-/// A TCP connection with no query for this long is closed.
+/// Default of [`DnsLimits::tcp_idle`] (`dns_tcp_idle_secs`).
 pub const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// What the DNS port lets its clients hold.
+#[derive(Debug, Clone, Copy)]
+pub struct DnsLimits {
+    /// Queries being resolved at once, at most (UDP queries past it are dropped; TCP ones
+    /// wait).
+    pub max_inflight: usize,
+    /// A TCP connection with no query for this long is closed.
+    pub tcp_idle: Duration,
+}
+
+impl Default for DnsLimits {
+    fn default() -> Self {
+        DnsLimits {
+            max_inflight: MAX_INFLIGHT,
+            tcp_idle: TCP_IDLE,
+        }
+    }
+}
 /// How long a query may take through the overlay.
 pub const ANSWER_DEADLINE: Duration = Duration::from_secs(15);
 
@@ -52,9 +72,15 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)>
 }
 
 /// Serves DNS on both until `shutdown`.
-pub async fn serve(udp: UdpSocket, tcp: TcpListener, h: ClientHandle, shutdown: CancellationToken) {
+pub async fn serve(
+    udp: UdpSocket,
+    tcp: TcpListener,
+    h: ClientHandle,
+    limits: DnsLimits,
+    shutdown: CancellationToken,
+) {
     let udp = Arc::new(udp);
-    let slots = Arc::new(Semaphore::new(MAX_INFLIGHT));
+    let slots = Arc::new(Semaphore::new(limits.max_inflight.max(1)));
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         tokio::select! {
@@ -80,22 +106,22 @@ pub async fn serve(udp: UdpSocket, tcp: TcpListener, h: ClientHandle, shutdown: 
                     continue;
                 };
                 let (h, slots) = (h.clone(), slots.clone());
-                tokio::spawn(serve_tcp(conn, h, slots));
+                tokio::spawn(serve_tcp(conn, h, slots, limits.tcp_idle));
             }
         }
     }
 }
 
 /// DNS over TCP: length-prefixed queries, answered in order.
-async fn serve_tcp(mut conn: TcpStream, h: ClientHandle, slots: Arc<Semaphore>) {
+async fn serve_tcp(mut conn: TcpStream, h: ClientHandle, slots: Arc<Semaphore>, idle: Duration) {
     loop {
         let mut len = [0u8; 2];
-        match tokio::time::timeout(TCP_IDLE, conn.read_exact(&mut len)).await {
+        match tokio::time::timeout(idle, conn.read_exact(&mut len)).await {
             Ok(Ok(_)) => {}
             _ => return,
         }
         let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        if tokio::time::timeout(TCP_IDLE, conn.read_exact(&mut query))
+        if tokio::time::timeout(idle, conn.read_exact(&mut query))
             .await
             .map_or(true, |r| r.is_err())
         {

@@ -275,6 +275,10 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
                 udp,
                 tcp,
                 handle.clone(),
+                braid_client::dns::DnsLimits {
+                    max_inflight: cfg.dns_max_inflight as usize,
+                    tcp_idle: cfg.dns_tcp_idle(),
+                },
                 shutdown.clone(),
             )))
         }

@@ -224,8 +224,28 @@ async fn dig_resolves_through_the_gateway_with_clipped_ttls_and_policy() {
         ),
     ]);
     o.tune_gateway = Some(std::sync::Arc::new(|g| g.dns_ttl_secs = 30));
+    o.dns_limits.tcp_idle = std::time::Duration::from_secs(1);
     let demo = Demo::start(o).await.unwrap();
     let port = demo.dns.unwrap().port().to_string();
+    // A DNS-over-TCP connection that sends nothing is closed after dns_tcp_idle_secs.
+    {
+        use tokio::io::AsyncReadExt;
+        let mut idle = tokio::net::TcpStream::connect(demo.dns.unwrap())
+            .await
+            .unwrap();
+        let t = std::time::Instant::now();
+        let mut b = [0u8; 4];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), idle.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        assert!(
+            t.elapsed() >= std::time::Duration::from_millis(900),
+            "{:?}",
+            t.elapsed()
+        );
+    }
     let dig = |args: &[&str]| {
         let mut c = Command::new("dig");
         c.args(["@127.0.0.1", "-p", &port, "+tries=1", "+time=10"])

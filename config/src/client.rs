@@ -99,6 +99,13 @@ pub struct ClientConfig {
     /// overlay; none by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_listen: Option<SocketAddr>,
+    /// DNS queries being resolved at once, at most (default 256; UDP ones past it are
+    /// dropped, as a busy resolver drops them).
+    #[serde(default = "default_dns_max_inflight")]
+    pub dns_max_inflight: u32,
+    /// A DNS-over-TCP connection with no query for this long is closed (default 10 s).
+    #[serde(default = "default_dns_tcp_idle_secs")]
+    pub dns_tcp_idle_secs: u64,
     /// A SOCKS5 UDP association with no datagram either way for this long ends (default
     /// 120 s; it also ends with its TCP control connection).
     #[serde(default = "default_udp_idle_secs")]
@@ -326,6 +333,14 @@ fn default_isolation_idle_secs() -> u64 {
     600
 }
 
+fn default_dns_max_inflight() -> u32 {
+    256
+}
+
+fn default_dns_tcp_idle_secs() -> u64 {
+    10
+}
+
 fn default_max_udp_associations() -> u32 {
     256
 }
@@ -405,6 +420,8 @@ impl ClientConfig {
             http_keepalive_secs: default_http_keepalive_secs(),
             http_max_body_mib: 0,
             dns_listen: None,
+            dns_max_inflight: default_dns_max_inflight(),
+            dns_tcp_idle_secs: default_dns_tcp_idle_secs(),
             udp_idle_secs: default_udp_idle_secs(),
             max_udp_associations: default_max_udp_associations(),
             max_isolated_sessions: default_max_isolated_sessions(),
@@ -440,6 +457,11 @@ impl ClientConfig {
     /// [`isolation_idle_secs`](Self::isolation_idle_secs) as a duration.
     pub fn isolation_idle(&self) -> Duration {
         Duration::from_secs(self.isolation_idle_secs)
+    }
+
+    /// [`dns_tcp_idle_secs`](Self::dns_tcp_idle_secs) as a duration.
+    pub fn dns_tcp_idle(&self) -> Duration {
+        Duration::from_secs(self.dns_tcp_idle_secs)
     }
 
     /// [`udp_idle_secs`](Self::udp_idle_secs) as a duration.
@@ -601,6 +623,16 @@ impl ConfigFile for ClientConfig {
                 "must be within 1..=604800 seconds".into(),
             ));
         }
+        if !(1..=3600).contains(&self.dns_tcp_idle_secs) {
+            return Err(invalid(
+                "dns_tcp_idle_secs",
+                "must be within 1..=3600 seconds".into(),
+            ));
+        }
+        check::positive(
+            file,
+            &[("dns_max_inflight", u64::from(self.dns_max_inflight))],
+        )?;
         if !(1..=86_400).contains(&self.udp_idle_secs) {
             return Err(invalid(
                 "udp_idle_secs",

@@ -146,6 +146,8 @@ pub(crate) const CLIENT_KEYS: &[(&str, Kind)] = &[
     ("http_keepalive_secs", Kind::Scalar),
     ("http_max_body_mib", Kind::Scalar),
     ("dns_listen", Kind::Str),
+    ("dns_max_inflight", Kind::Scalar),
+    ("dns_tcp_idle_secs", Kind::Scalar),
     ("udp_idle_secs", Kind::Scalar),
     ("max_udp_associations", Kind::Scalar),
     ("max_isolated_sessions", Kind::Scalar),
