@@ -141,10 +141,15 @@ async fn serve_tcp(mut conn: TcpStream, h: ClientHandle, slots: Arc<Semaphore>, 
     }
 }
 
-/// The answer to one query (or `None` when not even an id can be read).
+/// The answer to one query: `None` for a response (QR set) or a message too short for
+/// an id, `FORMERR` for one that is not a single-question query.
 pub async fn resolve(h: &ClientHandle, query: &[u8]) -> Option<Vec<u8>> {
+    // A response (QR set) is never answered: two resolvers must not ping-pong.
+    if query.get(2).is_none_or(|flags| flags & 0x80 != 0) {
+        return None;
+    }
     let msg = match Message::from_vec(query) {
-        Ok(m) if m.message_type() == MessageType::Query && !m.queries().is_empty() => m,
+        Ok(m) if m.message_type() == MessageType::Query && m.queries().len() == 1 => m,
         _ => {
             let id = u16::from_be_bytes([*query.first()?, *query.get(1)?]);
             let mut m = Message::new();

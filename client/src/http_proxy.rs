@@ -358,18 +358,24 @@ async fn forward(
             tokio::pin!(send, recv);
             tokio::select! {
                 biased;
-                s = &mut send => {
-                    if s.is_err() {
-                        // The client's body broke off: the exchange cannot finish.
-                        (Err(ResponseError::Cut), false)
-                    } else {
-                        (recv.await, true)
-                    }
-                }
+                s = &mut send => match s {
+                    Ok(()) => (recv.await, true),
+                    // A malformed or oversize chunked body: the client hears why.
+                    Err(Some(e)) => (Err(ResponseError::BadBody(e)), false),
+                    // The client's body broke off: the exchange cannot finish.
+                    Err(None) => (Err(ResponseError::Cut), false),
+                },
                 r = &mut recv => (r, false),
             }
         };
         let detail = match got {
+            Err(ResponseError::BadBody(e)) => {
+                // Part of the body reached the server: its stream is of no further use.
+                *upstream = None;
+                let page = http1::error_response(e.status(), &e.to_string(), true);
+                let _ = tcp.write_all(&page).await;
+                return Err(Ending::Close);
+            }
             Ok(Response {
                 client_close,
                 server_reusable,
@@ -385,8 +391,15 @@ async fn forward(
                 *upstream = None;
                 return Err(Ending::Reset);
             }
+            // Only idempotent requests are sent again (RFC 9110 §9.2.2).
             Err(ResponseError::NoResponse)
-                if !fresh && attempts < 2 && head.framing == BodyFraming::Length(0) =>
+                if !fresh
+                    && attempts < 2
+                    && head.framing == BodyFraming::Length(0)
+                    && matches!(
+                        head.method.as_str(),
+                        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+                    ) =>
             {
                 // The kept stream's server closed it meanwhile: once more on a fresh one.
                 *upstream = None;
@@ -411,37 +424,37 @@ async fn send_body<R, W>(
     w: &mut W,
     framing: BodyFraming,
     limits: &HttpLimits,
-) -> Result<(), ()>
+) -> Result<(), Option<HttpError>>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     match framing {
-        BodyFraming::Length(n) => copy_exact(r, buf, w, n).await,
+        BodyFraming::Length(n) => copy_exact(r, buf, w, n).await.map_err(|()| None),
         BodyFraming::Chunked => {
             let mut dec = ChunkedDecoder::default();
             let mut scratch = Vec::new();
             let mut total = 0u64;
             loop {
-                if buf.is_empty() && read_more(r, buf).await.map_err(drop)? == 0 {
-                    return Err(());
+                if buf.is_empty() && read_more(r, buf).await.map_err(|_| None)? == 0 {
+                    return Err(None);
                 }
                 scratch.clear();
                 let n = dec
                     .feed(buf, &mut scratch, limits.head.max_head_bytes)
-                    .map_err(drop)?;
+                    .map_err(Some)?;
                 total += scratch.len() as u64;
-                if limits.max_body.is_some_and(|m| total > m) {
-                    return Err(());
+                if let Some(max) = limits.max_body.filter(|m| total > *m) {
+                    return Err(Some(HttpError::BodyTooLarge(max)));
                 }
-                w.write_all(&buf[..n]).await.map_err(drop)?;
+                w.write_all(&buf[..n]).await.map_err(|_| None)?;
                 buf.drain(..n);
                 if dec.is_done() {
                     return Ok(());
                 }
             }
         }
-        BodyFraming::UntilClose => Err(()),
+        BodyFraming::UntilClose => Err(None),
     }
 }
 
@@ -477,6 +490,8 @@ enum ResponseError {
     Bad(HttpError),
     /// The response broke off after part of it reached the client.
     Cut,
+    /// The client's chunked body was malformed or over `max_body` (400, 413).
+    BadBody(HttpError),
 }
 
 /// Reads the response (interim ones first) and writes it to the client.

@@ -119,6 +119,12 @@ pub async fn connect(
                 .await
                 .map(|s| Opened::Overlay(Box::new(s))),
         },
+        // A stream the app pinned to a gateway never leaves from the laptop.
+        RouteVia::Direct if pinned.is_some() => Err(OpenFailure::RouteConflict {
+            rule: index,
+            routed: "direct".to_owned(),
+            pinned: pinned.unwrap_or_default().to_owned(),
+        }),
         RouteVia::Direct => {
             let dial = async {
                 match target {

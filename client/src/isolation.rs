@@ -180,11 +180,15 @@ impl Sessions {
         let wait = self.default.session_wait();
         let started = cell
             .get_or_try_init(|| async {
-                match tokio::time::timeout(wait, start(stop.clone())).await {
-                    Ok(Ok(h)) => Ok(h),
-                    Ok(Err(e)) => Err(format!("could not start an isolated session: {e:#}")),
-                    Err(_) => Err(format!("no isolated session within {wait:?}")),
-                }
+                // Each attempt under its own token: a failed one stops only its own tasks.
+                let attempt = stop.child_token();
+                let why = match tokio::time::timeout(wait, start(attempt.clone())).await {
+                    Ok(Ok(h)) => return Ok(h),
+                    Ok(Err(e)) => format!("could not start an isolated session: {e:#}"),
+                    Err(_) => format!("no isolated session within {wait:?}"),
+                };
+                attempt.cancel();
+                Err(why)
             })
             .await;
         match started {
@@ -195,7 +199,6 @@ impl Sessions {
             Err(why) => {
                 // Forget the failed start (if no one has started it since), so the key's
                 // next stream tries afresh.
-                stop.cancel();
                 let mut groups = self.groups();
                 if groups
                     .get(&key)

@@ -26,6 +26,7 @@ use braid_proto::socks5::{self, ReplyCode};
 use braid_proto::TargetAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+use tokio::time::Instant;
 use tracing::debug;
 
 use crate::inner_stream::{self, RelayEnd};
@@ -93,7 +94,9 @@ pub async fn associate(
     let mut control = [0u8; 512];
     let mut from_app = vec![0u8; 64 * 1024];
     let mut from_gw = vec![0u8; 64 * 1024];
-    loop {
+    // Only datagrams that pass (either way) keep the association alive.
+    let mut deadline = Instant::now() + idle;
+    'association: loop {
         tokio::select! {
             n = tcp.read(&mut control) => {
                 if matches!(n, Ok(0) | Err(_)) {
@@ -117,6 +120,7 @@ pub async fn associate(
                 };
                 if frame.is_some_and(|f| queue.offer(f)) {
                     app = Some(from);
+                    deadline = Instant::now() + idle;
                     Metrics::inc(&m.datagrams_sent);
                 } else {
                     Metrics::inc(&m.datagrams_dropped);
@@ -125,7 +129,17 @@ pub async fn associate(
             n = from_gateway.read(&mut from_gw) => {
                 let n = match n { Ok(0) | Err(_) => break, Ok(n) => n };
                 dec.push(&from_gw[..n]);
-                while let Ok(Some((source, payload))) = dec.next_datagram() {
+                loop {
+                    let (source, payload) = match dec.next_datagram() {
+                        Ok(Some(d)) => d,
+                        Ok(None) => break,
+                        Err(e) => {
+                            // The stream cannot be read past a bad frame: end it.
+                            debug!(error = %e, "malformed datagram frame from the gateway");
+                            break 'association;
+                        }
+                    };
+                    deadline = Instant::now() + idle;
                     let sent = match (app, encode_datagram(&source, &payload)) {
                         (Some(to), Ok(d)) => sock.try_send_to(&d, to).is_ok(),
                         _ => false,
@@ -135,7 +149,7 @@ pub async fn associate(
                     }
                 }
             }
-            _ = tokio::time::sleep(idle) => {
+            _ = tokio::time::sleep_until(deadline) => {
                 debug!("UDP association idle: ended");
                 break;
             }
@@ -143,7 +157,14 @@ pub async fn associate(
     }
     drop(queue);
     drop(from_gateway);
-    let _ = writer.await;
+    // A gateway that stopped reading must not hold the association open.
+    let mut writer = writer;
+    if tokio::time::timeout(Duration::from_secs(1), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
     // The pipe's ends are gone: the relay ends the stream.
     let _ = tokio::time::timeout(Duration::from_secs(5), relay).await;
     Ok(RelayEnd::Closed)

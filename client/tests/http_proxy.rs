@@ -271,6 +271,11 @@ async fn http_error_statuses_come_from_their_causes() {
             "Content-Length with Transfer-Encoding".into(),
             format!("POST http://{o}/sha256 HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").into_bytes(),
         ),
+        (
+            400,
+            "bad chunk size in the body".into(),
+            format!("POST http://{o}/sha256 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").into_bytes(),
+        ),
         (403, "exit policy (port 9)".into(), b"GET http://127.0.0.1:9/ HTTP/1.1\r\n\r\n".to_vec()),
         (403, "exit policy on CONNECT".into(), b"CONNECT 127.0.0.1:9 HTTP/1.1\r\n\r\n".to_vec()),
         (

@@ -174,5 +174,16 @@ async fn rules_reach_a_lan_gateway_block_and_go_direct() {
         .map(|g| opened(&demo, g))
         .sum();
     assert_eq!(after, before, "direct streams never reach a gateway");
+    // A stream the app pinned to a gateway never leaves from the laptop.
+    let (ok, _, err) = curl(vec![
+        "--proxy".into(),
+        format!("socks5h://gateway-1:x@{p}"),
+        direct.clone(),
+    ])
+    .await;
+    assert!(
+        !ok && err.contains("(97)"),
+        "pinned and direct: refused ({err})"
+    );
     demo.shutdown().await;
 }

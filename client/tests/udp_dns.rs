@@ -286,6 +286,14 @@ async fn dig_resolves_through_the_gateway_with_clipped_ttls_and_policy() {
     let out = run(dig(&["no-such-name.invalid", "A"])).await;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(text.contains("status: NXDOMAIN"), "{text}");
+    // A response (QR set) is not answered: resolvers must not ping-pong.
+    let u = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut response = vec![0x12, 0x34, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0];
+    response.extend_from_slice(b"\x07example\x03com\x00\x00\x01\x00\x01");
+    u.send_to(&response, demo.dns.unwrap()).await.unwrap();
+    let mut b = [0u8; 512];
+    let got = tokio::time::timeout(std::time::Duration::from_secs(1), u.recv_from(&mut b)).await;
+    assert!(got.is_err(), "a response got an answer");
     // Other types are not served.
     let out = run(dig(&["only-the-gateway.braid.test", "MX"])).await;
     assert!(String::from_utf8_lossy(&out.stdout).contains("status: NOTIMP"));

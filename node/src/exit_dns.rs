@@ -10,8 +10,9 @@
 //! - **The exit policy** decides each address as it would a destination on port 0: node
 //!   addresses, the gateway's own, and private or loopback ones (unless the exit allows
 //!   them) are left out. When every address is left out, the answer is `REFUSED`.
-//! - A name that does not resolve gets `NXDOMAIN`. A message that is not a query gets
-//!   `FORMERR`, or nothing when not even its id can be read.
+//! - A name that does not resolve gets `NXDOMAIN`. A query with other than one question
+//!   gets `FORMERR`. A response (QR set), or a message too short to carry an id, ends the
+//!   stream unanswered.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -50,12 +51,15 @@ pub(crate) async fn serve(exit: DnsExit, far: DuplexStream) {
             return;
         }
         let Some(answer) = answer(&exit, &msg).await else {
-            debug!("DNS message without an id: stream ended");
+            debug!("DNS message that is not a query: stream ended");
             return;
         };
         Metrics::inc(&exit.metrics.dns_queries);
+        let Ok(len) = u16::try_from(answer.len()) else {
+            return;
+        };
         let mut out = Vec::with_capacity(2 + answer.len());
-        out.extend_from_slice(&(answer.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
+        out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(&answer);
         if w.write_all(&out).await.is_err() {
             return;
@@ -65,8 +69,14 @@ pub(crate) async fn serve(exit: DnsExit, far: DuplexStream) {
 
 /// The response to one message.
 async fn answer(exit: &DnsExit, msg: &[u8]) -> Option<Vec<u8>> {
+    // A response (QR set) is never answered: two resolvers must not ping-pong.
+    if msg.get(2).is_none_or(|flags| flags & 0x80 != 0) {
+        return None;
+    }
     let query = match Message::from_vec(msg) {
-        Ok(q) if q.message_type() == MessageType::Query && !q.queries().is_empty() => q,
+        // One question per query, as every resolver sends: a message of thousands would
+        // hold the lookup slots other users share.
+        Ok(q) if q.message_type() == MessageType::Query && q.queries().len() == 1 => q,
         _ => {
             let id = u16::from_be_bytes([*msg.first()?, *msg.get(1)?]);
             let mut m = Message::new();
@@ -132,5 +142,14 @@ async fn answer(exit: &DnsExit, msg: &[u8]) -> Option<Vec<u8>> {
         }
     }
     resp.set_response_code(code);
-    resp.to_vec().ok()
+    match resp.to_vec() {
+        Ok(v) if v.len() <= usize::from(u16::MAX) => Some(v),
+        _ => {
+            let mut fail = Message::new();
+            fail.set_id(query.id())
+                .set_message_type(MessageType::Response)
+                .set_response_code(ResponseCode::ServFail);
+            fail.to_vec().ok()
+        }
+    }
 }

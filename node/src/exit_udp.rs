@@ -72,8 +72,10 @@ pub(crate) async fn serve(exit: UdpExit, far: DuplexStream) {
     let mut rbuf4 = vec![0u8; 64 * 1024];
     let mut rbuf6 = vec![0u8; 64 * 1024];
     let m = &exit.metrics;
-    loop {
-        let idle = tokio::time::sleep(exit.idle);
+    // Only datagrams that pass (either way) keep the association alive.
+    let mut deadline = tokio::time::Instant::now() + exit.idle;
+    'association: loop {
+        let idle = tokio::time::sleep_until(deadline);
         tokio::select! {
             n = from_client.read(&mut buf) => {
                 let n = match n { Ok(0) | Err(_) => break, Ok(n) => n };
@@ -84,9 +86,7 @@ pub(crate) async fn serve(exit: UdpExit, far: DuplexStream) {
                         Ok(None) => break,
                         Err(e) => {
                             debug!(error = %e, "malformed datagram frame: association ended");
-                            drop(queue);
-                            let _ = writer.await;
-                            return;
+                            break 'association;
                         }
                     };
                     let Some(dest) = destination(&exit, &mut names, &target).await else {
@@ -110,6 +110,7 @@ pub(crate) async fn serve(exit: UdpExit, far: DuplexStream) {
                     }
                     match sock.as_ref().map(|s| s.try_send_to(&payload, dest)) {
                         Some(Ok(_)) => {
+                            deadline = tokio::time::Instant::now() + exit.idle;
                             peers.insert(dest);
                             Metrics::inc(&m.datagrams_sent);
                             Metrics::add(&m.bytes_to_targets, payload.len() as u64);
@@ -118,8 +119,16 @@ pub(crate) async fn serve(exit: UdpExit, far: DuplexStream) {
                     }
                 }
             }
-            r = recv(&v4, &mut rbuf4) => reply(r, &rbuf4, &peers, &queue, m),
-            r = recv(&v6, &mut rbuf6) => reply(r, &rbuf6, &peers, &queue, m),
+            r = recv(&v4, &mut rbuf4) => {
+                if reply(r, &rbuf4, &peers, &queue, m) {
+                    deadline = tokio::time::Instant::now() + exit.idle;
+                }
+            }
+            r = recv(&v6, &mut rbuf6) => {
+                if reply(r, &rbuf6, &peers, &queue, m) {
+                    deadline = tokio::time::Instant::now() + exit.idle;
+                }
+            }
             _ = idle => {
                 debug!("UDP association idle: ended");
                 break;
@@ -127,7 +136,13 @@ pub(crate) async fn serve(exit: UdpExit, far: DuplexStream) {
         }
     }
     drop(queue);
-    let _ = writer.await;
+    let mut writer = writer;
+    if tokio::time::timeout(Duration::from_secs(1), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
     drop(exit.slot);
 }
 
@@ -139,28 +154,31 @@ async fn recv(sock: &Option<UdpSocket>, buf: &mut [u8]) -> std::io::Result<(usiz
     }
 }
 
-/// Queues a reply for the client if it comes from a destination it sent to.
+/// Queues a reply for the client if it comes from a destination it sent to; whether it
+/// was taken.
 fn reply(
     r: std::io::Result<(usize, SocketAddr)>,
     buf: &[u8],
     peers: &Peers,
     queue: &DropQueue,
     m: &Metrics,
-) {
-    let Ok((n, from)) = r else { return };
+) -> bool {
+    let Ok((n, from)) = r else { return false };
     let from = SocketAddr::new(from.ip().to_canonical(), from.port());
     if !peers.contains(&from) {
         Metrics::inc(&m.datagrams_dropped);
-        return;
+        return false;
     }
     let Ok(frame) = datagram::encode(&TargetAddr::Ip(from), &buf[..n]) else {
         Metrics::inc(&m.datagrams_dropped);
-        return;
+        return false;
     };
     Metrics::add(&m.bytes_from_targets, n as u64);
     if !queue.offer(frame) {
         Metrics::inc(&m.datagrams_dropped);
+        return false;
     }
+    true
 }
 
 /// Where a datagram for `target` goes: the first address, if the policy passes them all.

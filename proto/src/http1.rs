@@ -563,14 +563,9 @@ impl ResponseHead {
         if has(&self.headers, "transfer-encoding") {
             // Transfer-Encoding overrides Content-Length; a coding the proxy cannot read
             // leaves only the close to end the body.
+            // Codings before `chunked` (gzip...) stay in the forwarded header.
             return Ok(match transfer_codings(&self.headers).last() {
-                Some(last) if last == "chunked" => {
-                    if transfer_codings(&self.headers).len() == 1 {
-                        BodyFraming::Chunked
-                    } else {
-                        BodyFraming::UntilClose
-                    }
-                }
+                Some(last) if last == "chunked" => BodyFraming::Chunked,
                 _ => BodyFraming::UntilClose,
             });
         }
@@ -604,7 +599,18 @@ impl ResponseHead {
                 .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"));
             push_fields(&mut out, cl);
         } else if !self.is_interim() && self.status != 204 {
-            push_framing(&mut out, framing, true);
+            let codings = transfer_codings(&self.headers);
+            match (framing, codings.split_last()) {
+                // `gzip, chunked`: the codings under the chunking are the body's own.
+                (BodyFraming::Chunked, Some((_, under))) if !under.is_empty() => {
+                    let _ = write!(
+                        StrSink(&mut out),
+                        "Transfer-Encoding: {}, chunked\r\n",
+                        under.join(", ")
+                    );
+                }
+                _ => push_framing(&mut out, framing, true),
+            }
         }
         if close && !self.is_interim() {
             out.extend_from_slice(b"Connection: close\r\n");
@@ -724,7 +730,11 @@ impl ChunkedDecoder {
                 (DataLf, b'\n') => SizeStart,
                 (TrailerStart, b'\r') => TrailerLf { empty: true },
                 (TrailerLine, b'\r') => TrailerLf { empty: false },
-                (TrailerStart | TrailerLine, _) => TrailerLine,
+                // Lines end in CRLF only, and hold no control bytes: a bare LF that a
+                // client would take for a line end could end the message early for it.
+                (TrailerStart | TrailerLine, _) if b >= 0x20 && b != 0x7f || b == b'\t' => {
+                    TrailerLine
+                }
                 (TrailerLf { empty: true }, b'\n') => Done,
                 (TrailerLf { empty: false }, b'\n') => TrailerStart,
                 _ => return bad("chunked framing"),

@@ -200,6 +200,12 @@ fn response_framing() {
     assert_eq!(r.framing(false).unwrap(), BodyFraming::Chunked);
     let r = resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
     assert_eq!(r.framing(false).unwrap(), BodyFraming::UntilClose);
+    let r = resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+    assert_eq!(r.framing(false).unwrap(), BodyFraming::Chunked);
+    assert_eq!(
+        r.forward_head(BodyFraming::Chunked, false, false),
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+    );
     let r = resp("HTTP/1.0 200 OK\r\n\r\n");
     assert_eq!(r.framing(false).unwrap(), BodyFraming::UntilClose);
     assert!(!r.keeps_alive());
@@ -246,6 +252,9 @@ fn chunked_bodies() {
         b" 5\r\n",
         b"5 x\r\n",
         b"5\x00\r\n",
+        b"0\r\n\nHTTP/1.1 200 OK\n\n",
+        b"0\r\nX: y\nZ: w\r\n\r\n",
+        b"0\r\nX: \x01\r\n\r\n",
     ] {
         let mut d = ChunkedDecoder::default();
         assert!(
