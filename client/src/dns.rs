@@ -8,8 +8,9 @@
 //! `SERVFAIL`. Nothing is answered from the laptop.
 //!
 //! Bounds ([`DnsLimits`], from the config): at most `dns_max_inflight` queries at once
-//! (UDP queries past it are dropped, as a busy resolver drops them), and a TCP connection
-//! idle for `dns_tcp_idle_secs` is closed.
+//! (UDP queries past it are dropped, as a busy resolver drops them), as many TCP
+//! connections (more are closed at once), and a TCP connection idle for
+//! `dns_tcp_idle_secs` is closed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -81,6 +82,7 @@ pub async fn serve(
 ) {
     let udp = Arc::new(udp);
     let slots = Arc::new(Semaphore::new(limits.max_inflight.max(1)));
+    let connections = Arc::new(Semaphore::new(limits.max_inflight.max(1)));
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         tokio::select! {
@@ -105,8 +107,16 @@ pub async fn serve(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
+                // As many TCP connections as queries in flight: past it, closed at once.
+                let Ok(held) = connections.clone().try_acquire_owned() else {
+                    debug!("DNS port: TCP connections at their limit; closed");
+                    continue;
+                };
                 let (h, slots) = (h.clone(), slots.clone());
-                tokio::spawn(serve_tcp(conn, h, slots, limits.tcp_idle));
+                tokio::spawn(async move {
+                    serve_tcp(conn, h, slots, limits.tcp_idle).await;
+                    drop(held);
+                });
             }
         }
     }

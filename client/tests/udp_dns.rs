@@ -225,6 +225,7 @@ async fn dig_resolves_through_the_gateway_with_clipped_ttls_and_policy() {
     ]);
     o.tune_gateway = Some(std::sync::Arc::new(|g| g.dns_ttl_secs = 30));
     o.dns_limits.tcp_idle = std::time::Duration::from_secs(1);
+    o.dns_limits.max_inflight = 1;
     let demo = Demo::start(o).await.unwrap();
     let port = demo.dns.unwrap().port().to_string();
     // A DNS-over-TCP connection that sends nothing is closed after dns_tcp_idle_secs.
@@ -234,6 +235,17 @@ async fn dig_resolves_through_the_gateway_with_clipped_ttls_and_policy() {
             .await
             .unwrap();
         let t = std::time::Instant::now();
+        // dns_max_inflight (1) TCP connections at once: a second is closed at once.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let mut second = tokio::net::TcpStream::connect(demo.dns.unwrap())
+            .await
+            .unwrap();
+        let mut c = [0u8; 4];
+        let n = tokio::time::timeout(std::time::Duration::from_millis(500), second.read(&mut c))
+            .await
+            .expect("closed at once, not at the idle timeout")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
         let mut b = [0u8; 4];
         let n = tokio::time::timeout(std::time::Duration::from_secs(10), idle.read(&mut b))
             .await

@@ -138,26 +138,9 @@ pub fn parse_request_head(
 ) -> Result<Option<(RequestHead, usize)>, HttpError> {
     let mut fields = vec![httparse::EMPTY_HEADER; limits.max_headers.max(1)];
     let mut req = httparse::Request::new(&mut fields);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() >= limits.max_head_bytes {
-                Err(HttpError::HeadTooLarge(limits.max_head_bytes))
-            } else {
-                Ok(None)
-            };
-        }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(HttpError::TooManyHeaders(limits.max_headers))
-        }
-        Err(httparse::Error::Version) if names_other_version(buf) => {
-            return Err(HttpError::UnsupportedVersion)
-        }
-        Err(_) => return Err(HttpError::Malformed("request head")),
+    let Some(len) = head_len(req.parse(buf), buf, limits, "request head")? else {
+        return Ok(None);
     };
-    if len > limits.max_head_bytes {
-        return Err(HttpError::HeadTooLarge(limits.max_head_bytes));
-    }
     let (Some(method), Some(uri), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(HttpError::Malformed("request line"));
     };
@@ -179,6 +162,27 @@ pub fn parse_request_head(
         },
         len,
     )))
+}
+
+/// What httparse said of a head, in the proxy's terms, for requests and responses alike:
+/// `Ok(None)` while incomplete and under `max_head_bytes`, `Ok(Some(len))` when whole and
+/// within the limits.
+fn head_len(
+    parsed: httparse::Result<usize>,
+    buf: &[u8],
+    limits: HeadLimits,
+    what: &'static str,
+) -> Result<Option<usize>, HttpError> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) if n <= limits.max_head_bytes => Ok(Some(n)),
+        Ok(httparse::Status::Partial) if buf.len() < limits.max_head_bytes => Ok(None),
+        Ok(_) => Err(HttpError::HeadTooLarge(limits.max_head_bytes)),
+        Err(httparse::Error::TooManyHeaders) => Err(HttpError::TooManyHeaders(limits.max_headers)),
+        Err(httparse::Error::Version) if names_other_version(buf) => {
+            Err(HttpError::UnsupportedVersion)
+        }
+        Err(_) => Err(HttpError::Malformed(what)),
+    }
 }
 
 /// Whether a request line that httparse refused is well formed but for its version
@@ -521,19 +525,8 @@ pub fn parse_response_head(
 ) -> Result<Option<(ResponseHead, usize)>, HttpError> {
     let mut fields = vec![httparse::EMPTY_HEADER; limits.max_headers.max(1)];
     let mut resp = httparse::Response::new(&mut fields);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() >= limits.max_head_bytes {
-                Err(HttpError::HeadTooLarge(limits.max_head_bytes))
-            } else {
-                Ok(None)
-            };
-        }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(HttpError::TooManyHeaders(limits.max_headers))
-        }
-        Err(_) => return Err(HttpError::Malformed("response head")),
+    let Some(len) = head_len(resp.parse(buf), buf, limits, "response head")? else {
+        return Ok(None);
     };
     let (Some(minor), Some(status)) = (resp.version, resp.code) else {
         return Err(HttpError::Malformed("status line"));
